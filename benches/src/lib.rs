@@ -1,0 +1,1 @@
+//! Criterion benchmarks for Spate live in `benches/benches/`; this library is empty on purpose.
