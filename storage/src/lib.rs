@@ -1,1 +1,30 @@
-//! Spate's partition log.
+//! Spate's partition log: one append-only log per partition, stored as direct-IO segment files
+//! and driven by the Glommio executor that owns the partition.
+//!
+//! Layout of this crate:
+//! - [`log`]: the log itself: append with group commit, zero-copy reads, recovery, truncation,
+//!   retention. Its module doc describes the write path and the offsets it tracks.
+//! - [`segment`]: one segment's files, their on-disk layout, and the direct-IO helpers.
+//! - [`index`]: sparse offset and time indexes, and their file format.
+//! - [`scan`]: walking batches in a window of bytes, without IO (recovery's pure core).
+//! - [`cache`]: the bounded in-memory cache of recent batches.
+//! - [`config`], [`limits`], [`error`], [`clock`].
+//!
+//! The record batch format itself is `spate_protocol::batch`: clients build batches, the log
+//! stores them byte for byte, and fetches return them unchanged.
+
+pub mod cache;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod index;
+pub mod limits;
+pub mod log;
+pub mod scan;
+pub mod segment;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{FlushPolicy, LogConfig};
+pub use error::{LogError, Result};
+pub use log::{Appended, Log, LogBytes, LogOffsets, LogOptions, LogRead, RetentionReport};
+pub use segment::prime_dma_probe;

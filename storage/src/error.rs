@@ -1,0 +1,78 @@
+//! The storage layer's typed errors.
+
+use std::path::PathBuf;
+
+use spate_protocol::batch::BatchError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The requested offset is below the log start or past its end.
+    #[error("offset {offset} out of range [{start}, {end}]")]
+    OffsetOutOfRange { offset: i64, start: i64, end: i64 },
+    /// The batch handed to `append` is malformed.
+    #[error("invalid batch: {0}")]
+    InvalidBatch(#[from] BatchError),
+    /// Stored bytes fail their checksum or structure; they are never returned as data.
+    #[error("corrupt batch in {path} at byte {position}: {reason}")]
+    Corruption { path: PathBuf, position: u64, reason: String },
+    /// The device is full. Nothing of the failed append is visible; the log stays readable and
+    /// appends work again once space is freed.
+    #[error("disk full while writing {path}")]
+    DiskFull { path: PathBuf },
+    /// `truncate_to` must land on a batch boundary.
+    #[error("offset {0} is not a batch boundary")]
+    NotBatchBoundary(i64),
+    #[error("invalid log configuration: {0}")]
+    Config(String),
+    /// The log was closed, or an earlier IO failure made it refuse further work.
+    #[error("log is closed")]
+    Closed,
+    #[error("too many segments ({0})")]
+    TooManySegments(usize),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl LogError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, error: impl Into<std::io::Error>) -> LogError {
+        let path = path.into();
+        let source: std::io::Error = error.into();
+        if source.raw_os_error() == Some(libc::ENOSPC)
+            || source.kind() == std::io::ErrorKind::StorageFull
+            || source.kind() == std::io::ErrorKind::QuotaExceeded
+        {
+            return LogError::DiskFull { path };
+        }
+        LogError::Io { op, path, source }
+    }
+
+    /// A copy for fanning one failure out to every waiting appender.
+    pub(crate) fn duplicate(&self) -> LogError {
+        match self {
+            LogError::OffsetOutOfRange { offset, start, end } => {
+                LogError::OffsetOutOfRange { offset: *offset, start: *start, end: *end }
+            }
+            LogError::InvalidBatch(e) => LogError::InvalidBatch(e.clone()),
+            LogError::Corruption { path, position, reason } => {
+                LogError::Corruption { path: path.clone(), position: *position, reason: reason.clone() }
+            }
+            LogError::DiskFull { path } => LogError::DiskFull { path: path.clone() },
+            LogError::NotBatchBoundary(o) => LogError::NotBatchBoundary(*o),
+            LogError::Config(c) => LogError::Config(c.clone()),
+            LogError::Closed => LogError::Closed,
+            LogError::TooManySegments(n) => LogError::TooManySegments(*n),
+            LogError::Io { op, path, source } => LogError::Io {
+                op,
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+        }
+    }
+}
+
+pub type Result<T, E = LogError> = std::result::Result<T, E>;

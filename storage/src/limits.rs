@@ -1,0 +1,47 @@
+//! Every maximum the storage layer enforces, in one place, each with the reason for its value.
+
+use spate_protocol::limits::BATCH_BYTES_MAX;
+
+/// Direct-IO alignment we write and read at. 4 KiB satisfies both 512-byte and 4 KiB devices.
+pub const BLOCK_BYTES: usize = 4096;
+
+/// Largest segment allowed by configuration. Index positions are `u32`, so a segment must stay
+/// below 4 GiB.
+pub const SEGMENT_BYTES_MAX: u64 = 2 * 1024 * 1024 * 1024;
+/// Smallest segment allowed by configuration: a segment must hold at least one largest batch.
+pub const SEGMENT_BYTES_MIN: u64 = BATCH_BYTES_MAX as u64 + BLOCK_BYTES as u64;
+
+/// Most bytes written to disk by one `write_at` of a flush round. Bounds the DMA buffer one
+/// round allocates; a round with more pending data issues several writes.
+pub const WRITE_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Most bytes of appended-but-not-yet-written batches one log holds. Appenders beyond it wait
+/// (backpressure) instead of growing memory.
+pub const PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Largest tail cache a log may be configured with.
+pub const CACHE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// Most bytes one read returns (beyond the first batch, which is always returned whole).
+pub const READ_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Bytes read per step when scanning a segment (recovery, index rebuild, timestamp search).
+pub const SCAN_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// Most read attempts one `read` makes while realigning to a batch boundary. Each attempt
+/// either returns or grows the window to hold a whole batch, so two are always enough.
+pub const READ_ATTEMPTS_MAX: usize = 4;
+
+/// Smallest and largest sparse-index interval.
+pub const INDEX_INTERVAL_BYTES_MIN: u32 = 512;
+pub const INDEX_INTERVAL_BYTES_MAX: u32 = 1024 * 1024;
+
+/// Most segments one log may have; bounds open file descriptors per partition.
+pub const SEGMENTS_MAX: usize = 100_000;
+
+const _: () = assert!(BATCH_BYTES_MAX + BLOCK_BYTES <= WRITE_BYTES_MAX);
+const _: () = assert!(BATCH_BYTES_MAX < PENDING_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES_MAX < u32::MAX as u64);
+const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
+const _: () = assert!(BATCH_BYTES_MAX <= SCAN_CHUNK_BYTES);
+const _: () = assert!(WRITE_BYTES_MAX % BLOCK_BYTES == 0);
