@@ -166,7 +166,7 @@ impl BatchHeader {
             return Err(BatchError::BadVersion(self.version));
         }
         let length = self.batch_length as usize;
-        if length < HEADER_LEN || length > limits::BATCH_BYTES_MAX {
+        if !(HEADER_LEN..=limits::BATCH_BYTES_MAX).contains(&length) {
             return Err(BatchError::BadLength(u64::from(self.batch_length)));
         }
         if self.attributes & (ATTR_RESERVED_MASK | ATTR_COMPRESSION_MASK) != 0 {
@@ -222,9 +222,9 @@ pub fn validate(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
 }
 
 fn validate_records(bytes: &[u8], header: &BatchHeader) -> Result<(), BatchError> {
-    let mut records = Records::new(bytes, *header);
+    let records = Records::new(bytes, *header);
     let mut index = 0u32;
-    while let Some(record) = records.next() {
+    for record in records {
         let record = record?;
         if record.offset != header.base_offset + i64::from(index) {
             return Err(BatchError::BadRecord { index, reason: "offset delta out of sequence" });

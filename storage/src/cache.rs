@@ -113,7 +113,11 @@ mod tests {
     use super::*;
 
     fn batch(base: i64, count: i64, size: usize) -> CachedBatch {
-        CachedBatch { base_offset: base, next_offset: base + count, bytes: Bytes::from(vec![base as u8; size]) }
+        CachedBatch {
+            base_offset: base,
+            next_offset: base + count,
+            bytes: Bytes::from(vec![base as u8; size]),
+        }
     }
 
     #[test]

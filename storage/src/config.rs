@@ -30,7 +30,9 @@ impl std::str::FromStr for FlushPolicy {
                     .ok()
                     .filter(|ms| *ms > 0)
                     .map(|ms| FlushPolicy::Interval(Duration::from_millis(ms)))
-                    .ok_or_else(|| format!("flush policy must be always, never or interval:MS; got {text:?}"))
+                    .ok_or_else(|| {
+                        format!("flush policy must be always, never or interval:MS; got {text:?}")
+                    })
             }
         }
     }
@@ -118,7 +120,11 @@ mod tests {
         assert_eq!("250".parse(), Ok(FlushPolicy::Interval(Duration::from_millis(250))));
         assert!("interval:0".parse::<FlushPolicy>().is_err());
         assert!("sometimes".parse::<FlushPolicy>().is_err());
-        for policy in [FlushPolicy::Always, FlushPolicy::Never, FlushPolicy::Interval(Duration::from_millis(7))] {
+        for policy in [
+            FlushPolicy::Always,
+            FlushPolicy::Never,
+            FlushPolicy::Interval(Duration::from_millis(7)),
+        ] {
             assert_eq!(policy.to_string().parse(), Ok(policy));
         }
     }

@@ -39,7 +39,11 @@ pub enum LogError {
 }
 
 impl LogError {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, error: impl Into<std::io::Error>) -> LogError {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        error: impl Into<std::io::Error>,
+    ) -> LogError {
         let path = path.into();
         let source: std::io::Error = error.into();
         if source.raw_os_error() == Some(libc::ENOSPC)
@@ -58,9 +62,11 @@ impl LogError {
                 LogError::OffsetOutOfRange { offset: *offset, start: *start, end: *end }
             }
             LogError::InvalidBatch(e) => LogError::InvalidBatch(e.clone()),
-            LogError::Corruption { path, position, reason } => {
-                LogError::Corruption { path: path.clone(), position: *position, reason: reason.clone() }
-            }
+            LogError::Corruption { path, position, reason } => LogError::Corruption {
+                path: path.clone(),
+                position: *position,
+                reason: reason.clone(),
+            },
             LogError::DiskFull { path } => LogError::DiskFull { path: path.clone() },
             LogError::NotBatchBoundary(o) => LogError::NotBatchBoundary(*o),
             LogError::Config(c) => LogError::Config(c.clone()),

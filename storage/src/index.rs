@@ -70,8 +70,17 @@ impl SegmentIndex {
     }
 
     /// Records a batch that starts at `position`, deciding whether it earns index entries.
-    pub fn on_batch(&mut self, relative_offset: u32, position: u32, max_timestamp: i64, interval: u32) {
-        assert!(self.last_offset_position.is_none_or(|last| position > last), "positions must grow");
+    pub fn on_batch(
+        &mut self,
+        relative_offset: u32,
+        position: u32,
+        max_timestamp: i64,
+        interval: u32,
+    ) {
+        assert!(
+            self.last_offset_position.is_none_or(|last| position > last),
+            "positions must grow"
+        );
         let due = |last: Option<u32>| last.is_none_or(|last| position - last >= interval);
         if due(self.last_offset_position) {
             self.offsets.push(OffsetEntry { relative_offset, position });
@@ -119,7 +128,8 @@ impl SegmentIndex {
     }
 
     pub fn encode_offsets(&self, summary: SegmentSummary) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.offsets.len() * OFFSET_ENTRY_BYTES + OFFSET_TRAILER_BYTES);
+        let mut out =
+            Vec::with_capacity(self.offsets.len() * OFFSET_ENTRY_BYTES + OFFSET_TRAILER_BYTES);
         for entry in &self.offsets {
             out.extend_from_slice(&entry.relative_offset.to_le_bytes());
             out.extend_from_slice(&entry.position.to_le_bytes());
@@ -153,7 +163,9 @@ impl SegmentIndex {
     pub fn decode(offset_file: &[u8], time_file: &[u8]) -> Option<(SegmentIndex, SegmentSummary)> {
         let (offset_body, offset_trailer) = split_trailer(offset_file, OFFSET_TRAILER_BYTES)?;
         let t = offset_trailer;
-        if u32_at(t, 0) != OFFSET_MAGIC || u32_at(t, 32) != crc32fast::hash(&offset_file[..offset_file.len() - 4]) {
+        if u32_at(t, 0) != OFFSET_MAGIC
+            || u32_at(t, 32) != crc32fast::hash(&offset_file[..offset_file.len() - 4])
+        {
             return None;
         }
         let count = u32_at(t, 4) as usize;
@@ -162,16 +174,18 @@ impl SegmentIndex {
             next_offset: u64_at(t, 16) as i64,
             max_timestamp: u64_at(t, 24) as i64,
         };
-        if offset_body.len() != count * OFFSET_ENTRY_BYTES || summary.log_bytes > limits::SEGMENT_BYTES_MAX {
+        if offset_body.len() != count * OFFSET_ENTRY_BYTES
+            || summary.log_bytes > limits::SEGMENT_BYTES_MAX
+        {
             return None;
         }
         let offsets: Vec<OffsetEntry> = offset_body
             .chunks_exact(OFFSET_ENTRY_BYTES)
             .map(|c| OffsetEntry { relative_offset: u32_at(c, 0), position: u32_at(c, 4) })
             .collect();
-        let sorted = offsets.windows(2).all(|w| {
-            w[0].relative_offset < w[1].relative_offset && w[0].position < w[1].position
-        });
+        let sorted = offsets
+            .windows(2)
+            .all(|w| w[0].relative_offset < w[1].relative_offset && w[0].position < w[1].position);
         let inside = offsets.iter().all(|e| u64::from(e.position) < summary.log_bytes);
         if !sorted || !inside || offsets.first().is_some_and(|e| e.position != 0) {
             return None;
@@ -186,7 +200,10 @@ impl SegmentIndex {
         }
         let times: Vec<TimeEntry> = time_body
             .chunks_exact(TIME_ENTRY_BYTES)
-            .map(|c| TimeEntry { max_timestamp: u64_at(c, 0) as i64, relative_offset: u32_at(c, 8) })
+            .map(|c| TimeEntry {
+                max_timestamp: u64_at(c, 0) as i64,
+                relative_offset: u32_at(c, 8),
+            })
             .collect();
         let times_sorted = times.windows(2).all(|w| {
             w[0].max_timestamp < w[1].max_timestamp && w[0].relative_offset < w[1].relative_offset

@@ -44,4 +44,4 @@ const _: () = assert!(BATCH_BYTES_MAX < PENDING_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MAX < u32::MAX as u64);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
 const _: () = assert!(BATCH_BYTES_MAX <= SCAN_CHUNK_BYTES);
-const _: () = assert!(WRITE_BYTES_MAX % BLOCK_BYTES == 0);
+const _: () = assert!(WRITE_BYTES_MAX.is_multiple_of(BLOCK_BYTES));

@@ -206,7 +206,11 @@ impl Log {
     /// Opens (or creates) the log in `dir`, recovering it first: sealed segments load their
     /// indexes (rebuilding damaged ones), and the last segment is validated batch by batch, its
     /// torn or corrupt tail cut off.
-    pub async fn open(dir: impl AsRef<Path>, config: LogConfig, options: LogOptions) -> Result<Log> {
+    pub async fn open(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        options: LogOptions,
+    ) -> Result<Log> {
         let dir = dir.as_ref().to_path_buf();
         config.validate().map_err(LogError::Config)?;
         std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create", &dir, e))?;
@@ -345,7 +349,12 @@ impl Log {
                 }
             }
             state.cache.push(CachedBatch { base_offset, next_offset, bytes: bytes.clone() });
-            state.pending.push_back(Pending { base_offset, next_offset, max_timestamp: header.max_timestamp, bytes });
+            state.pending.push_back(Pending {
+                base_offset,
+                next_offset,
+                max_timestamp: header.max_timestamp,
+                bytes,
+            });
             state.pending_bytes += length;
             let (tx, rx) = oneshot::channel();
             let durable = state.config.flush == FlushPolicy::Always;
@@ -492,12 +501,26 @@ impl Log {
                 }
                 bytes[at..].fill(0);
                 let new_tail = bytes[round_down(at as u64) as usize..at].to_vec();
-                (active.file.clone(), active.paths.log.clone(), active.write_position(), buffer, new_tail, end)
+                (
+                    active.file.clone(),
+                    active.paths.log.clone(),
+                    active.write_position(),
+                    buffer,
+                    new_tail,
+                    end,
+                )
             };
             let length = buffer.len();
-            let written = file.write_at(buffer, position).await.map_err(|e| LogError::io("write", &path, e))?;
+            let written = file
+                .write_at(buffer, position)
+                .await
+                .map_err(|e| LogError::io("write", &path, e))?;
             if written != length {
-                return Err(LogError::io("write", &path, std::io::Error::other(format!("short write: {written} of {length}"))));
+                return Err(LogError::io(
+                    "write",
+                    &path,
+                    std::io::Error::other(format!("short write: {written} of {length}")),
+                ));
             }
             let mut state = self.inner.state.borrow_mut();
             let interval = state.config.index_interval_bytes;
@@ -505,7 +528,12 @@ impl Log {
             for pending in &work[i..end] {
                 assert_eq!(pending.base_offset, active.next_offset, "batches are written in order");
                 let relative = (pending.base_offset - active.base_offset) as u32;
-                active.index.on_batch(relative, active.size as u32, pending.max_timestamp, interval);
+                active.index.on_batch(
+                    relative,
+                    active.size as u32,
+                    pending.max_timestamp,
+                    interval,
+                );
                 active.size += pending.bytes.len() as u64;
                 active.next_offset = pending.next_offset;
             }
@@ -521,7 +549,8 @@ impl Log {
         let state = self.inner.state.borrow();
         let active = state.active();
         active.size > 0
-            && (state.roll_requested || active.size + next_batch_bytes as u64 > state.config.segment_bytes)
+            && (state.roll_requested
+                || active.size + next_batch_bytes as u64 > state.config.segment_bytes)
     }
 
     /// Makes written data durable as the flush policy asks. Caller holds the IO lock.
@@ -542,9 +571,12 @@ impl Log {
                 if now_ms - last_sync_ms >= interval_ms {
                     return self.sync_active().await;
                 }
-                let arm = !std::mem::replace(&mut self.inner.state.borrow_mut().sync_timer_armed, true);
+                let arm =
+                    !std::mem::replace(&mut self.inner.state.borrow_mut().sync_timer_armed, true);
                 if arm {
-                    let wait = std::time::Duration::from_millis((interval_ms - (now_ms - last_sync_ms)) as u64);
+                    let wait = std::time::Duration::from_millis(
+                        (interval_ms - (now_ms - last_sync_ms)) as u64,
+                    );
                     let log = self.clone();
                     self.spawn_background(async move {
                         glommio::timer::sleep(wait).await;
@@ -584,7 +616,10 @@ impl Log {
                 return Err(LogError::TooManySegments(state.segments.len()));
             }
             let active = state.active();
-            assert_eq!(active.next_offset, new_base, "roll must start where the active segment ends");
+            assert_eq!(
+                active.next_offset, new_base,
+                "roll must start where the active segment ends"
+            );
             let summary = SegmentSummary {
                 log_bytes: active.size,
                 next_offset: active.next_offset,
@@ -676,8 +711,11 @@ impl Log {
         let plan = {
             let state = self.inner.state.borrow();
             let high_watermark = state.high_watermark();
-            let mut result =
-                LogRead { chunks: Vec::new(), high_watermark, log_start_offset: state.start_offset };
+            let mut result = LogRead {
+                chunks: Vec::new(),
+                high_watermark,
+                log_start_offset: state.start_offset,
+            };
             if offset < state.start_offset || offset > high_watermark {
                 return Err(LogError::OffsetOutOfRange {
                     offset,
@@ -701,7 +739,11 @@ impl Log {
                 .map(|(_, s)| s)
                 .filter(|s| offset < s.next_offset)
                 .or_else(|| state.segments.range(offset..).next().map(|(_, s)| s))
-                .ok_or(LogError::OffsetOutOfRange { offset, start: state.start_offset, end: high_watermark })?;
+                .ok_or(LogError::OffsetOutOfRange {
+                    offset,
+                    start: state.start_offset,
+                    end: high_watermark,
+                })?;
             let relative = (offset.max(segment.base_offset) - segment.base_offset) as u32;
             DiskRead {
                 file: segment.file.clone(),
@@ -724,10 +766,18 @@ impl Log {
             state
                 .segments
                 .values()
-                .filter(|s| s.next_offset > state.start_offset && s.index.max_timestamp >= timestamp_ms)
+                .filter(|s| {
+                    s.next_offset > state.start_offset && s.index.max_timestamp >= timestamp_ms
+                })
                 .map(|s| {
                     let relative = s.index.time_lookup(timestamp_ms);
-                    (s.file.clone(), s.paths.log.clone(), s.index.lookup(relative) as u64, s.size, s.base_offset)
+                    (
+                        s.file.clone(),
+                        s.paths.log.clone(),
+                        s.index.lookup(relative) as u64,
+                        s.size,
+                        s.base_offset,
+                    )
                 })
                 .collect()
         };
@@ -740,7 +790,8 @@ impl Log {
             let mut found = None;
             let mut corrupt = None;
             segment::scan_file(&file, &path, position, size, None, Check::Crc, |batch, bytes| {
-                if batch.header.max_timestamp < timestamp_ms || batch.header.next_offset() <= start {
+                if batch.header.max_timestamp < timestamp_ms || batch.header.next_offset() <= start
+                {
                     return true;
                 }
                 for record in Records::new(bytes, batch.header) {
@@ -777,12 +828,20 @@ impl Log {
         let (file, paths, base, search_from, size) = {
             let state = self.inner.state.borrow();
             if offset > state.next_offset || offset < state.start_offset {
-                return Err(LogError::OffsetOutOfRange { offset, start: state.start_offset, end: state.next_offset });
+                return Err(LogError::OffsetOutOfRange {
+                    offset,
+                    start: state.start_offset,
+                    end: state.next_offset,
+                });
             }
             if offset == state.next_offset {
                 return Ok(());
             }
-            let (_, segment) = state.segments.range(..=offset).next_back().ok_or(LogError::NotBatchBoundary(offset))?;
+            let (_, segment) = state
+                .segments
+                .range(..=offset)
+                .next_back()
+                .ok_or(LogError::NotBatchBoundary(offset))?;
             let relative = (offset - segment.base_offset) as u32;
             (
                 segment.file.clone(),
@@ -798,17 +857,25 @@ impl Log {
         if offset == base {
             cut = Some(0);
         } else {
-            segment::scan_file(&file, &paths.log, search_from, size, None, Check::Structure, |batch, _| {
-                if batch.header.base_offset == offset {
-                    cut = Some(batch.position);
-                    return false;
-                }
-                if batch.header.base_offset < offset && batch.header.next_offset() > offset {
-                    straddles = true;
-                    return false;
-                }
-                batch.header.base_offset < offset
-            })
+            segment::scan_file(
+                &file,
+                &paths.log,
+                search_from,
+                size,
+                None,
+                Check::Structure,
+                |batch, _| {
+                    if batch.header.base_offset == offset {
+                        cut = Some(batch.position);
+                        return false;
+                    }
+                    if batch.header.base_offset < offset && batch.header.next_offset() > offset {
+                        straddles = true;
+                        return false;
+                    }
+                    batch.header.base_offset < offset
+                },
+            )
             .await?;
         }
         let cut = match cut {
@@ -897,9 +964,13 @@ impl Log {
                 let total = state.size_bytes();
                 let first = state.segments.values().next().expect("len > 1");
                 let below_start = first.next_offset <= state.start_offset;
-                let over_size = state.config.retention_bytes.is_some_and(|limit| total - first.size >= limit);
+                let over_size =
+                    state.config.retention_bytes.is_some_and(|limit| total - first.size >= limit);
                 let too_old = now_ms != i64::MIN
-                    && state.config.retention_ms.is_some_and(|ms| first.index.max_timestamp < now_ms - ms as i64);
+                    && state
+                        .config
+                        .retention_ms
+                        .is_some_and(|ms| first.index.max_timestamp < now_ms - ms as i64);
                 if !(below_start || over_size || too_old) {
                     break;
                 }
@@ -988,7 +1059,9 @@ impl DiskRead {
                     at += length;
                     continue;
                 }
-                if header.next_offset() > self.high_watermark || (first.is_some() && total + length > bytes_max) {
+                if header.next_offset() > self.high_watermark
+                    || (first.is_some() && total + length > bytes_max)
+                {
                     break;
                 }
                 if let Err(error) = batch::validate_crc(&window[at..at + length]) {
@@ -1003,7 +1076,8 @@ impl DiskRead {
             }
             match (first, need) {
                 (Some(start), _) => {
-                    let slice = ReadResult::slice(&window, start, total).expect("inside the window");
+                    let slice =
+                        ReadResult::slice(&window, start, total).expect("inside the window");
                     self.result.chunks.push(LogBytes::Disk(slice));
                     return Ok(self.result);
                 }
@@ -1057,11 +1131,15 @@ fn write_start_checkpoint(dir: &Path, offset: i64) -> Result<()> {
     use std::io::Write;
     let path = dir.join(START_OFFSET_FILE);
     let temporary = dir.join(format!("{START_OFFSET_FILE}.tmp"));
-    let mut file = std::fs::File::create(&temporary).map_err(|e| LogError::io("create", &temporary, e))?;
-    file.write_all(format!("{offset}\n").as_bytes()).map_err(|e| LogError::io("write", &temporary, e))?;
+    let mut file =
+        std::fs::File::create(&temporary).map_err(|e| LogError::io("create", &temporary, e))?;
+    file.write_all(format!("{offset}\n").as_bytes())
+        .map_err(|e| LogError::io("write", &temporary, e))?;
     file.sync_all().map_err(|e| LogError::io("fsync", &temporary, e))?;
     std::fs::rename(&temporary, &path).map_err(|e| LogError::io("rename", &path, e))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| LogError::io("fsync", dir, e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| LogError::io("fsync", dir, e))?;
     Ok(())
 }
 
@@ -1083,7 +1161,12 @@ async fn flush_task(log: Log) {
     }
 }
 
-async fn open_sealed_segment(dir: &Path, base: i64, config: &LogConfig, now_ms: i64) -> Result<Segment> {
+async fn open_sealed_segment(
+    dir: &Path,
+    base: i64,
+    config: &LogConfig,
+    now_ms: i64,
+) -> Result<Segment> {
     let paths = SegmentPaths::new(dir, base);
     let file = segment::open_log_file(&paths.log, false).await?;
     let file_size = file.file_size().await.map_err(|e| LogError::io("stat", &paths.log, e))?;
@@ -1131,11 +1214,24 @@ async fn rebuild_index(
     config: &LogConfig,
 ) -> Result<(SegmentIndex, segment::ScanEnd)> {
     let mut index = SegmentIndex::new();
-    let end = segment::scan_file(file, &paths.log, 0, file_size, Some(base), Check::Structure, |batch, _| {
-        let relative = (batch.header.base_offset - base) as u32;
-        index.on_batch(relative, batch.position as u32, batch.header.max_timestamp, config.index_interval_bytes);
-        true
-    })
+    let end = segment::scan_file(
+        file,
+        &paths.log,
+        0,
+        file_size,
+        Some(base),
+        Check::Structure,
+        |batch, _| {
+            let relative = (batch.header.base_offset - base) as u32;
+            index.on_batch(
+                relative,
+                batch.position as u32,
+                batch.header.max_timestamp,
+                config.index_interval_bytes,
+            );
+            true
+        },
+    )
     .await?;
     if let Some(damage) = &end.damage {
         tracing::error!(path = %paths.log.display(), position = end.end, %damage,
@@ -1146,17 +1242,28 @@ async fn rebuild_index(
 
 /// Validates the last segment batch by batch (length, CRC, offset continuity) and cuts
 /// whatever follows the last valid batch.
-async fn recover_tail_segment(dir: &Path, base: i64, config: &LogConfig, now_ms: i64) -> Result<Segment> {
+async fn recover_tail_segment(
+    dir: &Path,
+    base: i64,
+    config: &LogConfig,
+    now_ms: i64,
+) -> Result<Segment> {
     let paths = SegmentPaths::new(dir, base);
     let file = segment::open_log_file(&paths.log, false).await?;
     let file_size = file.file_size().await.map_err(|e| LogError::io("stat", &paths.log, e))?;
     let mut index = SegmentIndex::new();
-    let end = segment::scan_file(&file, &paths.log, 0, file_size, Some(base), Check::Crc, |batch, _| {
-        let relative = (batch.header.base_offset - base) as u32;
-        index.on_batch(relative, batch.position as u32, batch.header.max_timestamp, config.index_interval_bytes);
-        true
-    })
-    .await?;
+    let end =
+        segment::scan_file(&file, &paths.log, 0, file_size, Some(base), Check::Crc, |batch, _| {
+            let relative = (batch.header.base_offset - base) as u32;
+            index.on_batch(
+                relative,
+                batch.position as u32,
+                batch.header.max_timestamp,
+                config.index_interval_bytes,
+            );
+            true
+        })
+        .await?;
     let size = end.end;
     let tail = segment::read_tail(&file, &paths.log, size).await?;
     if let Some(damage) = &end.damage {

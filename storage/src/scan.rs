@@ -97,7 +97,11 @@ mod tests {
         for i in 0..batches {
             let mut builder = BatchBuilder::new();
             for _ in 0..=i {
-                builder.push(&NewRecord { value: Some(Bytes::from(vec![i as u8; 50])), timestamp: i as i64, ..Default::default() });
+                builder.push(&NewRecord {
+                    value: Some(Bytes::from(vec![i as u8; 50])),
+                    timestamp: i as i64,
+                    ..Default::default()
+                });
             }
             let mut batch = builder.finish().unwrap();
             stamp(&mut batch, offset, 1);

@@ -99,7 +99,8 @@ pub async fn prime_dma_probe(dir: &Path) -> Result<()> {
     let probe = dir.join(".spate-dma-probe");
     let long_enough = std::fs::metadata(&probe).is_ok_and(|m| m.len() >= BLOCK_BYTES as u64);
     if !long_enough {
-        std::fs::write(&probe, vec![0u8; BLOCK_BYTES]).map_err(|e| LogError::io("write", &probe, e))?;
+        std::fs::write(&probe, vec![0u8; BLOCK_BYTES])
+            .map_err(|e| LogError::io("write", &probe, e))?;
     }
     let file = DmaFile::open(&probe).await.map_err(|e| LogError::io("open", &probe, e))?;
     let _ = file.close().await;
@@ -119,7 +120,12 @@ pub(crate) async fn open_log_file(path: &Path, create: bool) -> Result<DmaFile> 
         .map_err(|e| LogError::io("open", path, e))
 }
 
-pub(crate) async fn read_at(file: &DmaFile, path: &Path, position: u64, length: usize) -> Result<ReadResult> {
+pub(crate) async fn read_at(
+    file: &DmaFile,
+    path: &Path,
+    position: u64,
+    length: usize,
+) -> Result<ReadResult> {
     file.read_at(position, length).await.map_err(|e| LogError::io("read", path, e))
 }
 
@@ -168,7 +174,11 @@ pub(crate) async fn scan_file(
             Stop::EndOfWindow if stopped => break,
             Stop::EndOfWindow if window.len() < length => {
                 // Short read: the file ends before `to`.
-                return Ok(ScanEnd { end: position + progressed, next_offset: expected, damage: None });
+                return Ok(ScanEnd {
+                    end: position + progressed,
+                    next_offset: expected,
+                    damage: None,
+                });
             }
             Stop::EndOfWindow => {
                 position += progressed;
@@ -178,9 +188,11 @@ pub(crate) async fn scan_file(
                 let available = to - at;
                 if (batch_length as u64) > available || window.len() < length {
                     // The range (or file) ends inside this batch: a torn tail, or zero padding.
-                    let rest = read_at(file, path, at, available.min(BLOCK_BYTES as u64) as usize).await?;
-                    let damage = (!rest.iter().all(|b| *b == 0))
-                        .then(|| format!("batch of {batch_length} bytes cut short by the end of the file"));
+                    let rest =
+                        read_at(file, path, at, available.min(BLOCK_BYTES as u64) as usize).await?;
+                    let damage = (!rest.iter().all(|b| *b == 0)).then(|| {
+                        format!("batch of {batch_length} bytes cut short by the end of the file")
+                    });
                     return Ok(ScanEnd { end: at, next_offset: expected, damage });
                 }
                 if at == position {
@@ -199,7 +211,12 @@ pub(crate) async fn scan_file(
 
 /// Writes `tail` (the bytes of a partial last block) back as a whole block padded with zeros, so
 /// nothing after the logical end survives in that block.
-pub(crate) async fn rewrite_tail_block(file: &DmaFile, path: &Path, size: u64, tail: &[u8]) -> Result<()> {
+pub(crate) async fn rewrite_tail_block(
+    file: &DmaFile,
+    path: &Path,
+    size: u64,
+    tail: &[u8],
+) -> Result<()> {
     assert_eq!(tail.len() as u64, size % BLOCK_BYTES as u64);
     if tail.is_empty() {
         return Ok(());
@@ -213,7 +230,11 @@ pub(crate) async fn rewrite_tail_block(file: &DmaFile, path: &Path, size: u64, t
         .await
         .map_err(|e| LogError::io("write", path, e))?;
     if written != BLOCK_BYTES {
-        return Err(LogError::io("write", path, std::io::Error::other("short write of tail block")));
+        return Err(LogError::io(
+            "write",
+            path,
+            std::io::Error::other("short write of tail block"),
+        ));
     }
     Ok(())
 }
@@ -256,7 +277,8 @@ pub(crate) async fn write_small_file(path: &Path, bytes: Vec<u8>) -> Result<()> 
 
 /// Makes directory entries (new or removed segment files) durable.
 pub(crate) async fn sync_dir(dir: &Path) -> Result<()> {
-    let handle = glommio::io::Directory::open(dir).await.map_err(|e| LogError::io("open", dir, e))?;
+    let handle =
+        glommio::io::Directory::open(dir).await.map_err(|e| LogError::io("open", dir, e))?;
     handle.sync().await.map_err(|e| LogError::io("fsync", dir, e))?;
     let _ = handle.close().await;
     Ok(())

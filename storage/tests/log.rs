@@ -46,7 +46,10 @@ fn append_assigns_dense_offsets_and_reads_back_byte_identical() {
         }
         // At the high watermark: empty. Past it: out of range.
         assert!(log.read(next, 1 << 20).await.unwrap().chunks.is_empty());
-        assert!(matches!(log.read(next + 1, 1 << 20).await, Err(LogError::OffsetOutOfRange { .. })));
+        assert!(matches!(
+            log.read(next + 1, 1 << 20).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
         // A byte limit returns at least one whole batch.
         let read = log.read(0, 1).await.unwrap();
         assert_eq!(split_batches(&read_bytes(&read)), expected[..1].to_vec());
@@ -86,7 +89,8 @@ fn rolls_by_size_and_recovers_indexes() {
         // ~300 KiB batches into 4 MiB segments.
         let mut ends = Vec::new();
         for tag in 0..40u64 {
-            let appended = log.append(make_batch(tag, 30, 10_000, tag as i64 * 100), 1).await.unwrap();
+            let appended =
+                log.append(make_batch(tag, 30, 10_000, tag as i64 * 100), 1).await.unwrap();
             ends.push(appended.last_offset + 1);
         }
         assert!(log.segment_count() >= 3, "segments: {}", log.segment_count());
@@ -261,7 +265,10 @@ fn concurrent_appends_share_fdatasyncs_and_are_durable_when_acknowledged() {
 fn interval_flush_makes_data_durable_without_new_appends() {
     let dir = temp_dir();
     run(async {
-        let config = LogConfig { flush: FlushPolicy::Interval(std::time::Duration::from_millis(20)), ..small_config() };
+        let config = LogConfig {
+            flush: FlushPolicy::Interval(std::time::Duration::from_millis(20)),
+            ..small_config()
+        };
         let log = Log::open(dir.path(), config, LogOptions::default()).await.unwrap();
         log.append(make_batch(1, 1, 10, 0), 1).await.unwrap();
         let appended = log.append(make_batch(2, 1, 10, 0), 1).await.unwrap();

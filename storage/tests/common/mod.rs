@@ -10,10 +10,7 @@ use spate_protocol::batch::{BatchBuilder, Header, NewRecord};
 /// Runs `future` to completion on a fresh Glommio executor on this thread.
 pub fn run<T>(future: impl Future<Output = T>) -> T {
     init_tracing();
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .make()
-        .expect("glommio executor")
-        .run(future)
+    LocalExecutorBuilder::new(Placement::Unbound).make().expect("glommio executor").run(future)
 }
 
 pub fn init_tracing() {
@@ -25,7 +22,9 @@ pub fn init_tracing() {
 
 /// A temporary directory on the real disk (not tmpfs), so files are opened with O_DIRECT.
 pub fn temp_dir() -> tempfile::TempDir {
-    let base = std::env::var_os("CARGO_TARGET_TMPDIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let base = std::env::var_os("CARGO_TARGET_TMPDIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     tempfile::Builder::new().prefix("spate-storage-").tempdir_in(base).expect("temp dir")
 }
 
@@ -38,7 +37,10 @@ pub fn make_batch(tag: u64, count: usize, value_bytes: usize, timestamp: i64) ->
         builder.push(&NewRecord {
             key: Some(Bytes::from(format!("key-{tag}-{i}"))),
             value: Some(Bytes::from(vec![fill; value_bytes])),
-            headers: vec![Header { key: "tag".into(), value: Some(Bytes::from(tag.to_le_bytes().to_vec())) }],
+            headers: vec![Header {
+                key: "tag".into(),
+                value: Some(Bytes::from(tag.to_le_bytes().to_vec())),
+            }],
             timestamp: timestamp + i as i64,
         });
     }
