@@ -246,6 +246,12 @@ impl Log {
         let first_base = *segments.keys().next().expect("non-empty");
         let next_offset = segments.values().next_back().expect("non-empty").next_offset;
         let start_offset = checkpoint.unwrap_or(first_base).clamp(first_base, next_offset);
+        if checkpoint.is_some_and(|c| c > next_offset) {
+            // Recovery cut the log below the checkpointed start. Persist the lower start now, or
+            // a later reopen, after new appends, would hide records it already exposed.
+            tracing::warn!(dir = %dir.display(), checkpoint = ?checkpoint, next_offset, "start offset above the recovered end; lowering it");
+            write_start_checkpoint(&dir, start_offset)?;
+        }
         let cache = TailCache::new(config.cache_bytes);
         let state = State {
             config,
