@@ -29,11 +29,13 @@ impl ModelBatch {
 struct Model {
     batches: Vec<ModelBatch>,
     start: i64,
+    /// The end when `batches` is empty (the base of the last batch removed).
+    empty_end: i64,
 }
 
 impl Model {
     fn end(&self) -> i64 {
-        self.batches.last().map_or(self.start, |b| b.next())
+        self.batches.last().map_or(self.empty_end, |b| b.next())
     }
 
     /// Index of the batch holding `offset`.
@@ -134,6 +136,7 @@ async fn drive(seed: u64, dir: std::path::PathBuf) {
                 {
                     log.truncate_to(cut).await.unwrap();
                     model.batches.retain(|b| b.base < cut);
+                    model.empty_end = cut;
                 } else {
                     assert!(matches!(log.truncate_to(model.start + 1).await, Err(_) | Ok(())));
                 }
@@ -253,13 +256,13 @@ fn tear_tail(dir: &std::path::Path, model: &mut Model, rng: &mut StdRng) {
             // The last batch cut short.
             let cut = logical - rng.gen_range(1..last_len);
             file.truncate(cut);
-            model.batches.pop();
+            model.empty_end = model.batches.pop().unwrap().base;
         }
         (_, Some(last_len)) => {
             // A byte of the last batch's CRC'd region damaged.
             let at = logical - last_len + rng.gen_range(25..last_len);
             file[at] ^= 0x40;
-            model.batches.pop();
+            model.empty_end = model.batches.pop().unwrap().base;
         }
     }
     std::fs::write(&path, file).unwrap();
