@@ -223,7 +223,7 @@ impl Log {
             let base = checkpoint.unwrap_or(0);
             let paths = SegmentPaths::new(&dir, base);
             let file = segment::open_log_file(&paths.log, true).await?;
-            drop(file);
+            file.close().await.map_err(|e| LogError::io("close", &paths.log, e))?;
             segment::sync_dir(&dir).await?;
             bases.push(base);
         }
@@ -279,6 +279,13 @@ impl Log {
                 pending_budget: Semaphore::new(limits::PENDING_BYTES_MAX as u64),
             }),
         })
+    }
+
+    fn ensure_open(&self) -> Result<()> {
+        if self.inner.state.borrow().closed {
+            return Err(LogError::Closed);
+        }
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -516,18 +523,7 @@ impl Log {
                     end,
                 )
             };
-            let length = buffer.len();
-            let written = file
-                .write_at(buffer, position)
-                .await
-                .map_err(|e| LogError::io("write", &path, e))?;
-            if written != length {
-                return Err(LogError::io(
-                    "write",
-                    &path,
-                    std::io::Error::other(format!("short write: {written} of {length}")),
-                ));
-            }
+            segment::write_all_at(&file, &path, buffer, position).await?;
             let mut state = self.inner.state.borrow_mut();
             let interval = state.config.index_interval_bytes;
             let active = state.active_mut();
@@ -588,6 +584,9 @@ impl Log {
                         glommio::timer::sleep(wait).await;
                         log.inner.state.borrow_mut().sync_timer_armed = false;
                         let Ok(_permit) = log.inner.io_lock.acquire_permit(1).await else { return };
+                        if log.ensure_open().is_err() {
+                            return;
+                        }
                         if let Err(error) = log.sync_active().await {
                             tracing::error!(%error, "interval fdatasync failed");
                         }
@@ -657,7 +656,7 @@ impl Log {
         }
         .await;
         if let Err(error) = created {
-            drop(file);
+            let _ = file.close().await;
             segment::remove_segment_files(&paths);
             return Err(error);
         }
@@ -696,7 +695,9 @@ impl Log {
 
     /// Seals the active segment (if it holds anything) and starts a new one.
     pub async fn roll(&self) -> Result<()> {
+        self.ensure_open()?;
         let _permit = self.inner.io_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
+        self.ensure_open()?;
         self.drain_locked().await?;
         let (empty, next) = {
             let state = self.inner.state.borrow();
@@ -713,6 +714,7 @@ impl Log {
     /// returns no batches; below the start offset or past the high watermark is
     /// `OffsetOutOfRange`. A stored batch that fails its CRC is a `Corruption` error, never data.
     pub async fn read(&self, offset: i64, bytes_max: usize) -> Result<LogRead> {
+        self.ensure_open()?;
         let bytes_max = bytes_max.clamp(1, limits::READ_BYTES_MAX);
         let plan = {
             let state = self.inner.state.borrow();
@@ -767,6 +769,7 @@ impl Log {
     /// The first offset whose record timestamp is at or after `timestamp_ms`, or `None` if no
     /// visible record is that new.
     pub async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<i64>> {
+        self.ensure_open()?;
         let candidates: Vec<(Rc<glommio::io::DmaFile>, PathBuf, u64, u64, i64)> = {
             let state = self.inner.state.borrow();
             state
@@ -829,7 +832,9 @@ impl Log {
     /// Removes every batch at or after `offset`, which must be a batch boundary in
     /// `[start, next]`. Queued appends are written first.
     pub async fn truncate_to(&self, offset: i64) -> Result<()> {
+        self.ensure_open()?;
         let _permit = self.inner.io_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
+        self.ensure_open()?;
         self.drain_locked().await?;
         let (file, paths, base, search_from, size) = {
             let state = self.inner.state.borrow();
@@ -936,7 +941,9 @@ impl Log {
     /// Moves the start offset forward (never past the high watermark): reads below it get
     /// `OffsetOutOfRange`, and whole segments below it are deleted. Persisted.
     pub async fn advance_start_offset(&self, offset: i64) -> Result<()> {
+        self.ensure_open()?;
         let _permit = self.inner.io_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
+        self.ensure_open()?;
         let new_start = {
             let state = self.inner.state.borrow();
             offset.clamp(state.start_offset, state.high_watermark())
@@ -954,7 +961,9 @@ impl Log {
     /// Deletes sealed segments past the retention limits (size, then time). The active segment
     /// is never deleted.
     pub async fn enforce_retention(&self) -> Result<RetentionReport> {
+        self.ensure_open()?;
         let _permit = self.inner.io_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
+        self.ensure_open()?;
         let now_ms = self.inner.options.clock.now_ms();
         Ok(self.delete_old_segments(now_ms).await)
     }
@@ -1001,17 +1010,33 @@ impl Log {
     /// Writes everything queued, fdatasyncs, and refuses further appends.
     pub async fn close(&self) -> Result<()> {
         let _permit = self.inner.io_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
+        if self.ensure_open().is_err() {
+            return Ok(());
+        }
         let drained = self.drain_locked().await;
         let synced = self.sync_active().await;
-        let mut state = self.inner.state.borrow_mut();
-        state.closed = true;
-        state.fail_waiters(&LogError::Closed);
+        let files: Vec<_> = {
+            let mut state = self.inner.state.borrow_mut();
+            state.closed = true;
+            state.fail_waiters(&LogError::Closed);
+            state.cache.clear();
+            std::mem::take(&mut state.segments).into_values().map(|s| s.file).collect()
+        };
+        // Close descriptors now rather than at the executor's next IO cycle. A file a reader
+        // still holds is closed when that reader drops it.
+        for file in files {
+            if let Ok(file) = Rc::try_unwrap(file) {
+                let _ = file.close().await;
+            }
+        }
         drained.and(synced)
     }
 
     /// Waits until everything appended so far is written and durable, whatever the policy.
     pub async fn flush(&self) -> Result<()> {
+        self.ensure_open()?;
         let _permit = self.inner.io_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
+        self.ensure_open()?;
         self.drain_locked().await?;
         self.sync_active().await
     }

@@ -209,6 +209,51 @@ pub(crate) async fn scan_file(
     Ok(ScanEnd { end: position, next_offset: expected, damage: None })
 }
 
+/// Writes a whole aligned buffer at `position`. A short write (the kernel reports ENOSPC only on
+/// the call after a partial one) continues with the remainder, so the caller sees the real error.
+pub(crate) async fn write_all_at(
+    file: &DmaFile,
+    path: &Path,
+    buffer: glommio::io::DmaBuffer,
+    position: u64,
+) -> Result<()> {
+    let length = buffer.len();
+    let buffer = Rc::new(buffer);
+    let mut done = file
+        .write_rc_at(buffer.clone(), position)
+        .await
+        .map_err(|e| LogError::io("write", path, e))?;
+    // Bounded: each iteration writes at least one block more, or fails.
+    for _ in 0..length / BLOCK_BYTES {
+        if done >= length {
+            break;
+        }
+        if done % BLOCK_BYTES != 0 {
+            let error = std::io::Error::other(format!("unaligned short write: {done} of {length}"));
+            return Err(LogError::io("write", path, error));
+        }
+        // Rare path, only while the device is filling up: copy the unwritten remainder.
+        let mut remainder = file.alloc_dma_buffer(length - done);
+        remainder.as_bytes_mut().copy_from_slice(&buffer.as_bytes()[done..]);
+        let written = file
+            .write_at(remainder, position + done as u64)
+            .await
+            .map_err(|e| LogError::io("write", path, e))?;
+        if written == 0 {
+            return Err(LogError::io(
+                "write",
+                path,
+                std::io::Error::from(std::io::ErrorKind::WriteZero),
+            ));
+        }
+        done += written;
+    }
+    if done < length {
+        return Err(LogError::io("write", path, std::io::Error::other("short write")));
+    }
+    Ok(())
+}
+
 /// Writes `tail` (the bytes of a partial last block) back as a whole block padded with zeros, so
 /// nothing after the logical end survives in that block.
 pub(crate) async fn rewrite_tail_block(
