@@ -411,7 +411,8 @@ impl Log {
             let mut taken = 0usize;
             let mut work = Vec::new();
             while let Some(front) = state.pending.front() {
-                if !work.is_empty() && taken + front.bytes.len() > limits::WRITE_BYTES_MAX {
+                if !work.is_empty() && taken + front.bytes.len() > limits::WRITE_ROUND_TARGET_BYTES
+                {
                     break;
                 }
                 taken += front.bytes.len();

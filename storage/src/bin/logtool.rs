@@ -43,6 +43,21 @@ enum Command {
         #[arg(long, default_value_t = 4 * 1024 * 1024 + 4096)]
         segment_bytes: u64,
     },
+    /// Measure append throughput into a fresh log in DIR (deleted afterwards); prints MB/s.
+    Bench {
+        dir: PathBuf,
+        #[arg(long, default_value = "never")]
+        flush: FlushPolicy,
+        /// Bytes per batch (records of 1 KiB values).
+        #[arg(long, default_value_t = 256 * 1024)]
+        batch_bytes: usize,
+        /// Concurrent appenders.
+        #[arg(long, default_value_t = 1)]
+        appenders: u64,
+        /// Total bytes to append.
+        #[arg(long, default_value_t = 2 * 1024 * 1024 * 1024)]
+        total_bytes: u64,
+    },
 }
 
 fn main() {
@@ -68,6 +83,9 @@ fn main() {
             } => {
                 let config = LogConfig { flush, segment_bytes, ..LogConfig::default() };
                 append(dir, config, batches, records, value_bytes, concurrency).await
+            }
+            Command::Bench { dir, flush, batch_bytes, appenders, total_bytes } => {
+                bench(dir, flush, batch_bytes, appenders, total_bytes).await
             }
         }
     });
@@ -118,6 +136,47 @@ async fn append(
         task.await?;
     }
     log.close().await
+}
+
+async fn bench(
+    dir: PathBuf,
+    flush: FlushPolicy,
+    batch_bytes: usize,
+    appenders: u64,
+    total_bytes: u64,
+) -> spate_storage::Result<()> {
+    let dir = dir.join(format!("spate-logtool-bench-{}", std::process::id()));
+    let config = LogConfig { flush, retention_ms: None, ..LogConfig::default() };
+    let log = Log::open(&dir, config, LogOptions::default()).await?;
+    let records = (batch_bytes / 1024).max(1);
+    let template = synthetic_batch(0, records, 1024 - 40);
+    let per_appender = (total_bytes / template.len() as u64 / appenders.max(1)).max(1);
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..appenders.max(1) {
+        let log = log.clone();
+        let template = template.clone();
+        tasks.push(glommio::spawn_local(async move {
+            for _ in 0..per_appender {
+                log.append(template.clone(), 1).await?;
+            }
+            Ok::<(), spate_storage::LogError>(())
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let bytes = per_appender * appenders.max(1) * template.len() as u64;
+    println!(
+        "append flush={flush} batch_bytes={} appenders={appenders}: {:.0} MB/s ({bytes} bytes in {elapsed:.2} s)",
+        template.len(),
+        bytes as f64 / elapsed / 1e6
+    );
+    log.close().await?;
+    drop(log);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 /// Deterministic content per tag, so a reader can tell batches apart.
