@@ -57,6 +57,11 @@ enum Command {
         /// Total bytes to append.
         #[arg(long, default_value_t = 2 * 1024 * 1024 * 1024)]
         total_bytes: u64,
+        /// fallocate each segment when it is created.
+        #[arg(long)]
+        preallocate: bool,
+        #[arg(long, default_value_t = 1024 * 1024 * 1024)]
+        segment_bytes: u64,
     },
 }
 
@@ -84,8 +89,23 @@ fn main() {
                 let config = LogConfig { flush, segment_bytes, ..LogConfig::default() };
                 append(dir, config, batches, records, value_bytes, concurrency).await
             }
-            Command::Bench { dir, flush, batch_bytes, appenders, total_bytes } => {
-                bench(dir, flush, batch_bytes, appenders, total_bytes).await
+            Command::Bench {
+                dir,
+                flush,
+                batch_bytes,
+                appenders,
+                total_bytes,
+                preallocate,
+                segment_bytes,
+            } => {
+                let config = LogConfig {
+                    flush,
+                    preallocate,
+                    segment_bytes,
+                    retention_ms: None,
+                    ..LogConfig::default()
+                };
+                bench(dir, config, batch_bytes, appenders, total_bytes).await
             }
         }
     });
@@ -140,13 +160,14 @@ async fn append(
 
 async fn bench(
     dir: PathBuf,
-    flush: FlushPolicy,
+    config: LogConfig,
     batch_bytes: usize,
     appenders: u64,
     total_bytes: u64,
 ) -> spate_storage::Result<()> {
     let dir = dir.join(format!("spate-logtool-bench-{}", std::process::id()));
-    let config = LogConfig { flush, retention_ms: None, ..LogConfig::default() };
+    let flush = config.flush;
+    let preallocate = config.preallocate;
     let log = Log::open(&dir, config, LogOptions::default()).await?;
     let records = (batch_bytes / 1024).max(1);
     let template = synthetic_batch(0, records, 1024 - 40);
@@ -169,7 +190,7 @@ async fn bench(
     let elapsed = started.elapsed().as_secs_f64();
     let bytes = per_appender * appenders.max(1) * template.len() as u64;
     println!(
-        "append flush={flush} batch_bytes={} appenders={appenders}: {:.0} MB/s ({bytes} bytes in {elapsed:.2} s)",
+        "append flush={flush} preallocate={preallocate} batch_bytes={} appenders={appenders}: {:.0} MB/s ({bytes} bytes in {elapsed:.2} s)",
         template.len(),
         bytes as f64 / elapsed / 1e6
     );
