@@ -1,9 +1,27 @@
-//! Spate's wire format.
+//! Spate's wire formats.
 //!
 //! - [`batch`]: the record batch, the unit that producers send, the log stores and fetches return.
-//! - [`limits`]: every maximum the format enforces.
-//!
-//! The flatbuffers request/response protocol lands here with its own issue.
+//! - [`frame`]: length-prefixed frames on a byte stream (sans-IO).
+//! - [`codec`]: verified decoding and encoding of requests and responses.
+//! - [`wire`]: the flatbuffers types generated from `schema/spate.fbs` (regenerate with
+//!   `protocol/regen.sh`; never edit by hand).
+//! - [`limits`]: every maximum the protocol enforces.
+
+// The generated code names `alloc::` paths, which need the crate in the extern prelude.
+extern crate alloc;
 
 pub mod batch;
+pub mod codec;
+pub mod frame;
 pub mod limits;
+
+#[rustfmt::skip]
+#[allow(clippy::all, clippy::pedantic, unused_imports, dead_code, non_camel_case_types, non_snake_case, deprecated, mismatched_lifetime_syntaxes)]
+#[path = "generated/spate_generated.rs"]
+mod generated;
+
+/// The generated flatbuffers types: views (`Request<'a>`), builders and owned `...T` types.
+pub use generated::spate::wire;
+
+#[cfg(test)]
+mod roundtrip_tests;
