@@ -710,7 +710,6 @@ impl ::flatbuffers::SimpleToVerifyInSlice for RequestBody {}
 pub struct RequestBodyUnionTableOffset {}
 
 #[allow(clippy::upper_case_acronyms)]
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub enum RequestBodyT {
   NONE,
@@ -1319,7 +1318,6 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ResponseBody {}
 pub struct ResponseBodyUnionTableOffset {}
 
 #[allow(clippy::upper_case_acronyms)]
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ResponseBodyT {
   NONE,
@@ -1913,7 +1911,6 @@ impl ::core::fmt::Debug for ApiVersionRange<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiVersionRangeT {
   pub api: ApiKey,
@@ -2091,7 +2088,6 @@ impl ::core::fmt::Debug for HandshakeRequest<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct HandshakeRequestT {
   pub client_software: Option<alloc::string::String>,
@@ -2292,7 +2288,6 @@ impl ::core::fmt::Debug for HandshakeResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct HandshakeResponseT {
   pub protocol_version: u16,
@@ -2436,7 +2431,6 @@ impl ::core::fmt::Debug for MetadataRequest<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetadataRequestT {
   pub topics: Option<alloc::vec::Vec<alloc::string::String>>,
@@ -2603,7 +2597,6 @@ impl ::core::fmt::Debug for BrokerInfo<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct BrokerInfoT {
   pub broker_id: i32,
@@ -2877,7 +2870,6 @@ impl ::core::fmt::Debug for PartitionMetadata<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct PartitionMetadataT {
   pub partition: i32,
@@ -3076,7 +3068,6 @@ impl ::core::fmt::Debug for TopicMetadata<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopicMetadataT {
   pub name: Option<alloc::string::String>,
@@ -3255,7 +3246,6 @@ impl ::core::fmt::Debug for MetadataResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetadataResponseT {
   pub brokers: Option<alloc::vec::Vec<BrokerInfoT>>,
@@ -3417,7 +3407,6 @@ impl ::core::fmt::Debug for ConfigEntry<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigEntryT {
   pub name: Option<alloc::string::String>,
@@ -3611,7 +3600,6 @@ impl ::core::fmt::Debug for CreatableTopic<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreatableTopicT {
   pub name: Option<alloc::string::String>,
@@ -3792,7 +3780,6 @@ impl ::core::fmt::Debug for CreateTopicsRequest<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateTopicsRequestT {
   pub topics: Option<alloc::vec::Vec<CreatableTopicT>>,
@@ -3969,7 +3956,6 @@ impl ::core::fmt::Debug for TopicResult<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopicResultT {
   pub name: Option<alloc::string::String>,
@@ -4108,7 +4094,6 @@ impl ::core::fmt::Debug for CreateTopicsResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateTopicsResponseT {
   pub topics: Option<alloc::vec::Vec<TopicResultT>>,
@@ -4256,7 +4241,6 @@ impl ::core::fmt::Debug for DeleteTopicsRequest<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeleteTopicsRequestT {
   pub names: Option<alloc::vec::Vec<alloc::string::String>>,
@@ -4389,7 +4373,6 @@ impl ::core::fmt::Debug for DeleteTopicsResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeleteTopicsResponseT {
   pub topics: Option<alloc::vec::Vec<TopicResultT>>,
@@ -4518,7 +4501,6 @@ impl ::core::fmt::Debug for DescribeConfigsRequest<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct DescribeConfigsRequestT {
   pub topics: Option<alloc::vec::Vec<alloc::string::String>>,
@@ -4687,7 +4669,6 @@ impl ::core::fmt::Debug for DescribedConfig<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct DescribedConfigT {
   pub name: Option<alloc::string::String>,
@@ -4887,7 +4868,6 @@ impl ::core::fmt::Debug for TopicConfigs<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopicConfigsT {
   pub name: Option<alloc::string::String>,
@@ -5032,7 +5012,6 @@ impl ::core::fmt::Debug for DescribeConfigsResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct DescribeConfigsResponseT {
   pub topics: Option<alloc::vec::Vec<TopicConfigsT>>,
@@ -5182,7 +5161,6 @@ impl ::core::fmt::Debug for TopicConfigUpdate<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopicConfigUpdateT {
   pub name: Option<alloc::string::String>,
@@ -5336,7 +5314,6 @@ impl ::core::fmt::Debug for AlterConfigsRequest<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlterConfigsRequestT {
   pub topics: Option<alloc::vec::Vec<TopicConfigUpdateT>>,
@@ -5469,7 +5446,6 @@ impl ::core::fmt::Debug for AlterConfigsResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlterConfigsResponseT {
   pub topics: Option<alloc::vec::Vec<TopicResultT>>,
@@ -5618,7 +5594,6 @@ impl ::core::fmt::Debug for ProducePartition<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProducePartitionT {
   pub partition: i32,
@@ -5772,7 +5747,6 @@ impl ::core::fmt::Debug for ProduceTopic<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProduceTopicT {
   pub name: Option<alloc::string::String>,
@@ -5945,7 +5919,6 @@ impl ::core::fmt::Debug for ProduceRequest<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProduceRequestT {
   pub acks: Acks,
@@ -6159,7 +6132,6 @@ impl ::core::fmt::Debug for ProducePartitionResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProducePartitionResponseT {
   pub partition: i32,
@@ -6325,7 +6297,6 @@ impl ::core::fmt::Debug for ProduceTopicResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProduceTopicResponseT {
   pub name: Option<alloc::string::String>,
@@ -6460,7 +6431,6 @@ impl ::core::fmt::Debug for ProduceResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProduceResponseT {
   pub topics: Option<alloc::vec::Vec<ProduceTopicResponseT>>,
@@ -6625,7 +6595,6 @@ impl ::core::fmt::Debug for FetchPartition<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct FetchPartitionT {
   pub partition: i32,
@@ -6781,7 +6750,6 @@ impl ::core::fmt::Debug for FetchTopic<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct FetchTopicT {
   pub name: Option<alloc::string::String>,
@@ -6974,7 +6942,6 @@ impl ::core::fmt::Debug for FetchRequest<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct FetchRequestT {
   pub max_wait_ms: u32,
@@ -7211,7 +7178,6 @@ impl ::core::fmt::Debug for FetchPartitionResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct FetchPartitionResponseT {
   pub partition: i32,
@@ -7381,7 +7347,6 @@ impl ::core::fmt::Debug for FetchTopicResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct FetchTopicResponseT {
   pub name: Option<alloc::string::String>,
@@ -7516,7 +7481,6 @@ impl ::core::fmt::Debug for FetchResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct FetchResponseT {
   pub topics: Option<alloc::vec::Vec<FetchTopicResponseT>>,
@@ -7664,7 +7628,6 @@ impl ::core::fmt::Debug for ListOffsetsPartition<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListOffsetsPartitionT {
   pub partition: i32,
@@ -7816,7 +7779,6 @@ impl ::core::fmt::Debug for ListOffsetsTopic<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListOffsetsTopicT {
   pub name: Option<alloc::string::String>,
@@ -7951,7 +7913,6 @@ impl ::core::fmt::Debug for ListOffsetsRequest<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListOffsetsRequestT {
   pub topics: Option<alloc::vec::Vec<ListOffsetsTopicT>>,
@@ -8138,7 +8099,6 @@ impl ::core::fmt::Debug for ListOffsetsPartitionResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListOffsetsPartitionResponseT {
   pub partition: i32,
@@ -8300,7 +8260,6 @@ impl ::core::fmt::Debug for ListOffsetsTopicResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListOffsetsTopicResponseT {
   pub name: Option<alloc::string::String>,
@@ -8435,7 +8394,6 @@ impl ::core::fmt::Debug for ListOffsetsResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListOffsetsResponseT {
   pub topics: Option<alloc::vec::Vec<ListOffsetsTopicResponseT>>,
@@ -8602,7 +8560,6 @@ impl ::core::fmt::Debug for OffsetCommitPartition<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct OffsetCommitPartitionT {
   pub partition: i32,
@@ -8760,7 +8717,6 @@ impl ::core::fmt::Debug for OffsetCommitTopic<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct OffsetCommitTopicT {
   pub name: Option<alloc::string::String>,
@@ -8978,7 +8934,6 @@ impl ::core::fmt::Debug for OffsetCommitRequest<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct OffsetCommitRequestT {
   pub group_id: Option<alloc::string::String>,
@@ -9167,7 +9122,6 @@ impl ::core::fmt::Debug for PartitionResult<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct PartitionResultT {
   pub partition: i32,
@@ -9325,7 +9279,6 @@ impl ::core::fmt::Debug for TopicPartitionResults<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopicPartitionResultsT {
   pub name: Option<alloc::string::String>,
@@ -9460,7 +9413,6 @@ impl ::core::fmt::Debug for OffsetCommitResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct OffsetCommitResponseT {
   pub topics: Option<alloc::vec::Vec<TopicPartitionResultsT>>,
@@ -9611,7 +9563,6 @@ impl ::core::fmt::Debug for OffsetFetchTopic<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct OffsetFetchTopicT {
   pub name: Option<alloc::string::String>,
@@ -9768,7 +9719,6 @@ impl ::core::fmt::Debug for OffsetFetchRequest<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct OffsetFetchRequestT {
   pub group_id: Option<alloc::string::String>,
@@ -9961,7 +9911,6 @@ impl ::core::fmt::Debug for OffsetFetchPartition<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct OffsetFetchPartitionT {
   pub partition: i32,
@@ -10123,7 +10072,6 @@ impl ::core::fmt::Debug for OffsetFetchTopicResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct OffsetFetchTopicResponseT {
   pub name: Option<alloc::string::String>,
@@ -10258,7 +10206,6 @@ impl ::core::fmt::Debug for OffsetFetchResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct OffsetFetchResponseT {
   pub topics: Option<alloc::vec::Vec<OffsetFetchTopicResponseT>>,
@@ -10406,7 +10353,6 @@ impl ::core::fmt::Debug for FindCoordinatorRequest<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct FindCoordinatorRequestT {
   pub key: Option<alloc::string::String>,
@@ -10636,7 +10582,6 @@ impl ::core::fmt::Debug for FindCoordinatorResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct FindCoordinatorResponseT {
   pub broker_id: i32,
@@ -10809,7 +10754,6 @@ impl ::core::fmt::Debug for GroupProtocol<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupProtocolT {
   pub name: Option<alloc::string::String>,
@@ -11068,7 +11012,6 @@ impl ::core::fmt::Debug for JoinGroupRequest<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct JoinGroupRequestT {
   pub group_id: Option<alloc::string::String>,
@@ -11271,7 +11214,6 @@ impl ::core::fmt::Debug for JoinGroupMember<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct JoinGroupMemberT {
   pub member_id: Option<alloc::string::String>,
@@ -11495,7 +11437,6 @@ impl ::core::fmt::Debug for JoinGroupResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct JoinGroupResponseT {
   pub generation_id: i32,
@@ -11667,7 +11608,6 @@ impl ::core::fmt::Debug for SyncGroupAssignment<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncGroupAssignmentT {
   pub member_id: Option<alloc::string::String>,
@@ -11885,7 +11825,6 @@ impl ::core::fmt::Debug for SyncGroupRequest<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncGroupRequestT {
   pub group_id: Option<alloc::string::String>,
@@ -12036,7 +11975,6 @@ impl ::core::fmt::Debug for SyncGroupResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncGroupResponseT {
   pub assignment: Option<alloc::vec::Vec<u8>>,
@@ -12226,7 +12164,6 @@ impl ::core::fmt::Debug for HeartbeatRequest<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeartbeatRequestT {
   pub group_id: Option<alloc::string::String>,
@@ -12349,7 +12286,6 @@ impl ::core::fmt::Debug for HeartbeatResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeartbeatResponseT {
 }
@@ -12493,7 +12429,6 @@ impl ::core::fmt::Debug for MemberIdentity<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemberIdentityT {
   pub member_id: Option<alloc::string::String>,
@@ -12649,7 +12584,6 @@ impl ::core::fmt::Debug for LeaveGroupRequest<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeaveGroupRequestT {
   pub group_id: Option<alloc::string::String>,
@@ -12824,7 +12758,6 @@ impl ::core::fmt::Debug for MemberResult<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemberResultT {
   pub member_id: Option<alloc::string::String>,
@@ -12963,7 +12896,6 @@ impl ::core::fmt::Debug for LeaveGroupResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeaveGroupResponseT {
   pub members: Option<alloc::vec::Vec<MemberResultT>>,
@@ -13093,7 +13025,6 @@ impl ::core::fmt::Debug for ListGroupsRequest<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListGroupsRequestT {
   pub states_filter: Option<alloc::vec::Vec<alloc::string::String>>,
@@ -13264,7 +13195,6 @@ impl ::core::fmt::Debug for ListedGroup<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListedGroupT {
   pub group_id: Option<alloc::string::String>,
@@ -13405,7 +13335,6 @@ impl ::core::fmt::Debug for ListGroupsResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListGroupsResponseT {
   pub groups: Option<alloc::vec::Vec<ListedGroupT>>,
@@ -13534,7 +13463,6 @@ impl ::core::fmt::Debug for DescribeGroupsRequest<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct DescribeGroupsRequestT {
   pub groups: Option<alloc::vec::Vec<alloc::string::String>>,
@@ -13768,7 +13696,6 @@ impl ::core::fmt::Debug for DescribedMember<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct DescribedMemberT {
   pub member_id: Option<alloc::string::String>,
@@ -14030,7 +13957,6 @@ impl ::core::fmt::Debug for DescribedGroup<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct DescribedGroupT {
   pub group_id: Option<alloc::string::String>,
@@ -14187,7 +14113,6 @@ impl ::core::fmt::Debug for DescribeGroupsResponse<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct DescribeGroupsResponseT {
   pub groups: Option<alloc::vec::Vec<DescribedGroupT>>,
@@ -14906,7 +14831,6 @@ impl ::core::fmt::Debug for Request<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestT {
   pub correlation_id: u32,
@@ -15639,7 +15563,6 @@ impl ::core::fmt::Debug for Response<'_> {
       ds.finish()
   }
 }
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResponseT {
   pub correlation_id: u32,
