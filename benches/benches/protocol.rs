@@ -74,24 +74,21 @@ fn protocol(c: &mut Criterion) {
         correlation_id: 1,
         client_id: Some("bench".into()),
         api_version: 0,
-        body: wire::RequestBodyT::FetchRequest(Box::new({
-            let mut fetch = wire::FetchRequestT::default();
-            fetch.max_bytes = 1 << 20;
-            let mut topic = wire::FetchTopicT::default();
-            topic.name = Some("orders".into());
-            topic.partitions = Some(
-                (0..10)
-                    .map(|p| {
-                        let mut partition = wire::FetchPartitionT::default();
-                        partition.partition = p;
-                        partition.fetch_offset = 1000;
-                        partition.max_bytes = 1 << 20;
-                        partition
-                    })
-                    .collect(),
-            );
-            fetch.topics = Some(vec![topic]);
-            fetch
+        body: wire::RequestBodyT::FetchRequest(Box::new(wire::FetchRequestT {
+            max_bytes: 1 << 20,
+            topics: Some(vec![wire::FetchTopicT {
+                name: Some("orders".into()),
+                partitions: Some(
+                    (0..10)
+                        .map(|p| wire::FetchPartitionT {
+                            partition: p,
+                            fetch_offset: 1000,
+                            max_bytes: 1 << 20,
+                        })
+                        .collect(),
+                ),
+            }]),
+            ..Default::default()
         })),
     };
     let small = codec::encode_request(&fetch).unwrap();
