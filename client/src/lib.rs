@@ -1,4 +1,29 @@
-//! The Spate client: producer and consumer on Glommio.
+//! Spate's Rust client, on Glommio: a [`Producer`], a [`Consumer`], and the [`Client`] they
+//! share (connections, metadata cache, one typed call per API).
 //!
-//! Not built yet: this crate is a placeholder in the workspace until the protocol/client issue
-//! lands. It exports nothing, so nothing can mistake it for working code.
+//! Layout:
+//! - [`partitioner`], [`accumulator`], [`consumer::Positions`]: the sans-IO cores (partition
+//!   choice, batching and in-flight/retry bookkeeping, consumer positions), tested without
+//!   sockets.
+//! - [`connection`]: one TCP connection, requests matched to responses by correlation id.
+//! - [`client`]: routing to each partition's owning shard, metadata refresh, the APIs.
+//! - [`producer`], [`consumer`]: the drivers.
+//!
+//! Every type here is `!Send`: create and use it inside a Glommio executor.
+
+pub mod accumulator;
+pub mod client;
+pub mod connection;
+pub mod consumer;
+pub mod error;
+pub mod limits;
+pub mod partitioner;
+pub mod producer;
+
+pub use accumulator::TopicPartition;
+pub use client::{Client, ClientConfig, EARLIEST, LATEST};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, Seek};
+pub use error::{ClientError, Result};
+pub use partitioner::{key_partition, DefaultPartitioner, Partitioner};
+pub use producer::{Delivery, DeliveryReport, Producer, ProducerConfig, ProducerRecord};
+pub use spate_protocol::wire::Acks;

@@ -1,0 +1,660 @@
+//! The client: connections per address, a metadata cache, and one typed call per API.
+//!
+//! Routing: each partition's request goes to the address of the shard that owns it when the
+//! broker advertises one (so it skips the broker's cross-shard hop), else to the broker's
+//! address. Errors that mean "your metadata is stale" (`NotLeader`, `UnknownTopicOrPartition`)
+//! drop the cached entry so the next call refreshes it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use spate_protocol::codec::{self, ProducePartitionInput};
+use spate_protocol::frame::Frame;
+use spate_protocol::wire::{self, ErrorCode, RequestBodyT, RequestT, ResponseBodyT};
+
+use crate::connection::Connection;
+use crate::error::{ClientError, Result};
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `HOST:PORT` of any broker.
+    pub bootstrap: String,
+    pub client_id: String,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Talk to each partition's owning shard directly when the broker advertises its address.
+    pub use_shard_addresses: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            bootstrap: "127.0.0.1:9292".into(),
+            client_id: "spate-client".into(),
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            use_shard_addresses: true,
+        }
+    }
+}
+
+/// What the cache knows of one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: u32,
+    pub leader_broker: i32,
+    pub shard: u16,
+    /// Where requests for this partition go.
+    pub address: SocketAddr,
+}
+
+/// One fetched partition: whole batches as sent by the broker, plus its offsets.
+#[derive(Debug, Clone)]
+pub struct FetchedPartition {
+    pub topic: String,
+    pub partition: u32,
+    pub error: Option<ClientError>,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub records: Bytes,
+}
+
+/// One partition to fetch.
+#[derive(Debug, Clone)]
+pub struct FetchTarget {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: i64,
+    pub max_bytes: u32,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    bootstrap: SocketAddr,
+    connections: RefCell<HashMap<SocketAddr, Connection>>,
+    brokers: RefCell<HashMap<i32, SocketAddr>>,
+    topics: RefCell<HashMap<String, Vec<PartitionInfo>>>,
+    closed: Cell<bool>,
+}
+
+/// Latest offset (the next one to be written), for `list_offsets`.
+pub const LATEST: i64 = -1;
+/// Earliest offset still in the log, for `list_offsets`.
+pub const EARLIEST: i64 = -2;
+
+impl Client {
+    /// Resolves the bootstrap address, connects and handshakes.
+    pub async fn connect(config: ClientConfig) -> Result<Client> {
+        let bootstrap = resolve(&config.bootstrap)?;
+        let client = Client {
+            inner: Rc::new(Inner {
+                config,
+                bootstrap,
+                connections: RefCell::new(HashMap::new()),
+                brokers: RefCell::new(HashMap::new()),
+                topics: RefCell::new(HashMap::new()),
+                closed: Cell::new(false),
+            }),
+        };
+        client.connection(bootstrap).await?;
+        Ok(client)
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// A live connection to `address`, connecting and handshaking if needed.
+    async fn connection(&self, address: SocketAddr) -> Result<Connection> {
+        if self.inner.closed.get() {
+            return Err(ClientError::Closed);
+        }
+        let existing = self.inner.connections.borrow().get(&address).cloned();
+        if let Some(connection) = existing.filter(|c| !c.is_broken()) {
+            return Ok(connection);
+        }
+        let connection = Connection::connect(address, self.inner.config.connect_timeout).await?;
+        self.handshake(&connection).await?;
+        self.inner.connections.borrow_mut().insert(address, connection.clone());
+        Ok(connection)
+    }
+
+    async fn handshake(&self, connection: &Connection) -> Result<()> {
+        let apis = codec::SUPPORTED_APIS
+            .iter()
+            .map(|(api, min, max)| wire::ApiVersionRangeT {
+                api: *api,
+                min_version: *min,
+                max_version: *max,
+            })
+            .collect();
+        let body = RequestBodyT::HandshakeRequest(Box::new(wire::HandshakeRequestT {
+            client_software: Some("spate-client".into()),
+            client_version: Some(env!("CARGO_PKG_VERSION").into()),
+            apis: Some(apis),
+        }));
+        let response = self.call_on(connection, body).await?;
+        let ResponseBodyT::HandshakeResponse(handshake) = response else {
+            return Err(ClientError::UnexpectedResponse("handshake".into()));
+        };
+        // Every API this client uses is at version 0; a broker must speak it.
+        for (api, _, _) in codec::SUPPORTED_APIS
+            .iter()
+            .filter(|(api, _, _)| *api == wire::ApiKey::Produce || *api == wire::ApiKey::Fetch)
+        {
+            let spoken =
+                handshake.apis.iter().flatten().any(|r| r.api == *api && r.min_version == 0);
+            if !spoken {
+                return Err(ClientError::broker(
+                    ErrorCode::UnsupportedVersion,
+                    Some("broker does not speak version 0 of produce/fetch"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one request built with the object API and returns the response body, or the
+    /// envelope's error.
+    pub async fn call(&self, body: RequestBodyT) -> Result<ResponseBodyT> {
+        let connection = self.connection(self.inner.bootstrap).await?;
+        self.call_on(&connection, body).await
+    }
+
+    async fn call_on(&self, connection: &Connection, body: RequestBodyT) -> Result<ResponseBodyT> {
+        let frame = self.roundtrip(connection, body).await?;
+        let response = codec::decode_response(&frame.header)?.unpack();
+        if response.error_code != ErrorCode::None {
+            return Err(ClientError::broker(
+                response.error_code,
+                response.error_message.as_deref(),
+            ));
+        }
+        Ok(response.body)
+    }
+
+    async fn roundtrip(&self, connection: &Connection, body: RequestBodyT) -> Result<Frame> {
+        let correlation_id = connection.next_correlation_id();
+        let request = RequestT {
+            correlation_id,
+            client_id: Some(self.inner.config.client_id.clone()),
+            api_version: 0,
+            body,
+        };
+        let frame = codec::encode_request(&request)?;
+        connection.request(correlation_id, &frame, self.inner.config.request_timeout).await
+    }
+
+    // ---- Metadata ---------------------------------------------------------------------------
+
+    /// Fetches metadata for `topics` (all topics if `None`) and refreshes the cache.
+    pub async fn metadata(&self, topics: Option<&[&str]>) -> Result<wire::MetadataResponseT> {
+        let body = RequestBodyT::MetadataRequest(Box::new(wire::MetadataRequestT {
+            topics: topics.map(|t| t.iter().map(|s| s.to_string()).collect()),
+        }));
+        let ResponseBodyT::MetadataResponse(metadata) = self.call(body).await? else {
+            return Err(ClientError::UnexpectedResponse("metadata".into()));
+        };
+        self.absorb_metadata(&metadata);
+        Ok(*metadata)
+    }
+
+    fn absorb_metadata(&self, metadata: &wire::MetadataResponseT) {
+        let mut brokers = self.inner.brokers.borrow_mut();
+        for broker in metadata.brokers.iter().flatten() {
+            if let Some(address) =
+                broker.host.as_deref().and_then(|h| resolve(&format!("{h}:{}", broker.port)).ok())
+            {
+                brokers.insert(broker.broker_id, address);
+            }
+        }
+        let mut topics = self.inner.topics.borrow_mut();
+        for topic in metadata.topics.iter().flatten() {
+            let Some(name) = topic.name.clone() else { continue };
+            if topic.error_code != ErrorCode::None {
+                topics.remove(&name);
+                continue;
+            }
+            let mut partitions: Vec<PartitionInfo> = topic
+                .partitions
+                .iter()
+                .flatten()
+                .filter_map(|p| {
+                    let shard_address = p
+                        .shard_host
+                        .as_deref()
+                        .filter(|_| self.inner.config.use_shard_addresses && p.shard_port != 0)
+                        .and_then(|h| resolve(&format!("{h}:{}", p.shard_port)).ok());
+                    let address = shard_address
+                        .or_else(|| brokers.get(&p.leader_broker).copied())
+                        .unwrap_or(self.inner.bootstrap);
+                    Some(PartitionInfo {
+                        partition: u32::try_from(p.partition).ok()?,
+                        leader_broker: p.leader_broker,
+                        shard: p.shard,
+                        address,
+                    })
+                })
+                .collect();
+            partitions.sort_by_key(|p| p.partition);
+            topics.insert(name, partitions);
+        }
+    }
+
+    /// The partitions of `topic`, from the cache or a metadata request.
+    pub async fn partitions(&self, topic: &str) -> Result<Vec<PartitionInfo>> {
+        if let Some(partitions) = self.inner.topics.borrow().get(topic) {
+            return Ok(partitions.clone());
+        }
+        self.metadata(Some(&[topic])).await?;
+        self.inner
+            .topics
+            .borrow()
+            .get(topic)
+            .cloned()
+            .ok_or_else(|| ClientError::UnknownTopic(topic.to_string()))
+    }
+
+    pub async fn partition_count(&self, topic: &str) -> Result<u32> {
+        Ok(self.partitions(topic).await?.len() as u32)
+    }
+
+    /// Forgets what the cache knows of `topic`; the next call refreshes it.
+    pub fn invalidate(&self, topic: &str) {
+        self.inner.topics.borrow_mut().remove(topic);
+    }
+
+    async fn route(&self, topic: &str, partition: u32) -> Result<SocketAddr> {
+        let partitions = self.partitions(topic).await?;
+        partitions
+            .iter()
+            .find(|p| p.partition == partition)
+            .map(|p| p.address)
+            .ok_or(ClientError::UnknownPartition { topic: topic.to_string(), partition })
+    }
+
+    fn note_error(&self, topic: &str, code: ErrorCode) {
+        if codec::needs_metadata_refresh(code) {
+            self.invalidate(topic);
+        }
+    }
+
+    // ---- Produce / fetch --------------------------------------------------------------------
+
+    /// Sends whole batches to one partition. Returns the base offset given to the first record
+    /// (or `None` with `acks=none`, which gets no response).
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: &[u8],
+        acks: wire::Acks,
+        timeout: Duration,
+    ) -> Result<Option<i64>> {
+        let address = self.route(topic, partition).await?;
+        let connection = self.connection(address).await?;
+        let correlation_id = connection.next_correlation_id();
+        let input = vec![ProducePartitionInput { partition: partition as i32, records }];
+        let frame = codec::encode_produce(
+            correlation_id,
+            &self.inner.config.client_id,
+            acks,
+            timeout.as_millis() as u32,
+            &[(topic, input)],
+        )?;
+        if acks == wire::Acks::None {
+            connection.send(&frame).await?;
+            return Ok(None);
+        }
+        let response = connection
+            .request(correlation_id, &frame, self.inner.config.request_timeout.max(timeout))
+            .await?;
+        let response = codec::decode_response(&response.header)?;
+        if response.error_code() != ErrorCode::None {
+            return Err(ClientError::broker(response.error_code(), response.error_message()));
+        }
+        let produce = response
+            .body_as_produce_response()
+            .ok_or_else(|| ClientError::UnexpectedResponse("produce".into()))?;
+        let result = produce
+            .topics()
+            .iter()
+            .flatten()
+            .flat_map(|t| t.partitions().into_iter().flatten())
+            .find(|p| p.partition() == partition as i32)
+            .ok_or_else(|| {
+                ClientError::UnexpectedResponse("produce response without the partition".into())
+            })?;
+        if result.error_code() != ErrorCode::None {
+            self.note_error(topic, result.error_code());
+            return Err(ClientError::broker(result.error_code(), result.error_message()));
+        }
+        Ok(Some(result.base_offset()))
+    }
+
+    /// Fetches from several partitions, one request per owning address. Waits up to `max_wait`
+    /// for `min_bytes` (long polling).
+    pub async fn fetch(
+        &self,
+        targets: &[FetchTarget],
+        max_wait: Duration,
+        min_bytes: u32,
+        max_bytes: u32,
+    ) -> Result<Vec<FetchedPartition>> {
+        let mut by_address: HashMap<SocketAddr, Vec<&FetchTarget>> = HashMap::new();
+        for target in targets {
+            let address = self.route(&target.topic, target.partition).await?;
+            by_address.entry(address).or_default().push(target);
+        }
+        let mut out = Vec::new();
+        for (address, targets) in by_address {
+            let connection = self.connection(address).await?;
+            let mut topics: Vec<wire::FetchTopicT> = Vec::new();
+            for target in targets {
+                let partition = wire::FetchPartitionT {
+                    partition: target.partition as i32,
+                    fetch_offset: target.offset,
+                    max_bytes: target.max_bytes as i32,
+                };
+                match topics.iter_mut().find(|t| t.name.as_deref() == Some(target.topic.as_str())) {
+                    Some(topic) => topic.partitions.get_or_insert_with(Vec::new).push(partition),
+                    None => topics.push(wire::FetchTopicT {
+                        name: Some(target.topic.clone()),
+                        partitions: Some(vec![partition]),
+                    }),
+                }
+            }
+            let body = RequestBodyT::FetchRequest(Box::new(wire::FetchRequestT {
+                max_wait_ms: max_wait.as_millis() as u32,
+                min_bytes: min_bytes as i32,
+                max_bytes: max_bytes as i32,
+                topics: Some(topics),
+            }));
+            let frame = self.roundtrip(&connection, body).await?;
+            out.extend(self.split_fetch(frame)?);
+        }
+        Ok(out)
+    }
+
+    fn split_fetch(&self, frame: Frame) -> Result<Vec<FetchedPartition>> {
+        let response = codec::decode_response(&frame.header)?;
+        if response.error_code() != ErrorCode::None {
+            return Err(ClientError::broker(response.error_code(), response.error_message()));
+        }
+        let fetch = response
+            .body_as_fetch_response()
+            .ok_or_else(|| ClientError::UnexpectedResponse("fetch".into()))?;
+        codec::fetch_payload_sizes(&fetch, frame.payload.len())?;
+        let mut payload = frame.payload.freeze();
+        let mut out = Vec::new();
+        for topic in fetch.topics().iter().flatten() {
+            let name = topic.name().unwrap_or_default().to_string();
+            for partition in topic.partitions().iter().flatten() {
+                let records = payload.split_to(partition.records_bytes() as usize);
+                let error = (partition.error_code() != ErrorCode::None).then(|| {
+                    self.note_error(&name, partition.error_code());
+                    ClientError::broker(partition.error_code(), partition.error_message())
+                });
+                out.push(FetchedPartition {
+                    topic: name.clone(),
+                    partition: partition.partition() as u32,
+                    error,
+                    high_watermark: partition.high_watermark(),
+                    log_start_offset: partition.log_start_offset(),
+                    records,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Offset lookup: [`LATEST`], [`EARLIEST`], or the first offset at or after a timestamp
+    /// (ms). `None` when a timestamp matches no record.
+    pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<Option<i64>> {
+        let address = self.route(topic, partition).await?;
+        let connection = self.connection(address).await?;
+        let body = RequestBodyT::ListOffsetsRequest(Box::new(wire::ListOffsetsRequestT {
+            topics: Some(vec![wire::ListOffsetsTopicT {
+                name: Some(topic.to_string()),
+                partitions: Some(vec![wire::ListOffsetsPartitionT {
+                    partition: partition as i32,
+                    timestamp,
+                }]),
+            }]),
+        }));
+        let ResponseBodyT::ListOffsetsResponse(response) = self.call_on(&connection, body).await?
+        else {
+            return Err(ClientError::UnexpectedResponse("list offsets".into()));
+        };
+        let result = response
+            .topics
+            .iter()
+            .flatten()
+            .flat_map(|t| t.partitions.iter().flatten())
+            .find(|p| p.partition == partition as i32)
+            .ok_or_else(|| {
+                ClientError::UnexpectedResponse("list offsets without the partition".into())
+            })?;
+        if result.error_code != ErrorCode::None {
+            self.note_error(topic, result.error_code);
+            return Err(ClientError::broker(result.error_code, result.error_message.as_deref()));
+        }
+        Ok((result.offset >= 0).then_some(result.offset))
+    }
+
+    // ---- Admin ------------------------------------------------------------------------------
+
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: &[(&str, &str)],
+    ) -> Result<()> {
+        let body = RequestBodyT::CreateTopicsRequest(Box::new(wire::CreateTopicsRequestT {
+            topics: Some(vec![wire::CreatableTopicT {
+                name: Some(name.to_string()),
+                partitions: partitions as i32,
+                replication_factor: 1,
+                configs: Some(
+                    configs
+                        .iter()
+                        .map(|(k, v)| wire::ConfigEntryT {
+                            name: Some(k.to_string()),
+                            value: Some(v.to_string()),
+                        })
+                        .collect(),
+                ),
+            }]),
+            timeout_ms: self.inner.config.request_timeout.as_millis() as u32,
+            validate_only: false,
+        }));
+        let ResponseBodyT::CreateTopicsResponse(response) = self.call(body).await? else {
+            return Err(ClientError::UnexpectedResponse("create topics".into()));
+        };
+        first_topic_result(response.topics)
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let body = RequestBodyT::DeleteTopicsRequest(Box::new(wire::DeleteTopicsRequestT {
+            names: Some(vec![name.to_string()]),
+            timeout_ms: self.inner.config.request_timeout.as_millis() as u32,
+        }));
+        let ResponseBodyT::DeleteTopicsResponse(response) = self.call(body).await? else {
+            return Err(ClientError::UnexpectedResponse("delete topics".into()));
+        };
+        self.invalidate(name);
+        first_topic_result(response.topics)
+    }
+
+    /// The topic's configuration as `(name, value, is_default)`.
+    pub async fn describe_configs(&self, topic: &str) -> Result<Vec<(String, String, bool)>> {
+        let body = RequestBodyT::DescribeConfigsRequest(Box::new(wire::DescribeConfigsRequestT {
+            topics: Some(vec![topic.to_string()]),
+        }));
+        let ResponseBodyT::DescribeConfigsResponse(response) = self.call(body).await? else {
+            return Err(ClientError::UnexpectedResponse("describe configs".into()));
+        };
+        let topic = response
+            .topics
+            .into_iter()
+            .flatten()
+            .next()
+            .ok_or_else(|| ClientError::UnexpectedResponse("no topic".into()))?;
+        if topic.error_code != ErrorCode::None {
+            return Err(ClientError::broker(topic.error_code, topic.error_message.as_deref()));
+        }
+        Ok(topic
+            .configs
+            .into_iter()
+            .flatten()
+            .map(|c| (c.name.unwrap_or_default(), c.value.unwrap_or_default(), c.is_default))
+            .collect())
+    }
+
+    pub async fn alter_configs(&self, topic: &str, configs: &[(&str, &str)]) -> Result<()> {
+        let body = RequestBodyT::AlterConfigsRequest(Box::new(wire::AlterConfigsRequestT {
+            topics: Some(vec![wire::TopicConfigUpdateT {
+                name: Some(topic.to_string()),
+                configs: Some(
+                    configs
+                        .iter()
+                        .map(|(k, v)| wire::ConfigEntryT {
+                            name: Some(k.to_string()),
+                            value: Some(v.to_string()),
+                        })
+                        .collect(),
+                ),
+            }]),
+            validate_only: false,
+        }));
+        let ResponseBodyT::AlterConfigsResponse(response) = self.call(body).await? else {
+            return Err(ClientError::UnexpectedResponse("alter configs".into()));
+        };
+        first_topic_result(response.topics)
+    }
+
+    // ---- Committed offsets ------------------------------------------------------------------
+
+    /// Commits `offsets` (the next offset to consume, per partition) for `group`. Outside group
+    /// membership pass `generation = -1` and empty member ids.
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        offsets: &[(String, u32, i64)],
+    ) -> Result<()> {
+        let mut topics: Vec<wire::OffsetCommitTopicT> = Vec::new();
+        for (topic, partition, offset) in offsets {
+            let entry = wire::OffsetCommitPartitionT {
+                partition: *partition as i32,
+                offset: *offset,
+                metadata: None,
+            };
+            match topics.iter_mut().find(|t| t.name.as_deref() == Some(topic.as_str())) {
+                Some(t) => t.partitions.get_or_insert_with(Vec::new).push(entry),
+                None => topics.push(wire::OffsetCommitTopicT {
+                    name: Some(topic.clone()),
+                    partitions: Some(vec![entry]),
+                }),
+            }
+        }
+        let body = RequestBodyT::OffsetCommitRequest(Box::new(wire::OffsetCommitRequestT {
+            group_id: Some(group.to_string()),
+            generation_id: generation,
+            member_id: Some(member_id.to_string()),
+            group_instance_id: None,
+            topics: Some(topics),
+        }));
+        let ResponseBodyT::OffsetCommitResponse(response) = self.call(body).await? else {
+            return Err(ClientError::UnexpectedResponse("offset commit".into()));
+        };
+        for topic in response.topics.into_iter().flatten() {
+            for partition in topic.partitions.into_iter().flatten() {
+                if partition.error_code != ErrorCode::None {
+                    return Err(ClientError::broker(
+                        partition.error_code,
+                        partition.error_message.as_deref(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Committed offsets of `group` for `topic` (all its partitions); `None` where nothing is
+    /// committed.
+    pub async fn committed_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Vec<(u32, Option<i64>)>> {
+        let body = RequestBodyT::OffsetFetchRequest(Box::new(wire::OffsetFetchRequestT {
+            group_id: Some(group.to_string()),
+            topics: Some(vec![wire::OffsetFetchTopicT {
+                name: Some(topic.to_string()),
+                partitions: None,
+            }]),
+        }));
+        let ResponseBodyT::OffsetFetchResponse(response) = self.call(body).await? else {
+            return Err(ClientError::UnexpectedResponse("offset fetch".into()));
+        };
+        let mut out = Vec::new();
+        for topic in response.topics.into_iter().flatten() {
+            for partition in topic.partitions.into_iter().flatten() {
+                if partition.error_code != ErrorCode::None {
+                    return Err(ClientError::broker(partition.error_code, None));
+                }
+                out.push((
+                    partition.partition as u32,
+                    (partition.offset >= 0).then_some(partition.offset),
+                ));
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Closes every connection.
+    pub fn close(&self) {
+        self.inner.closed.set(true);
+        self.inner.connections.borrow_mut().clear();
+    }
+}
+
+fn first_topic_result(results: Option<Vec<wire::TopicResultT>>) -> Result<()> {
+    let result = results
+        .into_iter()
+        .flatten()
+        .next()
+        .ok_or_else(|| ClientError::UnexpectedResponse("no topic result".into()))?;
+    if result.error_code != ErrorCode::None {
+        return Err(ClientError::broker(result.error_code, result.error_message.as_deref()));
+    }
+    Ok(())
+}
+
+fn resolve(address: &str) -> Result<SocketAddr> {
+    address
+        .to_socket_addrs()
+        .map_err(|e| ClientError::Connect { address: address.to_string(), message: e.to_string() })?
+        .next()
+        .ok_or_else(|| ClientError::Connect {
+            address: address.to_string(),
+            message: "no address".into(),
+        })
+}

@@ -1,0 +1,27 @@
+//! Every maximum the client enforces, in one place.
+
+/// Requests one connection may have awaiting responses. Further requests wait.
+pub const IN_FLIGHT_PER_CONNECTION_MAX: usize = 64;
+
+/// Bytes the read buffer of one connection grows to at most (one frame plus a little).
+pub const READ_BUFFER_BYTES_MAX: usize = spate_protocol::limits::FRAME_BYTES_MAX + 64 * 1024;
+
+/// Largest batch the producer builds (it always fits one record, within the protocol's limit).
+pub const PRODUCER_BATCH_BYTES_MAX: usize = spate_protocol::limits::BATCH_BYTES_MAX;
+
+/// Most bytes of records a producer buffers before `send` waits (backpressure).
+pub const PRODUCER_BUFFER_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// Most batches one producer keeps in flight per partition.
+pub const IN_FLIGHT_PER_PARTITION_MAX: usize = 16;
+
+/// Most times the producer retries one batch.
+pub const PRODUCE_RETRIES_MAX: u32 = 100;
+
+/// Most records one `poll` returns.
+pub const POLL_RECORDS_MAX: usize = 100_000;
+
+/// Most partitions a consumer can be assigned.
+pub const ASSIGNED_PARTITIONS_MAX: usize = 100_000;
+
+const _: () = assert!(PRODUCER_BATCH_BYTES_MAX < PRODUCER_BUFFER_BYTES_MAX);

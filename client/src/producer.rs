@@ -1,0 +1,350 @@
+//! The producer: `send` picks a partition and adds the record to the accumulator; a driver task
+//! closes batches by size or linger and sends them, at most `max_in_flight_per_partition` per
+//! partition; each record gets a delivery report with its partition and offset.
+//!
+//! Retries: a batch that fails with a retriable error (stale metadata, timeout, lost connection,
+//! busy broker) is retried after `retry_backoff`, up to `retries` times, from the front of its
+//! partition's queue. Retries are allowed only with one batch in flight per partition, so they
+//! never reorder a partition. A retried batch whose first attempt did land may be written twice
+//! (at-least-once); the broker has no idempotent producers yet.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use spate_protocol::batch::{Header, NewRecord};
+use spate_protocol::wire::Acks;
+
+use crate::accumulator::{AccumulateError, Accumulator, ClosedBatch, TopicPartition};
+use crate::client::Client;
+use crate::error::{ClientError, Result};
+use crate::limits;
+use crate::partitioner::{DefaultPartitioner, Partitioner};
+
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    pub acks: Acks,
+    /// Close a partition's batch once it holds this many bytes.
+    pub batch_bytes: usize,
+    /// Close a partition's batch this long after its first record, full or not.
+    pub linger: Duration,
+    pub retries: u32,
+    pub retry_backoff: Duration,
+    /// Batches in flight per partition; more than 1 requires `retries = 0` (ordering).
+    pub max_in_flight_per_partition: usize,
+    /// Broker-side timeout for acks=all.
+    pub request_timeout: Duration,
+    /// Bytes of unsent records buffered before `send` waits.
+    pub buffer_bytes: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            acks: Acks::All,
+            batch_bytes: 64 * 1024,
+            linger: Duration::from_millis(5),
+            retries: 10,
+            retry_backoff: Duration::from_millis(100),
+            max_in_flight_per_partition: 1,
+            request_timeout: Duration::from_secs(30),
+            buffer_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl ProducerConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |message: &str| Err(ClientError::Config(message.to_string()));
+        if self.max_in_flight_per_partition == 0
+            || self.max_in_flight_per_partition > limits::IN_FLIGHT_PER_PARTITION_MAX
+        {
+            return bad("max_in_flight_per_partition must be between 1 and 16");
+        }
+        if self.max_in_flight_per_partition > 1 && self.retries > 0 {
+            return bad("retries need max_in_flight_per_partition = 1, or a retry could reorder a partition");
+        }
+        if self.retries > limits::PRODUCE_RETRIES_MAX {
+            return bad("retries must be at most 100");
+        }
+        if self.buffer_bytes > limits::PRODUCER_BUFFER_BYTES_MAX
+            || self.buffer_bytes < self.batch_bytes
+        {
+            return bad("buffer_bytes must be at least batch_bytes and at most 256 MiB");
+        }
+        if self.batch_bytes > limits::PRODUCER_BATCH_BYTES_MAX {
+            return bad("batch_bytes must be at most 4 MiB");
+        }
+        Ok(())
+    }
+}
+
+/// A record to send.
+#[derive(Debug, Clone, Default)]
+pub struct ProducerRecord {
+    pub topic: String,
+    /// Explicit partition; otherwise the partitioner chooses (by key, or sticky when unkeyed).
+    pub partition: Option<u32>,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+    /// Milliseconds since the epoch; now if absent.
+    pub timestamp: Option<i64>,
+}
+
+impl ProducerRecord {
+    pub fn new(topic: impl Into<String>, value: impl Into<Bytes>) -> ProducerRecord {
+        ProducerRecord { topic: topic.into(), value: Some(value.into()), ..Default::default() }
+    }
+
+    pub fn with_key(mut self, key: impl Into<Bytes>) -> ProducerRecord {
+        self.key = Some(key.into());
+        self
+    }
+
+    pub fn with_partition(mut self, partition: u32) -> ProducerRecord {
+        self.partition = Some(partition);
+        self
+    }
+
+    pub fn with_header(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<Bytes>,
+    ) -> ProducerRecord {
+        self.headers.push((key.into(), Some(value.into())));
+        self
+    }
+}
+
+/// Where a record landed. `offset` is -1 with `acks=none`, which gets no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryReport {
+    pub partition: u32,
+    pub offset: i64,
+}
+
+/// Resolves once the record is acknowledged or has failed for good.
+pub struct Delivery(oneshot::Receiver<Result<DeliveryReport>>);
+
+impl std::future::Future for Delivery {
+    type Output = Result<DeliveryReport>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or(Err(ClientError::Closed)))
+    }
+}
+
+type Reply = oneshot::Sender<Result<DeliveryReport>>;
+
+struct Inner {
+    client: Client,
+    config: ProducerConfig,
+    accumulator: RefCell<Accumulator<Reply>>,
+    partitioner: RefCell<Box<dyn Partitioner>>,
+    wake: LocalSender<()>,
+    /// Completed when the accumulator next becomes idle.
+    idle_waiters: RefCell<Vec<oneshot::Sender<()>>>,
+    /// Woken when buffered bytes drop (backpressure).
+    space_waiters: RefCell<Vec<oneshot::Sender<()>>>,
+    closed: Cell<bool>,
+    driver: RefCell<Option<glommio::Task<()>>>,
+}
+
+#[derive(Clone)]
+pub struct Producer {
+    inner: Rc<Inner>,
+}
+
+impl Producer {
+    pub fn new(client: Client, config: ProducerConfig) -> Result<Producer> {
+        Producer::with_partitioner(client, config, Box::new(DefaultPartitioner::default()))
+    }
+
+    pub fn with_partitioner(
+        client: Client,
+        config: ProducerConfig,
+        partitioner: Box<dyn Partitioner>,
+    ) -> Result<Producer> {
+        config.validate()?;
+        let (wake, wakeups) = local_channel::new_bounded(1);
+        let inner = Rc::new(Inner {
+            client,
+            accumulator: RefCell::new(Accumulator::new(config.batch_bytes, config.linger)),
+            config,
+            partitioner: RefCell::new(partitioner),
+            wake,
+            idle_waiters: RefCell::new(Vec::new()),
+            space_waiters: RefCell::new(Vec::new()),
+            closed: Cell::new(false),
+            driver: RefCell::new(None),
+        });
+        let driver = glommio::spawn_local(drive(Rc::downgrade(&inner), wakeups));
+        *inner.driver.borrow_mut() = Some(driver);
+        Ok(Producer { inner })
+    }
+
+    /// Queues a record. Returns once it is buffered (waiting while the buffer is full); the
+    /// returned [`Delivery`] resolves when it is acknowledged.
+    pub async fn send(&self, record: ProducerRecord) -> Result<Delivery> {
+        if self.inner.closed.get() {
+            return Err(ClientError::Closed);
+        }
+        let partition_count = self.inner.client.partition_count(&record.topic).await?;
+        if partition_count == 0 {
+            return Err(ClientError::UnknownTopic(record.topic));
+        }
+        let partition = match record.partition {
+            Some(p) if p < partition_count => p,
+            Some(p) => {
+                return Err(ClientError::UnknownPartition { topic: record.topic, partition: p })
+            }
+            None => self
+                .inner
+                .partitioner
+                .borrow_mut()
+                .partition(record.key.as_deref(), partition_count),
+        };
+        // Backpressure, bounded by the request timeout.
+        let deadline = Instant::now() + self.inner.config.request_timeout;
+        while self.inner.accumulator.borrow().buffered_bytes() >= self.inner.config.buffer_bytes {
+            let (tx, rx) = oneshot::channel();
+            self.inner.space_waiters.borrow_mut().push(tx);
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if glommio::timer::timeout(remaining, async { Ok(rx.await) }).await.is_err() {
+                return Err(ClientError::Timeout(
+                    self.inner.config.request_timeout.as_millis() as u64
+                ));
+            }
+        }
+        let new_record = NewRecord {
+            key: record.key,
+            value: record.value,
+            headers: record.headers.into_iter().map(|(key, value)| Header { key, value }).collect(),
+            timestamp: record.timestamp.unwrap_or_else(now_ms),
+        };
+        let (reply, delivery) = oneshot::channel();
+        let target = TopicPartition { topic: record.topic, partition };
+        let closed = self
+            .inner
+            .accumulator
+            .borrow_mut()
+            .append(&target, &new_record, reply, Instant::now())
+            .map_err(|AccumulateError::RecordTooLarge(n)| ClientError::RecordTooLarge(n))?;
+        if closed {
+            self.inner.partitioner.borrow_mut().on_batch_closed(partition);
+        }
+        let _ = self.inner.wake.try_send(());
+        Ok(Delivery(delivery))
+    }
+
+    /// Sends everything buffered now and waits until every record sent so far is acknowledged
+    /// or failed.
+    pub async fn flush(&self) -> Result<()> {
+        self.inner.accumulator.borrow_mut().close_all(Instant::now());
+        if self.inner.accumulator.borrow().is_idle() {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.inner.idle_waiters.borrow_mut().push(tx);
+        let _ = self.inner.wake.try_send(());
+        rx.await.map_err(|_| ClientError::Closed)
+    }
+
+    /// Flushes, then stops the driver.
+    pub async fn close(&self) -> Result<()> {
+        let flushed = self.flush().await;
+        self.inner.closed.set(true);
+        self.inner.driver.borrow_mut().take();
+        flushed
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The driver: closes lingering batches, launches ready ones, and sleeps until woken or until the
+/// next linger deadline.
+async fn drive(inner: std::rc::Weak<Inner>, wakeups: LocalReceiver<()>) {
+    loop {
+        let next_deadline = {
+            let Some(inner) = inner.upgrade() else { return };
+            let now = Instant::now();
+            let mut accumulator = inner.accumulator.borrow_mut();
+            for target in accumulator.expire(now) {
+                inner.partitioner.borrow_mut().on_batch_closed(target.partition);
+            }
+            let ready = accumulator.drain_ready(inner.config.max_in_flight_per_partition);
+            let deadline = accumulator.next_deadline();
+            drop(accumulator);
+            for batch in ready {
+                glommio::spawn_local(send_batch(inner.clone(), batch)).detach();
+            }
+            deadline
+        };
+        match next_deadline {
+            Some(deadline) => {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                let woken = async {
+                    wakeups.recv().await;
+                };
+                futures_lite::future::or(woken, glommio::timer::sleep(wait)).await;
+            }
+            None => {
+                if wakeups.recv().await.is_none() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn send_batch(inner: Rc<Inner>, batch: ClosedBatch<Reply>) {
+    let config = &inner.config;
+    let target = batch.target.clone();
+    let result = inner
+        .client
+        .produce(&target.topic, target.partition, &batch.bytes, config.acks, config.request_timeout)
+        .await;
+    let batch_bytes = batch.record_bytes;
+    match result {
+        Ok(base_offset) => {
+            for (i, reply) in batch.deliveries.into_iter().enumerate() {
+                let offset = base_offset.map_or(-1, |base| base + i as i64);
+                let _ = reply.send(Ok(DeliveryReport { partition: target.partition, offset }));
+            }
+            inner.accumulator.borrow_mut().complete(&target, batch_bytes);
+        }
+        Err(error)
+            if error.is_retriable() && batch.attempts <= config.retries && !inner.closed.get() =>
+        {
+            tracing::debug!(topic = %target.topic, partition = target.partition, attempt = batch.attempts, %error, "retrying batch");
+            glommio::timer::sleep(config.retry_backoff).await;
+            inner.accumulator.borrow_mut().retry(batch);
+        }
+        Err(error) => {
+            for reply in batch.deliveries {
+                let _ = reply.send(Err(error.clone()));
+            }
+            inner.accumulator.borrow_mut().complete(&target, batch_bytes);
+        }
+    }
+    for waiter in inner.space_waiters.borrow_mut().drain(..) {
+        let _ = waiter.send(());
+    }
+    if inner.accumulator.borrow().is_idle() {
+        for waiter in inner.idle_waiters.borrow_mut().drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+    let _ = inner.wake.try_send(());
+}
