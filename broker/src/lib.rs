@@ -1,4 +1,19 @@
-//! The Spate broker: thread-per-core server and the `spate` command line.
+//! The Spate broker: a thread-per-core server over the partition log.
 //!
-//! Not built yet: this crate is a placeholder in the workspace until the broker issue lands.
-//! It exports nothing, so nothing can mistake it for working code.
+//! Layout:
+//! - [`server`]: the runtime: one pinned Glommio executor per shard, the cross-shard mesh,
+//!   listeners, connections, retention, shutdown.
+//! - [`shard`]: one shard's partitions and the handler of every request; cross-shard calls.
+//! - [`catalog`]: topics, configs and the partition-to-shard assignment (durable).
+//! - [`offsets`]: committed consumer offsets, durable in an internal log.
+//! - [`config`]: configuration file, flags, layout file.
+//! - [`limits`]: every maximum the broker enforces.
+//!
+//! The `spate` binary (`src/main.rs`) runs a broker (`spate serve`) or acts as a client.
+
+pub mod catalog;
+pub mod config;
+pub mod limits;
+pub mod offsets;
+pub mod server;
+pub mod shard;

@@ -1,0 +1,41 @@
+//! Every maximum the broker enforces, in one place.
+
+use spate_protocol::limits as wire;
+
+/// Largest request frame a client may send. Produce requests carry their batches inside, so it
+/// must hold a few full batches.
+pub const REQUEST_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Connections one shard accepts at once; more are closed on accept.
+pub const CONNECTIONS_PER_SHARD_MAX: usize = 4096;
+
+/// Bytes of produce requests one shard holds in memory at once (decoded, not yet appended).
+/// A request that would exceed it waits; one larger than it is refused.
+pub const PRODUCE_MEMORY_PER_SHARD_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// A peer that started a frame must finish it within this long, or is disconnected (stalled,
+/// half-open connections).
+pub const FRAME_READ_TIMEOUT_MS: u64 = 30_000;
+
+/// Longest a fetch may wait for data (long polling).
+pub const FETCH_WAIT_MS_MAX: u64 = 30_000;
+
+/// Bytes one fetch response carries at most.
+pub const FETCH_RESPONSE_BYTES_MAX: usize = wire::FETCH_BYTES_MAX;
+
+/// Longest a produce may wait for acknowledgement.
+pub const PRODUCE_TIMEOUT_MS_MAX: u64 = 300_000;
+
+/// Messages queued between two shards.
+pub const CROSS_SHARD_QUEUE_MAX: usize = 1024;
+
+/// Topics per broker, and partitions per topic.
+pub const TOPICS_MAX: usize = 10_000;
+pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
+
+/// Shards (cores) one broker runs.
+pub const SHARDS_MAX: usize = 256;
+
+const _: () = assert!(REQUEST_BYTES_MAX <= wire::FRAME_BYTES_MAX);
+const _: () = assert!(REQUEST_BYTES_MAX <= PRODUCE_MEMORY_PER_SHARD_BYTES_MAX);
+const _: () = assert!(FETCH_RESPONSE_BYTES_MAX < wire::FRAME_BYTES_MAX);

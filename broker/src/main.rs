@@ -1,0 +1,569 @@
+//! `spate`: the broker (`spate serve`) and the command-line client, in one binary.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use spate_broker::config::{self, BrokerConfig};
+use spate_client::{
+    Acks, Client, ClientConfig, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig,
+    ProducerRecord, Seek, TopicPartition,
+};
+
+#[derive(Parser)]
+#[command(name = "spate", version, about = "Spate: a thread-per-core streaming log broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Bootstrap {
+    /// Broker address.
+    #[arg(
+        short = 'b',
+        long = "bootstrap",
+        env = "SPATE_BOOTSTRAP",
+        default_value = "127.0.0.1:9292",
+        global = true
+    )]
+    bootstrap: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker.
+    Serve(ServeArgs),
+    /// Create, list, describe, alter and delete topics.
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
+    /// Produce messages read from stdin, one per line.
+    Produce(ProduceArgs),
+    /// Print messages of a topic.
+    Consume(ConsumeArgs),
+    /// Print PARTITION<TAB>EARLIEST<TAB>LATEST for each partition of a topic.
+    Offsets {
+        topic: String,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Client address; shard i also listens on port + 1 + i.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Number of shards (cores), taken from the start of the allowed CPUs.
+    #[arg(long)]
+    cores: Option<usize>,
+    /// CPUs to run shards on, e.g. 0-3,6.
+    #[arg(long)]
+    cpuset: Option<String>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Partition-to-shard layout file (TOML).
+    #[arg(long)]
+    layout: Option<PathBuf>,
+    /// trace, debug, info, warn or error (RUST_LOG overrides).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TopicCommand {
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// key=value, repeatable: retention.ms, retention.bytes, segment.bytes, segment.ms, flush.
+        #[arg(long = "config")]
+        configs: Vec<String>,
+    },
+    List,
+    Describe {
+        name: String,
+    },
+    Alter {
+        name: String,
+        #[arg(long = "config", required = true)]
+        configs: Vec<String>,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    topic: String,
+    /// Split each line at the first SEP: key before, value after.
+    #[arg(long)]
+    key_separator: Option<String>,
+    #[arg(long)]
+    partition: Option<u32>,
+    #[arg(long, default_value = "all")]
+    acks: String,
+    /// k=v, repeatable.
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// Print PARTITION<TAB>OFFSET for each acknowledged message, in input order.
+    #[arg(long)]
+    print_offsets: bool,
+    #[command(flatten)]
+    bootstrap: Bootstrap,
+}
+
+#[derive(Args)]
+struct ConsumeArgs {
+    topic: String,
+    #[arg(long)]
+    partition: Option<u32>,
+    /// earliest, latest, an offset, or @UNIX_MS.
+    #[arg(long, default_value = "earliest")]
+    from: String,
+    #[arg(long)]
+    count: Option<u64>,
+    /// Start from the group's committed offsets (where it has them) and commit on exit.
+    #[arg(long)]
+    group: Option<String>,
+    /// %t topic, %p partition, %o offset, %k key, %v value, %T timestamp, %h headers; \t \n.
+    #[arg(long, default_value = "%v\\n")]
+    format: String,
+    /// Stop after this long with nothing new (unless --follow).
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+    #[arg(long)]
+    follow: bool,
+    #[command(flatten)]
+    bootstrap: Bootstrap,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Topic { command, bootstrap } => {
+            run_client(&bootstrap.bootstrap, |client| topic(client, command))
+        }
+        Command::Produce(args) => {
+            let bootstrap = args.bootstrap.bootstrap.clone();
+            run_client(&bootstrap, |client| produce(client, args))
+        }
+        Command::Consume(args) => {
+            let bootstrap = args.bootstrap.bootstrap.clone();
+            run_client(&bootstrap, |client| consume(client, args))
+        }
+        Command::Offsets { topic, bootstrap } => {
+            run_client(&bootstrap.bootstrap, |client| offsets(client, topic))
+        }
+    };
+    if let Err(message) = result {
+        eprintln!("spate: {message}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(level: Option<&str>) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .or_else(|| level.map(str::to_string))
+        .unwrap_or_else(|| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let file = match &args.config {
+        Some(path) => config::load_file(path)?,
+        None => config::FileConfig::default(),
+    };
+    init_logging(args.log_level.as_deref().or(file.log_level.as_deref()));
+    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./spate-data"));
+    let listen_text = args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:9292".into());
+    let listen = std::net::ToSocketAddrs::to_socket_addrs(&listen_text)
+        .map_err(|e| format!("bad --listen {listen_text:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("bad --listen {listen_text:?}"))?;
+    let mut cpus = match args.cpuset.or(file.cpuset) {
+        Some(set) => config::parse_cpuset(&set)?,
+        None => config::allowed_cpus(),
+    };
+    if let Some(cores) = args.cores.or(file.cores) {
+        if cores == 0 || cores > cpus.len() {
+            return Err(format!(
+                "--cores {cores}: between 1 and {} CPUs are available",
+                cpus.len()
+            ));
+        }
+        cpus.truncate(cores);
+    }
+    let layout = match args.layout.or(file.layout) {
+        Some(path) => config::load_layout(&path)?,
+        None => config::Layout::default(),
+    };
+    let log_defaults = config::log_defaults(&file.defaults)?;
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
+    let config =
+        BrokerConfig { data_dir, listen, cpus, metrics_listen: None, layout, log_defaults };
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())
+            .map_err(|e| format!("cannot handle signals: {e}"))?;
+    }
+    spate_broker::server::run(config, stop.clone())?;
+    if stop.load(Ordering::SeqCst) {
+        Ok(())
+    } else {
+        Err("the broker stopped unexpectedly".into())
+    }
+}
+
+/// Runs a client command on a Glommio executor.
+fn run_client<F, Fut>(bootstrap: &str, command: F) -> Result<(), String>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    init_logging(Some("warn"));
+    // A client command writing into a closed pipe (`spate consume ... | head`) ends quietly,
+    // as Unix tools do. (The server keeps Rust's default of ignoring SIGPIPE.)
+    // SAFETY: restoring the default disposition of a signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .map_err(|e| format!("cannot start: {e}"))?;
+    let bootstrap = bootstrap.to_string();
+    executor.run(async move {
+        let config = ClientConfig {
+            bootstrap: bootstrap.clone(),
+            client_id: "spate-cli".into(),
+            ..ClientConfig::default()
+        };
+        let client = Client::connect(config)
+            .await
+            .map_err(|e| format!("cannot reach broker at {bootstrap}: {e}"))?;
+        command(client).await
+    })
+}
+
+fn parse_pairs(pairs: &[String], what: &str) -> Result<Vec<(String, String)>, String> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| format!("bad {what} {pair:?}: expected key=value"))
+        })
+        .collect()
+}
+
+async fn topic(client: Client, command: TopicCommand) -> Result<(), String> {
+    match command {
+        TopicCommand::Create { name, partitions, configs } => {
+            let configs = parse_pairs(&configs, "--config")?;
+            let refs: Vec<(&str, &str)> =
+                configs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            client
+                .create_topic(&name, partitions, &refs)
+                .await
+                .map_err(|e| format!("cannot create topic {name:?}: {e}"))?;
+            println!("created topic {name} with {partitions} partitions");
+        }
+        TopicCommand::List => {
+            let metadata = client.metadata(None).await.map_err(|e| e.to_string())?;
+            for topic in metadata.topics.into_iter().flatten() {
+                let partitions = topic.partitions.map_or(0, |p| p.len());
+                println!("{}\t{partitions} partitions", topic.name.unwrap_or_default());
+            }
+        }
+        TopicCommand::Describe { name } => {
+            let partitions = client
+                .partitions(&name)
+                .await
+                .map_err(|e| format!("cannot describe topic {name:?}: {e}"))?;
+            let configs = client.describe_configs(&name).await.map_err(|e| e.to_string())?;
+            let settings: Vec<String> =
+                configs.iter().map(|(k, v, _)| format!("{k}={v}")).collect();
+            println!("topic {name}\t{}", settings.join(" "));
+            for partition in partitions {
+                let start = client
+                    .list_offset(&name, partition.partition, spate_client::EARLIEST)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let end = client
+                    .list_offset(&name, partition.partition, spate_client::LATEST)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!(
+                    "partition {}\tshard {}\tstart {}\tend {}",
+                    partition.partition,
+                    partition.shard,
+                    start.unwrap_or(0),
+                    end.unwrap_or(0)
+                );
+            }
+        }
+        TopicCommand::Alter { name, configs } => {
+            let configs = parse_pairs(&configs, "--config")?;
+            let refs: Vec<(&str, &str)> =
+                configs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            client
+                .alter_configs(&name, &refs)
+                .await
+                .map_err(|e| format!("cannot alter topic {name:?}: {e}"))?;
+            println!("altered topic {name}");
+        }
+        TopicCommand::Delete { name } => {
+            client
+                .delete_topic(&name)
+                .await
+                .map_err(|e| format!("cannot delete topic {name:?}: {e}"))?;
+            println!("deleted topic {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn produce(client: Client, args: ProduceArgs) -> Result<(), String> {
+    let acks = match args.acks.as_str() {
+        "none" | "0" => Acks::None,
+        "leader" | "1" => Acks::Leader,
+        "all" | "-1" => Acks::All,
+        other => return Err(format!("bad --acks {other:?}: expected none, leader or all")),
+    };
+    let headers = parse_pairs(&args.headers, "--header")?;
+    client
+        .partition_count(&args.topic)
+        .await
+        .map_err(|e| format!("cannot produce to {:?}: {e}", args.topic))?;
+    let producer = Producer::new(client, ProducerConfig { acks, ..ProducerConfig::default() })
+        .map_err(|e| e.to_string())?;
+    let mut deliveries = Vec::new();
+    let stdin = std::io::stdin();
+    // Bounded by the input; the producer's buffer limit applies backpressure.
+    for line in stdin.lock().lines() {
+        let line = line.map_err(|e| format!("cannot read stdin: {e}"))?;
+        let (key, value) = match &args.key_separator {
+            Some(separator) => match line.split_once(separator.as_str()) {
+                Some((key, value)) => (Some(Bytes::from(key.to_string())), value.to_string()),
+                None => (None, line),
+            },
+            None => (None, line),
+        };
+        let record = ProducerRecord {
+            topic: args.topic.clone(),
+            partition: args.partition,
+            key,
+            value: Some(Bytes::from(value)),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(Bytes::from(v.clone()))))
+                .collect(),
+            timestamp: None,
+        };
+        deliveries.push(producer.send(record).await.map_err(|e| format!("cannot produce: {e}"))?);
+        if deliveries.len() % 1024 == 0 {
+            futures_lite::future::yield_now().await;
+        }
+    }
+    producer.flush().await.map_err(|e| e.to_string())?;
+    let mut failed = 0usize;
+    let mut first_error = None;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for delivery in deliveries {
+        match delivery.await {
+            Ok(report) => {
+                if args.print_offsets {
+                    let _ = writeln!(out, "{}\t{}", report.partition, report.offset);
+                }
+            }
+            Err(error) => {
+                failed += 1;
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    let _ = out.flush();
+    match first_error {
+        Some(error) => {
+            Err(format!("{failed} messages were not acknowledged; first error: {error}"))
+        }
+        None => Ok(()),
+    }
+}
+
+fn render(format: &str, record: &spate_client::ConsumerRecord) -> String {
+    let text = |b: &Option<Bytes>| {
+        b.as_deref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
+    };
+    let mut out = String::new();
+    let mut chars = format.chars();
+    // Bounded by the format string.
+    while let Some(c) = chars.next() {
+        match c {
+            '%' => match chars.next() {
+                Some('t') => out.push_str(&record.topic),
+                Some('p') => out.push_str(&record.partition.to_string()),
+                Some('o') => out.push_str(&record.offset.to_string()),
+                Some('k') => out.push_str(&text(&record.key)),
+                Some('v') => out.push_str(&text(&record.value)),
+                Some('T') => out.push_str(&record.timestamp.to_string()),
+                Some('h') => {
+                    let headers: Vec<String> =
+                        record.headers.iter().map(|(k, v)| format!("{k}={}", text(v))).collect();
+                    out.push_str(&headers.join(","));
+                }
+                Some('%') => out.push('%'),
+                Some(other) => {
+                    out.push('%');
+                    out.push(other);
+                }
+                None => out.push('%'),
+            },
+            '\\' => match chars.next() {
+                Some('t') => out.push('\t'),
+                Some('n') => out.push('\n'),
+                Some('\\') => out.push('\\'),
+                Some(other) => {
+                    out.push('\\');
+                    out.push(other);
+                }
+                None => out.push('\\'),
+            },
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+async fn consume(client: Client, args: ConsumeArgs) -> Result<(), String> {
+    let seek = match args.from.as_str() {
+        "earliest" => Seek::Earliest,
+        "latest" => Seek::Latest,
+        text if text.starts_with('@') => {
+            Seek::Timestamp(text[1..].parse().map_err(|_| format!("bad --from {text:?}"))?)
+        }
+        text => Seek::Offset(text.parse().map_err(|_| {
+            format!("bad --from {text:?}: expected earliest, latest, OFFSET or @UNIX_MS")
+        })?),
+    };
+    let partitions = client
+        .partitions(&args.topic)
+        .await
+        .map_err(|e| format!("cannot consume {:?}: {e}", args.topic))?;
+    let assigned: Vec<TopicPartition> = partitions
+        .iter()
+        .filter(|p| args.partition.is_none_or(|wanted| wanted == p.partition))
+        .map(|p| TopicPartition { topic: args.topic.clone(), partition: p.partition })
+        .collect();
+    if assigned.is_empty() {
+        return Err(format!(
+            "topic {:?} has no partition {}",
+            args.topic,
+            args.partition.unwrap_or(0)
+        ));
+    }
+    let config = ConsumerConfig {
+        group_id: args.group.clone(),
+        offset_reset: OffsetReset::Earliest,
+        fetch_max_wait: Duration::from_millis(args.timeout_ms.clamp(10, 500)),
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(client.clone(), config);
+    consumer.assign(&assigned).map_err(|e| e.to_string())?;
+    let committed = match &args.group {
+        Some(group) => {
+            client.committed_offsets(group, &args.topic).await.map_err(|e| e.to_string())?
+        }
+        None => Vec::new(),
+    };
+    for tp in &assigned {
+        let from_group = committed.iter().find(|(p, _)| *p == tp.partition).and_then(|(_, o)| *o);
+        consumer.seek(tp, from_group.map_or(seek, Seek::Offset)).map_err(|e| e.to_string())?;
+    }
+    let stdout = std::io::stdout();
+    let mut printed = 0u64;
+    let mut last_record = Instant::now();
+    let limit = args.count.unwrap_or(u64::MAX);
+    // Until --count, or --timeout-ms without records (unless --follow).
+    while printed < limit
+        && (args.follow || last_record.elapsed() < Duration::from_millis(args.timeout_ms))
+    {
+        let records = consumer.poll().await.map_err(|e| e.to_string())?;
+        let mut out = stdout.lock();
+        for record in records {
+            if printed >= limit {
+                // Not printed: rewind so a group commit does not skip it.
+                let tp =
+                    TopicPartition { topic: record.topic.clone(), partition: record.partition };
+                let _ = consumer.seek(&tp, Seek::Offset(record.offset));
+                break;
+            }
+            out.write_all(render(&args.format, &record).as_bytes())
+                .map_err(|e| format!("cannot write: {e}"))?;
+            printed += 1;
+            last_record = Instant::now();
+        }
+        out.flush().map_err(|e| format!("cannot write: {e}"))?;
+    }
+    if args.group.is_some() {
+        consumer.commit().await.map_err(|e| format!("cannot commit offsets: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn offsets(client: Client, topic: String) -> Result<(), String> {
+    let partitions = client
+        .partitions(&topic)
+        .await
+        .map_err(|e| format!("cannot read offsets of {topic:?}: {e}"))?;
+    for partition in partitions {
+        let earliest = client
+            .list_offset(&topic, partition.partition, spate_client::EARLIEST)
+            .await
+            .map_err(|e| e.to_string())?;
+        let latest = client
+            .list_offset(&topic, partition.partition, spate_client::LATEST)
+            .await
+            .map_err(|e| e.to_string())?;
+        println!("{}\t{}\t{}", partition.partition, earliest.unwrap_or(0), latest.unwrap_or(0));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_render() {
+        let record = spate_client::ConsumerRecord {
+            topic: "t".into(),
+            partition: 2,
+            offset: 7,
+            timestamp: 99,
+            key: Some(Bytes::from_static(b"k")),
+            value: Some(Bytes::from_static(b"v")),
+            headers: vec![("a".into(), Some(Bytes::from_static(b"1")))],
+        };
+        assert_eq!(render("%t/%p@%o %k=%v %T %h\\n", &record), "t/2@7 k=v 99 a=1\n");
+        assert_eq!(render("100%%\\t%x", &record), "100%\t%x");
+    }
+}

@@ -1,0 +1,308 @@
+//! The thread-per-core runtime: one pinned Glommio executor per shard, joined by a bounded
+//! cross-shard mesh; each shard recovers its partitions, then accepts on the shared client port
+//! (SO_REUSEPORT spreads connections) and on its own port, and serves connections one request at
+//! a time, in order.
+//!
+//! Shutdown (SIGTERM/SIGINT, or `Broker::stop`): shards stop accepting, let in-flight requests
+//! finish, flush and close every log, and return; `run` returns once every shard is done.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::StreamExt;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::Semaphore;
+use glommio::{LocalExecutorBuilder, Placement, Shares};
+use spate_protocol::codec;
+use spate_protocol::frame::FrameDecoder;
+use spate_protocol::wire::ErrorCode;
+
+use crate::config::BrokerConfig;
+use crate::limits;
+use crate::shard::{envelope_error, Reply, Shard, ShardMsg};
+
+/// How often idle loops look at the shutdown flag.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+/// How often each shard enforces retention.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest shutdown waits for in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a broker until `stop` is set. Returns an error if a shard fails to start.
+pub fn run(config: BrokerConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
+    let config = Arc::new(config);
+    let shard_count = config.shard_count();
+    let mesh = MeshBuilder::<ShardMsg, _>::full(shard_count, limits::CROSS_SHARD_QUEUE_MAX);
+    let ready = Arc::new(Barrier::new(shard_count + 1));
+    let failed = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::with_capacity(shard_count);
+    for (id, cpu) in config.cpus.iter().copied().enumerate() {
+        let (config, mesh, ready, stop, failed) =
+            (config.clone(), mesh.clone(), ready.clone(), stop.clone(), failed.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("spate-shard-{id}"))
+            .spawn(move || {
+                let executor = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                    .name(&format!("shard-{id}"))
+                    .make();
+                let executor = match executor {
+                    Ok(executor) => executor,
+                    Err(error) => {
+                        tracing::error!(shard = id, cpu, %error, "cannot start the executor");
+                        failed.store(true, Ordering::SeqCst);
+                        ready.wait();
+                        return;
+                    }
+                };
+                executor.run(shard_main(id, config, mesh, ready, stop, failed));
+            })
+            .map_err(|e| format!("cannot spawn shard thread: {e}"))?;
+        threads.push(thread);
+    }
+    ready.wait();
+    if failed.load(Ordering::SeqCst) {
+        stop.store(true, Ordering::SeqCst);
+    } else {
+        tracing::info!(listen = %config.listen, shards = shard_count, data_dir = %config.data_dir.display(), "spate is serving");
+    }
+    for thread in threads {
+        let _ = thread.join();
+    }
+    if failed.load(Ordering::SeqCst) {
+        return Err("a shard failed to start; see the log above".into());
+    }
+    tracing::info!("spate stopped");
+    Ok(())
+}
+
+async fn shard_main(
+    id: usize,
+    config: Arc<BrokerConfig>,
+    mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
+    ready: Arc<Barrier>,
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
+) {
+    let fail = |message: String| {
+        tracing::error!(shard = id, "{message}");
+        failed.store(true, Ordering::SeqCst);
+    };
+    let (senders, mut receivers) = match mesh.join().await {
+        Ok(joined) => joined,
+        Err(error) => {
+            fail(format!("cannot join the cross-shard mesh: {error}"));
+            ready.wait();
+            return;
+        }
+    };
+    let background = glommio::executor().create_task_queue(
+        Shares::Static(100),
+        glommio::Latency::NotImportant,
+        "background",
+    );
+    // Recovery happens here, before any listener exists.
+    let shard = match Shard::open(id, Rc::new((*config).clone()), senders, background).await {
+        Ok(shard) => shard,
+        Err(error) => {
+            fail(format!("recovery failed: {error}"));
+            ready.wait();
+            return;
+        }
+    };
+    let listeners = [config.listen, config.shard_address(id)].map(|address| {
+        TcpListener::bind(address).map_err(|e| format!("cannot listen on {address}: {e}"))
+    });
+    let listeners: Vec<TcpListener> = match listeners.into_iter().collect::<Result<_, _>>() {
+        Ok(listeners) => listeners,
+        Err(error) => {
+            fail(error);
+            ready.wait();
+            return;
+        }
+    };
+    for (peer, stream) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let mut stream = stream;
+            // Bounded by the peer: the stream ends when that shard's senders drop.
+            while let Some(message) = stream.next().await {
+                let shard = shard.clone();
+                glommio::spawn_local(async move { shard.handle_peer(message).await }).detach();
+            }
+            tracing::debug!(peer, "cross-shard stream closed");
+        })
+        .detach();
+    }
+    // Every shard has recovered before any serves: a cross-shard call never meets a shard that
+    // is still opening its logs.
+    ready.wait();
+    if failed.load(Ordering::SeqCst) {
+        return;
+    }
+    let connections = Rc::new(Semaphore::new(limits::CONNECTIONS_PER_SHARD_MAX as u64));
+    let mut accept_tasks = Vec::new();
+    for listener in listeners {
+        accept_tasks.push(glommio::spawn_local(accept_loop(
+            shard.clone(),
+            listener,
+            connections.clone(),
+            stop.clone(),
+        )));
+    }
+    glommio::spawn_local_into(retention_loop(shard.clone(), stop.clone()), shard.background)
+        .map(|t| t.detach())
+        .ok();
+    for task in accept_tasks {
+        task.await;
+    }
+    // Stop: let in-flight requests finish, then make everything durable and close.
+    shard.shutting_down.set(true);
+    let drain_started = std::time::Instant::now();
+    while shard.in_flight.get() > 0 && drain_started.elapsed() < DRAIN_TIMEOUT {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    for ((topic, partition), log) in shard.all_logs() {
+        if let Err(error) = log.close().await {
+            tracing::error!(%topic, partition, %error, "closing the log failed");
+        }
+    }
+    if let Some(log) = shard.offset_store_log() {
+        let _ = log.close().await;
+    }
+    tracing::debug!(shard = id, "shard stopped");
+}
+
+async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    connections: Rc<Semaphore>,
+    stop: Arc<AtomicBool>,
+) {
+    // Runs until stop; each iteration accepts one connection or times out to look at the flag.
+    while !stop.load(Ordering::SeqCst) {
+        let accepted =
+            glommio::timer::timeout(SHUTDOWN_POLL, async { Ok(listener.accept().await) }).await;
+        let stream = match accepted {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let Ok(permit) = connections.try_acquire_static_permit(1) else {
+            tracing::warn!(shard = shard.id, "connection limit reached; closing a new connection");
+            continue;
+        };
+        let shard = shard.clone();
+        let stop = stop.clone();
+        glommio::spawn_local(async move {
+            let peer = stream.peer_addr().ok();
+            if let Err(reason) = serve_connection(&shard, stream, &stop).await {
+                tracing::debug!(?peer, %reason, "connection closed");
+            }
+            drop(permit);
+        })
+        .detach();
+    }
+}
+
+/// Serves one connection: reads whole frames, answers each in order.
+async fn serve_connection(
+    shard: &Rc<Shard>,
+    mut stream: TcpStream,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let decoder = FrameDecoder::with_limit(limits::REQUEST_BYTES_MAX);
+    let mut buffer = BytesMut::with_capacity(64 * 1024);
+    let mut frame_started: Option<std::time::Instant> = None;
+    // One iteration per read or per request; ends on close, error or stop.
+    loop {
+        match decoder.decode(&mut buffer) {
+            Ok(Some(frame)) => {
+                frame_started = None;
+                shard.in_flight.set(shard.in_flight.get() + 1);
+                let reply = shard.handle(frame).await;
+                shard.in_flight.set(shard.in_flight.get() - 1);
+                if let Some(reply) = reply {
+                    write_reply(&mut stream, reply).await?;
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                // The stream cannot be resynchronized: say why, then close.
+                let code = if matches!(error, spate_protocol::frame::FrameError::TooLarge { .. }) {
+                    ErrorCode::MessageTooLarge
+                } else {
+                    ErrorCode::CorruptMessage
+                };
+                let _ = write_reply(&mut stream, envelope_error(0, code, &error.to_string())).await;
+                return Err(error.to_string());
+            }
+        }
+        if stop.load(Ordering::SeqCst) && buffer.is_empty() {
+            return Ok(());
+        }
+        if !buffer.is_empty() {
+            let started = *frame_started.get_or_insert_with(std::time::Instant::now);
+            if started.elapsed() > Duration::from_millis(limits::FRAME_READ_TIMEOUT_MS) {
+                return Err("peer stalled mid-frame".into());
+            }
+        }
+        let missing = decoder.missing(&buffer).unwrap_or(1).max(1);
+        let want = missing.clamp(16 * 1024, 1024 * 1024);
+        let start = buffer.len();
+        buffer.resize(start + want, 0);
+        let read = glommio::timer::timeout(SHUTDOWN_POLL, async {
+            Ok(stream.read(&mut buffer[start..]).await)
+        })
+        .await;
+        match read {
+            Ok(Ok(0)) => return Ok(()),
+            Ok(Ok(n)) => buffer.truncate(start + n),
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(_) => buffer.truncate(start),
+        }
+    }
+}
+
+async fn write_reply(stream: &mut TcpStream, reply: Reply) -> Result<(), String> {
+    let payload_bytes: usize = reply.payload.iter().map(|p| p.len()).sum();
+    let header =
+        codec::encode_response(&reply.response, payload_bytes).map_err(|e| e.to_string())?;
+    stream.write_all(&header).await.map_err(|e| e.to_string())?;
+    // Stored batches go out as they are, straight from the log's buffers.
+    for chunk in &reply.payload {
+        stream.write_all(chunk).await.map_err(|e| e.to_string())?;
+    }
+    stream.flush().await.map_err(|e| e.to_string())
+}
+
+async fn retention_loop(shard: Rc<Shard>, stop: Arc<AtomicBool>) {
+    let mut last = std::time::Instant::now();
+    // Until stop; each tick is bounded by the number of partitions.
+    while !stop.load(Ordering::SeqCst) {
+        glommio::timer::sleep(SHUTDOWN_POLL).await;
+        if last.elapsed() < RETENTION_INTERVAL {
+            continue;
+        }
+        last = std::time::Instant::now();
+        for ((topic, partition), log) in shard.all_logs() {
+            match log.enforce_retention().await {
+                Ok(report) if report.segments_deleted > 0 => {
+                    tracing::info!(%topic, partition, segments = report.segments_deleted, bytes = report.bytes_deleted, "retention");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%topic, partition, %error, "retention failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,1344 @@
+//! One shard: the partitions one core owns, and the handlers for every request that reaches it.
+//!
+//! Ownership: a partition belongs to exactly one shard, found by a pure lookup in the catalog
+//! (`owner`). A request for a partition of another shard goes there as a [`ShardMsg`] over the
+//! bounded cross-shard mesh, and the answer comes back on a oneshot. Fetched bytes that cross
+//! shards are copied (Glommio's DMA read buffers are `!Send`); the owning shard's own address,
+//! advertised in metadata, avoids that hop.
+//!
+//! Shard 0 is the controller: it alone changes the catalog (create, delete, alter) and the
+//! committed offsets, and sends each shard the new catalog before it answers.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_channel::oneshot;
+use glommio::channels::channel_mesh::Senders;
+use glommio::sync::{RwLock, Semaphore};
+use spate_protocol::batch::BatchHeader;
+use spate_protocol::codec;
+use spate_protocol::frame::Frame;
+use spate_protocol::wire::{self, ErrorCode, RequestBodyT, ResponseBodyT, ResponseT};
+use spate_storage::{Log, LogBytes, LogError, LogOptions};
+
+use crate::catalog::{self, Catalog, CatalogError};
+use crate::config::BrokerConfig;
+use crate::limits;
+use crate::offsets::OffsetStore;
+
+pub type PartitionKey = (String, u32);
+
+/// Calls between shards. Everything in it is `Send`.
+pub enum ShardMsg {
+    Produce {
+        topic: String,
+        partition: u32,
+        batches: Vec<BytesMut>,
+        reply: oneshot::Sender<ProduceOutcome>,
+    },
+    Fetch {
+        topic: String,
+        partition: u32,
+        offset: i64,
+        max_bytes: usize,
+        reply: oneshot::Sender<FetchOutcome<Bytes>>,
+    },
+    ListOffset {
+        topic: String,
+        partition: u32,
+        timestamp: i64,
+        reply: oneshot::Sender<Result<i64, Failure>>,
+    },
+    Describe {
+        topic: String,
+        partition: u32,
+        reply: oneshot::Sender<Option<PartitionStats>>,
+    },
+    Controller {
+        body: RequestBodyT,
+        reply: oneshot::Sender<ResponseBodyT>,
+    },
+    Catalog {
+        catalog: Catalog,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// An error for one partition, as it goes on the wire.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
+        Failure { code, message: message.into() }
+    }
+
+    fn unknown(topic: &str, partition: u32) -> Failure {
+        Failure::new(
+            ErrorCode::UnknownTopicOrPartition,
+            format!("{topic}/{partition} does not exist"),
+        )
+    }
+}
+
+impl From<LogError> for Failure {
+    fn from(error: LogError) -> Failure {
+        let code = match &error {
+            LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            LogError::InvalidBatch(_) => ErrorCode::CorruptMessage,
+            LogError::Corruption { .. } => ErrorCode::CorruptStorage,
+            LogError::DiskFull { .. } => ErrorCode::DiskFull,
+            LogError::Closed => ErrorCode::NotLeader,
+            LogError::NotBatchBoundary(_) | LogError::Config(_) => ErrorCode::InvalidRequest,
+            LogError::TooManySegments(_) | LogError::Io { .. } => ErrorCode::StorageError,
+        };
+        Failure::new(code, error.to_string())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProduceOutcome {
+    pub result: Result<i64, Failure>,
+    pub log_start_offset: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchOutcome<B> {
+    pub result: Result<Vec<B>, Failure>,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionStats {
+    pub start: i64,
+    pub end: i64,
+    pub bytes: u64,
+}
+
+/// Bytes in a fetch response payload: local (zero-copy) or copied from another shard.
+pub enum Payload {
+    Local(LogBytes),
+    Remote(Bytes),
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Payload::Local(bytes) => bytes,
+            Payload::Remote(bytes) => bytes,
+        }
+    }
+}
+
+/// What a connection writes back: a response header and the raw batches that follow it.
+pub struct Reply {
+    pub response: ResponseT,
+    pub payload: Vec<Payload>,
+}
+
+/// Wakes a long-polling fetch once, from whichever of its partitions gets data first.
+type Wakeup = Rc<RefCell<Option<oneshot::Sender<()>>>>;
+
+pub struct Shard {
+    pub id: usize,
+    pub config: Rc<BrokerConfig>,
+    catalog: RefCell<Catalog>,
+    logs: RefCell<HashMap<PartitionKey, Log>>,
+    waiters: RefCell<HashMap<PartitionKey, Vec<Wakeup>>>,
+    peers: Senders<ShardMsg>,
+    /// Shard 0 only.
+    offsets: Option<RwLock<OffsetStore>>,
+    /// Serializes catalog changes on the controller.
+    controller_lock: Semaphore,
+    produce_memory: Rc<Semaphore>,
+    pub shutting_down: Cell<bool>,
+    pub in_flight: Cell<usize>,
+    pub background: glommio::TaskQueueHandle,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Shard {
+    /// Opens this shard's partitions (recovering each log) and, on shard 0, the offset store.
+    pub async fn open(
+        id: usize,
+        config: Rc<BrokerConfig>,
+        peers: Senders<ShardMsg>,
+        background: glommio::TaskQueueHandle,
+    ) -> std::io::Result<Rc<Shard>> {
+        let catalog = Catalog::load(&config.data_dir)?;
+        let offsets = if id == 0 {
+            let store = OffsetStore::open(&config.data_dir)
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Some(RwLock::new(store))
+        } else {
+            None
+        };
+        let shard = Rc::new(Shard {
+            id,
+            config,
+            catalog: RefCell::new(Catalog::default()),
+            logs: RefCell::new(HashMap::new()),
+            waiters: RefCell::new(HashMap::new()),
+            peers,
+            offsets,
+            controller_lock: Semaphore::new(1),
+            produce_memory: Rc::new(Semaphore::new(
+                limits::PRODUCE_MEMORY_PER_SHARD_BYTES_MAX as u64,
+            )),
+            shutting_down: Cell::new(false),
+            in_flight: Cell::new(0),
+            background,
+        });
+        shard.apply_catalog(catalog).await.map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(shard)
+    }
+
+    /// The shard that owns a partition: a pure lookup.
+    pub fn owner(&self, topic: &str, partition: u32) -> Option<usize> {
+        let catalog = self.catalog.borrow();
+        catalog.topics.get(topic)?.shards.get(partition as usize).map(|s| *s as usize)
+    }
+
+    fn log(&self, topic: &str, partition: u32) -> Option<Log> {
+        self.logs.borrow().get(&(topic.to_string(), partition)).cloned()
+    }
+
+    /// Makes this shard's open logs match `catalog`: opens new partitions it owns, closes and
+    /// deletes removed ones, and applies changed configs.
+    pub async fn apply_catalog(&self, catalog: Catalog) -> Result<(), LogError> {
+        let defaults = self.config.log_defaults.clone();
+        let mut wanted: BTreeMap<PartitionKey, spate_storage::LogConfig> = BTreeMap::new();
+        for (name, topic) in &catalog.topics {
+            let config =
+                catalog::log_config(&defaults, &topic.configs).unwrap_or_else(|_| defaults.clone());
+            for (partition, shard) in topic.shards.iter().enumerate() {
+                if *shard as usize == self.id {
+                    wanted.insert((name.clone(), partition as u32), config.clone());
+                }
+            }
+        }
+        let existing: Vec<PartitionKey> = self.logs.borrow().keys().cloned().collect();
+        for key in existing {
+            if !wanted.contains_key(&key) {
+                let log = self.logs.borrow_mut().remove(&key).expect("listed");
+                let _ = log.close().await;
+                let dir = log.dir().to_path_buf();
+                drop(log);
+                if let Err(error) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(dir = %dir.display(), %error, "could not delete partition directory");
+                }
+                if let Some(parent) = dir.parent() {
+                    let _ = std::fs::remove_dir(parent);
+                }
+                tracing::info!(topic = %key.0, partition = key.1, "deleted partition");
+            }
+        }
+        for (key, config) in wanted {
+            let existing = self.log(&key.0, key.1);
+            match existing {
+                Some(log) => {
+                    if log.config() != config {
+                        log.set_config(config)?;
+                    }
+                }
+                None => {
+                    let dir = self.config.data_dir.join(&key.0).join(key.1.to_string());
+                    let options =
+                        LogOptions { task_queue: Some(self.background), ..LogOptions::default() };
+                    let log = Log::open(&dir, config, options).await?;
+                    tracing::debug!(topic = %key.0, partition = key.1, shard = self.id, "opened partition");
+                    self.logs.borrow_mut().insert(key, log);
+                }
+            }
+        }
+        *self.catalog.borrow_mut() = catalog;
+        Ok(())
+    }
+
+    /// Every log this shard owns (for retention, metrics and shutdown).
+    pub fn all_logs(&self) -> Vec<(PartitionKey, Log)> {
+        self.logs.borrow().iter().map(|(k, l)| (k.clone(), l.clone())).collect()
+    }
+
+    pub fn offset_store_log(&self) -> Option<Log> {
+        let store = self.offsets.as_ref()?;
+        let guard = store.try_read().ok()?;
+        Some(guard.log().clone())
+    }
+
+    // ---- Cross-shard calls ------------------------------------------------------------------
+
+    async fn call<T>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(oneshot::Sender<T>) -> ShardMsg,
+    ) -> Result<T, Failure> {
+        let (reply, response) = oneshot::channel();
+        if self.peers.send_to(shard, make(reply)).await.is_err() {
+            return Err(Failure::new(
+                ErrorCode::ShuttingDown,
+                format!("shard {shard} is not reachable"),
+            ));
+        }
+        response.await.map_err(|_| {
+            Failure::new(ErrorCode::ShuttingDown, format!("shard {shard} dropped the call"))
+        })
+    }
+
+    /// Serves a call from another shard.
+    pub async fn handle_peer(self: &Rc<Self>, message: ShardMsg) {
+        match message {
+            ShardMsg::Produce { topic, partition, batches, reply } => {
+                let _ = reply.send(self.produce_local(&topic, partition, batches).await);
+            }
+            ShardMsg::Fetch { topic, partition, offset, max_bytes, reply } => {
+                let outcome = self.fetch_local(&topic, partition, offset, max_bytes).await;
+                let copied = FetchOutcome {
+                    result: outcome
+                        .result
+                        .map(|chunks| chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect()),
+                    high_watermark: outcome.high_watermark,
+                    log_start_offset: outcome.log_start_offset,
+                };
+                let _ = reply.send(copied);
+            }
+            ShardMsg::ListOffset { topic, partition, timestamp, reply } => {
+                let _ = reply.send(self.list_offset_local(&topic, partition, timestamp).await);
+            }
+            ShardMsg::Describe { topic, partition, reply } => {
+                let _ = reply.send(self.stats_local(&topic, partition));
+            }
+            ShardMsg::Controller { body, reply } => {
+                let _ = reply.send(self.controller(body).await);
+            }
+            ShardMsg::Catalog { catalog, reply } => {
+                if let Err(error) = self.apply_catalog(catalog).await {
+                    tracing::error!(shard = self.id, %error, "applying the catalog failed");
+                }
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    // ---- Produce ------------------------------------------------------------------------------
+
+    async fn produce_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        batches: Vec<BytesMut>,
+    ) -> ProduceOutcome {
+        let Some(log) = self.log(topic, partition) else {
+            return ProduceOutcome {
+                result: Err(Failure::unknown(topic, partition)),
+                log_start_offset: -1,
+            };
+        };
+        let mut base = None;
+        // Appended one after another: the order of batches within a partition is kept.
+        for batch in batches {
+            match log.append(batch, 0).await {
+                Ok(appended) => {
+                    base.get_or_insert(appended.base_offset);
+                }
+                Err(error) => {
+                    self.wake_fetchers(topic, partition);
+                    return ProduceOutcome {
+                        result: Err(error.into()),
+                        log_start_offset: log.offsets().start,
+                    };
+                }
+            }
+        }
+        self.wake_fetchers(topic, partition);
+        ProduceOutcome { result: Ok(base.unwrap_or(-1)), log_start_offset: log.offsets().start }
+    }
+
+    async fn produce_partition(
+        &self,
+        topic: String,
+        partition: u32,
+        batches: Vec<BytesMut>,
+    ) -> ProduceOutcome {
+        match self.owner(&topic, partition) {
+            None => ProduceOutcome {
+                result: Err(Failure::unknown(&topic, partition)),
+                log_start_offset: -1,
+            },
+            Some(owner) if owner == self.id => self.produce_local(&topic, partition, batches).await,
+            Some(owner) => self
+                .call(owner, |reply| ShardMsg::Produce {
+                    topic: topic.clone(),
+                    partition,
+                    batches,
+                    reply,
+                })
+                .await
+                .unwrap_or_else(|failure| ProduceOutcome {
+                    result: Err(failure),
+                    log_start_offset: -1,
+                }),
+        }
+    }
+
+    async fn handle_produce(
+        self: &Rc<Self>,
+        correlation_id: u32,
+        header: BytesMut,
+    ) -> Option<Reply> {
+        let _memory = match self.produce_memory.acquire_static_permit(header.len() as u64).await {
+            Ok(permit) => permit,
+            Err(_) => {
+                return Some(envelope_error(
+                    correlation_id,
+                    ErrorCode::ShuttingDown,
+                    "shutting down",
+                ))
+            }
+        };
+        let (acks, timeout_ms, parts) = {
+            let request = codec::decode_request(&header).expect("verified by the caller");
+            let produce = request.body_as_produce_request().expect("checked by the caller");
+            let base = header.as_ptr() as usize;
+            let mut parts: Vec<(String, u32, Option<Range<usize>>)> = Vec::new();
+            for topic in produce.topics().iter().flatten() {
+                let name = topic.name().unwrap_or_default().to_string();
+                for partition in topic.partitions().iter().flatten() {
+                    let range = partition.records().map(|r| {
+                        let start = r.bytes().as_ptr() as usize - base;
+                        start..start + r.len()
+                    });
+                    parts.push((name.clone(), partition.partition() as u32, range));
+                }
+            }
+            (produce.acks(), produce.timeout_ms(), parts)
+        };
+        let ranges: Vec<Range<usize>> = parts.iter().filter_map(|(_, _, r)| r.clone()).collect();
+        let mut carved = carve(header, &ranges).into_iter();
+        let timeout =
+            Duration::from_millis(u64::from(timeout_ms).clamp(1, limits::PRODUCE_TIMEOUT_MS_MAX));
+        let mut tasks = Vec::with_capacity(parts.len());
+        for (topic, partition, range) in parts {
+            let records = if range.is_some() {
+                carved.next().expect("one piece per range")
+            } else {
+                BytesMut::new()
+            };
+            let shard = self.clone();
+            tasks.push((
+                topic.clone(),
+                partition,
+                glommio::spawn_local(async move {
+                    let batches = match split_batches(records) {
+                        Ok(batches) => batches,
+                        Err(failure) => {
+                            return ProduceOutcome { result: Err(failure), log_start_offset: -1 }
+                        }
+                    };
+                    let produced = glommio::timer::timeout(timeout, async {
+                        Ok(shard.produce_partition(topic, partition, batches).await)
+                    })
+                    .await;
+                    produced.unwrap_or_else(|_| ProduceOutcome {
+                        result: Err(Failure::new(ErrorCode::RequestTimedOut, "produce timed out")),
+                        log_start_offset: -1,
+                    })
+                }),
+            ));
+        }
+        let mut topics: Vec<wire::ProduceTopicResponseT> = Vec::new();
+        for (topic, partition, task) in tasks {
+            let outcome = task.await;
+            let (error_code, error_message, base_offset) = match outcome.result {
+                Ok(base) => (ErrorCode::None, None, base),
+                Err(failure) => (failure.code, Some(failure.message), -1),
+            };
+            let entry = wire::ProducePartitionResponseT {
+                partition: partition as i32,
+                error_code,
+                error_message,
+                base_offset,
+                log_start_offset: outcome.log_start_offset,
+            };
+            push_into(
+                &mut topics,
+                topic,
+                entry,
+                |t| &t.name,
+                |t| t.partitions.get_or_insert_with(Vec::new),
+                |name| wire::ProduceTopicResponseT { name: Some(name), partitions: None },
+            );
+        }
+        if acks == wire::Acks::None {
+            return None;
+        }
+        Some(ok_reply(
+            correlation_id,
+            ResponseBodyT::ProduceResponse(Box::new(wire::ProduceResponseT {
+                topics: Some(topics),
+            })),
+        ))
+    }
+
+    fn wake_fetchers(&self, topic: &str, partition: u32) {
+        let waiters = self.waiters.borrow_mut().remove(&(topic.to_string(), partition));
+        for wakeup in waiters.into_iter().flatten() {
+            if let Some(sender) = wakeup.borrow_mut().take() {
+                let _ = sender.send(());
+            }
+        }
+    }
+
+    // ---- Fetch --------------------------------------------------------------------------------
+
+    async fn fetch_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> FetchOutcome<LogBytes> {
+        let Some(log) = self.log(topic, partition) else {
+            return FetchOutcome {
+                result: Err(Failure::unknown(topic, partition)),
+                high_watermark: -1,
+                log_start_offset: -1,
+            };
+        };
+        let offsets = log.offsets();
+        match log.read(offset, max_bytes).await {
+            Ok(read) => FetchOutcome {
+                result: Ok(read.chunks),
+                high_watermark: read.high_watermark,
+                log_start_offset: read.log_start_offset,
+            },
+            Err(error) => FetchOutcome {
+                result: Err(error.into()),
+                high_watermark: offsets.high_watermark,
+                log_start_offset: offsets.start,
+            },
+        }
+    }
+
+    async fn fetch_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> FetchOutcome<Payload> {
+        match self.owner(topic, partition) {
+            None => FetchOutcome {
+                result: Err(Failure::unknown(topic, partition)),
+                high_watermark: -1,
+                log_start_offset: -1,
+            },
+            Some(owner) if owner == self.id => {
+                let outcome = self.fetch_local(topic, partition, offset, max_bytes).await;
+                FetchOutcome {
+                    result: outcome
+                        .result
+                        .map(|chunks| chunks.into_iter().map(Payload::Local).collect()),
+                    high_watermark: outcome.high_watermark,
+                    log_start_offset: outcome.log_start_offset,
+                }
+            }
+            Some(owner) => {
+                let called = self
+                    .call(owner, |reply| ShardMsg::Fetch {
+                        topic: topic.to_string(),
+                        partition,
+                        offset,
+                        max_bytes,
+                        reply,
+                    })
+                    .await;
+                match called {
+                    Ok(outcome) => FetchOutcome {
+                        result: outcome
+                            .result
+                            .map(|chunks| chunks.into_iter().map(Payload::Remote).collect()),
+                        high_watermark: outcome.high_watermark,
+                        log_start_offset: outcome.log_start_offset,
+                    },
+                    Err(failure) => FetchOutcome {
+                        result: Err(failure),
+                        high_watermark: -1,
+                        log_start_offset: -1,
+                    },
+                }
+            }
+        }
+    }
+
+    async fn handle_fetch(&self, correlation_id: u32, request: wire::FetchRequestT) -> Reply {
+        let max_wait =
+            Duration::from_millis(u64::from(request.max_wait_ms).min(limits::FETCH_WAIT_MS_MAX));
+        let deadline = Instant::now() + max_wait;
+        let total_max = (request.max_bytes.max(1) as usize).min(limits::FETCH_RESPONSE_BYTES_MAX);
+        let min_bytes = request.min_bytes.max(0) as usize;
+        let wanted: Vec<(String, u32, i64, usize)> = request
+            .topics
+            .iter()
+            .flatten()
+            .flat_map(|t| {
+                let name = t.name.clone().unwrap_or_default();
+                t.partitions.iter().flatten().map(move |p| {
+                    (name.clone(), p.partition as u32, p.fetch_offset, p.max_bytes.max(1) as usize)
+                })
+            })
+            .collect();
+        // Each round reads every partition once; rounds repeat only while the request waits for
+        // data, and each waits for an append or the deadline.
+        loop {
+            let mut results = Vec::with_capacity(wanted.len());
+            let mut total = 0usize;
+            for (topic, partition, offset, max_bytes) in &wanted {
+                let budget = (*max_bytes).min(total_max.saturating_sub(total));
+                let outcome = if budget == 0 {
+                    FetchOutcome {
+                        result: Ok(Vec::new()),
+                        high_watermark: -1,
+                        log_start_offset: -1,
+                    }
+                } else {
+                    self.fetch_partition(topic, *partition, *offset, budget).await
+                };
+                if let Ok(chunks) = &outcome.result {
+                    total += chunks.iter().map(|c| c.len()).sum::<usize>();
+                }
+                results.push(outcome);
+            }
+            let errors = results.iter().any(|r| r.result.is_err());
+            let now = Instant::now();
+            if total >= min_bytes.max(1) || errors || now >= deadline || self.shutting_down.get() {
+                return self.fetch_reply(correlation_id, &wanted, results);
+            }
+            self.wait_for_data(&wanted, deadline - now).await;
+        }
+    }
+
+    /// Waits until one of the local partitions in `wanted` gets an append, or `wait` passes.
+    /// Partitions on other shards are re-checked every 10 ms.
+    async fn wait_for_data(&self, wanted: &[(String, u32, i64, usize)], wait: Duration) {
+        let (sender, receiver) = oneshot::channel();
+        let wakeup: Wakeup = Rc::new(RefCell::new(Some(sender)));
+        let mut any_remote = false;
+        for (topic, partition, _, _) in wanted {
+            if self.owner(topic, *partition) == Some(self.id) {
+                self.waiters
+                    .borrow_mut()
+                    .entry((topic.clone(), *partition))
+                    .or_default()
+                    .push(wakeup.clone());
+            } else {
+                any_remote = true;
+            }
+        }
+        let wait = if any_remote { wait.min(Duration::from_millis(10)) } else { wait };
+        let _ = glommio::timer::timeout(wait, async { Ok(receiver.await) }).await;
+        // Forget this fetch's registrations (one may remain on a partition not appended to).
+        wakeup.borrow_mut().take();
+        for (topic, partition, _, _) in wanted {
+            if let Some(list) = self.waiters.borrow_mut().get_mut(&(topic.clone(), *partition)) {
+                list.retain(|w| w.borrow().is_some());
+            }
+        }
+    }
+
+    fn fetch_reply(
+        &self,
+        correlation_id: u32,
+        wanted: &[(String, u32, i64, usize)],
+        results: Vec<FetchOutcome<Payload>>,
+    ) -> Reply {
+        let mut topics: Vec<wire::FetchTopicResponseT> = Vec::new();
+        let mut payload = Vec::new();
+        for ((topic, partition, _, _), outcome) in wanted.iter().zip(results) {
+            let (error_code, error_message, records_bytes) = match outcome.result {
+                Ok(chunks) => {
+                    let bytes: usize = chunks.iter().map(|c| c.len()).sum();
+                    payload.extend(chunks);
+                    (ErrorCode::None, None, bytes as u32)
+                }
+                Err(failure) => (failure.code, Some(failure.message), 0),
+            };
+            let entry = wire::FetchPartitionResponseT {
+                partition: *partition as i32,
+                error_code,
+                error_message,
+                high_watermark: outcome.high_watermark,
+                log_start_offset: outcome.log_start_offset,
+                records_bytes,
+            };
+            push_into(
+                &mut topics,
+                topic.clone(),
+                entry,
+                |t| &t.name,
+                |t| t.partitions.get_or_insert_with(Vec::new),
+                |name| wire::FetchTopicResponseT { name: Some(name), partitions: None },
+            );
+        }
+        let mut reply = ok_reply(
+            correlation_id,
+            ResponseBodyT::FetchResponse(Box::new(wire::FetchResponseT { topics: Some(topics) })),
+        );
+        reply.payload = payload;
+        reply
+    }
+
+    // ---- List offsets, describe ---------------------------------------------------------------
+
+    async fn list_offset_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<i64, Failure> {
+        let log = self.log(topic, partition).ok_or_else(|| Failure::unknown(topic, partition))?;
+        match timestamp {
+            -1 => Ok(log.offsets().high_watermark),
+            -2 => Ok(log.offsets().start),
+            ts => Ok(log.offset_for_timestamp(ts).await?.unwrap_or(-1)),
+        }
+    }
+
+    async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<i64, Failure> {
+        match self.owner(topic, partition) {
+            None => Err(Failure::unknown(topic, partition)),
+            Some(owner) if owner == self.id => {
+                self.list_offset_local(topic, partition, timestamp).await
+            }
+            Some(owner) => {
+                self.call(owner, |reply| ShardMsg::ListOffset {
+                    topic: topic.to_string(),
+                    partition,
+                    timestamp,
+                    reply,
+                })
+                .await?
+            }
+        }
+    }
+
+    fn stats_local(&self, topic: &str, partition: u32) -> Option<PartitionStats> {
+        let log = self.log(topic, partition)?;
+        let offsets = log.offsets();
+        Some(PartitionStats {
+            start: offsets.start,
+            end: offsets.high_watermark,
+            bytes: log.size_bytes(),
+        })
+    }
+
+    pub async fn stats(&self, topic: &str, partition: u32) -> Option<PartitionStats> {
+        match self.owner(topic, partition)? {
+            owner if owner == self.id => self.stats_local(topic, partition),
+            owner => self
+                .call(owner, |reply| ShardMsg::Describe {
+                    topic: topic.to_string(),
+                    partition,
+                    reply,
+                })
+                .await
+                .ok()?,
+        }
+    }
+
+    // ---- Requests -----------------------------------------------------------------------------
+
+    /// Handles one request frame. `None` means no response is sent (produce with acks=none).
+    pub async fn handle(self: &Rc<Self>, frame: Frame) -> Option<Reply> {
+        let (correlation_id, body_type) = match codec::decode_request(&frame.header) {
+            Ok(request) => (request.correlation_id(), request.body_type()),
+            Err(error) => {
+                let correlation_id = correlation_id_of(&frame.header);
+                return Some(envelope_error(
+                    correlation_id,
+                    error.error_code(),
+                    &error.to_string(),
+                ));
+            }
+        };
+        if self.shutting_down.get() {
+            return Some(envelope_error(
+                correlation_id,
+                ErrorCode::ShuttingDown,
+                "broker is shutting down",
+            ));
+        }
+        if body_type == wire::RequestBody::ProduceRequest {
+            return self.handle_produce(correlation_id, frame.header).await;
+        }
+        let body = codec::decode_request(&frame.header).expect("verified above").unpack().body;
+        Some(match body {
+            RequestBodyT::HandshakeRequest(_) => ok_reply(correlation_id, handshake()),
+            RequestBodyT::MetadataRequest(request) => {
+                ok_reply(correlation_id, self.metadata(request.topics))
+            }
+            RequestBodyT::DescribeConfigsRequest(request) => {
+                ok_reply(correlation_id, self.describe_configs(request.topics.unwrap_or_default()))
+            }
+            RequestBodyT::FetchRequest(request) => {
+                self.handle_fetch(correlation_id, *request).await
+            }
+            RequestBodyT::ListOffsetsRequest(request) => {
+                ok_reply(correlation_id, self.list_offsets(*request).await)
+            }
+            body @ (RequestBodyT::CreateTopicsRequest(_)
+            | RequestBodyT::DeleteTopicsRequest(_)
+            | RequestBodyT::AlterConfigsRequest(_)
+            | RequestBodyT::OffsetCommitRequest(_)
+            | RequestBodyT::OffsetFetchRequest(_)) => {
+                let response = if self.id == 0 {
+                    self.controller(body).await
+                } else {
+                    match self.call(0, |reply| ShardMsg::Controller { body, reply }).await {
+                        Ok(response) => response,
+                        Err(failure) => {
+                            return Some(envelope_error(
+                                correlation_id,
+                                failure.code,
+                                &failure.message,
+                            ))
+                        }
+                    }
+                };
+                ok_reply(correlation_id, response)
+            }
+            _ => envelope_error(
+                correlation_id,
+                ErrorCode::UnsupportedApi,
+                "consumer-group coordination is not implemented yet",
+            ),
+        })
+    }
+
+    fn metadata(&self, topics: Option<Vec<String>>) -> ResponseBodyT {
+        let catalog = self.catalog.borrow();
+        let names: Vec<String> = topics.unwrap_or_else(|| catalog.topics.keys().cloned().collect());
+        let listen = self.config.listen;
+        let topics = names
+            .into_iter()
+            .map(|name| match catalog.topics.get(&name) {
+                None => wire::TopicMetadataT {
+                    name: Some(name),
+                    error_code: ErrorCode::UnknownTopicOrPartition,
+                    partitions: None,
+                },
+                Some(topic) => wire::TopicMetadataT {
+                    name: Some(name),
+                    error_code: ErrorCode::None,
+                    partitions: Some(
+                        topic
+                            .shards
+                            .iter()
+                            .enumerate()
+                            .map(|(partition, shard)| {
+                                let address = self.config.shard_address(*shard as usize);
+                                wire::PartitionMetadataT {
+                                    partition: partition as i32,
+                                    error_code: ErrorCode::None,
+                                    leader_broker: 0,
+                                    leader_term: 0,
+                                    shard: *shard,
+                                    shard_host: Some(address.ip().to_string()),
+                                    shard_port: address.port(),
+                                    replicas: Some(vec![0]),
+                                }
+                            })
+                            .collect(),
+                    ),
+                },
+            })
+            .collect();
+        ResponseBodyT::MetadataResponse(Box::new(wire::MetadataResponseT {
+            brokers: Some(vec![wire::BrokerInfoT {
+                broker_id: 0,
+                host: Some(listen.ip().to_string()),
+                port: listen.port(),
+            }]),
+            controller_id: 0,
+            topics: Some(topics),
+        }))
+    }
+
+    fn describe_configs(&self, topics: Vec<String>) -> ResponseBodyT {
+        let catalog = self.catalog.borrow();
+        let topics = topics
+            .into_iter()
+            .map(|name| match catalog.topics.get(&name) {
+                None => wire::TopicConfigsT {
+                    name: Some(name.clone()),
+                    error_code: ErrorCode::UnknownTopicOrPartition,
+                    error_message: Some(format!("topic {name:?} does not exist")),
+                    configs: None,
+                },
+                Some(topic) => {
+                    let mut configs: Vec<wire::DescribedConfigT> = vec![wire::DescribedConfigT {
+                        name: Some("partitions".into()),
+                        value: Some(topic.partition_count().to_string()),
+                        is_default: false,
+                    }];
+                    configs.extend(
+                        catalog::describe(&self.config.log_defaults, topic).into_iter().map(
+                            |(name, value, is_default)| wire::DescribedConfigT {
+                                name: Some(name),
+                                value: Some(value),
+                                is_default,
+                            },
+                        ),
+                    );
+                    wire::TopicConfigsT {
+                        name: Some(name),
+                        error_code: ErrorCode::None,
+                        error_message: None,
+                        configs: Some(configs),
+                    }
+                }
+            })
+            .collect();
+        ResponseBodyT::DescribeConfigsResponse(Box::new(wire::DescribeConfigsResponseT {
+            topics: Some(topics),
+        }))
+    }
+
+    async fn list_offsets(&self, request: wire::ListOffsetsRequestT) -> ResponseBodyT {
+        let mut topics = Vec::new();
+        for topic in request.topics.into_iter().flatten() {
+            let name = topic.name.unwrap_or_default();
+            let mut partitions = Vec::new();
+            for partition in topic.partitions.into_iter().flatten() {
+                let result =
+                    self.list_offset(&name, partition.partition as u32, partition.timestamp).await;
+                partitions.push(match result {
+                    Ok(offset) => wire::ListOffsetsPartitionResponseT {
+                        partition: partition.partition,
+                        error_code: ErrorCode::None,
+                        error_message: None,
+                        offset,
+                    },
+                    Err(failure) => wire::ListOffsetsPartitionResponseT {
+                        partition: partition.partition,
+                        error_code: failure.code,
+                        error_message: Some(failure.message),
+                        offset: -1,
+                    },
+                });
+            }
+            topics.push(wire::ListOffsetsTopicResponseT {
+                name: Some(name),
+                partitions: Some(partitions),
+            });
+        }
+        ResponseBodyT::ListOffsetsResponse(Box::new(wire::ListOffsetsResponseT {
+            topics: Some(topics),
+        }))
+    }
+
+    // ---- Controller (shard 0) -----------------------------------------------------------------
+
+    async fn controller(&self, body: RequestBodyT) -> ResponseBodyT {
+        assert_eq!(self.id, 0, "controller requests run on shard 0");
+        let Ok(_lock) = self.controller_lock.acquire_permit(1).await else {
+            return ResponseBodyT::NONE;
+        };
+        match body {
+            RequestBodyT::CreateTopicsRequest(request) => {
+                let mut results = Vec::new();
+                for topic in request.topics.into_iter().flatten() {
+                    let name = topic.name.unwrap_or_default();
+                    let configs: BTreeMap<String, String> = topic
+                        .configs
+                        .into_iter()
+                        .flatten()
+                        .map(|c| (c.name.unwrap_or_default(), c.value.unwrap_or_default()))
+                        .collect();
+                    let layout = self.config.layout.topics.get(&name).map(|t| t.shards.clone());
+                    let mut catalog = self.catalog.borrow().clone();
+                    let created = catalog
+                        .create(
+                            &name,
+                            i64::from(topic.partitions),
+                            configs,
+                            &self.config.log_defaults,
+                            self.config.shard_count(),
+                            layout.as_deref(),
+                        )
+                        .map(|_| ());
+                    let result = match created {
+                        Ok(()) if request.validate_only => Ok(()),
+                        Ok(()) => self.publish(catalog).await,
+                        Err(error) => Err(error),
+                    };
+                    results.push(topic_result(name, result));
+                }
+                ResponseBodyT::CreateTopicsResponse(Box::new(wire::CreateTopicsResponseT {
+                    topics: Some(results),
+                }))
+            }
+            RequestBodyT::DeleteTopicsRequest(request) => {
+                let mut results = Vec::new();
+                for name in request.names.into_iter().flatten() {
+                    let mut catalog = self.catalog.borrow().clone();
+                    let result = match catalog.delete(&name) {
+                        Ok(_) => self.publish(catalog).await,
+                        Err(error) => Err(error),
+                    };
+                    results.push(topic_result(name, result));
+                }
+                ResponseBodyT::DeleteTopicsResponse(Box::new(wire::DeleteTopicsResponseT {
+                    topics: Some(results),
+                }))
+            }
+            RequestBodyT::AlterConfigsRequest(request) => {
+                let mut results = Vec::new();
+                for topic in request.topics.into_iter().flatten() {
+                    let name = topic.name.unwrap_or_default();
+                    let updates: Vec<(String, String)> = topic
+                        .configs
+                        .into_iter()
+                        .flatten()
+                        .map(|c| (c.name.unwrap_or_default(), c.value.unwrap_or_default()))
+                        .collect();
+                    let mut catalog = self.catalog.borrow().clone();
+                    let result = match catalog.alter(&name, &updates, &self.config.log_defaults) {
+                        Ok(()) if request.validate_only => Ok(()),
+                        Ok(()) => self.publish(catalog).await,
+                        Err(error) => Err(error),
+                    };
+                    results.push(topic_result(name, result));
+                }
+                ResponseBodyT::AlterConfigsResponse(Box::new(wire::AlterConfigsResponseT {
+                    topics: Some(results),
+                }))
+            }
+            RequestBodyT::OffsetCommitRequest(request) => self.commit_offsets(*request).await,
+            RequestBodyT::OffsetFetchRequest(request) => self.fetch_offsets(*request).await,
+            _ => ResponseBodyT::NONE,
+        }
+    }
+
+    /// Persists a new catalog and waits until every shard runs with it.
+    async fn publish(&self, catalog: Catalog) -> Result<(), CatalogError> {
+        catalog.save(&self.config.data_dir).map_err(|e| CatalogError::InvalidConfig {
+            key: "catalog".into(),
+            value: String::new(),
+            reason: e.to_string(),
+        })?;
+        for shard in 0..self.config.shard_count() {
+            if shard == self.id {
+                if let Err(error) = self.apply_catalog(catalog.clone()).await {
+                    tracing::error!(%error, "applying the catalog on the controller failed");
+                }
+            } else {
+                let snapshot = catalog.clone();
+                if let Err(failure) =
+                    self.call(shard, |reply| ShardMsg::Catalog { catalog: snapshot, reply }).await
+                {
+                    tracing::error!(shard, message = %failure.message, "a shard did not take the new catalog");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit_offsets(&self, request: wire::OffsetCommitRequestT) -> ResponseBodyT {
+        let group = request.group_id.unwrap_or_default();
+        let mut accepted = Vec::new();
+        let mut results: Vec<wire::TopicPartitionResultsT> = Vec::new();
+        for topic in request.topics.into_iter().flatten() {
+            let name = topic.name.unwrap_or_default();
+            let mut partitions = Vec::new();
+            for partition in topic.partitions.into_iter().flatten() {
+                let known = self.owner(&name, partition.partition as u32).is_some();
+                let error_code = if group.is_empty() {
+                    ErrorCode::InvalidRequest
+                } else if !known {
+                    ErrorCode::UnknownTopicOrPartition
+                } else if partition.offset < 0 {
+                    ErrorCode::InvalidRequest
+                } else {
+                    accepted.push((
+                        (group.clone(), name.clone(), partition.partition as u32),
+                        partition.offset,
+                    ));
+                    ErrorCode::None
+                };
+                partitions.push(wire::PartitionResultT {
+                    partition: partition.partition,
+                    error_code,
+                    error_message: None,
+                });
+            }
+            results.push(wire::TopicPartitionResultsT {
+                name: Some(name),
+                partitions: Some(partitions),
+            });
+        }
+        let store = self.offsets.as_ref().expect("shard 0 has the offset store");
+        let committed = store.write().await.expect("lock never closed").commit(&accepted).await;
+        if let Err(error) = committed {
+            let failure = Failure::from(error);
+            for topic in &mut results {
+                for partition in topic.partitions.iter_mut().flatten() {
+                    if partition.error_code == ErrorCode::None {
+                        partition.error_code = failure.code;
+                        partition.error_message = Some(failure.message.clone());
+                    }
+                }
+            }
+        }
+        ResponseBodyT::OffsetCommitResponse(Box::new(wire::OffsetCommitResponseT {
+            topics: Some(results),
+        }))
+    }
+
+    async fn fetch_offsets(&self, request: wire::OffsetFetchRequestT) -> ResponseBodyT {
+        let group = request.group_id.unwrap_or_default();
+        let store = self.offsets.as_ref().expect("shard 0 has the offset store");
+        let store = store.read().await.expect("lock never closed");
+        let topics: Vec<(String, Option<Vec<i32>>)> = match request.topics {
+            Some(topics) => {
+                topics.into_iter().map(|t| (t.name.unwrap_or_default(), t.partitions)).collect()
+            }
+            None => store.topics_of(&group).into_iter().map(|t| (t, None)).collect(),
+        };
+        let mut out = Vec::new();
+        for (name, partitions) in topics {
+            let partitions: Vec<wire::OffsetFetchPartitionT> = match partitions {
+                Some(list) => list
+                    .into_iter()
+                    .map(|p| wire::OffsetFetchPartitionT {
+                        partition: p,
+                        offset: store.get(&(group.clone(), name.clone(), p as u32)).unwrap_or(-1),
+                        metadata: None,
+                        error_code: ErrorCode::None,
+                    })
+                    .collect(),
+                None => {
+                    let count =
+                        self.catalog.borrow().topics.get(&name).map_or(0, |t| t.partition_count());
+                    let committed: HashMap<u32, i64> =
+                        store.for_topic(&group, &name).into_iter().collect();
+                    (0..count)
+                        .map(|p| wire::OffsetFetchPartitionT {
+                            partition: p as i32,
+                            offset: committed.get(&p).copied().unwrap_or(-1),
+                            metadata: None,
+                            error_code: ErrorCode::None,
+                        })
+                        .collect()
+                }
+            };
+            out.push(wire::OffsetFetchTopicResponseT {
+                name: Some(name),
+                partitions: Some(partitions),
+            });
+        }
+        ResponseBodyT::OffsetFetchResponse(Box::new(wire::OffsetFetchResponseT {
+            topics: Some(out),
+        }))
+    }
+}
+
+fn topic_result(name: String, result: Result<(), CatalogError>) -> wire::TopicResultT {
+    match result {
+        Ok(()) => wire::TopicResultT {
+            name: Some(name),
+            error_code: ErrorCode::None,
+            error_message: None,
+        },
+        Err(error) => {
+            let code = match &error {
+                CatalogError::InvalidName(_) => ErrorCode::InvalidTopic,
+                CatalogError::Exists(_) => ErrorCode::TopicAlreadyExists,
+                CatalogError::Unknown(_) => ErrorCode::UnknownTopicOrPartition,
+                CatalogError::InvalidPartitions { .. } => ErrorCode::InvalidPartitions,
+                CatalogError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
+                CatalogError::TooManyTopics => ErrorCode::InvalidRequest,
+            };
+            wire::TopicResultT {
+                name: Some(name),
+                error_code: code,
+                error_message: Some(error.to_string()),
+            }
+        }
+    }
+}
+
+fn handshake() -> ResponseBodyT {
+    ResponseBodyT::HandshakeResponse(Box::new(wire::HandshakeResponseT {
+        protocol_version: 1,
+        apis: Some(
+            codec::SUPPORTED_APIS
+                .iter()
+                .map(|(api, min, max)| wire::ApiVersionRangeT {
+                    api: *api,
+                    min_version: *min,
+                    max_version: *max,
+                })
+                .collect(),
+        ),
+        broker_id: 0,
+        cluster_id: Some("spate".into()),
+    }))
+}
+
+pub fn ok_reply(correlation_id: u32, body: ResponseBodyT) -> Reply {
+    Reply {
+        response: ResponseT {
+            correlation_id,
+            error_code: ErrorCode::None,
+            error_message: None,
+            body,
+        },
+        payload: Vec::new(),
+    }
+}
+
+pub fn envelope_error(correlation_id: u32, code: ErrorCode, message: &str) -> Reply {
+    Reply {
+        response: ResponseT {
+            correlation_id,
+            error_code: code,
+            error_message: Some(message.to_string()),
+            body: ResponseBodyT::NONE,
+        },
+        payload: Vec::new(),
+    }
+}
+
+/// Best effort at the correlation id of a request that failed verification: only if the buffer
+/// is at least a valid `Request` root without the limits check. Otherwise 0.
+fn correlation_id_of(header: &[u8]) -> u32 {
+    flatbuffers::root::<wire::Request>(header).map_or(0, |r| r.correlation_id())
+}
+
+/// Splits `buffer` into the given ascending, non-overlapping ranges without copying.
+fn carve(buffer: BytesMut, ranges: &[Range<usize>]) -> Vec<BytesMut> {
+    let mut rest = buffer;
+    let mut consumed = 0;
+    let mut out = Vec::with_capacity(ranges.len());
+    let mut sorted: Vec<&Range<usize>> = ranges.iter().collect();
+    sorted.sort_by_key(|r| r.start);
+    assert!(
+        sorted.iter().map(|r| r.start).eq(ranges.iter().map(|r| r.start)),
+        "flatbuffers vectors are laid out in order"
+    );
+    for range in sorted {
+        assert!(range.start >= consumed && range.end <= consumed + rest.len());
+        let mut piece = rest.split_off(range.start - consumed);
+        let tail = piece.split_off(range.end - range.start);
+        out.push(piece);
+        rest = tail;
+        consumed = range.end;
+    }
+    out
+}
+
+/// Splits a partition's records into whole batches (zero-copy), checking each header's shape.
+fn split_batches(mut records: BytesMut) -> Result<Vec<BytesMut>, Failure> {
+    let mut batches = Vec::new();
+    // Bounded by the batch-count limit.
+    while !records.is_empty() {
+        if batches.len() >= spate_protocol::limits::BATCHES_PER_PARTITION_MAX {
+            return Err(Failure::new(
+                ErrorCode::MessageTooLarge,
+                "too many batches for one partition",
+            ));
+        }
+        let header = BatchHeader::parse(&records)
+            .map_err(|e| Failure::new(ErrorCode::CorruptMessage, e.to_string()))?;
+        header.check_shape().map_err(|e| Failure::new(ErrorCode::CorruptMessage, e.to_string()))?;
+        let length = header.batch_length as usize;
+        if length > records.len() {
+            return Err(Failure::new(
+                ErrorCode::CorruptMessage,
+                "batch runs past the end of the partition's records",
+            ));
+        }
+        batches.push(records.split_to(length));
+    }
+    if batches.is_empty() {
+        return Err(Failure::new(ErrorCode::CorruptMessage, "no record batch for the partition"));
+    }
+    Ok(batches)
+}
+
+/// Appends `entry` to the topic entry named `name` in `topics`, creating it if needed.
+fn push_into<T, E>(
+    topics: &mut Vec<T>,
+    name: String,
+    entry: E,
+    name_of: impl Fn(&T) -> &Option<String>,
+    entries_of: impl Fn(&mut T) -> &mut Vec<E>,
+    new: impl FnOnce(String) -> T,
+) {
+    let index = match topics.iter().position(|t| name_of(t).as_deref() == Some(name.as_str())) {
+        Some(index) => index,
+        None => {
+            topics.push(new(name));
+            topics.len() - 1
+        }
+    };
+    entries_of(&mut topics[index]).push(entry);
+}
+
+pub fn now_millis() -> i64 {
+    now_ms()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carve_splits_without_copying() {
+        let buffer = BytesMut::from(&b"0123456789"[..]);
+        let pointer = buffer.as_ptr() as usize;
+        let pieces = carve(buffer, &[1..3, 5..9]);
+        assert_eq!(&pieces[0][..], b"12");
+        assert_eq!(&pieces[1][..], b"5678");
+        assert_eq!(pieces[1].as_ptr() as usize, pointer + 5);
+    }
+
+    #[test]
+    fn split_batches_checks_shapes() {
+        let mut builder = spate_protocol::batch::BatchBuilder::new();
+        builder.push(&spate_protocol::batch::NewRecord {
+            value: Some(Bytes::from_static(b"v")),
+            ..Default::default()
+        });
+        let batch = builder.finish().unwrap();
+        let mut two = batch.clone();
+        two.extend_from_slice(&batch);
+        assert_eq!(split_batches(two).unwrap().len(), 2);
+        let mut cut = batch.clone();
+        cut.truncate(batch.len() - 1);
+        assert!(split_batches(cut).is_err());
+        assert!(split_batches(BytesMut::new()).is_err());
+        assert!(split_batches(BytesMut::from(&[0u8; 100][..])).is_err());
+    }
+}
