@@ -35,6 +35,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs a broker until `stop` is set. Returns an error if a shard fails to start.
 pub fn run(config: BrokerConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
+    let _lock = lock_data_dir(&config.data_dir)?;
+    check_ports_free(&config)?;
     let config = Arc::new(config);
     let shard_count = config.shard_count();
     let mesh = MeshBuilder::<ShardMsg, _>::full(shard_count, limits::CROSS_SHARD_QUEUE_MAX);
@@ -80,8 +82,70 @@ pub fn run(config: BrokerConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
     Ok(())
 }
 
+/// Holds an exclusive `flock` on `<data>/.lock` for the broker's lifetime: two brokers on one
+/// data directory would corrupt each other's logs.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!("data directory {} is in use by another spate process", dir.display()));
+    }
+    Ok(file)
+}
+
+/// Listening sockets use SO_REUSEPORT, which would let a second broker silently share a port
+/// with a running one. So before binding: if something keeps accepting connections on one of
+/// our addresses, refuse to start. (A plain bind probe would trip over the previous run's
+/// lingering connections after a crash.) The probe retries for about a second because a
+/// process killed with SIGKILL keeps accepting briefly: the kernel tears down its io_uring, and
+/// the accept requests that hold the socket, after the process is reaped.
+fn check_ports_free(config: &BrokerConfig) -> Result<(), String> {
+    const PROBES: usize = 10;
+    let addresses: Vec<_> = std::iter::once(config.listen)
+        .chain((0..config.shard_count()).map(|s| config.shard_address(s)))
+        .collect();
+    for address in addresses {
+        let accepting = |_| {
+            let accepted =
+                std::net::TcpStream::connect_timeout(&address, Duration::from_millis(100)).is_ok();
+            if accepted {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            accepted
+        };
+        if (0..PROBES).all(accepting) {
+            return Err(format!(
+                "cannot listen on {address}: another process is already listening there"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A listening socket with SO_REUSEPORT (every shard listens on the client port; the kernel
+/// spreads connections) and SO_REUSEADDR (a restart can bind while the previous run's accepted
+/// connections sit in TIME_WAIT).
+fn listen(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let domain = socket2::Domain::for_address(address);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    // SAFETY: a listening TCP socket we own, handed over whole.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
 async fn shard_main(
-    id: usize,
+    thread_index: usize,
     config: Arc<BrokerConfig>,
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     ready: Arc<Barrier>,
@@ -89,7 +153,7 @@ async fn shard_main(
     failed: Arc<AtomicBool>,
 ) {
     let fail = |message: String| {
-        tracing::error!(shard = id, "{message}");
+        tracing::error!(thread = thread_index, "{message}");
         failed.store(true, Ordering::SeqCst);
     };
     let (senders, mut receivers) = match mesh.join().await {
@@ -100,6 +164,10 @@ async fn shard_main(
             return;
         }
     };
+    // The mesh numbers peers in the order they joined; that number is the shard's identity
+    // (its partitions, its port). The thread's CPU was chosen before, so shard ids are a
+    // permutation of the configured CPUs.
+    let id = senders.peer_id();
     let background = glommio::executor().create_task_queue(
         Shares::Static(100),
         glommio::Latency::NotImportant,
@@ -114,9 +182,8 @@ async fn shard_main(
             return;
         }
     };
-    let listeners = [config.listen, config.shard_address(id)].map(|address| {
-        TcpListener::bind(address).map_err(|e| format!("cannot listen on {address}: {e}"))
-    });
+    let listeners = [config.listen, config.shard_address(id)]
+        .map(|address| listen(address).map_err(|e| format!("cannot listen on {address}: {e}")));
     let listeners: Vec<TcpListener> = match listeners.into_iter().collect::<Result<_, _>>() {
         Ok(listeners) => listeners,
         Err(error) => {

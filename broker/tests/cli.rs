@@ -1,0 +1,338 @@
+//! Black-box tests: the real `spate` binary, a real broker process on loopback, real disks.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| !l.is_empty()).collect()
+}
+
+#[test]
+fn keyed_messages_keep_partition_and_order_with_dense_offsets() {
+    let dir = temp_dir();
+    let broker = Broker::start(dir.path());
+    broker.ok(&["topic", "create", "orders", "--partitions", "4"]);
+    let input: String = (0..200).map(|i| format!("user-{}:event-{i}\n", i % 7)).collect();
+    let output = broker.cli_with_input(
+        &["produce", "orders", "--key-separator", ":", "--print-offsets"],
+        Some(input.as_bytes()),
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let acks: Vec<(u32, i64)> = lines(std::str::from_utf8(&output.stdout).unwrap())
+        .iter()
+        .map(|l| {
+            let (p, o) = l.split_once('\t').unwrap();
+            (p.parse().unwrap(), o.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(acks.len(), 200);
+    // Same key, same partition.
+    let mut partition_of_key = HashMap::new();
+    for (i, (partition, _)) in acks.iter().enumerate() {
+        assert_eq!(
+            *partition_of_key.entry(i % 7).or_insert(*partition),
+            *partition,
+            "key user-{}",
+            i % 7
+        );
+    }
+    // Offsets dense from 0 within each partition, in input order.
+    let mut next: HashMap<u32, i64> = HashMap::new();
+    for (partition, offset) in &acks {
+        let expected = next.entry(*partition).or_insert(0);
+        assert_eq!(offset, expected);
+        *expected += 1;
+    }
+    // Per-key order kept, as read back.
+    let consumed = broker.ok(&["consume", "orders", "--format", "%k %v\\n", "--timeout-ms", "500"]);
+    let mut last_seen: HashMap<String, i64> = HashMap::new();
+    let mut count = 0;
+    for line in lines(&consumed) {
+        let (key, value) = line.split_once(' ').unwrap();
+        let n: i64 = value.trim_start_matches("event-").parse().unwrap();
+        let previous = last_seen.insert(key.to_string(), n);
+        assert!(previous.is_none_or(|p| p < n), "key {key}: {previous:?} then {n}");
+        count += 1;
+    }
+    assert_eq!(count, 200);
+    // `offsets` agrees with what was produced.
+    let offsets = broker.ok(&["offsets", "orders"]);
+    for line in lines(&offsets) {
+        let fields: Vec<i64> = line.split('\t').map(|f| f.parse().unwrap()).collect();
+        assert_eq!(fields[1], 0);
+        assert_eq!(fields[2], *next.get(&(fields[0] as u32)).unwrap_or(&0));
+    }
+}
+
+#[test]
+fn replay_from_offset_and_timestamp() {
+    let dir = temp_dir();
+    let broker = Broker::start(dir.path());
+    broker.ok(&["topic", "create", "t", "--partitions", "1"]);
+    let first: String = (0..10).map(|i| format!("early-{i}\n")).collect();
+    assert!(broker.cli_with_input(&["produce", "t"], Some(first.as_bytes())).status.success());
+    std::thread::sleep(Duration::from_millis(30));
+    let boundary =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    std::thread::sleep(Duration::from_millis(30));
+    let second: String = (0..5).map(|i| format!("late-{i}\n")).collect();
+    assert!(broker.cli_with_input(&["produce", "t"], Some(second.as_bytes())).status.success());
+
+    let from_offset =
+        broker.ok(&["consume", "t", "--from", "7", "--format", "%o:%v\\n", "--timeout-ms", "300"]);
+    assert_eq!(
+        lines(&from_offset),
+        vec![
+            "7:early-7",
+            "8:early-8",
+            "9:early-9",
+            "10:late-0",
+            "11:late-1",
+            "12:late-2",
+            "13:late-3",
+            "14:late-4"
+        ]
+    );
+    let from_time =
+        broker.ok(&["consume", "t", "--from", &format!("@{boundary}"), "--timeout-ms", "300"]);
+    assert_eq!(lines(&from_time), vec!["late-0", "late-1", "late-2", "late-3", "late-4"]);
+    let counted = broker.ok(&["consume", "t", "--count", "3"]);
+    assert_eq!(lines(&counted), vec!["early-0", "early-1", "early-2"]);
+    assert_eq!(lines(&broker.ok(&["offsets", "t"])), vec!["0\t0\t15"]);
+    // Headers and the timestamp placeholder.
+    let input = b"with-header\n";
+    assert!(broker
+        .cli_with_input(&["produce", "t", "--header", "origin=test"], Some(input))
+        .status
+        .success());
+    let shown = broker.ok(&[
+        "consume",
+        "t",
+        "--from",
+        "15",
+        "--format",
+        "%h|%v|%T\\n",
+        "--timeout-ms",
+        "300",
+    ]);
+    let line = lines(&shown)[0].to_string();
+    assert!(line.starts_with("origin=test|with-header|"), "{line}");
+}
+
+#[test]
+fn errors_are_one_clear_line_and_non_zero() {
+    let dir = temp_dir();
+    let broker = Broker::start(dir.path());
+    let unknown = broker.cli(&["consume", "missing", "--timeout-ms", "100"]);
+    assert!(!unknown.status.success());
+    let message = String::from_utf8_lossy(&unknown.stderr);
+    assert!(message.contains("missing") && message.lines().count() == 1, "{message}");
+    let bad_name = broker.cli(&["topic", "create", "bad name"]);
+    assert!(!bad_name.status.success());
+    assert!(String::from_utf8_lossy(&bad_name.stderr).contains("invalid"));
+    let bad_config = broker.cli(&["topic", "create", "x", "--config", "flush=sometimes"]);
+    assert!(!bad_config.status.success());
+    broker.ok(&["topic", "create", "x"]);
+    let duplicate = broker.cli(&["topic", "create", "x"]);
+    assert!(String::from_utf8_lossy(&duplicate.stderr).contains("already exists"));
+    // Unreachable broker.
+    let output = std::process::Command::new(SPATE)
+        .args(["topic", "list", "-b", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach broker"));
+}
+
+/// Sends raw bytes and returns whatever comes back before the broker closes or goes quiet.
+fn raw_exchange(address: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // Bounded by the read timeout and the broker closing.
+    while let Ok(n) = stream.read(&mut buffer) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buffer[..n]);
+        if out.len() > 1 << 20 {
+            break;
+        }
+    }
+    out
+}
+
+fn error_code_of(response: &[u8]) -> spate_protocol::wire::ErrorCode {
+    let mut buffer = bytes::BytesMut::from(response);
+    let frame = spate_protocol::frame::FrameDecoder::default()
+        .decode(&mut buffer)
+        .unwrap()
+        .expect("a whole response");
+    spate_protocol::codec::decode_response(&frame.header).unwrap().error_code()
+}
+
+#[test]
+fn garbage_truncated_oversized_and_stalled_connections_do_not_hurt_others() {
+    use spate_protocol::wire::ErrorCode;
+    let dir = temp_dir();
+    let broker = Broker::start(dir.path());
+    broker.ok(&["topic", "create", "t"]);
+    let address = broker.address();
+    // A whole frame whose flatbuffer is garbage: a typed error, and the connection stays usable.
+    let mut garbage = spate_protocol::frame::prefix(16, 0).unwrap().to_vec();
+    garbage.extend_from_slice(&[0xAB; 16]);
+    let response = raw_exchange(&address, &garbage);
+    assert_eq!(error_code_of(&response), ErrorCode::CorruptMessage);
+    // An oversized length prefix: MessageTooLarge, then the broker closes.
+    let oversized = [0xFF, 0xFF, 0xFF, 0x7F, 0, 0, 0, 0];
+    assert_eq!(error_code_of(&raw_exchange(&address, &oversized)), ErrorCode::MessageTooLarge);
+    // Inconsistent lengths.
+    let inconsistent = [8, 0, 0, 0, 200, 0, 0, 0, 1, 2, 3, 4];
+    assert_eq!(error_code_of(&raw_exchange(&address, &inconsistent)), ErrorCode::CorruptMessage);
+    // A truncated frame and a stalled, half-open connection: nothing comes back, others are served.
+    let mut stalled = TcpStream::connect(&address).unwrap();
+    stalled.write_all(&spate_protocol::frame::prefix(1000, 0).unwrap()).unwrap();
+    stalled.write_all(&[1; 10]).unwrap();
+    let mut half_open = TcpStream::connect(&address).unwrap();
+    half_open.write_all(&[5]).unwrap();
+    half_open.shutdown(std::net::Shutdown::Write).unwrap();
+    // Random garbage from many connections at once.
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..20 {
+        let noise: Vec<u8> = (0..300)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let _ = raw_exchange(&address, &noise);
+    }
+    // The broker still serves everyone else.
+    let output =
+        broker.cli_with_input(&["produce", "t", "--print-offsets"], Some(b"still alive\n"));
+    assert!(output.status.success());
+    assert_eq!(lines(&broker.ok(&["consume", "t", "--timeout-ms", "300"])), vec!["still alive"]);
+    drop(stalled);
+}
+
+#[test]
+fn sigterm_exits_zero_and_keeps_everything_acknowledged() {
+    let dir = temp_dir();
+    let port = free_ports();
+    let mut broker = Broker::start_on(dir.path(), port, &[]);
+    broker.ok(&["topic", "create", "t", "--partitions", "2", "--config", "flush=interval:100"]);
+    let input: String = (0..500).map(|i| format!("m{i}\n")).collect();
+    let output =
+        broker.cli_with_input(&["produce", "t", "--print-offsets"], Some(input.as_bytes()));
+    assert!(output.status.success());
+    let acked = lines(std::str::from_utf8(&output.stdout).unwrap()).len();
+    assert_eq!(acked, 500);
+    let status = broker.sigterm();
+    assert!(status.success(), "exit status {status}");
+    let broker = Broker::start_on(dir.path(), port, &[]);
+    let consumed = broker.ok(&["consume", "t", "--timeout-ms", "300"]);
+    let mut values: Vec<&str> = lines(&consumed);
+    values.sort_unstable();
+    let mut expected: Vec<String> = (0..500).map(|i| format!("m{i}")).collect();
+    expected.sort_unstable();
+    assert_eq!(values, expected);
+}
+
+#[test]
+fn topics_configs_and_shards_are_described_and_survive_restart() {
+    let dir = temp_dir();
+    let port = free_ports();
+    let mut broker = Broker::start_on(dir.path(), port, &[]);
+    broker.ok(&["topic", "create", "a", "--partitions", "3", "--config", "retention.ms=60000"]);
+    broker.ok(&["topic", "create", "b", "--partitions", "1"]);
+    assert_eq!(
+        lines(&broker.ok(&["topic", "list"]))
+            .iter()
+            .map(|l| l.split('\t').next().unwrap())
+            .collect::<Vec<_>>(),
+        vec!["a", "b"]
+    );
+    broker.ok(&["topic", "alter", "a", "--config", "flush=always"]);
+    let described = broker.ok(&["topic", "describe", "a"]);
+    assert!(
+        described.contains("retention.ms=60000") && described.contains("flush=always"),
+        "{described}"
+    );
+    assert!(
+        described.contains("partition 0\tshard 0") && described.contains("partition 1\tshard 1"),
+        "{described}"
+    );
+    broker.sigkill();
+    let broker = Broker::start_on(dir.path(), port, &[]);
+    let after = broker.ok(&["topic", "describe", "a"]);
+    assert_eq!(after, described);
+    broker.ok(&["topic", "delete", "b"]);
+    assert_eq!(lines(&broker.ok(&["topic", "list"])).len(), 1);
+    assert!(!dir.path().join("b").exists());
+}
+
+#[test]
+fn a_layout_file_places_partitions_on_the_planned_shards() {
+    let dir = temp_dir();
+    let layout = dir.path().with_extension("layout.toml");
+    std::fs::write(&layout, "[topics.planned]\nshards = [1, 1, 0]\n").unwrap();
+    let broker =
+        Broker::start_on(dir.path(), free_ports(), &["--layout", layout.to_str().unwrap()]);
+    broker.ok(&["topic", "create", "planned", "--partitions", "3"]);
+    let described = broker.ok(&["topic", "describe", "planned"]);
+    for expected in ["partition 0\tshard 1", "partition 1\tshard 1", "partition 2\tshard 0"] {
+        assert!(described.contains(expected), "{described}");
+    }
+}
+
+#[test]
+fn group_offsets_resume_and_survive_kill_9() {
+    let dir = temp_dir();
+    let port = free_ports();
+    let mut broker = Broker::start_on(dir.path(), port, &[]);
+    broker.ok(&["topic", "create", "t", "--partitions", "2"]);
+    let input: String = (0..20).map(|i| format!("v{i}\n")).collect();
+    assert!(broker.cli_with_input(&["produce", "t"], Some(input.as_bytes())).status.success());
+    let first = broker.ok(&["consume", "t", "--group", "g", "--count", "8", "--timeout-ms", "500"]);
+    assert_eq!(lines(&first).len(), 8);
+    broker.sigkill();
+    let broker = Broker::start_on(dir.path(), port, &[]);
+    let rest = broker.ok(&["consume", "t", "--group", "g", "--timeout-ms", "500"]);
+    let mut all: Vec<&str> = lines(&first);
+    all.extend(lines(&rest));
+    all.sort_unstable();
+    let mut expected: Vec<String> = (0..20).map(|i| format!("v{i}")).collect();
+    expected.sort_unstable();
+    assert_eq!(all, expected, "each message exactly once across the two runs");
+}
+
+#[test]
+fn metadata_advertises_shard_addresses_that_serve_directly() {
+    let dir = temp_dir();
+    let broker = Broker::start(dir.path());
+    broker.ok(&["topic", "create", "t", "--partitions", "2"]);
+    // Talk to shard 1's own port only: it serves its partition, and forwards the other.
+    let shard_port = broker.port + 2;
+    let output = std::process::Command::new(SPATE)
+        .args(["offsets", "t", "-b", &format!("127.0.0.1:{shard_port}")])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(lines(std::str::from_utf8(&output.stdout).unwrap()), vec!["0\t0\t0", "1\t0\t0"]);
+    let started = Instant::now();
+    assert!(broker
+        .cli_with_input(&["produce", "t", "--partition", "0"], Some(b"x\n"))
+        .status
+        .success());
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

@@ -1,0 +1,168 @@
+//! A real broker process on loopback, for black-box tests.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SPATE: &str = env!("CARGO_BIN_EXE_spate");
+
+/// A base port whose next three ports (client port + two shard ports) are free now and were
+/// never handed out before in this process (tests run in parallel). Ports come from below the
+/// kernel's ephemeral range, so no client socket can be holding one as its source port.
+pub fn free_ports() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let spread = std::process::id() % 2000;
+    for _ in 0..2000 {
+        let slot = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let base = 20_000 + ((spread + slot) % 2500) as u16 * 4;
+        if (0..=3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free ports below 30000");
+}
+
+pub struct Broker {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Broker {
+    pub fn start(dir: &Path) -> Broker {
+        Broker::start_on(dir, free_ports(), &[])
+    }
+
+    pub fn start_on(dir: &Path, port: u16, extra: &[&str]) -> Broker {
+        let log = dir.with_extension(format!("broker-{port}.log"));
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = Command::new(SPATE)
+            .args(["serve", "--data-dir"])
+            .arg(dir)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--cores", "2"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn spate serve");
+        let broker = Broker { child: Some(child), dir: dir.to_path_buf(), port, log };
+        broker.wait_ready();
+        broker
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn wait_ready(&self) {
+        let started = Instant::now();
+        let address: SocketAddr = self.address().parse().unwrap();
+        while started.elapsed() < Duration::from_secs(20) {
+            if TcpStream::connect_timeout(&address, Duration::from_millis(100)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "broker did not start; log:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// Runs a `spate` client command against this broker.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with_input(args, None)
+    }
+
+    pub fn cli_with_input(&self, args: &[&str], input: Option<&[u8]>) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(SPATE)
+            .args(args)
+            .args(["-b", &self.address()])
+            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn spate");
+        if let Some(input) = input {
+            let mut stdin = child.stdin.take().unwrap();
+            let input = input.to_vec();
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(&input);
+            });
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs a client command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.cli(args);
+        assert!(
+            output.status.success(),
+            "spate {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    pub fn sigkill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            self.wait_port_closed();
+        }
+    }
+
+    /// After a kill, the kernel tears the dead process's io_uring (and the accepts it holds on
+    /// the listening sockets) down asynchronously; wait until the client port refuses.
+    fn wait_port_closed(&self) {
+        let address: SocketAddr = self.address().parse().unwrap();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if TcpStream::connect_timeout(&address, Duration::from_millis(100)).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("port {} still accepting 10 s after the broker was killed", self.port);
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub fn sigterm(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.wait_port_closed();
+                return status;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "broker did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+pub fn temp_dir() -> tempfile::TempDir {
+    let base = std::env::var_os("CARGO_TARGET_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    tempfile::Builder::new().prefix("spate-broker-").tempdir_in(base).unwrap()
+}
+
+/// Runs `future` on a fresh Glommio executor on this thread.
+pub fn run<T>(future: impl std::future::Future<Output = T>) -> T {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make().unwrap().run(future)
+}
