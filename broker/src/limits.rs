@@ -6,6 +6,9 @@ use spate_protocol::limits as wire;
 /// must hold a few full batches.
 pub const REQUEST_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// Requests one connection may have in progress at once (pipelining); reading pauses beyond.
+pub const REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX: usize = 16;
+
 /// Connections one shard accepts at once; more are closed on accept.
 pub const CONNECTIONS_PER_SHARD_MAX: usize = 4096;
 

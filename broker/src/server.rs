@@ -280,48 +280,62 @@ async fn accept_loop(
     }
 }
 
-/// Serves one connection: reads whole frames, answers each in order.
+/// Serves one connection. Requests are pipelined: each whole frame is handed to its own task
+/// as soon as it is read (at most `REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX` at once), and a writer
+/// task sends the replies in request order. Pipelined produces to one partition keep their order:
+/// tasks start in arrival order and every queue on the way to the log's offset assignment is
+/// FIFO. Concurrent produces share the log's write rounds (group commit).
 async fn serve_connection(
     shard: &Rc<Shard>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     stop: &AtomicBool,
 ) -> Result<(), String> {
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (mut reader, writer) = futures_lite::io::split(stream);
+    let (replies, queued) = glommio::channels::local_channel::new_bounded(
+        limits::REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX,
+    );
+    let writer_task = glommio::spawn_local(write_replies(writer, queued));
     let decoder = FrameDecoder::with_limit(limits::REQUEST_BYTES_MAX);
     let mut buffer = BytesMut::with_capacity(64 * 1024);
     let mut frame_started: Option<std::time::Instant> = None;
     // One iteration per read or per request; ends on close, error or stop.
-    loop {
+    let outcome = loop {
         match decoder.decode(&mut buffer) {
             Ok(Some(frame)) => {
                 frame_started = None;
                 shard.in_flight.set(shard.in_flight.get() + 1);
-                let reply = shard.handle(frame).await;
-                shard.in_flight.set(shard.in_flight.get() - 1);
-                if let Some(reply) = reply {
-                    write_reply(&mut stream, reply).await?;
+                let handler = shard.clone();
+                let task = glommio::spawn_local(async move {
+                    let reply = handler.handle(frame).await;
+                    handler.in_flight.set(handler.in_flight.get() - 1);
+                    reply
+                });
+                if replies.send(task).await.is_err() {
+                    break Err("writer stopped".to_string());
                 }
                 continue;
             }
             Ok(None) => {}
             Err(error) => {
-                // The stream cannot be resynchronized: say why, then close.
+                // The stream cannot be resynchronized: say why (after earlier replies), then close.
                 let code = if matches!(error, spate_protocol::frame::FrameError::TooLarge { .. }) {
                     ErrorCode::MessageTooLarge
                 } else {
                     ErrorCode::CorruptMessage
                 };
-                let _ = write_reply(&mut stream, envelope_error(0, code, &error.to_string())).await;
-                return Err(error.to_string());
+                let reply = envelope_error(0, code, &error.to_string());
+                let _ = replies.send(glommio::spawn_local(async move { Some(reply) })).await;
+                break Err(error.to_string());
             }
         }
         if stop.load(Ordering::SeqCst) && buffer.is_empty() {
-            return Ok(());
+            break Ok(());
         }
         if !buffer.is_empty() {
             let started = *frame_started.get_or_insert_with(std::time::Instant::now);
             if started.elapsed() > Duration::from_millis(limits::FRAME_READ_TIMEOUT_MS) {
-                return Err("peer stalled mid-frame".into());
+                break Err("peer stalled mid-frame".into());
             }
         }
         let missing = decoder.missing(&buffer).unwrap_or(1).max(1);
@@ -329,19 +343,40 @@ async fn serve_connection(
         let start = buffer.len();
         buffer.resize(start + want, 0);
         let read = glommio::timer::timeout(SHUTDOWN_POLL, async {
-            Ok(stream.read(&mut buffer[start..]).await)
+            Ok(reader.read(&mut buffer[start..]).await)
         })
         .await;
         match read {
-            Ok(Ok(0)) => return Ok(()),
+            Ok(Ok(0)) => break Ok(()),
             Ok(Ok(n)) => buffer.truncate(start + n),
-            Ok(Err(error)) => return Err(error.to_string()),
+            Ok(Err(error)) => break Err(error.to_string()),
             Err(_) => buffer.truncate(start),
         }
-    }
+    };
+    // Let queued requests finish and their replies go out before the connection closes.
+    drop(replies);
+    let written = writer_task.await;
+    outcome.and(written)
 }
 
-async fn write_reply(stream: &mut TcpStream, reply: Reply) -> Result<(), String> {
+/// Writes replies in request order; `None` (acks=none) writes nothing.
+async fn write_replies(
+    mut writer: futures_lite::io::WriteHalf<TcpStream>,
+    queued: glommio::channels::local_channel::LocalReceiver<glommio::Task<Option<Reply>>>,
+) -> Result<(), String> {
+    // Ends when the reader side drops its sender and the queue is drained.
+    while let Some(task) = queued.recv().await {
+        if let Some(reply) = task.await {
+            write_reply(&mut writer, reply).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn write_reply(
+    stream: &mut futures_lite::io::WriteHalf<TcpStream>,
+    reply: Reply,
+) -> Result<(), String> {
     let payload_bytes: usize = reply.payload.iter().map(|p| p.len()).sum();
     let header =
         codec::encode_response(&reply.response, payload_bytes).map_err(|e| e.to_string())?;
