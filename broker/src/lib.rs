@@ -14,6 +14,7 @@
 pub mod catalog;
 pub mod config;
 pub mod limits;
+pub mod metrics;
 pub mod offsets;
 pub mod server;
 pub mod shard;

@@ -75,6 +75,9 @@ struct ServeArgs {
     /// Partition-to-shard layout file (TOML).
     #[arg(long)]
     layout: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// trace, debug, info, warn or error (RUST_LOG overrides).
     #[arg(long)]
     log_level: Option<String>,
@@ -217,8 +220,16 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let log_defaults = config::log_defaults(&file.defaults)?;
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
-    let config =
-        BrokerConfig { data_dir, listen, cpus, metrics_listen: None, layout, log_defaults };
+    let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
+        Some(text) => Some(
+            std::net::ToSocketAddrs::to_socket_addrs(&text)
+                .map_err(|e| format!("bad --metrics-listen {text:?}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("bad --metrics-listen {text:?}"))?,
+        ),
+        None => None,
+    };
+    let config = BrokerConfig { data_dir, listen, cpus, metrics_listen, layout, log_defaults };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone())

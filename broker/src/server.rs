@@ -224,6 +224,16 @@ async fn shard_main(
     glommio::spawn_local_into(retention_loop(shard.clone(), stop.clone()), shard.background)
         .map(|t| t.detach())
         .ok();
+    if let (0, Some(address)) = (id, config.metrics_listen) {
+        match listen(address) {
+            Ok(listener) => accept_tasks.push(glommio::spawn_local(metrics_loop(
+                shard.clone(),
+                listener,
+                stop.clone(),
+            ))),
+            Err(error) => tracing::error!(%address, %error, "cannot serve metrics"),
+        }
+    }
     for task in accept_tasks {
         task.await;
     }
@@ -295,7 +305,7 @@ async fn serve_connection(
     let (replies, queued) = glommio::channels::local_channel::new_bounded(
         limits::REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX,
     );
-    let writer_task = glommio::spawn_local(write_replies(writer, queued));
+    let writer_task = glommio::spawn_local(write_replies(shard.clone(), writer, queued));
     let decoder = FrameDecoder::with_limit(limits::REQUEST_BYTES_MAX);
     let mut buffer = BytesMut::with_capacity(64 * 1024);
     let mut frame_started: Option<std::time::Instant> = None;
@@ -304,6 +314,9 @@ async fn serve_connection(
         match decoder.decode(&mut buffer) {
             Ok(Some(frame)) => {
                 frame_started = None;
+                shard.metrics.received(
+                    spate_protocol::frame::PREFIX_BYTES + frame.header.len() + frame.payload.len(),
+                );
                 shard.in_flight.set(shard.in_flight.get() + 1);
                 let handler = shard.clone();
                 let task = glommio::spawn_local(async move {
@@ -361,22 +374,25 @@ async fn serve_connection(
 
 /// Writes replies in request order; `None` (acks=none) writes nothing.
 async fn write_replies(
+    shard: Rc<Shard>,
     mut writer: futures_lite::io::WriteHalf<TcpStream>,
     queued: glommio::channels::local_channel::LocalReceiver<glommio::Task<Option<Reply>>>,
 ) -> Result<(), String> {
     // Ends when the reader side drops its sender and the queue is drained.
     while let Some(task) = queued.recv().await {
         if let Some(reply) = task.await {
-            write_reply(&mut writer, reply).await?;
+            let bytes = write_reply(&mut writer, reply).await?;
+            shard.metrics.sent(bytes);
         }
     }
     Ok(())
 }
 
+/// Writes one reply; returns the bytes written.
 async fn write_reply(
     stream: &mut futures_lite::io::WriteHalf<TcpStream>,
     reply: Reply,
-) -> Result<(), String> {
+) -> Result<usize, String> {
     let payload_bytes: usize = reply.payload.iter().map(|p| p.len()).sum();
     let header =
         codec::encode_response(&reply.response, payload_bytes).map_err(|e| e.to_string())?;
@@ -385,7 +401,39 @@ async fn write_reply(
     for chunk in &reply.payload {
         stream.write_all(chunk).await.map_err(|e| e.to_string())?;
     }
-    stream.flush().await.map_err(|e| e.to_string())
+    stream.flush().await.map_err(|e| e.to_string())?;
+    Ok(header.len() + payload_bytes)
+}
+
+/// Serves `GET /metrics` (any path) with one scrape per connection.
+async fn metrics_loop(shard: Rc<Shard>, listener: TcpListener, stop: Arc<AtomicBool>) {
+    // Until stop; each iteration serves one scrape or times out to look at the flag.
+    while !stop.load(Ordering::SeqCst) {
+        let accepted =
+            glommio::timer::timeout(SHUTDOWN_POLL, async { Ok(listener.accept().await) }).await;
+        let Ok(Ok(mut stream)) = accepted else { continue };
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            // Read the request head, bounded in size and time; its content does not matter.
+            let mut head = Vec::with_capacity(1024);
+            let mut buffer = [0u8; 1024];
+            while head.len() < 8 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let read = glommio::timer::timeout(Duration::from_secs(5), async { Ok(stream.read(&mut buffer).await) }).await;
+                match read {
+                    Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buffer[..n]),
+                    _ => return,
+                }
+            }
+            let body = shard.scrape().await;
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.close().await;
+        })
+        .detach();
+    }
 }
 
 async fn retention_loop(shard: Rc<Shard>, stop: Arc<AtomicBool>) {

@@ -66,6 +66,10 @@ pub enum ShardMsg {
         catalog: Catalog,
         reply: oneshot::Sender<()>,
     },
+    /// This shard's metric samples, for a scrape served by shard 0.
+    Metrics {
+        reply: oneshot::Sender<String>,
+    },
 }
 
 /// An error for one partition, as it goes on the wire.
@@ -163,6 +167,7 @@ pub struct Shard {
     pub shutting_down: Cell<bool>,
     pub in_flight: Cell<usize>,
     pub background: glommio::TaskQueueHandle,
+    pub metrics: crate::metrics::ShardMetrics,
 }
 
 fn now_ms() -> i64 {
@@ -203,6 +208,7 @@ impl Shard {
             shutting_down: Cell::new(false),
             in_flight: Cell::new(0),
             background,
+            metrics: crate::metrics::ShardMetrics::default(),
         });
         shard.apply_catalog(catalog).await.map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(shard)
@@ -325,6 +331,9 @@ impl Shard {
             }
             ShardMsg::Controller { body, reply } => {
                 let _ = reply.send(self.controller(body).await);
+            }
+            ShardMsg::Metrics { reply } => {
+                let _ = reply.send(self.render_metrics());
             }
             ShardMsg::Catalog { catalog, reply } => {
                 if let Err(error) = self.apply_catalog(catalog).await {
@@ -768,8 +777,53 @@ impl Shard {
 
     // ---- Requests -----------------------------------------------------------------------------
 
-    /// Handles one request frame. `None` means no response is sent (produce with acks=none).
+    /// This shard's metric samples.
+    pub fn render_metrics(&self) -> String {
+        let mut partitions: Vec<(String, u32, i64, u64)> = self
+            .all_logs()
+            .into_iter()
+            .map(|((topic, partition), log)| {
+                (topic, partition, log.offsets().high_watermark, log.size_bytes())
+            })
+            .collect();
+        partitions.sort();
+        self.metrics.render(self.id, &partitions)
+    }
+
+    /// Every shard's samples, with HELP/TYPE lines: one Prometheus scrape.
+    pub async fn scrape(&self) -> String {
+        let mut out = crate::metrics::header();
+        for shard in 0..self.config.shard_count() {
+            if shard == self.id {
+                out.push_str(&self.render_metrics());
+            } else if let Ok(samples) = self.call(shard, |reply| ShardMsg::Metrics { reply }).await
+            {
+                out.push_str(&samples);
+            }
+        }
+        out
+    }
+
+    /// Handles one request frame, counting it and timing produce and fetch.
     pub async fn handle(self: &Rc<Self>, frame: Frame) -> Option<Reply> {
+        let started = Instant::now();
+        let body_type = codec::decode_request(&frame.header).map(|r| r.body_type()).ok();
+        self.metrics.request(body_type.and_then(codec::api_key));
+        let reply = self.handle_request(frame).await;
+        match body_type {
+            Some(wire::RequestBody::ProduceRequest) => {
+                self.metrics.produce_latency.record(started.elapsed())
+            }
+            Some(wire::RequestBody::FetchRequest) => {
+                self.metrics.fetch_latency.record(started.elapsed())
+            }
+            _ => {}
+        }
+        reply
+    }
+
+    /// Handles one request frame. `None` means no response is sent (produce with acks=none).
+    async fn handle_request(self: &Rc<Self>, frame: Frame) -> Option<Reply> {
         let (correlation_id, body_type) = match codec::decode_request(&frame.header) {
             Ok(request) => (request.correlation_id(), request.body_type()),
             Err(error) => {

@@ -336,3 +336,39 @@ fn metadata_advertises_shard_addresses_that_serve_directly() {
         .success());
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn metrics_endpoint_reports_requests_latency_and_partitions() {
+    let dir = temp_dir();
+    let port = free_ports();
+    // free_ports reserves port..=port+3: the client port, two shard ports, and this one.
+    let metrics = format!("127.0.0.1:{}", port + 3);
+    let broker = Broker::start_on(dir.path(), port, &["--metrics-listen", &metrics]);
+    broker.ok(&["topic", "create", "m", "--partitions", "2"]);
+    let input: String = (0..10).map(|i| format!("x{i}\n")).collect();
+    assert!(broker
+        .cli_with_input(&["produce", "m", "--partition", "1"], Some(input.as_bytes()))
+        .status
+        .success());
+    broker.ok(&["consume", "m", "--timeout-ms", "200"]);
+    let response = raw_exchange(&metrics, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let text = String::from_utf8(response).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("# TYPE spate_produce_latency_seconds histogram"));
+    for shard in ["0", "1"] {
+        assert!(
+            text.contains(&format!("spate_received_bytes_total{{shard=\"{shard}\"}}")),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains("spate_partition_high_watermark{topic=\"m\",partition=\"1\",shard=\"1\"} 10"),
+        "{text}"
+    );
+    let produce_count: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("spate_requests_total{") && l.contains("api=\"Produce\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(produce_count >= 1);
+}
