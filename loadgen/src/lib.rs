@@ -1,4 +1,15 @@
-//! `spate-loadgen`: the bundled load generator.
+//! `spate-loadgen`: Spate's load generator.
 //!
-//! Not built yet: this crate is a placeholder in the workspace until the load-generator issue
-//! lands. It exports nothing, so nothing can mistake it for working code.
+//! - [`pacer`]: rate pacing and coordinated-omission-corrected latency (sans-IO).
+//! - [`keys`]: key distributions and message sizes (sans-IO, seeded).
+//! - [`stats`]: histograms, progress counters, percentiles.
+//! - [`ceiling`]: the machine's own ceilings (direct IO, fdatasync, loopback TCP).
+//! - [`run`]: the per-core workers (produce, consume, e2e).
+//! - [`report`]: the final table and the JSON result.
+
+pub mod ceiling;
+pub mod keys;
+pub mod pacer;
+pub mod report;
+pub mod run;
+pub mod stats;

@@ -1,0 +1,432 @@
+//! `spate-loadgen`: produce, consume, e2e and ceiling scenarios against a broker (or an
+//! embedded one), thread-per-core, with coordinated-omission-corrected HdrHistogram latencies.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use spate_client::{Acks, Client, ClientConfig};
+use spate_loadgen::ceiling::{self, Ceiling, CeilingSize};
+use spate_loadgen::keys::{KeySpec, SizeSpec};
+use spate_loadgen::report::{self, Outcome};
+use spate_loadgen::run::{self, Plan, Scenario, WorkerResult};
+use spate_loadgen::stats::{new_histogram, percentile_distribution, Percentiles, Shared};
+
+#[derive(Parser)]
+#[command(name = "spate-loadgen", about = "Spate's load generator")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: ScenarioCommand,
+}
+
+#[derive(Subcommand)]
+enum ScenarioCommand {
+    /// Producers at a rate or as fast as possible; latency = send → acknowledgement.
+    Produce(Options),
+    /// Consumers read back what the topic holds (or --messages).
+    Consume(Options),
+    /// Producers and consumers together; latency = receive time − due time carried in the record.
+    E2e(Options),
+    /// The machine's ceilings: direct-IO write, fdatasync'd write, loopback TCP.
+    Ceiling(CeilingOptions),
+}
+
+#[derive(Args, Clone, Debug)]
+struct Options {
+    #[arg(short = 'b', long, default_value = "127.0.0.1:9292")]
+    bootstrap: String,
+    /// Start an in-process broker on a temporary data directory.
+    #[arg(long)]
+    embedded: bool,
+    #[arg(long, default_value = "loadgen")]
+    topic: String,
+    /// Partitions of the topic (created if absent).
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    #[arg(long, default_value_t = 1)]
+    producers: u32,
+    #[arg(long, default_value_t = 1)]
+    consumers: u32,
+    /// BYTES or MIN..MAX.
+    #[arg(long, default_value = "1024")]
+    message_size: SizeSpec,
+    /// none, round-robin, uniform:N, zipf:N:S.
+    #[arg(long, default_value = "none")]
+    keys: KeySpec,
+    #[arg(long, default_value_t = 64 * 1024)]
+    batch_bytes: usize,
+    #[arg(long, default_value_t = 2)]
+    linger_ms: u64,
+    #[arg(long, default_value = "all")]
+    acks: String,
+    /// Topic flush policy when the topic is created: always, never, interval:MS.
+    #[arg(long, default_value = "never")]
+    flush: String,
+    /// Messages per second over all producers; 0 = as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    #[arg(long)]
+    messages: Option<u64>,
+    /// Seconds to run (default 10, or at most 300 with --messages).
+    #[arg(long)]
+    duration: Option<f64>,
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
+    /// Cores (executors) of the generator; default 1.
+    #[arg(long)]
+    cores: Option<usize>,
+    #[arg(long)]
+    cpuset: Option<String>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the latency percentile distribution (HdrHistogram text) here.
+    #[arg(long)]
+    hdr: Option<PathBuf>,
+    /// Ceilings JSON from `spate-loadgen ceiling --json` to compare against (else measured now, briefly).
+    #[arg(long)]
+    ceiling_json: Option<PathBuf>,
+    /// Skip the ceiling comparison.
+    #[arg(long)]
+    no_ceiling: bool,
+    /// Data directory of the embedded broker, and where ceilings are measured.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Clone, Debug)]
+struct CeilingOptions {
+    /// Directory on the device to measure.
+    #[arg(long, default_value = "target/loadgen-ceiling")]
+    data_dir: PathBuf,
+    #[arg(long, default_value_t = 1024)]
+    direct_mb: u64,
+    #[arg(long, default_value_t = 2000)]
+    fsync_writes: u64,
+    #[arg(long, default_value_t = 2048)]
+    tcp_mb: u64,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        ))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cli = Cli::parse();
+    let result = match cli.scenario {
+        ScenarioCommand::Produce(options) => scenario(Scenario::Produce, options),
+        ScenarioCommand::Consume(options) => scenario(Scenario::Consume, options),
+        ScenarioCommand::E2e(options) => scenario(Scenario::E2e, options),
+        ScenarioCommand::Ceiling(options) => ceiling_command(options),
+    };
+    if let Err(message) = result {
+        eprintln!("spate-loadgen: {message}");
+        std::process::exit(1);
+    }
+}
+
+fn ceiling_command(options: CeilingOptions) -> Result<(), String> {
+    let size = CeilingSize {
+        direct_bytes: options.direct_mb << 20,
+        fsync_writes: options.fsync_writes,
+        tcp_bytes: options.tcp_mb << 20,
+    };
+    let measured = ceiling::measure(&options.data_dir, size)?;
+    println!(
+        "direct-IO sequential write   {:>8.0} MB/s   (1 MiB O_DIRECT writes)",
+        measured.direct_write_mb_per_sec
+    );
+    println!(
+        "fdatasync'd write            {:>8.0} MB/s   (64 KiB write + fdatasync)",
+        measured.fdatasync_write_mb_per_sec
+    );
+    println!(
+        "fdatasync latency            p50 {} µs, p99 {} µs",
+        measured.fdatasync_latency_us.p50, measured.fdatasync_latency_us.p99
+    );
+    println!(
+        "loopback TCP                 {:>8.0} MB/s   (1 MiB writes, one connection)",
+        measured.loopback_tcp_mb_per_sec
+    );
+    if let Some(path) = options.json {
+        let mut value = json!(measured);
+        value["scenario"] = json!("ceiling");
+        value["machine"] = report::machine(&options.data_dir);
+        std::fs::write(&path, serde_json::to_string_pretty(&value).expect("serializable"))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// An in-process broker on a temporary directory, stopped on drop.
+struct Embedded {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    // Below the ephemeral range, with the two shard ports after it free too.
+    for base in (21_000..31_000).step_by(7) {
+        let base = base as u16 + (std::process::id() % 7) as u16;
+        if (0..=3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    29_292
+}
+
+fn start_embedded(data_dir: Option<PathBuf>) -> Result<(Embedded, String, PathBuf), String> {
+    let (dir, keep) = match data_dir {
+        Some(dir) => (dir, None),
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("spate-loadgen-")
+                .tempdir_in(".")
+                .map_err(|e| e.to_string())?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let port = free_port();
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("valid");
+    let config = spate_broker::config::BrokerConfig {
+        data_dir: dir.clone(),
+        listen,
+        cpus: spate_broker::config::allowed_cpus(),
+        metrics_listen: None,
+        layout: Default::default(),
+        log_defaults: Default::default(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let broker_stop = stop.clone();
+    let thread = std::thread::spawn(move || spate_broker::server::run(config, broker_stop));
+    let started = Instant::now();
+    while std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(100)).is_err() {
+        if started.elapsed() > Duration::from_secs(20) || thread.is_finished() {
+            return Err("the embedded broker did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((Embedded { stop, thread: Some(thread), _dir: keep }, listen.to_string(), dir))
+}
+
+fn parse_cpus(options: &Options) -> Result<Vec<usize>, String> {
+    let mut cpus = match &options.cpuset {
+        Some(set) => spate_broker::config::parse_cpuset(set)?,
+        None => spate_broker::config::allowed_cpus(),
+    };
+    cpus.truncate(options.cores.unwrap_or(1).max(1));
+    Ok(cpus)
+}
+
+fn scenario(scenario: Scenario, options: Options) -> Result<(), String> {
+    let acks = match options.acks.as_str() {
+        "none" | "0" => Acks::None,
+        "leader" | "1" => Acks::Leader,
+        "all" | "-1" => Acks::All,
+        other => return Err(format!("bad --acks {other:?}")),
+    };
+    if options.producers == 0 || options.consumers == 0 || options.partitions == 0 {
+        return Err("--producers, --consumers and --partitions must be at least 1".into());
+    }
+    let cpus = parse_cpus(&options)?;
+    let (embedded, bootstrap, data_dir) = if options.embedded {
+        let (broker, address, dir) = start_embedded(options.data_dir.clone())?;
+        (Some(broker), address, dir)
+    } else {
+        (
+            None,
+            options.bootstrap.clone(),
+            options.data_dir.clone().unwrap_or_else(|| PathBuf::from("target/loadgen-ceiling")),
+        )
+    };
+    let ceiling = if options.no_ceiling {
+        None
+    } else if let Some(path) = &options.ceiling_json {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Some(
+            serde_json::from_str::<Ceiling>(&text)
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+        )
+    } else {
+        let quick =
+            CeilingSize { direct_bytes: 256 << 20, fsync_writes: 300, tcp_bytes: 512 << 20 };
+        Some(ceiling::measure(&data_dir.join("ceiling"), quick)?)
+    };
+    let consume_target = prepare_topic(&bootstrap, &options)?;
+    let duration =
+        Duration::from_secs_f64(options.duration.unwrap_or(if options.messages.is_some() {
+            300.0
+        } else {
+            10.0
+        }));
+    let plan = Plan {
+        scenario,
+        bootstrap: bootstrap.clone(),
+        topic: options.topic.clone(),
+        partitions: options.partitions,
+        producers: options.producers,
+        consumers: options.consumers,
+        size: options.message_size,
+        keys: options.keys.clone(),
+        batch_bytes: options.batch_bytes,
+        linger: Duration::from_millis(options.linger_ms),
+        acks,
+        rate: options.rate,
+        messages: options.messages,
+        duration,
+        warmup: Duration::from_secs_f64(options.warmup),
+        consume_target,
+    };
+    let shared = Arc::new(Shared::default());
+    let start = Arc::new(Barrier::new(cpus.len() + 1));
+    let mut threads = Vec::new();
+    for (core, cpu) in cpus.iter().copied().enumerate() {
+        let (plan, shared, start, cores) =
+            (plan.clone(), shared.clone(), start.clone(), cpus.len());
+        threads.push(std::thread::spawn(move || -> Result<WorkerResult, String> {
+            let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpu))
+                .make()
+                .map_err(|e| e.to_string())?;
+            executor.run(async move {
+                let result = run::worker(core, cores, plan, shared, start.clone()).await;
+                result
+            })
+        }));
+    }
+    start.wait();
+    let started = Instant::now();
+    // One progress line per second until every worker is done.
+    let mut last = (0u64, 0u64);
+    while threads.iter().any(|t| !t.is_finished()) {
+        std::thread::sleep(Duration::from_millis(100));
+        if started.elapsed().as_secs() > last.0 {
+            let messages = shared.messages.load(Ordering::Relaxed);
+            let bytes = shared.bytes.load(Ordering::Relaxed);
+            eprintln!(
+                "[{:>4}s] {:>10} msgs/s {:>8.1} MB/s p99 {} µs errors {}",
+                started.elapsed().as_secs(),
+                messages - last.1,
+                bytes as f64 / 1e6 / started.elapsed().as_secs_f64(),
+                shared.p99_us(),
+                shared.errors.load(Ordering::Relaxed)
+            );
+            last = (started.elapsed().as_secs(), messages);
+        }
+    }
+    let mut produce = new_histogram();
+    let mut e2e = new_histogram();
+    let (mut produced, mut produced_bytes, mut consumed, mut consumed_bytes, mut errors) =
+        (0, 0, 0, 0, 0);
+    let mut elapsed = Duration::ZERO;
+    for thread in threads {
+        let result = thread.join().map_err(|_| "a worker panicked".to_string())??;
+        let _ = produce.add(&result.produce_latency);
+        let _ = e2e.add(&result.e2e_latency);
+        produced += result.produced;
+        produced_bytes += result.produced_bytes;
+        consumed += result.consumed;
+        consumed_bytes += result.consumed_bytes;
+        errors += result.errors;
+        elapsed = elapsed.max(result.elapsed);
+    }
+    drop(embedded);
+    let (name, messages, bytes) = match scenario {
+        Scenario::Produce => ("produce", produced, produced_bytes),
+        Scenario::Consume => ("consume", consumed, consumed_bytes),
+        Scenario::E2e => ("e2e", consumed, consumed_bytes),
+    };
+    let outcome = Outcome {
+        scenario: name,
+        messages,
+        bytes,
+        duration_s: elapsed.as_secs_f64(),
+        errors,
+        produce_latency: Percentiles::of(&produce),
+        e2e_latency: Percentiles::of(&e2e),
+        consumed,
+    };
+    print!("{}", report::table(&outcome, ceiling.as_ref()));
+    if scenario == Scenario::E2e && produced != consumed {
+        println!("note: produced {produced}, consumed {consumed} (measured after warmup)");
+    }
+    if let Some(path) = &options.json {
+        let config = json!({
+            "bootstrap": bootstrap, "embedded": options.embedded, "topic": options.topic, "partitions": options.partitions,
+            "producers": options.producers, "consumers": options.consumers,
+            "message_size": format!("{}..{}", options.message_size.min, options.message_size.max),
+            "keys": format!("{:?}", options.keys), "batch_bytes": options.batch_bytes, "linger_ms": options.linger_ms,
+            "acks": options.acks, "flush": options.flush, "rate": options.rate, "messages": options.messages,
+            "duration_s": duration.as_secs_f64(), "warmup_s": options.warmup, "cores": cpus.len(), "cpus": cpus,
+        });
+        let mut value =
+            report::to_json(&outcome, config, report::machine(&data_dir), ceiling.as_ref());
+        value["produced"] = json!(produced);
+        std::fs::write(path, serde_json::to_string_pretty(&value).expect("serializable"))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &options.hdr {
+        let histogram = if scenario == Scenario::E2e { &e2e } else { &produce };
+        std::fs::write(path, percentile_distribution(histogram))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Creates the topic if absent; returns how many messages it holds (the consume target).
+fn prepare_topic(bootstrap: &str, options: &Options) -> Result<u64, String> {
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .map_err(|e| e.to_string())?;
+    let (bootstrap, options) = (bootstrap.to_string(), options.clone());
+    executor.run(async move {
+        let client = Client::connect(ClientConfig {
+            bootstrap: bootstrap.clone(),
+            ..ClientConfig::default()
+        })
+        .await
+        .map_err(|e| format!("cannot reach {bootstrap}: {e}"))?;
+        if client.partition_count(&options.topic).await.is_err() {
+            client
+                .create_topic(
+                    &options.topic,
+                    options.partitions,
+                    &[("flush", options.flush.as_str())],
+                )
+                .await
+                .map_err(|e| format!("cannot create topic {:?}: {e}", options.topic))?;
+        }
+        let mut held = 0u64;
+        for partition in client.partitions(&options.topic).await.map_err(|e| e.to_string())? {
+            let latest = client
+                .list_offset(&options.topic, partition.partition, spate_client::LATEST)
+                .await
+                .map_err(|e| e.to_string())?
+                .unwrap_or(0);
+            let earliest = client
+                .list_offset(&options.topic, partition.partition, spate_client::EARLIEST)
+                .await
+                .map_err(|e| e.to_string())?
+                .unwrap_or(0);
+            held += (latest - earliest).max(0) as u64;
+        }
+        Ok(held)
+    })
+}

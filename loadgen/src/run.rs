@@ -1,0 +1,380 @@
+//! The workers: one Glommio executor per core, each running its share of producers and
+//! consumers, recording every message's latency in its own histogram.
+//!
+//! Every value carries, in its first 8 bytes, the microsecond time (since the Unix epoch) the
+//! message was *due* (its intended send time when paced), so a consumer computes end-to-end
+//! latency as receive time minus that.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use spate_client::{
+    Acks, Client, ClientConfig, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig,
+    ProducerRecord, Seek, TopicPartition,
+};
+
+use crate::keys::{KeyGen, KeySpec, SizeSpec};
+use crate::pacer::Pacer;
+use crate::stats::{new_histogram, Shared};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    Produce,
+    Consume,
+    E2e,
+}
+
+/// Everything a worker needs, `Send` so it can go to each core's thread.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub scenario: Scenario,
+    pub bootstrap: String,
+    pub topic: String,
+    pub partitions: u32,
+    pub producers: u32,
+    pub consumers: u32,
+    pub size: SizeSpec,
+    pub keys: KeySpec,
+    pub batch_bytes: usize,
+    pub linger: Duration,
+    pub acks: Acks,
+    /// Messages per second over all producers; 0 = as fast as possible.
+    pub rate: f64,
+    /// Messages to produce in all (produce, e2e) or to read (consume); `None` = until duration.
+    pub messages: Option<u64>,
+    pub duration: Duration,
+    pub warmup: Duration,
+    /// Messages the consume scenario reads when `messages` is `None`: what the topic holds.
+    pub consume_target: u64,
+}
+
+/// What one worker measured.
+pub struct WorkerResult {
+    pub produce_latency: Histogram<u64>,
+    pub e2e_latency: Histogram<u64>,
+    pub produced: u64,
+    pub produced_bytes: u64,
+    pub consumed: u64,
+    pub consumed_bytes: u64,
+    pub errors: u64,
+    /// Measured time of this worker (after warmup).
+    pub elapsed: Duration,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The producers and consumers (global indexes) that run on core `core` of `cores`.
+fn share(count: u32, core: usize, cores: usize) -> Vec<u32> {
+    (0..count).filter(|i| *i as usize % cores == core).collect()
+}
+
+struct Local {
+    produce: RefCell<Histogram<u64>>,
+    e2e: RefCell<Histogram<u64>>,
+    produced: RefCell<(u64, u64)>,
+    consumed: RefCell<(u64, u64)>,
+    errors: RefCell<u64>,
+}
+
+/// Runs this core's share of the plan. `start` lines all cores up (consumers ready first).
+pub async fn worker(
+    core: usize,
+    cores: usize,
+    plan: Plan,
+    shared: Arc<Shared>,
+    start: Arc<Barrier>,
+) -> Result<WorkerResult, String> {
+    let config = ClientConfig {
+        bootstrap: plan.bootstrap.clone(),
+        client_id: format!("spate-loadgen-{core}"),
+        ..ClientConfig::default()
+    };
+    let client = Client::connect(config)
+        .await
+        .map_err(|e| format!("cannot reach {}: {e}", plan.bootstrap))?;
+    let local = Rc::new(Local {
+        produce: RefCell::new(new_histogram()),
+        e2e: RefCell::new(new_histogram()),
+        produced: RefCell::new((0, 0)),
+        consumed: RefCell::new((0, 0)),
+        errors: RefCell::new(0),
+    });
+    let producers = if plan.scenario == Scenario::Consume {
+        Vec::new()
+    } else {
+        share(plan.producers, core, cores)
+    };
+    let consumers = if plan.scenario == Scenario::Produce {
+        Vec::new()
+    } else {
+        share(plan.consumers, core, cores)
+    };
+    let mut consumer_states = Vec::new();
+    for index in &consumers {
+        consumer_states.push(prepare_consumer(&client, &plan, *index).await?);
+    }
+    // All consumers are positioned before any producer starts (e2e reads from the end).
+    start.wait();
+    let started = Instant::now();
+    let deadline = started + plan.warmup + plan.duration;
+    let mut tasks = Vec::new();
+    for index in producers {
+        tasks.push(glommio::spawn_local(produce(
+            client.clone(),
+            plan.clone(),
+            index,
+            local.clone(),
+            shared.clone(),
+            started,
+            deadline,
+        )));
+    }
+    for consumer in consumer_states {
+        tasks.push(glommio::spawn_local(consume(
+            consumer,
+            plan.clone(),
+            local.clone(),
+            shared.clone(),
+            started,
+            deadline,
+        )));
+    }
+    let reporter = glommio::spawn_local(report(core, local.clone(), shared.clone()));
+    for task in tasks {
+        task.await?;
+    }
+    drop(reporter);
+    let elapsed = started.elapsed().saturating_sub(plan.warmup);
+    let produce = local.produce.borrow().clone();
+    let e2e = local.e2e.borrow().clone();
+    let (produced, produced_bytes) = *local.produced.borrow();
+    let (consumed, consumed_bytes) = *local.consumed.borrow();
+    let errors = *local.errors.borrow();
+    Ok(WorkerResult {
+        produce_latency: produce,
+        e2e_latency: e2e,
+        produced,
+        produced_bytes,
+        consumed,
+        consumed_bytes,
+        errors,
+        elapsed,
+    })
+}
+
+/// Publishes this worker's latency so far for the progress lines (until cancelled).
+async fn report(core: usize, local: Rc<Local>, shared: Arc<Shared>) {
+    loop {
+        glommio::timer::sleep(Duration::from_millis(250)).await;
+        let mut snapshot = local.produce.borrow().clone();
+        let _ = snapshot.add(&*local.e2e.borrow());
+        shared.publish(core, snapshot);
+    }
+}
+
+async fn produce(
+    client: Client,
+    plan: Plan,
+    index: u32,
+    local: Rc<Local>,
+    shared: Arc<Shared>,
+    started: Instant,
+    deadline: Instant,
+) -> Result<(), String> {
+    let config = ProducerConfig {
+        acks: plan.acks,
+        batch_bytes: plan.batch_bytes,
+        linger: plan.linger,
+        buffer_bytes: (plan.batch_bytes * 64).clamp(4 << 20, 64 << 20),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client, config).map_err(|e| e.to_string())?;
+    let pacer = Pacer::new(plan.rate / f64::from(plan.producers.max(1)));
+    let quota = plan.messages.map(|m| {
+        m / u64::from(plan.producers) + u64::from(u64::from(index) < m % u64::from(plan.producers))
+    });
+    let mut keys = KeyGen::new(plan.keys.clone(), 0x5EED ^ u64::from(index));
+    let mut rng = SmallRng::seed_from_u64(u64::from(index) + 1);
+    let epoch_offset_us = now_us() - started.elapsed().as_micros() as u64;
+    let mut sent = 0u64;
+    // Bounded by the quota or the deadline.
+    loop {
+        if quota.is_some_and(|q| sent >= q) || Instant::now() >= deadline {
+            break;
+        }
+        let wait = pacer.wait(sent, started.elapsed());
+        if !wait.is_zero() {
+            glommio::timer::sleep(wait).await;
+        }
+        let size = plan.size.draw(rng.gen());
+        let due = if pacer.is_paced() { pacer.due(sent) } else { started.elapsed() };
+        let mut value = BytesMut::with_capacity(size.max(8));
+        value.put_u64_le(epoch_offset_us + due.as_micros() as u64);
+        value.resize(size.max(8), b'x');
+        let record = ProducerRecord {
+            topic: plan.topic.clone(),
+            key: keys.next_key(),
+            value: Some(value.freeze()),
+            ..Default::default()
+        };
+        let sent_at = started.elapsed();
+        let delivery = match producer.send(record).await {
+            Ok(delivery) => delivery,
+            Err(_) => {
+                *local.errors.borrow_mut() += 1;
+                Shared::add(&shared.errors, 1);
+                sent += 1;
+                continue;
+            }
+        };
+        let (local, shared) = (local.clone(), shared.clone());
+        let measured = sent_at >= plan.warmup;
+        let message = sent;
+        glommio::spawn_local(async move {
+            match delivery.await {
+                Ok(_) if measured => {
+                    let latency = pacer.latency(message, sent_at, started.elapsed());
+                    let _ = local.produce.borrow_mut().record(latency.as_micros().max(1) as u64);
+                    let mut produced = local.produced.borrow_mut();
+                    produced.0 += 1;
+                    produced.1 += size as u64;
+                    Shared::add(&shared.messages, 1);
+                    Shared::add(&shared.bytes, size as u64);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    *local.errors.borrow_mut() += 1;
+                    Shared::add(&shared.errors, 1);
+                }
+            }
+        })
+        .detach();
+        sent += 1;
+    }
+    producer.flush().await.map_err(|e| e.to_string())?;
+    // Let the delivery tasks of the last batch record.
+    glommio::timer::sleep(Duration::from_millis(20)).await;
+    Ok(())
+}
+
+struct ConsumerState {
+    consumer: Consumer,
+    /// Messages this consumer should read (its partitions' share of the target).
+    target: Option<u64>,
+}
+
+async fn prepare_consumer(
+    client: &Client,
+    plan: &Plan,
+    index: u32,
+) -> Result<ConsumerState, String> {
+    let mine: Vec<TopicPartition> = (0..plan.partitions)
+        .filter(|p| p % plan.consumers.max(1) == index)
+        .map(|partition| TopicPartition { topic: plan.topic.clone(), partition })
+        .collect();
+    let config = ConsumerConfig {
+        offset_reset: OffsetReset::Earliest,
+        fetch_max_wait: Duration::from_millis(100),
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(client.clone(), config);
+    consumer.assign(&mine).map_err(|e| e.to_string())?;
+    let mut available = 0u64;
+    for tp in &mine {
+        let latest = client
+            .list_offset(&tp.topic, tp.partition, spate_client::LATEST)
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or(0);
+        let earliest = client
+            .list_offset(&tp.topic, tp.partition, spate_client::EARLIEST)
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or(0);
+        available += (latest - earliest).max(0) as u64;
+        let seek = if plan.scenario == Scenario::E2e {
+            Seek::Offset(latest)
+        } else {
+            Seek::Offset(earliest)
+        };
+        consumer.seek(tp, seek).map_err(|e| e.to_string())?;
+    }
+    let share = |total: u64| {
+        total / u64::from(plan.consumers)
+            + u64::from(u64::from(index) < total % u64::from(plan.consumers))
+    };
+    let target = match plan.scenario {
+        Scenario::Consume => {
+            Some(plan.messages.map_or(available.min(plan.consume_target), share).min(available))
+        }
+        // e2e: consumers stop together once every produced message arrived (see `consume`).
+        _ => None,
+    };
+    Ok(ConsumerState { consumer, target })
+}
+
+async fn consume(
+    mut state: ConsumerState,
+    plan: Plan,
+    local: Rc<Local>,
+    shared: Arc<Shared>,
+    started: Instant,
+    deadline: Instant,
+) -> Result<(), String> {
+    let mut read = 0u64;
+    // With a count, keep going a little past the deadline for the tail to arrive (bounded).
+    let hard_deadline = deadline + Duration::from_secs(10);
+    loop {
+        let now = Instant::now();
+        let all_arrived = plan.scenario == Scenario::E2e
+            && plan.messages.is_some_and(|m| shared.seen.load(Ordering::Relaxed) >= m);
+        match state.target {
+            Some(target) if read >= target => break,
+            _ if all_arrived => break,
+            _ if now >= hard_deadline => break,
+            None if now >= deadline && plan.messages.is_none() => break,
+            _ => {}
+        }
+        let records = match state.consumer.poll().await {
+            Ok(records) => records,
+            Err(_) => {
+                *local.errors.borrow_mut() += 1;
+                Shared::add(&shared.errors, 1);
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let received_us = now_us();
+        let measured = started.elapsed() >= plan.warmup;
+        Shared::add(&shared.seen, records.len() as u64);
+        for record in records {
+            read += 1;
+            let value = record.value.unwrap_or_else(Bytes::new);
+            if !measured {
+                continue;
+            }
+            if plan.scenario == Scenario::E2e && value.len() >= 8 {
+                let due_us = u64::from_le_bytes(value[..8].try_into().expect("8 bytes"));
+                let _ = local.e2e.borrow_mut().record(received_us.saturating_sub(due_us).max(1));
+            }
+            let mut consumed = local.consumed.borrow_mut();
+            consumed.0 += 1;
+            consumed.1 += value.len() as u64;
+            Shared::add(&shared.consumed, 1);
+            if plan.scenario == Scenario::Consume {
+                Shared::add(&shared.messages, 1);
+                Shared::add(&shared.bytes, value.len() as u64);
+            }
+        }
+    }
+    Ok(())
+}
