@@ -9,6 +9,8 @@
 
 pub mod ceiling;
 pub mod keys;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod pacer;
 pub mod report;
 pub mod run;

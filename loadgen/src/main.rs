@@ -38,6 +38,10 @@ enum ScenarioCommand {
 struct Options {
     #[arg(short = 'b', long, default_value = "127.0.0.1:9292")]
     bootstrap: String,
+    /// `spate` (default), or `nats://HOST:PORT` to run the same scenario against NATS JetStream
+    /// (needs the `nats` feature).
+    #[arg(long, default_value = "spate")]
+    target: String,
     /// Start an in-process broker on a temporary data directory.
     #[arg(long)]
     embedded: bool,
@@ -246,7 +250,14 @@ fn scenario(scenario: Scenario, options: Options) -> Result<(), String> {
         return Err("--producers, --consumers and --partitions must be at least 1".into());
     }
     let cpus = parse_cpus(&options)?;
-    let (embedded, bootstrap, data_dir) = if options.embedded {
+    let nats_target = options.target.starts_with("nats://").then(|| options.target.clone());
+    if options.target != "spate" && nats_target.is_none() {
+        return Err(format!(
+            "bad --target {:?}: expected spate or nats://HOST:PORT",
+            options.target
+        ));
+    }
+    let (embedded, bootstrap, data_dir) = if options.embedded && nats_target.is_none() {
         let (broker, address, dir) = start_embedded(options.data_dir.clone())?;
         (Some(broker), address, dir)
     } else {
@@ -270,7 +281,8 @@ fn scenario(scenario: Scenario, options: Options) -> Result<(), String> {
             CeilingSize { direct_bytes: 256 << 20, fsync_writes: 300, tcp_bytes: 512 << 20 };
         Some(ceiling::measure(&data_dir.join("ceiling"), quick)?)
     };
-    let consume_target = prepare_topic(&bootstrap, &options)?;
+    let consume_target =
+        if nats_target.is_some() { u64::MAX } else { prepare_topic(&bootstrap, &options)? };
     let duration =
         Duration::from_secs_f64(options.duration.unwrap_or(if options.messages.is_some() {
             300.0
@@ -298,7 +310,23 @@ fn scenario(scenario: Scenario, options: Options) -> Result<(), String> {
     let shared = Arc::new(Shared::default());
     let start = Arc::new(Barrier::new(cpus.len() + 1));
     let mut threads = Vec::new();
-    for (core, cpu) in cpus.iter().copied().enumerate() {
+    if let Some(url) = &nats_target {
+        let (plan, shared, barrier, url, cores) =
+            (plan.clone(), shared.clone(), start.clone(), url.clone(), cpus.len());
+        threads.push(std::thread::spawn(move || -> Result<WorkerResult, String> {
+            barrier.wait();
+            run_nats(&plan, &url, cores, shared)
+        }));
+        // The other cores' slots in the barrier.
+        for _ in 1..cpus.len() {
+            let start = start.clone();
+            threads.push(std::thread::spawn(move || {
+                start.wait();
+                Ok(WorkerResult::empty())
+            }));
+        }
+    }
+    for (core, cpu) in cpus.iter().copied().enumerate().filter(|_| nats_target.is_none()) {
         let (plan, shared, start, cores) =
             (plan.clone(), shared.clone(), start.clone(), cpus.len());
         threads.push(std::thread::spawn(move || -> Result<WorkerResult, String> {
@@ -375,6 +403,7 @@ fn scenario(scenario: Scenario, options: Options) -> Result<(), String> {
             "keys": format!("{:?}", options.keys), "batch_bytes": options.batch_bytes, "linger_ms": options.linger_ms,
             "acks": options.acks, "flush": options.flush, "rate": options.rate, "messages": options.messages,
             "duration_s": duration.as_secs_f64(), "warmup_s": options.warmup, "cores": cpus.len(), "cpus": cpus,
+            "target": options.target,
         });
         let mut value =
             report::to_json(&outcome, config, report::machine(&data_dir), ceiling.as_ref());
@@ -388,6 +417,21 @@ fn scenario(scenario: Scenario, options: Options) -> Result<(), String> {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(feature = "nats")]
+fn run_nats(
+    plan: &Plan,
+    url: &str,
+    threads: usize,
+    shared: Arc<Shared>,
+) -> Result<WorkerResult, String> {
+    spate_loadgen::nats::run(plan, url, threads, shared)
+}
+
+#[cfg(not(feature = "nats"))]
+fn run_nats(_: &Plan, _: &str, _: usize, _: Arc<Shared>) -> Result<WorkerResult, String> {
+    Err("this spate-loadgen was built without NATS support: cargo build --release -p spate-loadgen --features nats".into())
 }
 
 /// Creates the topic if absent; returns how many messages it holds (the consume target).

@@ -68,6 +68,22 @@ pub struct WorkerResult {
     pub elapsed: Duration,
 }
 
+impl WorkerResult {
+    /// A worker that measured nothing.
+    pub fn empty() -> WorkerResult {
+        WorkerResult {
+            produce_latency: new_histogram(),
+            e2e_latency: new_histogram(),
+            produced: 0,
+            produced_bytes: 0,
+            consumed: 0,
+            consumed_bytes: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
 fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
