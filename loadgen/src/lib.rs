@@ -12,6 +12,7 @@ pub mod keys;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod pacer;
+pub mod plot;
 pub mod report;
 pub mod run;
 pub mod stats;

@@ -89,6 +89,9 @@ struct Options {
     /// Write the latency percentile distribution (HdrHistogram text) here.
     #[arg(long)]
     hdr: Option<PathBuf>,
+    /// Write an SVG of latency by percentile and throughput over time here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Ceilings JSON from `spate-loadgen ceiling --json` to compare against (else measured now, briefly).
     #[arg(long)]
     ceiling_json: Option<PathBuf>,
@@ -343,6 +346,7 @@ fn scenario(scenario: Scenario, options: Options) -> Result<(), String> {
     let started = Instant::now();
     // One progress line per second until every worker is done.
     let mut last = (0u64, 0u64);
+    let mut samples: Vec<spate_loadgen::plot::Sample> = Vec::new();
     while threads.iter().any(|t| !t.is_finished()) {
         std::thread::sleep(Duration::from_millis(100));
         if started.elapsed().as_secs() > last.0 {
@@ -356,6 +360,7 @@ fn scenario(scenario: Scenario, options: Options) -> Result<(), String> {
                 shared.p99_us(),
                 shared.errors.load(Ordering::Relaxed)
             );
+            samples.push((started.elapsed().as_secs() as f64, (messages - last.1) as f64));
             last = (started.elapsed().as_secs(), messages);
         }
     }
@@ -410,6 +415,15 @@ fn scenario(scenario: Scenario, options: Options) -> Result<(), String> {
         value["produced"] = json!(produced);
         std::fs::write(path, serde_json::to_string_pretty(&value).expect("serializable"))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &options.plot {
+        let histogram = if scenario == Scenario::E2e { &e2e } else { &produce };
+        let title = format!(
+            "spate-loadgen {name}: {:.0} msgs/s, {:.1} MB/s",
+            outcome.msgs_per_sec(),
+            outcome.mb_per_sec()
+        );
+        spate_loadgen::plot::write(path, &title, histogram, &samples)?;
     }
     if let Some(path) = &options.hdr {
         let histogram = if scenario == Scenario::E2e { &e2e } else { &produce };
