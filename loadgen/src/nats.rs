@@ -23,6 +23,9 @@ use crate::pacer::Pacer;
 use crate::run::{Plan, Scenario, WorkerResult};
 use crate::stats::{new_histogram, Shared};
 
+/// Counters shared by the tasks: produced, produced bytes, consumed, consumed bytes, errors.
+type Counts = Arc<Mutex<(u64, u64, u64, u64, u64)>>;
+
 /// Publishes awaiting their acknowledgement, per producer.
 const IN_FLIGHT_MAX: usize = 4096;
 
@@ -70,7 +73,7 @@ async fn drive(plan: Plan, address: String, shared: Arc<Shared>) -> Result<Worke
         .map_err(|e| format!("cannot create stream {name}: {e}"))?;
     let produce_latency = Arc::new(Mutex::new(new_histogram()));
     let e2e_latency = Arc::new(Mutex::new(new_histogram()));
-    let counts = Arc::new(Mutex::new((0u64, 0u64, 0u64, 0u64, 0u64))); // produced, bytes, consumed, bytes, errors
+    let counts: Counts = Arc::new(Mutex::new((0, 0, 0, 0, 0)));
 
     let mut consumers = Vec::new();
     if plan.scenario != Scenario::Produce {
@@ -170,7 +173,7 @@ async fn produce(
     js: jetstream::Context,
     shared: Arc<Shared>,
     latency: Arc<Mutex<Histogram<u64>>>,
-    counts: Arc<Mutex<(u64, u64, u64, u64, u64)>>,
+    counts: Counts,
     started: Instant,
     deadline: Instant,
 ) -> Result<(), String> {
@@ -184,7 +187,7 @@ async fn produce(
     let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_MAX));
     let mut sent = 0u64;
     // Bounded by the quota and the deadline.
-    while !quota.is_some_and(|q| sent >= q) && Instant::now() < deadline {
+    while quota.is_none_or(|q| sent < q) && Instant::now() < deadline {
         let wait = pacer.wait(sent, started.elapsed());
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
