@@ -14,5 +14,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo clippy (loadgen with the nats feature)"
+cargo clippy -p spate-loadgen --features nats --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
