@@ -1,4 +1,11 @@
-//! `spate tune`: machine checks and per-core layout planning.
+//! `spate tune`: read the machine, check it, plan and verify per-core layouts.
 //!
-//! Not built yet: this crate is a placeholder in the workspace until the tuning issue lands.
-//! It exports nothing, so nothing can mistake it for working code.
+//! - [`machine`]: sysfs/procfs readers, all relative to a root path (fixtures in `fixtures/`).
+//! - [`check`]: the checks, each with current and recommended values, why, and the fix.
+//! - [`layout`]: the shard-core and partition-to-shard planner.
+//! - [`apply`]: performs the checks' sysfs/procfs fixes, or writes them as a script.
+
+pub mod apply;
+pub mod check;
+pub mod layout;
+pub mod machine;
