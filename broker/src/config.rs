@@ -55,6 +55,9 @@ pub struct DefaultsConfig {
 
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct Layout {
+    /// CPUs to run shards on, shard i on the i-th (used when no --cpuset is given).
+    #[serde(default)]
+    pub cpuset: Option<String>,
     #[serde(default)]
     pub topics: BTreeMap<String, LayoutTopic>,
 }

@@ -49,6 +49,11 @@ enum Command {
     Produce(ProduceArgs),
     /// Print messages of a topic.
     Consume(ConsumeArgs),
+    /// Check the machine, apply fixes, plan per-core layouts.
+    Tune {
+        #[command(subcommand)]
+        command: spate_broker::tune::TuneCommand,
+    },
     /// Print PARTITION<TAB>EARLIEST<TAB>LATEST for each partition of a topic.
     Offsets {
         topic: String,
@@ -167,6 +172,7 @@ fn main() {
             let bootstrap = args.bootstrap.bootstrap.clone();
             run_client(&bootstrap, |client| consume(client, args))
         }
+        Command::Tune { command } => spate_broker::tune::run(command),
         Command::Offsets { topic, bootstrap } => {
             run_client(&bootstrap.bootstrap, |client| offsets(client, topic))
         }
@@ -200,7 +206,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("bad --listen {listen_text:?}: {e}"))?
         .next()
         .ok_or_else(|| format!("bad --listen {listen_text:?}"))?;
-    let mut cpus = match args.cpuset.or(file.cpuset) {
+    let layout = match args.layout.or(file.layout) {
+        Some(path) => config::load_layout(&path)?,
+        None => config::Layout::default(),
+    };
+    let mut cpus = match args.cpuset.or(file.cpuset).or(layout.cpuset.clone()) {
         Some(set) => config::parse_cpuset(&set)?,
         None => config::allowed_cpus(),
     };
@@ -213,10 +223,6 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         }
         cpus.truncate(cores);
     }
-    let layout = match args.layout.or(file.layout) {
-        Some(path) => config::load_layout(&path)?,
-        None => config::Layout::default(),
-    };
     let log_defaults = config::log_defaults(&file.defaults)?;
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;

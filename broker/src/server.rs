@@ -82,6 +82,17 @@ pub fn run(config: BrokerConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
     Ok(())
 }
 
+fn pin_current_thread(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one CPU set, applied to this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::warn!(cpu, "could not pin the shard thread");
+        }
+    }
+}
+
 /// Holds an exclusive `flock` on `<data>/.lock` for the broker's lifetime: two brokers on one
 /// data directory would corrupt each other's logs.
 fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
@@ -168,6 +179,8 @@ async fn shard_main(
     // (its partitions, its port). The thread's CPU was chosen before, so shard ids are a
     // permutation of the configured CPUs.
     let id = senders.peer_id();
+    // Run on the CPU of this shard id, so a layout's "shard i on CPU c" holds.
+    pin_current_thread(config.cpus[id]);
     let background = glommio::executor().create_task_queue(
         Shares::Static(100),
         glommio::Latency::NotImportant,

@@ -372,3 +372,38 @@ fn metrics_endpoint_reports_requests_latency_and_partitions() {
         .sum();
     assert!(produce_count >= 1);
 }
+
+#[test]
+fn a_layout_generated_by_spate_tune_places_partitions_on_the_planned_shards() {
+    let dir = temp_dir();
+    let layout = dir.path().with_extension("tuned.toml");
+    // Unequal loads: the heavy partition gets a shard to itself, the three light ones share the
+    // other, unlike the broker's own round-robin spread.
+    let output = std::process::Command::new(SPATE)
+        .args(["tune", "layout", "--topics", "big:1@100,small:3@1", "--cpuset", "0-1", "--output"])
+        .arg(&layout)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = std::fs::read_to_string(&layout).unwrap();
+    assert!(text.contains("cpuset = \"0,1\""), "{text}");
+    assert!(text.contains("shards = [1, 1, 1]"), "{text}");
+    let broker =
+        Broker::start_on(dir.path(), free_ports(), &["--layout", layout.to_str().unwrap()]);
+    broker.ok(&["topic", "create", "small", "--partitions", "3"]);
+    broker.ok(&["topic", "create", "big", "--partitions", "1"]);
+    let small = broker.ok(&["topic", "describe", "small"]);
+    for partition in 0..3 {
+        assert!(small.contains(&format!("partition {partition}\tshard 1")), "{small}");
+    }
+    assert!(broker.ok(&["topic", "describe", "big"]).contains("partition 0\tshard 0"));
+    let check =
+        std::process::Command::new(SPATE).args(["tune", "check", "--json"]).output().unwrap();
+    assert!(check.status.success());
+    let rows: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert!(rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r.get("status").is_some() && r.get("fix").is_some()));
+}

@@ -101,6 +101,9 @@ struct Options {
     /// Data directory of the embedded broker, and where ceilings are measured.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Layout file for the embedded broker (its cpuset and partition-to-shard plan).
+    #[arg(long)]
+    layout: Option<PathBuf>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -198,7 +201,18 @@ fn free_port() -> u16 {
     29_292
 }
 
-fn start_embedded(data_dir: Option<PathBuf>) -> Result<(Embedded, String, PathBuf), String> {
+fn start_embedded(
+    data_dir: Option<PathBuf>,
+    layout: Option<&std::path::Path>,
+) -> Result<(Embedded, String, PathBuf), String> {
+    let layout = match layout {
+        Some(path) => spate_broker::config::load_layout(path)?,
+        None => spate_broker::config::Layout::default(),
+    };
+    let cpus = match &layout.cpuset {
+        Some(set) => spate_broker::config::parse_cpuset(set)?,
+        None => spate_broker::config::allowed_cpus(),
+    };
     let (dir, keep) = match data_dir {
         Some(dir) => (dir, None),
         None => {
@@ -215,9 +229,9 @@ fn start_embedded(data_dir: Option<PathBuf>) -> Result<(Embedded, String, PathBu
     let config = spate_broker::config::BrokerConfig {
         data_dir: dir.clone(),
         listen,
-        cpus: spate_broker::config::allowed_cpus(),
+        cpus,
         metrics_listen: None,
-        layout: Default::default(),
+        layout,
         log_defaults: Default::default(),
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -261,7 +275,8 @@ fn scenario(scenario: Scenario, options: Options) -> Result<(), String> {
         ));
     }
     let (embedded, bootstrap, data_dir) = if options.embedded && nats_target.is_none() {
-        let (broker, address, dir) = start_embedded(options.data_dir.clone())?;
+        let (broker, address, dir) =
+            start_embedded(options.data_dir.clone(), options.layout.as_deref())?;
         (Some(broker), address, dir)
     } else {
         (
