@@ -13,6 +13,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod group;
 pub mod limits;
 pub mod metrics;
 pub mod offsets;
