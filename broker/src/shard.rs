@@ -1290,19 +1290,23 @@ fn correlation_id_of(header: &[u8]) -> u32 {
     flatbuffers::root::<wire::Request>(header).map_or(0, |r| r.correlation_id())
 }
 
-/// Splits `buffer` into the given ascending, non-overlapping ranges without copying.
+/// Splits `buffer` into the pieces at `ranges`, without copying when the ranges are ascending
+/// and disjoint (as flatc lays vectors out). A crafted but valid flatbuffer may reference one
+/// vector twice or out of order: then each piece is copied, so bad input costs a copy, never a
+/// panic.
 fn carve(buffer: BytesMut, ranges: &[Range<usize>]) -> Vec<BytesMut> {
+    let in_bounds = ranges.iter().all(|r| r.start <= r.end && r.end <= buffer.len());
+    let disjoint_ascending = ranges.windows(2).all(|w| w[0].end <= w[1].start);
+    if !in_bounds {
+        return ranges.iter().map(|_| BytesMut::new()).collect();
+    }
+    if !disjoint_ascending {
+        return ranges.iter().map(|r| BytesMut::from(&buffer[r.clone()])).collect();
+    }
     let mut rest = buffer;
     let mut consumed = 0;
     let mut out = Vec::with_capacity(ranges.len());
-    let mut sorted: Vec<&Range<usize>> = ranges.iter().collect();
-    sorted.sort_by_key(|r| r.start);
-    assert!(
-        sorted.iter().map(|r| r.start).eq(ranges.iter().map(|r| r.start)),
-        "flatbuffers vectors are laid out in order"
-    );
-    for range in sorted {
-        assert!(range.start >= consumed && range.end <= consumed + rest.len());
+    for range in ranges {
         let mut piece = rest.split_off(range.start - consumed);
         let tail = piece.split_off(range.end - range.start);
         out.push(piece);
@@ -1376,6 +1380,18 @@ mod tests {
         assert_eq!(&pieces[0][..], b"12");
         assert_eq!(&pieces[1][..], b"5678");
         assert_eq!(pieces[1].as_ptr() as usize, pointer + 5);
+    }
+
+    #[test]
+    fn carve_copies_shared_or_unordered_ranges_instead_of_panicking() {
+        let buffer = BytesMut::from(&b"0123456789"[..]);
+        let pieces = carve(buffer.clone(), &[2..5, 2..5]);
+        assert_eq!(&pieces[0][..], b"234");
+        assert_eq!(&pieces[1][..], b"234");
+        let pieces = carve(buffer.clone(), &[6..8, 1..3]);
+        assert_eq!(&pieces[0][..], b"67");
+        assert_eq!(&pieces[1][..], b"12");
+        assert!(carve(buffer, &[5..50]).iter().all(|p| p.is_empty()));
     }
 
     #[test]

@@ -407,3 +407,56 @@ fn a_layout_generated_by_spate_tune_places_partitions_on_the_planned_shards() {
         .iter()
         .all(|r| r.get("status").is_some() && r.get("fix").is_some()));
 }
+
+/// A verifier-valid produce request whose two partitions share one records vector (flatc never
+/// writes this, an attacker can): the broker answers and keeps serving.
+#[test]
+fn a_crafted_produce_request_sharing_one_vector_is_answered_not_fatal() {
+    use spate_protocol::wire;
+    let dir = temp_dir();
+    let broker = Broker::start(dir.path());
+    broker.ok(&["topic", "create", "t", "--partitions", "2"]);
+    let mut batch = spate_protocol::batch::BatchBuilder::new();
+    batch.push(&spate_protocol::batch::NewRecord {
+        value: Some(bytes::Bytes::from_static(b"shared")),
+        ..Default::default()
+    });
+    let batch = batch.finish().unwrap();
+    let mut builder = flatbuffers::FlatBufferBuilder::new();
+    let records = builder.create_vector(&batch[..]);
+    let partitions: Vec<_> = (0..2)
+        .map(|p| {
+            wire::ProducePartition::create(
+                &mut builder,
+                &wire::ProducePartitionArgs { partition: p, records: Some(records) },
+            )
+        })
+        .collect();
+    let partitions = builder.create_vector(&partitions);
+    let name = builder.create_string("t");
+    let topic = wire::ProduceTopic::create(
+        &mut builder,
+        &wire::ProduceTopicArgs { name: Some(name), partitions: Some(partitions) },
+    );
+    let topics = builder.create_vector(&[topic]);
+    let body = wire::ProduceRequest::create(
+        &mut builder,
+        &wire::ProduceRequestArgs { acks: wire::Acks::All, timeout_ms: 5000, topics: Some(topics) },
+    );
+    let request = wire::Request::create(
+        &mut builder,
+        &wire::RequestArgs {
+            correlation_id: 7,
+            client_id: None,
+            api_version: 0,
+            body_type: wire::RequestBody::ProduceRequest,
+            body: Some(body.as_union_value()),
+        },
+    );
+    builder.finish_minimal(request);
+    let frame = spate_protocol::frame::encode(builder.finished_data()).unwrap();
+    let response = raw_exchange(&broker.address(), &frame);
+    assert_eq!(error_code_of(&response), wire::ErrorCode::None);
+    // Both partitions got the record; the broker is still serving.
+    assert_eq!(lines(&broker.ok(&["offsets", "t"])), vec!["0\t0\t1", "1\t0\t1"]);
+}
