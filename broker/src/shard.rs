@@ -1391,7 +1391,7 @@ mod tests {
         let pieces = carve(buffer.clone(), &[6..8, 1..3]);
         assert_eq!(&pieces[0][..], b"67");
         assert_eq!(&pieces[1][..], b"12");
-        assert!(carve(buffer, &[5..50]).iter().all(|p| p.is_empty()));
+        assert!(carve(buffer, &[5..50, 60..70]).iter().all(|p| p.is_empty()));
     }
 
     #[test]
