@@ -234,6 +234,16 @@ async fn shard_main(
             stop.clone(),
         )));
     }
+    let ticker = shard.clone();
+    let ticking = stop.clone();
+    glommio::spawn_local(async move {
+        // Group sessions and rebalances advance every 100 ms, until stop.
+        while !ticking.load(Ordering::SeqCst) {
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            ticker.tick_groups();
+        }
+    })
+    .detach();
     glommio::spawn_local_into(retention_loop(shard.clone(), stop.clone()), shard.background)
         .map(|t| t.detach())
         .ok();

@@ -70,7 +70,27 @@ pub enum ShardMsg {
     Metrics {
         reply: oneshot::Sender<String>,
     },
+    /// Join, sync, heartbeat or leave for a group this shard coordinates.
+    Group {
+        body: RequestBodyT,
+        reply: oneshot::Sender<Result<ResponseBodyT, Failure>>,
+    },
+    ListGroups {
+        reply: oneshot::Sender<Vec<wire::ListedGroupT>>,
+    },
+    DescribeGroup {
+        group: String,
+        reply: oneshot::Sender<wire::DescribedGroupT>,
+    },
+    CheckCommit {
+        group: String,
+        member: String,
+        generation: i32,
+        reply: oneshot::Sender<Result<(), Failure>>,
+    },
 }
+
+mod groups;
 
 /// An error for one partition, as it goes on the wire.
 #[derive(Debug, Clone)]
@@ -168,9 +188,11 @@ pub struct Shard {
     pub in_flight: Cell<usize>,
     pub background: glommio::TaskQueueHandle,
     pub metrics: crate::metrics::ShardMetrics,
+    /// Groups this shard coordinates.
+    groups: RefCell<crate::group::Coordinator>,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -209,6 +231,7 @@ impl Shard {
             in_flight: Cell::new(0),
             background,
             metrics: crate::metrics::ShardMetrics::default(),
+            groups: RefCell::new(crate::group::Coordinator::default()),
         });
         shard.apply_catalog(catalog).await.map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(shard)
@@ -331,6 +354,23 @@ impl Shard {
             }
             ShardMsg::Controller { body, reply } => {
                 let _ = reply.send(self.controller(body).await);
+            }
+            ShardMsg::Group { body, reply } => {
+                let _ = reply.send(self.group_local(body));
+            }
+            ShardMsg::ListGroups { reply } => {
+                let _ = reply.send(self.list_local_groups());
+            }
+            ShardMsg::DescribeGroup { group, reply } => {
+                let _ = reply.send(self.describe_local(&group));
+            }
+            ShardMsg::CheckCommit { group, member, generation, reply } => {
+                let _ = reply.send(
+                    self.groups
+                        .borrow()
+                        .check_commit(&group, &member, generation)
+                        .map_err(Failure::from),
+                );
             }
             ShardMsg::Metrics { reply } => {
                 let _ = reply.send(self.render_metrics());
@@ -881,11 +921,17 @@ impl Shard {
                 };
                 ok_reply(correlation_id, response)
             }
-            _ => envelope_error(
-                correlation_id,
-                ErrorCode::UnsupportedApi,
-                "consumer-group coordination is not implemented yet",
-            ),
+            body @ (RequestBodyT::FindCoordinatorRequest(_)
+            | RequestBodyT::JoinGroupRequest(_)
+            | RequestBodyT::SyncGroupRequest(_)
+            | RequestBodyT::HeartbeatRequest(_)
+            | RequestBodyT::LeaveGroupRequest(_)
+            | RequestBodyT::ListGroupsRequest(_)
+            | RequestBodyT::DescribeGroupsRequest(_)) => match self.group_request(body).await {
+                Ok(response) => ok_reply(correlation_id, response),
+                Err(failure) => envelope_error(correlation_id, failure.code, &failure.message),
+            },
+            _ => envelope_error(correlation_id, ErrorCode::UnsupportedApi, "unknown request"),
         })
     }
 
@@ -1119,7 +1165,14 @@ impl Shard {
     }
 
     async fn commit_offsets(&self, request: wire::OffsetCommitRequestT) -> ResponseBodyT {
-        let group = request.group_id.unwrap_or_default();
+        let group = request.group_id.clone().unwrap_or_default();
+        // Fencing: a member of an older generation (a zombie) may not commit.
+        let member = request.member_id.clone().unwrap_or_default();
+        let fenced = if group.is_empty() {
+            Ok(())
+        } else {
+            self.check_commit(&group, &member, request.generation_id).await
+        };
         let mut accepted = Vec::new();
         let mut results: Vec<wire::TopicPartitionResultsT> = Vec::new();
         for topic in request.topics.into_iter().flatten() {
@@ -1129,6 +1182,8 @@ impl Shard {
                 let known = self.owner(&name, partition.partition as u32).is_some();
                 let error_code = if group.is_empty() {
                     ErrorCode::InvalidRequest
+                } else if let Err(failure) = &fenced {
+                    failure.code
                 } else if !known {
                     ErrorCode::UnknownTopicOrPartition
                 } else if partition.offset < 0 {

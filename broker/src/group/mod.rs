@@ -91,6 +91,14 @@ impl Group {
         }
     }
 
+    pub fn assignor_name(&self) -> Option<&'static str> {
+        self.assignor.map(|a| match a {
+            Assignor::Range => "range",
+            Assignor::RoundRobin => "roundrobin",
+            Assignor::CooperativeSticky => "cooperative-sticky",
+        })
+    }
+
     pub fn members(&self) -> Vec<String> {
         self.members.keys().cloned().collect()
     }
@@ -162,6 +170,10 @@ pub struct JoinRequest<'a> {
 impl Coordinator {
     pub fn group(&self, id: &str) -> Option<&Group> {
         self.groups.get(id)
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.groups.keys().cloned().collect()
     }
 
     pub fn join(

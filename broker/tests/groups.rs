@@ -1,0 +1,177 @@
+//! The group APIs through a real broker, driven with the client's raw calls (the client's group
+//! consumer does not exist yet).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use spate_client::{Client, ClientConfig, ClientError};
+use spate_protocol::wire::{self, ErrorCode, RequestBodyT, ResponseBodyT};
+
+fn join(group: &str, member: Option<&str>, assignor: &str) -> RequestBodyT {
+    RequestBodyT::JoinGroupRequest(Box::new(wire::JoinGroupRequestT {
+        group_id: Some(group.into()),
+        session_timeout_ms: 6_000,
+        rebalance_timeout_ms: 3_000,
+        member_id: member.map(str::to_string),
+        group_instance_id: None,
+        protocol_type: Some("consumer".into()),
+        protocols: Some(vec![wire::GroupProtocolT {
+            name: Some(assignor.into()),
+            metadata: Some(b"orders".to_vec()),
+        }]),
+    }))
+}
+
+async fn call(client: &Client, body: RequestBodyT) -> Result<ResponseBodyT, ClientError> {
+    client.call(body).await
+}
+
+/// Joins, then heartbeats/rejoins/syncs every member until all have a stable assignment.
+async fn settle(
+    client: &Client,
+    group: &str,
+    members: &mut [(String, i32)],
+) -> Vec<BTreeSet<String>> {
+    let started = Instant::now();
+    // Bounded: 20 s.
+    while started.elapsed() < Duration::from_secs(20) {
+        let mut assignments = Vec::new();
+        for (member, generation) in members.iter_mut() {
+            let sync = RequestBodyT::SyncGroupRequest(Box::new(wire::SyncGroupRequestT {
+                group_id: Some(group.into()),
+                generation_id: *generation,
+                member_id: Some(member.clone()),
+                group_instance_id: None,
+                assignments: None,
+            }));
+            match call(client, sync).await {
+                Ok(ResponseBodyT::SyncGroupResponse(response)) => {
+                    let text = String::from_utf8(response.assignment.unwrap_or_default()).unwrap();
+                    assignments.push(
+                        text.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+                    );
+                }
+                Err(error)
+                    if matches!(
+                        error.code(),
+                        Some(ErrorCode::RebalanceInProgress) | Some(ErrorCode::IllegalGeneration)
+                    ) =>
+                {
+                    if let Ok(ResponseBodyT::JoinGroupResponse(joined)) =
+                        call(client, join(group, Some(member), "range")).await
+                    {
+                        *generation = joined.generation_id;
+                    }
+                }
+                other => panic!("sync: {other:?}"),
+            }
+        }
+        if assignments.len() == members.len() {
+            return assignments;
+        }
+        glommio::timer::sleep(Duration::from_millis(150)).await;
+    }
+    panic!("the group did not settle");
+}
+
+#[test]
+fn members_split_partitions_and_a_stale_generation_cannot_commit() {
+    let dir = temp_dir();
+    let broker = Broker::start(dir.path());
+    broker.ok(&["topic", "create", "orders", "--partitions", "6"]);
+    let address = broker.address();
+    run(async move {
+        let client =
+            Client::connect(ClientConfig { bootstrap: address, ..ClientConfig::default() })
+                .await
+                .unwrap();
+        let ResponseBodyT::FindCoordinatorResponse(coordinator) = call(
+            &client,
+            RequestBodyT::FindCoordinatorRequest(Box::new(wire::FindCoordinatorRequestT {
+                key: Some("billing".into()),
+                key_type: wire::CoordinatorType::Group,
+            })),
+        )
+        .await
+        .unwrap() else {
+            panic!("find coordinator")
+        };
+        assert!(coordinator.shard < 2 && coordinator.shard_port > 0);
+        let mut members = Vec::new();
+        for _ in 0..2 {
+            let ResponseBodyT::JoinGroupResponse(joined) =
+                call(&client, join("billing", None, "range")).await.unwrap()
+            else {
+                panic!()
+            };
+            members.push((joined.member_id.unwrap(), joined.generation_id));
+        }
+        let assignments = settle(&client, "billing", &mut members).await;
+        let all: BTreeSet<String> = assignments.iter().flatten().cloned().collect();
+        assert_eq!(all.len(), 6, "{assignments:?}");
+        assert!(assignments.iter().all(|a| a.len() == 3), "{assignments:?}");
+        let old_generation = members[0].1;
+        // A third member joins: everyone rebalances to two partitions each.
+        let ResponseBodyT::JoinGroupResponse(joined) =
+            call(&client, join("billing", None, "range")).await.unwrap()
+        else {
+            panic!()
+        };
+        members.push((joined.member_id.unwrap(), joined.generation_id));
+        let assignments = settle(&client, "billing", &mut members).await;
+        assert!(assignments.iter().all(|a| a.len() == 2), "{assignments:?}");
+        // A commit at the old generation is fenced; at the current one it is accepted.
+        let commit = |generation: i32, member: &str| {
+            RequestBodyT::OffsetCommitRequest(Box::new(wire::OffsetCommitRequestT {
+                group_id: Some("billing".into()),
+                generation_id: generation,
+                member_id: Some(member.to_string()),
+                group_instance_id: None,
+                topics: Some(vec![wire::OffsetCommitTopicT {
+                    name: Some("orders".into()),
+                    partitions: Some(vec![wire::OffsetCommitPartitionT {
+                        partition: 0,
+                        offset: 5,
+                        metadata: None,
+                    }]),
+                }]),
+            }))
+        };
+        let result_code = |response: ResponseBodyT| match response {
+            ResponseBodyT::OffsetCommitResponse(r) => {
+                r.topics.unwrap()[0].partitions.as_ref().unwrap()[0].error_code
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            result_code(call(&client, commit(old_generation, &members[0].0)).await.unwrap()),
+            ErrorCode::IllegalGeneration
+        );
+        assert_eq!(
+            result_code(call(&client, commit(members[0].1, &members[0].0)).await.unwrap()),
+            ErrorCode::None
+        );
+        // List and describe.
+        let ResponseBodyT::ListGroupsResponse(listed) =
+            call(&client, RequestBodyT::ListGroupsRequest(Box::default())).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(listed.groups.unwrap()[0].group_id.as_deref(), Some("billing"));
+        let described = call(
+            &client,
+            RequestBodyT::DescribeGroupsRequest(Box::new(wire::DescribeGroupsRequestT {
+                groups: Some(vec!["billing".into()]),
+            })),
+        )
+        .await
+        .unwrap();
+        let ResponseBodyT::DescribeGroupsResponse(described) = described else { panic!() };
+        let group = &described.groups.unwrap()[0];
+        assert_eq!(group.state.as_deref(), Some("Stable"));
+        assert_eq!(group.members.as_ref().unwrap().len(), 3);
+    });
+}
