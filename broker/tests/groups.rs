@@ -175,3 +175,81 @@ fn members_split_partitions_and_a_stale_generation_cannot_commit() {
         assert_eq!(group.members.as_ref().unwrap().len(), 3);
     });
 }
+
+#[test]
+fn group_cli_lists_describes_with_lag_and_resets_only_an_empty_group() {
+    let dir = temp_dir();
+    let broker = Broker::start(dir.path());
+    broker.ok(&["topic", "create", "orders", "--partitions", "2"]);
+    let input: String = (0..10).map(|i| format!("m{i}\n")).collect();
+    assert!(broker
+        .cli_with_input(&["produce", "orders", "--partition", "0"], Some(input.as_bytes()))
+        .status
+        .success());
+    let address = broker.address();
+    let member = run(async move {
+        let client =
+            Client::connect(ClientConfig { bootstrap: address, ..ClientConfig::default() })
+                .await
+                .unwrap();
+        let ResponseBodyT::JoinGroupResponse(joined) =
+            call(&client, join("reports", None, "range")).await.unwrap()
+        else {
+            panic!()
+        };
+        let mut members = vec![(joined.member_id.unwrap(), joined.generation_id)];
+        settle(&client, "reports", &mut members).await;
+        let (member, generation) = members[0].clone();
+        let commit = RequestBodyT::OffsetCommitRequest(Box::new(wire::OffsetCommitRequestT {
+            group_id: Some("reports".into()),
+            generation_id: generation,
+            member_id: Some(member.clone()),
+            group_instance_id: None,
+            topics: Some(vec![wire::OffsetCommitTopicT {
+                name: Some("orders".into()),
+                partitions: Some(vec![wire::OffsetCommitPartitionT {
+                    partition: 0,
+                    offset: 4,
+                    metadata: None,
+                }]),
+            }]),
+        }));
+        call(&client, commit).await.unwrap();
+        member
+    });
+    let listed = broker.ok(&["group", "list"]);
+    assert!(listed.contains("reports\tStable"), "{listed}");
+    let described = broker.ok(&["group", "describe", "reports"]);
+    assert!(described.contains("state Stable") && described.contains("members 1"), "{described}");
+    // Lag = log end - committed offset.
+    assert!(described.contains("orders\t0\t4\t10\t6\t"), "{described}");
+    // Resetting offsets of a group with members is refused, clearly.
+    let refused =
+        broker.cli(&["group", "reset-offsets", "reports", "--topic", "orders", "--to", "earliest"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("active members"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // Once the member leaves, the group is empty and the reset goes through.
+    let address = broker.address();
+    run(async move {
+        let client =
+            Client::connect(ClientConfig { bootstrap: address, ..ClientConfig::default() })
+                .await
+                .unwrap();
+        let leave = RequestBodyT::LeaveGroupRequest(Box::new(wire::LeaveGroupRequestT {
+            group_id: Some("reports".into()),
+            members: Some(vec![wire::MemberIdentityT {
+                member_id: Some(member),
+                group_instance_id: None,
+            }]),
+        }));
+        call(&client, leave).await.unwrap();
+    });
+    let reset =
+        broker.ok(&["group", "reset-offsets", "reports", "--topic", "orders", "--to", "latest"]);
+    assert!(reset.contains("orders\t0\t10"), "{reset}");
+    assert!(broker.ok(&["group", "describe", "reports"]).contains("orders\t0\t10\t10\t0\t"));
+}

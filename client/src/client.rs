@@ -633,6 +633,26 @@ impl Client {
         Ok(out)
     }
 
+    /// Every committed offset of `group`: (topic, partition, offset).
+    pub async fn group_offsets(&self, group: &str) -> Result<Vec<(String, u32, i64)>> {
+        let body = RequestBodyT::OffsetFetchRequest(Box::new(wire::OffsetFetchRequestT {
+            group_id: Some(group.to_string()),
+            topics: None,
+        }));
+        let ResponseBodyT::OffsetFetchResponse(response) = self.call(body).await? else {
+            return Err(ClientError::UnexpectedResponse("offset fetch".into()));
+        };
+        let mut out = Vec::new();
+        for topic in response.topics.into_iter().flatten() {
+            let name = topic.name.unwrap_or_default();
+            for partition in topic.partitions.into_iter().flatten().filter(|p| p.offset >= 0) {
+                out.push((name.clone(), partition.partition as u32, partition.offset));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Closes every connection.
     pub fn close(&self) {
         self.inner.closed.set(true);
