@@ -131,6 +131,7 @@ pub fn header() -> String {
             "Offset after the last record readers can see.",
         ),
         ("spate_partition_log_bytes", "gauge", "Bytes of the partition's log segments."),
+        ("spate_consumer_lag", "gauge", "Log end offset minus the group's committed offset."),
     ]
     .iter()
     .map(|(name, kind, help)| format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"))

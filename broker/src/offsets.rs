@@ -100,6 +100,11 @@ impl OffsetStore {
         Ok(())
     }
 
+    /// Every committed offset: ((group, topic, partition), offset).
+    pub fn all(&self) -> Vec<(OffsetKey, i64)> {
+        self.committed.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
     pub fn get(&self, key: &OffsetKey) -> Option<i64> {
         self.committed.get(key).copied()
     }

@@ -841,6 +841,17 @@ impl Shard {
                 out.push_str(&samples);
             }
         }
+        // Consumer lag: the committed offsets live on this shard (0), the log ends on the owners.
+        let committed = match &self.offsets {
+            Some(store) => store.read().await.map(|s| s.all()).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        for ((group, topic, partition), offset) in committed {
+            if let Some(stats) = self.stats(&topic, partition).await {
+                let lag = (stats.end - offset).max(0);
+                out.push_str(&format!("spate_consumer_lag{{group=\"{group}\",topic=\"{topic}\",partition=\"{partition}\"}} {lag}\n"));
+            }
+        }
         out
     }
 

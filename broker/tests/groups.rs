@@ -253,3 +253,28 @@ fn group_cli_lists_describes_with_lag_and_resets_only_an_empty_group() {
     assert!(reset.contains("orders\t0\t10"), "{reset}");
     assert!(broker.ok(&["group", "describe", "reports"]).contains("orders\t0\t10\t10\t0\t"));
 }
+
+#[test]
+fn consumer_lag_is_on_the_metrics_endpoint() {
+    let dir = temp_dir();
+    let port = free_ports();
+    let metrics = format!("127.0.0.1:{}", port + 3);
+    let broker = Broker::start_on(dir.path(), port, &["--metrics-listen", &metrics]);
+    broker.ok(&["topic", "create", "lagging", "--partitions", "1"]);
+    let input: String = (0..10).map(|i| format!("m{i}\n")).collect();
+    assert!(broker
+        .cli_with_input(&["produce", "lagging"], Some(input.as_bytes()))
+        .status
+        .success());
+    broker.ok(&["group", "reset-offsets", "slow", "--topic", "lagging", "--to", "3"]);
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(&metrics).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = stream.read_to_string(&mut text);
+    assert!(
+        text.contains("spate_consumer_lag{group=\"slow\",topic=\"lagging\",partition=\"0\"} 7"),
+        "{text}"
+    );
+}
