@@ -176,6 +176,15 @@ struct ConsumeArgs {
     /// Stop after this long with nothing new (unless --follow).
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
+    /// Group session timeout: a member silent this long loses its partitions.
+    #[arg(long, default_value_t = 10_000)]
+    session_timeout_ms: u64,
+    /// Static group membership: a stable member name.
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// Group assignor: range, roundrobin or cooperative-sticky.
+    #[arg(long, default_value = "range")]
+    assignor: String,
     #[arg(long)]
     follow: bool,
     #[command(flatten)]
@@ -513,6 +522,9 @@ async fn consume(client: Client, args: ConsumeArgs) -> Result<(), String> {
         .partitions(&args.topic)
         .await
         .map_err(|e| format!("cannot consume {:?}: {e}", args.topic))?;
+    if args.group.is_some() && args.partition.is_none() {
+        return consume_in_group(client, args, seek).await;
+    }
     let assigned: Vec<TopicPartition> = partitions
         .iter()
         .filter(|p| args.partition.is_none_or(|wanted| wanted == p.partition))
@@ -701,6 +713,52 @@ async fn group(client: Client, command: GroupCommand) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `spate consume --group`: joins the group, prints its share, commits what it printed, leaves.
+async fn consume_in_group(client: Client, args: ConsumeArgs, seek: Seek) -> Result<(), String> {
+    let group = args.group.clone().expect("checked by the caller");
+    let mut config = spate_client::GroupConfig::new(group.clone(), vec![args.topic.clone()]);
+    config.start = seek;
+    config.assignor = args.assignor.clone();
+    config.instance_id = args.instance_id.clone();
+    config.session_timeout = Duration::from_millis(args.session_timeout_ms);
+    config.rebalance_timeout = Duration::from_millis(args.session_timeout_ms);
+    config.heartbeat_interval =
+        Duration::from_millis((args.session_timeout_ms / 5).clamp(100, 3000));
+    config.auto_commit = Some(Duration::from_secs(1));
+    config.consumer = ConsumerConfig {
+        fetch_max_wait: Duration::from_millis(args.timeout_ms.clamp(10, 200)),
+        ..ConsumerConfig::default()
+    };
+    let mut member = spate_client::GroupConsumer::subscribe(client, config)
+        .await
+        .map_err(|e| format!("cannot join group {group:?}: {e}"))?;
+    let stdout = std::io::stdout();
+    let mut printed = 0u64;
+    let mut last_record = Instant::now();
+    let limit = args.count.unwrap_or(u64::MAX);
+    // Until --count, or --timeout-ms without records (unless --follow).
+    while printed < limit
+        && (args.follow || last_record.elapsed() < Duration::from_millis(args.timeout_ms))
+    {
+        let records = member.poll().await.map_err(|e| e.to_string())?;
+        let mut out = stdout.lock();
+        for record in records {
+            if printed >= limit {
+                let tp =
+                    TopicPartition { topic: record.topic.clone(), partition: record.partition };
+                let _ = member.seek(&tp, Seek::Offset(record.offset));
+                break;
+            }
+            out.write_all(render(&args.format, &record).as_bytes())
+                .map_err(|e| format!("cannot write: {e}"))?;
+            printed += 1;
+            last_record = Instant::now();
+        }
+        out.flush().map_err(|e| format!("cannot write: {e}"))?;
+    }
+    member.close().await.map_err(|e| format!("cannot commit and leave group {group:?}: {e}"))
 }
 
 async fn offsets(client: Client, topic: String) -> Result<(), String> {

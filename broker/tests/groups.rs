@@ -278,3 +278,118 @@ fn consumer_lag_is_on_the_metrics_endpoint() {
         "{text}"
     );
 }
+
+/// Three `spate consume --group` processes on a 6-partition topic: each partition read by
+/// exactly one of them and no message twice while membership is stable; after one is SIGKILLed,
+/// its partitions move to the others within the session timeout and every produced message is
+/// consumed at least once.
+#[test]
+fn three_cli_consumers_share_partitions_and_survive_a_killed_member() {
+    use std::collections::{BTreeMap, HashSet};
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+
+    let dir = temp_dir();
+    let broker = Broker::start(dir.path());
+    broker.ok(&["topic", "create", "work", "--partitions", "6"]);
+    let seen: Arc<Mutex<Vec<(usize, u32, i64)>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut children = Vec::new();
+    for index in 0..3 {
+        let mut child = Command::new(SPATE)
+            .args(["consume", "work", "--group", "workers", "--follow", "--format", "%p %o\\n"])
+            .args(["--session-timeout-ms", "2000", "--timeout-ms", "100", "-b", &broker.address()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut parts = line.split(' ');
+                if let (Some(p), Some(o)) = (
+                    parts.next().and_then(|p| p.parse().ok()),
+                    parts.next().and_then(|o| o.parse().ok()),
+                ) {
+                    seen.lock().unwrap().push((index, p, o));
+                }
+            }
+        });
+        children.push(child);
+    }
+    // Wait (bounded) for a stable group of three.
+    let started = Instant::now();
+    loop {
+        let described = broker.ok(&["group", "describe", "workers"]);
+        if described.contains("state Stable") && described.contains("members 3") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "group never stabilized: {described}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let produce = |from: usize| -> Vec<(u32, i64)> {
+        let input: String = (from..from + 600).map(|i| format!("k{}:v{i}\n", i % 60)).collect();
+        let output = broker.cli_with_input(
+            &["produce", "work", "--key-separator", ":", "--print-offsets"],
+            Some(input.as_bytes()),
+        );
+        assert!(output.status.success());
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let (p, o) = l.split_once('\t').unwrap();
+                (p.parse().unwrap(), o.parse().unwrap())
+            })
+            .collect()
+    };
+    let wait_for = |wanted: &[(u32, i64)]| {
+        let started = Instant::now();
+        loop {
+            let got: HashSet<(u32, i64)> =
+                seen.lock().unwrap().iter().map(|(_, p, o)| (*p, *o)).collect();
+            if wanted.iter().all(|w| got.contains(w)) {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "not everything was consumed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let first = produce(0);
+    wait_for(&first);
+    {
+        let seen = seen.lock().unwrap();
+        let mut reader_of: BTreeMap<u32, usize> = BTreeMap::new();
+        let mut once = HashSet::new();
+        for (index, partition, offset) in seen.iter() {
+            assert_eq!(
+                *reader_of.entry(*partition).or_insert(*index),
+                *index,
+                "partition {partition} read by two members"
+            );
+            assert!(
+                once.insert((*partition, *offset)),
+                "{partition}/{offset} consumed twice while membership was stable"
+            );
+        }
+        let readers: HashSet<usize> = reader_of.values().copied().collect();
+        assert_eq!(readers.len(), 3, "every member got partitions: {reader_of:?}");
+    }
+    // Kill one member without warning; the others take over its partitions.
+    children[0].kill().unwrap();
+    children[0].wait().unwrap();
+    let second = produce(600);
+    wait_for(&second);
+    let seen = seen.lock().unwrap();
+    for (index, partition, offset) in seen.iter() {
+        if second.contains(&(*partition, *offset)) {
+            assert_ne!(*index, 0, "the killed member cannot have read new messages");
+        }
+    }
+    drop(seen);
+    for child in &mut children[1..] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
