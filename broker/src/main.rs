@@ -126,6 +126,8 @@ enum GroupCommand {
     /// State, members and their partitions, and per partition the committed offset, log end
     /// and lag.
     Describe { group: String },
+    /// Delete the group and its committed offsets (refused while the group has members).
+    Delete { group: String },
     /// Set the group's committed offsets for a topic (refused while the group has members).
     ResetOffsets {
         group: String,
@@ -662,6 +664,33 @@ async fn group(client: Client, command: GroupCommand) -> Result<(), String> {
                         (end - offset).max(0)
                     ),
                     None => println!("{topic}\t{partition}\t-\t{end}\t-\t{owner}"),
+                }
+            }
+        }
+        GroupCommand::Delete { group } => {
+            let request = RequestBodyT::DeleteGroupsRequest(Box::new(wire::DeleteGroupsRequestT {
+                groups: Some(vec![group.clone()]),
+            }));
+            let ResponseBodyT::DeleteGroupsResponse(response) =
+                client.call(request).await.map_err(|e| e.to_string())?
+            else {
+                return Err("unexpected response".into());
+            };
+            let result =
+                response.groups.into_iter().flatten().next().ok_or("no result in the response")?;
+            match result.error_code {
+                wire::ErrorCode::None => println!("deleted group {group}"),
+                wire::ErrorCode::NonEmptyGroup => {
+                    return Err(format!(
+                        "cannot delete group {group:?}: it has active members; stop them first"
+                    ))
+                }
+                code => {
+                    return Err(format!(
+                        "cannot delete group {group:?}: {:?} {}",
+                        code,
+                        result.error_message.unwrap_or_default()
+                    ))
                 }
             }
         }

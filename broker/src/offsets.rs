@@ -59,8 +59,15 @@ impl OffsetStore {
                         let key = record.key.and_then(decode_key);
                         let value =
                             record.value.and_then(|v| v.try_into().ok()).map(i64::from_le_bytes);
-                        if let (Some(key), Some(value)) = (key, value) {
-                            committed.insert(key, value);
+                        match (key, value) {
+                            (Some(key), Some(value)) => {
+                                committed.insert(key, value);
+                            }
+                            // A tombstone (null value): the group was deleted.
+                            (Some(key), None) if record.value.is_none() => {
+                                committed.remove(&key);
+                            }
+                            _ => {}
                         }
                     }
                     offset = header.next_offset();
@@ -103,6 +110,29 @@ impl OffsetStore {
     /// Every committed offset: ((group, topic, partition), offset).
     pub fn all(&self) -> Vec<(OffsetKey, i64)> {
         self.committed.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Removes every committed offset of `group`, durably (tombstones in the log).
+    pub async fn delete_group(&mut self, group: &str) -> Result<(), LogError> {
+        let keys: Vec<OffsetKey> =
+            self.committed.keys().filter(|(g, _, _)| g == group).cloned().collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut builder = BatchBuilder::new();
+        for key in &keys {
+            builder.push(&NewRecord {
+                key: Some(encode_key(key)),
+                value: None,
+                headers: Vec::new(),
+                timestamp: 0,
+            });
+        }
+        self.log.append(builder.finish()?, 0).await?;
+        for key in keys {
+            self.committed.remove(&key);
+        }
+        Ok(())
     }
 
     pub fn get(&self, key: &OffsetKey) -> Option<i64> {

@@ -88,6 +88,16 @@ pub enum ShardMsg {
         generation: i32,
         reply: oneshot::Sender<Result<(), Failure>>,
     },
+    /// Forget an empty group (its coordinator shard).
+    DeleteGroup {
+        group: String,
+        reply: oneshot::Sender<Result<(), Failure>>,
+    },
+    /// Remove a group's committed offsets (shard 0).
+    DeleteGroupOffsets {
+        group: String,
+        reply: oneshot::Sender<Result<(), Failure>>,
+    },
 }
 
 mod groups;
@@ -371,6 +381,12 @@ impl Shard {
                         .check_commit(&group, &member, generation)
                         .map_err(Failure::from),
                 );
+            }
+            ShardMsg::DeleteGroup { group, reply } => {
+                let _ = reply.send(self.groups.borrow_mut().delete(&group).map_err(Failure::from));
+            }
+            ShardMsg::DeleteGroupOffsets { group, reply } => {
+                let _ = reply.send(self.delete_group_offsets(&group).await);
             }
             ShardMsg::Metrics { reply } => {
                 let _ = reply.send(self.render_metrics());
@@ -938,7 +954,8 @@ impl Shard {
             | RequestBodyT::HeartbeatRequest(_)
             | RequestBodyT::LeaveGroupRequest(_)
             | RequestBodyT::ListGroupsRequest(_)
-            | RequestBodyT::DescribeGroupsRequest(_)) => match self.group_request(body).await {
+            | RequestBodyT::DescribeGroupsRequest(_)
+            | RequestBodyT::DeleteGroupsRequest(_)) => match self.group_request(body).await {
                 Ok(response) => ok_reply(correlation_id, response),
                 Err(failure) => envelope_error(correlation_id, failure.code, &failure.message),
             },

@@ -393,3 +393,53 @@ fn three_cli_consumers_share_partitions_and_survive_a_killed_member() {
         let _ = child.wait();
     }
 }
+
+#[test]
+fn group_delete_is_refused_with_members_and_durable_once_done() {
+    let dir = temp_dir();
+    let port = free_ports();
+    let mut broker = Broker::start_on(dir.path(), port, &[]);
+    broker.ok(&["topic", "create", "d", "--partitions", "1"]);
+    assert!(broker.cli_with_input(&["produce", "d"], Some(b"a\nb\nc\n")).status.success());
+    broker.ok(&["group", "reset-offsets", "gone", "--topic", "d", "--to", "2"]);
+    broker.ok(&["group", "reset-offsets", "kept", "--topic", "d", "--to", "1"]);
+    // A live member blocks deletion.
+    let address = broker.address();
+    let member = run(async move {
+        let client =
+            Client::connect(ClientConfig { bootstrap: address, ..ClientConfig::default() })
+                .await
+                .unwrap();
+        let ResponseBodyT::JoinGroupResponse(joined) =
+            call(&client, join("gone", None, "range")).await.unwrap()
+        else {
+            panic!()
+        };
+        joined.member_id.unwrap()
+    });
+    let refused = broker.cli(&["group", "delete", "gone"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("active members"));
+    let address = broker.address();
+    run(async move {
+        let client =
+            Client::connect(ClientConfig { bootstrap: address, ..ClientConfig::default() })
+                .await
+                .unwrap();
+        let leave = RequestBodyT::LeaveGroupRequest(Box::new(wire::LeaveGroupRequestT {
+            group_id: Some("gone".into()),
+            members: Some(vec![wire::MemberIdentityT {
+                member_id: Some(member),
+                group_instance_id: None,
+            }]),
+        }));
+        call(&client, leave).await.unwrap();
+    });
+    broker.ok(&["group", "delete", "gone"]);
+    assert!(!broker.ok(&["group", "describe", "gone"]).contains("d\t0\t2"));
+    // After kill -9 the deletion holds, and the other group's offsets are intact.
+    broker.sigkill();
+    let broker = Broker::start_on(dir.path(), port, &[]);
+    assert!(!broker.ok(&["group", "describe", "gone"]).contains("d\t0\t"));
+    assert!(broker.ok(&["group", "describe", "kept"]).contains("d\t0\t1\t3\t2\t"));
+}

@@ -49,7 +49,7 @@ impl ProtocolError {
 }
 
 /// The API versions this code speaks: `(api, min, max)`. Every API is at version 0 so far.
-pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 18] = [
+pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 19] = [
     (ApiKey::Handshake, 0, 0),
     (ApiKey::Metadata, 0, 0),
     (ApiKey::CreateTopics, 0, 0),
@@ -68,6 +68,7 @@ pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 18] = [
     (ApiKey::LeaveGroup, 0, 0),
     (ApiKey::ListGroups, 0, 0),
     (ApiKey::DescribeGroups, 0, 0),
+    (ApiKey::DeleteGroups, 0, 0),
 ];
 
 /// The API a request body belongs to. Union tags are the API key plus one (0 is NONE).
@@ -460,6 +461,15 @@ pub fn check_request(request: &wire::Request<'_>) -> Result<(), ProtocolError> {
         RequestBody::DescribeGroupsRequest => {
             let body =
                 request.body_as_describe_groups_request().ok_or(ProtocolError::MissingBody)?;
+            strings(
+                "groups",
+                body.groups(),
+                limits::GROUPS_PER_REQUEST_MAX,
+                limits::STRING_BYTES_MAX,
+            )?;
+        }
+        RequestBody::DeleteGroupsRequest => {
+            let body = request.body_as_delete_groups_request().ok_or(ProtocolError::MissingBody)?;
             strings(
                 "groups",
                 body.groups(),

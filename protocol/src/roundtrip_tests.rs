@@ -156,6 +156,9 @@ pub(crate) fn sample_requests() -> Vec<RequestBodyT> {
         RequestBodyT::DescribeGroupsRequest(Box::new(DescribeGroupsRequestT {
             groups: Some(vec!["billing".into()]),
         })),
+        RequestBodyT::DeleteGroupsRequest(Box::new(DeleteGroupsRequestT {
+            groups: Some(vec!["old-group".into()]),
+        })),
     ]
 }
 
@@ -321,6 +324,9 @@ fn sample_responses() -> Vec<ResponseBodyT> {
                 }]),
             }]),
         })),
+        ResponseBodyT::DeleteGroupsResponse(Box::new(DeleteGroupsResponseT {
+            groups: Some(vec![topic_result("old-group", ErrorCode::NonEmptyGroup)]),
+        })),
     ]
 }
 
@@ -333,7 +339,7 @@ fn frame_of(mut bytes: BytesMut) -> crate::frame::Frame {
 #[test]
 fn every_request_round_trips() {
     let requests = sample_requests();
-    assert_eq!(requests.len(), 18, "one sample per API");
+    assert_eq!(requests.len(), crate::codec::SUPPORTED_APIS.len(), "one sample per API");
     for (i, body) in requests.into_iter().enumerate() {
         let request =
             RequestT { correlation_id: i as u32 + 1, client_id: s("test"), api_version: 0, body };
@@ -348,7 +354,7 @@ fn every_request_round_trips() {
 #[test]
 fn every_response_round_trips() {
     let responses = sample_responses();
-    assert_eq!(responses.len(), 18);
+    assert_eq!(responses.len(), crate::codec::SUPPORTED_APIS.len());
     for (i, body) in responses.into_iter().enumerate() {
         let response = ResponseT {
             correlation_id: i as u32,

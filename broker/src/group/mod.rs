@@ -36,6 +36,8 @@ pub enum GroupError {
     InconsistentProtocol,
     #[error("session timeout {0} ms is out of range")]
     InvalidSessionTimeout(i64),
+    #[error("the group has active members")]
+    NotEmpty,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +172,15 @@ pub struct JoinRequest<'a> {
 impl Coordinator {
     pub fn group(&self, id: &str) -> Option<&Group> {
         self.groups.get(id)
+    }
+
+    /// Forgets a group with no members (absent groups are fine); refuses one with members.
+    pub fn delete(&mut self, group_id: &str) -> Result<(), GroupError> {
+        if self.groups.get(group_id).is_some_and(|g| !g.members.is_empty()) {
+            return Err(GroupError::NotEmpty);
+        }
+        self.groups.remove(group_id);
+        Ok(())
     }
 
     pub fn ids(&self) -> Vec<String> {

@@ -30,6 +30,7 @@ impl From<GroupError> for Failure {
             GroupError::FencedInstance(_) => ErrorCode::FencedInstanceId,
             GroupError::InconsistentProtocol => ErrorCode::InconsistentProtocol,
             GroupError::InvalidSessionTimeout(_) => ErrorCode::InvalidSessionTimeout,
+            GroupError::NotEmpty => ErrorCode::NonEmptyGroup,
         };
         Failure::new(code, error.to_string())
     }
@@ -101,6 +102,24 @@ impl Shard {
                 groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
                 Ok(ResponseBodyT::ListGroupsResponse(Box::new(wire::ListGroupsResponseT {
                     groups: Some(groups),
+                })))
+            }
+            RequestBodyT::DeleteGroupsRequest(request) => {
+                let mut results = Vec::new();
+                for group in request.groups.into_iter().flatten() {
+                    let result = self.delete_group(&group).await;
+                    let (error_code, error_message) = match result {
+                        Ok(()) => (ErrorCode::None, None),
+                        Err(failure) => (failure.code, Some(failure.message)),
+                    };
+                    results.push(wire::TopicResultT {
+                        name: Some(group),
+                        error_code,
+                        error_message,
+                    });
+                }
+                Ok(ResponseBodyT::DeleteGroupsResponse(Box::new(wire::DeleteGroupsResponseT {
+                    groups: Some(results),
                 })))
             }
             RequestBodyT::DescribeGroupsRequest(request) => {
@@ -272,6 +291,36 @@ impl Shard {
             protocol: group.assignor_name().map(str::to_string),
             members: Some(members),
         }
+    }
+
+    /// Deletes an empty group: its coordinator forgets it, then shard 0 drops its offsets.
+    async fn delete_group(&self, group: &str) -> Result<(), Failure> {
+        let shard = self.group_shard(group);
+        if shard == self.id {
+            self.groups.borrow_mut().delete(group).map_err(Failure::from)?;
+        } else {
+            let name = group.to_string();
+            self.call(shard, |reply| ShardMsg::DeleteGroup { group: name, reply }).await??;
+        }
+        if self.id == 0 {
+            self.delete_group_offsets(group).await
+        } else {
+            let name = group.to_string();
+            self.call(0, |reply| ShardMsg::DeleteGroupOffsets { group: name, reply }).await?
+        }
+    }
+
+    /// Shard 0: removes the group's committed offsets, durably.
+    pub async fn delete_group_offsets(&self, group: &str) -> Result<(), Failure> {
+        let store = self
+            .offsets
+            .as_ref()
+            .ok_or_else(|| Failure::new(ErrorCode::NotCoordinator, "offsets live on shard 0"))?;
+        let mut store = store
+            .write()
+            .await
+            .map_err(|_| Failure::new(ErrorCode::ShuttingDown, "offset store closed"))?;
+        store.delete_group(group).await.map_err(Failure::from)
     }
 
     /// Whether the coordinator accepts a commit from this member and generation.

@@ -238,10 +238,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_API_KEY: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_API_KEY: u16 = 17;
+pub const ENUM_MAX_API_KEY: u16 = 18;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_API_KEY: [ApiKey; 18] = [
+pub const ENUM_VALUES_API_KEY: [ApiKey; 19] = [
   ApiKey::Handshake,
   ApiKey::Metadata,
   ApiKey::CreateTopics,
@@ -260,6 +260,7 @@ pub const ENUM_VALUES_API_KEY: [ApiKey; 18] = [
   ApiKey::LeaveGroup,
   ApiKey::ListGroups,
   ApiKey::DescribeGroups,
+  ApiKey::DeleteGroups,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -285,9 +286,10 @@ impl ApiKey {
   pub const LeaveGroup: Self = Self(15);
   pub const ListGroups: Self = Self(16);
   pub const DescribeGroups: Self = Self(17);
+  pub const DeleteGroups: Self = Self(18);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 17;
+  pub const ENUM_MAX: u16 = 18;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Handshake,
     Self::Metadata,
@@ -307,6 +309,7 @@ impl ApiKey {
     Self::LeaveGroup,
     Self::ListGroups,
     Self::DescribeGroups,
+    Self::DeleteGroups,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -329,6 +332,7 @@ impl ApiKey {
       Self::LeaveGroup => Some("LeaveGroup"),
       Self::ListGroups => Some("ListGroups"),
       Self::DescribeGroups => Some("DescribeGroups"),
+      Self::DeleteGroups => Some("DeleteGroups"),
       _ => None,
     }
   }
@@ -558,10 +562,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for CoordinatorType {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 18;
+pub const ENUM_MAX_REQUEST_BODY: u8 = 19;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 19] = [
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 20] = [
   RequestBody::NONE,
   RequestBody::HandshakeRequest,
   RequestBody::MetadataRequest,
@@ -581,6 +585,7 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 19] = [
   RequestBody::LeaveGroupRequest,
   RequestBody::ListGroupsRequest,
   RequestBody::DescribeGroupsRequest,
+  RequestBody::DeleteGroupsRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -607,9 +612,10 @@ impl RequestBody {
   pub const LeaveGroupRequest: Self = Self(16);
   pub const ListGroupsRequest: Self = Self(17);
   pub const DescribeGroupsRequest: Self = Self(18);
+  pub const DeleteGroupsRequest: Self = Self(19);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 18;
+  pub const ENUM_MAX: u8 = 19;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeRequest,
@@ -630,6 +636,7 @@ impl RequestBody {
     Self::LeaveGroupRequest,
     Self::ListGroupsRequest,
     Self::DescribeGroupsRequest,
+    Self::DeleteGroupsRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -653,6 +660,7 @@ impl RequestBody {
       Self::LeaveGroupRequest => Some("LeaveGroupRequest"),
       Self::ListGroupsRequest => Some("ListGroupsRequest"),
       Self::DescribeGroupsRequest => Some("DescribeGroupsRequest"),
+      Self::DeleteGroupsRequest => Some("DeleteGroupsRequest"),
       _ => None,
     }
   }
@@ -731,6 +739,7 @@ pub enum RequestBodyT {
   LeaveGroupRequest(alloc::boxed::Box<LeaveGroupRequestT>),
   ListGroupsRequest(alloc::boxed::Box<ListGroupsRequestT>),
   DescribeGroupsRequest(alloc::boxed::Box<DescribeGroupsRequestT>),
+  DeleteGroupsRequest(alloc::boxed::Box<DeleteGroupsRequestT>),
 }
 impl Default for RequestBodyT {
   fn default() -> Self {
@@ -759,6 +768,7 @@ impl RequestBodyT {
       Self::LeaveGroupRequest(_) => RequestBody::LeaveGroupRequest,
       Self::ListGroupsRequest(_) => RequestBody::ListGroupsRequest,
       Self::DescribeGroupsRequest(_) => RequestBody::DescribeGroupsRequest,
+      Self::DeleteGroupsRequest(_) => RequestBody::DeleteGroupsRequest,
     }
   }
   pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(&self, fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>) -> Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>> {
@@ -782,6 +792,7 @@ impl RequestBodyT {
       Self::LeaveGroupRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::ListGroupsRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::DescribeGroupsRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::DeleteGroupsRequest(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned HandshakeRequestT, setting the union to NONE.
@@ -1162,14 +1173,35 @@ impl RequestBodyT {
   pub fn as_describe_groups_request_mut(&mut self) -> Option<&mut DescribeGroupsRequestT> {
     if let Self::DescribeGroupsRequest(v) = self { Some(v.as_mut()) } else { None }
   }
+  /// If the union variant matches, return the owned DeleteGroupsRequestT, setting the union to NONE.
+  pub fn take_delete_groups_request(&mut self) -> Option<alloc::boxed::Box<DeleteGroupsRequestT>> {
+    if let Self::DeleteGroupsRequest(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::DeleteGroupsRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the DeleteGroupsRequestT.
+  pub fn as_delete_groups_request(&self) -> Option<&DeleteGroupsRequestT> {
+    if let Self::DeleteGroupsRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the DeleteGroupsRequestT.
+  pub fn as_delete_groups_request_mut(&mut self) -> Option<&mut DeleteGroupsRequestT> {
+    if let Self::DeleteGroupsRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
 }
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 18;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 19;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 19] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 20] = [
   ResponseBody::NONE,
   ResponseBody::HandshakeResponse,
   ResponseBody::MetadataResponse,
@@ -1189,6 +1221,7 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 19] = [
   ResponseBody::LeaveGroupResponse,
   ResponseBody::ListGroupsResponse,
   ResponseBody::DescribeGroupsResponse,
+  ResponseBody::DeleteGroupsResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -1215,9 +1248,10 @@ impl ResponseBody {
   pub const LeaveGroupResponse: Self = Self(16);
   pub const ListGroupsResponse: Self = Self(17);
   pub const DescribeGroupsResponse: Self = Self(18);
+  pub const DeleteGroupsResponse: Self = Self(19);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 18;
+  pub const ENUM_MAX: u8 = 19;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeResponse,
@@ -1238,6 +1272,7 @@ impl ResponseBody {
     Self::LeaveGroupResponse,
     Self::ListGroupsResponse,
     Self::DescribeGroupsResponse,
+    Self::DeleteGroupsResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -1261,6 +1296,7 @@ impl ResponseBody {
       Self::LeaveGroupResponse => Some("LeaveGroupResponse"),
       Self::ListGroupsResponse => Some("ListGroupsResponse"),
       Self::DescribeGroupsResponse => Some("DescribeGroupsResponse"),
+      Self::DeleteGroupsResponse => Some("DeleteGroupsResponse"),
       _ => None,
     }
   }
@@ -1339,6 +1375,7 @@ pub enum ResponseBodyT {
   LeaveGroupResponse(alloc::boxed::Box<LeaveGroupResponseT>),
   ListGroupsResponse(alloc::boxed::Box<ListGroupsResponseT>),
   DescribeGroupsResponse(alloc::boxed::Box<DescribeGroupsResponseT>),
+  DeleteGroupsResponse(alloc::boxed::Box<DeleteGroupsResponseT>),
 }
 impl Default for ResponseBodyT {
   fn default() -> Self {
@@ -1367,6 +1404,7 @@ impl ResponseBodyT {
       Self::LeaveGroupResponse(_) => ResponseBody::LeaveGroupResponse,
       Self::ListGroupsResponse(_) => ResponseBody::ListGroupsResponse,
       Self::DescribeGroupsResponse(_) => ResponseBody::DescribeGroupsResponse,
+      Self::DeleteGroupsResponse(_) => ResponseBody::DeleteGroupsResponse,
     }
   }
   pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(&self, fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>) -> Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>> {
@@ -1390,6 +1428,7 @@ impl ResponseBodyT {
       Self::LeaveGroupResponse(v) => Some(v.pack(fbb).as_union_value()),
       Self::ListGroupsResponse(v) => Some(v.pack(fbb).as_union_value()),
       Self::DescribeGroupsResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::DeleteGroupsResponse(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned HandshakeResponseT, setting the union to NONE.
@@ -1769,6 +1808,27 @@ impl ResponseBodyT {
   /// If the union variant matches, return a mutable reference to the DescribeGroupsResponseT.
   pub fn as_describe_groups_response_mut(&mut self) -> Option<&mut DescribeGroupsResponseT> {
     if let Self::DescribeGroupsResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned DeleteGroupsResponseT, setting the union to NONE.
+  pub fn take_delete_groups_response(&mut self) -> Option<alloc::boxed::Box<DeleteGroupsResponseT>> {
+    if let Self::DeleteGroupsResponse(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::DeleteGroupsResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the DeleteGroupsResponseT.
+  pub fn as_delete_groups_response(&self) -> Option<&DeleteGroupsResponseT> {
+    if let Self::DeleteGroupsResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the DeleteGroupsResponseT.
+  pub fn as_delete_groups_response_mut(&mut self) -> Option<&mut DeleteGroupsResponseT> {
+    if let Self::DeleteGroupsResponse(v) = self { Some(v.as_mut()) } else { None }
   }
 }
 pub enum ApiVersionRangeOffset {}
@@ -14137,6 +14197,263 @@ impl DescribeGroupsResponseT {
     })
   }
 }
+pub enum DeleteGroupsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Deletes groups and their committed offsets; refused (NonEmptyGroup) for a group with members.
+pub struct DeleteGroupsRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DeleteGroupsRequest<'a> {
+  type Inner = DeleteGroupsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DeleteGroupsRequest<'a> {
+  pub const VT_GROUPS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DeleteGroupsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DeleteGroupsRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<DeleteGroupsRequest<'bldr>> {
+    let mut builder = DeleteGroupsRequestBuilder::new(_fbb);
+    if let Some(x) = args.groups { builder.add_groups(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> DeleteGroupsRequestT {
+    let groups = self.groups().map(|x| {
+      x.iter().map(|s| alloc::string::ToString::to_string(s)).collect()
+    });
+    DeleteGroupsRequestT {
+      groups,
+    }
+  }
+
+  #[inline]
+  pub fn groups(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(DeleteGroupsRequest::VT_GROUPS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DeleteGroupsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("groups", Self::VT_GROUPS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DeleteGroupsRequestArgs<'a> {
+    pub groups: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+}
+impl<'a> Default for DeleteGroupsRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DeleteGroupsRequestArgs {
+      groups: None,
+    }
+  }
+}
+
+pub struct DeleteGroupsRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeleteGroupsRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_groups(&mut self, groups: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DeleteGroupsRequest::VT_GROUPS, groups);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeleteGroupsRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DeleteGroupsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DeleteGroupsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DeleteGroupsRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DeleteGroupsRequest");
+      ds.field("groups", &self.groups());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeleteGroupsRequestT {
+  pub groups: Option<alloc::vec::Vec<alloc::string::String>>,
+}
+impl Default for DeleteGroupsRequestT {
+  fn default() -> Self {
+    Self {
+      groups: None,
+    }
+  }
+}
+impl DeleteGroupsRequestT {
+  pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(
+    &self,
+    _fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>
+  ) -> ::flatbuffers::WIPOffset<DeleteGroupsRequest<'b>> {
+    let groups = self.groups.as_ref().map(|x|{
+      let w: alloc::vec::Vec<_> = x.iter().map(|s| _fbb.create_string(s)).collect();_fbb.create_vector(&w)
+    });
+    DeleteGroupsRequest::create(_fbb, &DeleteGroupsRequestArgs{
+      groups,
+    })
+  }
+}
+pub enum DeleteGroupsResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct DeleteGroupsResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for DeleteGroupsResponse<'a> {
+  type Inner = DeleteGroupsResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> DeleteGroupsResponse<'a> {
+  pub const VT_GROUPS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    DeleteGroupsResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DeleteGroupsResponseArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<DeleteGroupsResponse<'bldr>> {
+    let mut builder = DeleteGroupsResponseBuilder::new(_fbb);
+    if let Some(x) = args.groups { builder.add_groups(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> DeleteGroupsResponseT {
+    let groups = self.groups().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    DeleteGroupsResponseT {
+      groups,
+    }
+  }
+
+  #[inline]
+  pub fn groups(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicResult<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicResult>>>>(DeleteGroupsResponse::VT_GROUPS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for DeleteGroupsResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TopicResult>>>>("groups", Self::VT_GROUPS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DeleteGroupsResponseArgs<'a> {
+    pub groups: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicResult<'a>>>>>,
+}
+impl<'a> Default for DeleteGroupsResponseArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    DeleteGroupsResponseArgs {
+      groups: None,
+    }
+  }
+}
+
+pub struct DeleteGroupsResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeleteGroupsResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_groups(&mut self, groups: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<TopicResult<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(DeleteGroupsResponse::VT_GROUPS, groups);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeleteGroupsResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DeleteGroupsResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<DeleteGroupsResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for DeleteGroupsResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("DeleteGroupsResponse");
+      ds.field("groups", &self.groups());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeleteGroupsResponseT {
+  pub groups: Option<alloc::vec::Vec<TopicResultT>>,
+}
+impl Default for DeleteGroupsResponseT {
+  fn default() -> Self {
+    Self {
+      groups: None,
+    }
+  }
+}
+impl DeleteGroupsResponseT {
+  pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(
+    &self,
+    _fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>
+  ) -> ::flatbuffers::WIPOffset<DeleteGroupsResponse<'b>> {
+    let groups = self.groups.as_ref().map(|x|{
+      let w: alloc::vec::Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    DeleteGroupsResponse::create(_fbb, &DeleteGroupsResponseArgs{
+      groups,
+    })
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -14273,6 +14590,11 @@ impl<'a> Request<'a> {
       RequestBody::DescribeGroupsRequest => RequestBodyT::DescribeGroupsRequest(alloc::boxed::Box::new(
         self.body_as_describe_groups_request()
             .expect("Invalid union table, expected `RequestBody::DescribeGroupsRequest`.")
+            .unpack()
+      )),
+      RequestBody::DeleteGroupsRequest => RequestBodyT::DeleteGroupsRequest(alloc::boxed::Box::new(
+        self.body_as_delete_groups_request()
+            .expect("Invalid union table, expected `RequestBody::DeleteGroupsRequest`.")
             .unpack()
       )),
       _ => RequestBodyT::NONE,
@@ -14591,6 +14913,21 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_delete_groups_request(&self) -> Option<DeleteGroupsRequest<'a>> {
+    if self.body_type() == RequestBody::DeleteGroupsRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DeleteGroupsRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -14622,6 +14959,7 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           RequestBody::LeaveGroupRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaveGroupRequest>>("RequestBody::LeaveGroupRequest", pos),
           RequestBody::ListGroupsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ListGroupsRequest>>("RequestBody::ListGroupsRequest", pos),
           RequestBody::DescribeGroupsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeGroupsRequest>>("RequestBody::DescribeGroupsRequest", pos),
+          RequestBody::DeleteGroupsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteGroupsRequest>>("RequestBody::DeleteGroupsRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -14823,6 +15161,13 @@ impl ::core::fmt::Debug for Request<'_> {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
           }
         },
+        RequestBody::DeleteGroupsRequest => {
+          if let Some(x) = self.body_as_delete_groups_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
         _ => {
           let x: Option<()> = None;
           ds.field("body", &x)
@@ -15005,6 +15350,11 @@ impl<'a> Response<'a> {
       ResponseBody::DescribeGroupsResponse => ResponseBodyT::DescribeGroupsResponse(alloc::boxed::Box::new(
         self.body_as_describe_groups_response()
             .expect("Invalid union table, expected `ResponseBody::DescribeGroupsResponse`.")
+            .unpack()
+      )),
+      ResponseBody::DeleteGroupsResponse => ResponseBodyT::DeleteGroupsResponse(alloc::boxed::Box::new(
+        self.body_as_delete_groups_response()
+            .expect("Invalid union table, expected `ResponseBody::DeleteGroupsResponse`.")
             .unpack()
       )),
       _ => ResponseBodyT::NONE,
@@ -15323,6 +15673,21 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_delete_groups_response(&self) -> Option<DeleteGroupsResponse<'a>> {
+    if self.body_type() == ResponseBody::DeleteGroupsResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { DeleteGroupsResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -15354,6 +15719,7 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           ResponseBody::LeaveGroupResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaveGroupResponse>>("ResponseBody::LeaveGroupResponse", pos),
           ResponseBody::ListGroupsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ListGroupsResponse>>("ResponseBody::ListGroupsResponse", pos),
           ResponseBody::DescribeGroupsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeGroupsResponse>>("ResponseBody::DescribeGroupsResponse", pos),
+          ResponseBody::DeleteGroupsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteGroupsResponse>>("ResponseBody::DeleteGroupsResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -15550,6 +15916,13 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         ResponseBody::DescribeGroupsResponse => {
           if let Some(x) = self.body_as_describe_groups_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::DeleteGroupsResponse => {
+          if let Some(x) = self.body_as_delete_groups_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
