@@ -443,3 +443,146 @@ fn group_delete_is_refused_with_members_and_durable_once_done() {
     assert!(!broker.ok(&["group", "describe", "gone"]).contains("d\t0\t"));
     assert!(broker.ok(&["group", "describe", "kept"]).contains("d\t0\t1\t3\t2\t"));
 }
+
+/// Member id → assignment, from `spate group describe`.
+fn members_of(
+    broker: &Broker,
+    group: &str,
+) -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    parse_members(&broker.ok(&["group", "describe", group]))
+}
+
+/// Member id → assignment, from one `spate group describe` output.
+fn parse_members(described: &str) -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    described
+        .lines()
+        .filter_map(|l| l.strip_prefix("member "))
+        .map(|l| {
+            let (id, assignment) = l.split_once('\t').unwrap_or((l, ""));
+            (
+                id.to_string(),
+                assignment.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+            )
+        })
+        .collect()
+}
+
+fn spawn_consumer(broker: &Broker, group: &str, extra: &[&str]) -> std::process::Child {
+    std::process::Command::new(SPATE)
+        .args([
+            "consume",
+            "co",
+            "--group",
+            group,
+            "--follow",
+            "--session-timeout-ms",
+            "3000",
+            "--timeout-ms",
+            "100",
+            "-b",
+            &broker.address(),
+        ])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_members(
+    broker: &Broker,
+    group: &str,
+    count: usize,
+) -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    let started = Instant::now();
+    loop {
+        // State and members from one snapshot: two calls could straddle a rebalance.
+        let described = broker.ok(&["group", "describe", group]);
+        let members = parse_members(&described);
+        let assigned: usize = members.values().map(BTreeSet::len).sum();
+        if described.contains("state Stable") && members.len() == count && assigned == 6 {
+            return members;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "group {group} never settled at {count}: {described}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A cooperative-sticky join, seen from outside: the old members keep all but the partitions the
+/// newcomer receives.
+#[test]
+fn a_cooperative_join_moves_only_the_newcomers_partitions() {
+    let dir = temp_dir();
+    let broker = Broker::start(dir.path());
+    broker.ok(&["topic", "create", "co", "--partitions", "6"]);
+    let mut children = vec![spawn_consumer(&broker, "coop", &["--assignor", "cooperative-sticky"])];
+    wait_members(&broker, "coop", 1);
+    children.push(spawn_consumer(&broker, "coop", &["--assignor", "cooperative-sticky"]));
+    let before = wait_members(&broker, "coop", 2);
+    children.push(spawn_consumer(&broker, "coop", &["--assignor", "cooperative-sticky"]));
+    let after = wait_members(&broker, "coop", 3);
+    let newcomer: Vec<&String> = after.keys().filter(|id| !before.contains_key(*id)).collect();
+    assert_eq!(newcomer.len(), 1);
+    for (id, owned) in &before {
+        let kept = &after[id];
+        assert!(
+            kept.is_subset(owned),
+            "{id} gained partitions it did not own: {owned:?} -> {kept:?}"
+        );
+        for lost in owned.difference(kept) {
+            assert!(
+                after[newcomer[0]].contains(lost),
+                "{lost} moved somewhere other than the newcomer: before {before:?} after {after:?}"
+            );
+        }
+    }
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A static member killed and restarted within its session timeout gets its partitions back and
+/// the other member is not disturbed (same member id, same partitions).
+#[test]
+fn a_static_member_restart_does_not_rebalance_the_others() {
+    let dir = temp_dir();
+    let broker = Broker::start(dir.path());
+    broker.ok(&["topic", "create", "co", "--partitions", "6"]);
+    let mut a = spawn_consumer(&broker, "static", &["--instance-id", "host-a"]);
+    let mut b = spawn_consumer(&broker, "static", &["--instance-id", "host-b"]);
+    let before = wait_members(&broker, "static", 2);
+    let (a_id, a_owned) = before
+        .iter()
+        .find(|(id, _)| id.starts_with("host-a"))
+        .map(|(i, o)| (i.clone(), o.clone()))
+        .unwrap();
+    let (b_id, b_owned) = before
+        .iter()
+        .find(|(id, _)| id.starts_with("host-b"))
+        .map(|(i, o)| (i.clone(), o.clone()))
+        .unwrap();
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let mut a = spawn_consumer(&broker, "static", &["--instance-id", "host-a"]);
+    // Bounded wait for host-a's new incarnation.
+    let started = Instant::now();
+    let after = loop {
+        let members = members_of(&broker, "static");
+        if members.keys().any(|id| id.starts_with("host-a") && *id != a_id) {
+            break members;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "host-a did not come back");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (_, a_again) = after.iter().find(|(id, _)| id.starts_with("host-a")).unwrap();
+    assert_eq!(a_again, &a_owned, "host-a gets its partitions back");
+    assert_eq!(after.get(&b_id), Some(&b_owned), "host-b keeps its member id and partitions");
+    for child in [&mut a, &mut b] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -207,8 +207,9 @@ impl Coordinator {
             if let Some(previous) = group.statics.get(instance).cloned() {
                 if request.member_id != Some(previous.as_str()) {
                     let old = group.members.remove(&previous).expect("static member listed");
-                    let new_id = format!("{instance}-{}", group.next_member);
+                    // A fresh number: the old id is fenced, so the new one must never equal it.
                     group.next_member += 1;
+                    let new_id = format!("{instance}-{}", group.next_member);
                     group.fenced.insert(previous.clone(), instance.to_string());
                     let same = old.topics == topics;
                     let owned = group.assignment.remove(&previous).unwrap_or_default();
@@ -588,6 +589,13 @@ mod tests {
             c.heartbeat("g", &a, generation, now),
             Err(GroupError::FencedInstance(_))
         ));
+        assert_ne!(again.member_id, a, "the new incarnation never reuses the fenced id");
+        assert_eq!(c.heartbeat("g", &again.member_id, generation, now), Ok(()));
+        // A second restart works the same way.
+        let third =
+            c.join("g", request(None, Some("host-a"), &subscribed, Assignor::Range), now).unwrap();
+        assert_ne!(third.member_id, again.member_id);
+        assert_eq!(c.heartbeat("g", &third.member_id, generation, now), Ok(()));
     }
 
     #[test]
@@ -624,6 +632,27 @@ mod tests {
                 "what moved went to the newcomer"
             );
         }
+    }
+
+    #[test]
+    fn cooperative_members_joining_one_at_a_time_balance() {
+        let mut c = Coordinator::default();
+        let subscribed = vec!["t".to_string()];
+        let mut now = 0;
+        let mut ids = vec![
+            c.join("g", request(None, None, &subscribed, Assignor::CooperativeSticky), now)
+                .unwrap()
+                .member_id,
+        ];
+        let one = settle(&mut c, &mut ids, &subscribed, Assignor::CooperativeSticky, &mut now);
+        assert_eq!(one[&ids[0]].len(), 6, "{one:?}");
+        ids.push(
+            c.join("g", request(None, None, &subscribed, Assignor::CooperativeSticky), now)
+                .unwrap()
+                .member_id,
+        );
+        let two = settle(&mut c, &mut ids, &subscribed, Assignor::CooperativeSticky, &mut now);
+        assert!(two.values().all(|v| v.len() == 3), "{two:?}");
     }
 
     #[test]
