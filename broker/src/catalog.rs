@@ -248,17 +248,10 @@ impl Catalog {
 
     /// Persists atomically: after a crash the file holds either the old or the new catalog.
     pub fn save(&self, data_dir: &Path) -> std::io::Result<()> {
-        use std::io::Write;
         let path = Catalog::path(data_dir);
-        let dir = path.parent().expect("has a parent");
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(path.parent().expect("has a parent"))?;
         let text = toml::to_string(self).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let temporary = dir.join("catalog.toml.tmp");
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, &path)?;
-        std::fs::File::open(dir)?.sync_all()
+        spate_storage::durable::write_atomically(&path, text.as_bytes())
     }
 }
 

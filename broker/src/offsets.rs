@@ -87,9 +87,7 @@ impl OffsetStore {
         if offsets.is_empty() {
             return Ok(());
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now = spate_storage::Clock::now_ms(&spate_storage::SystemClock);
         let mut builder = BatchBuilder::new();
         for (key, offset) in offsets {
             builder.push(&NewRecord {

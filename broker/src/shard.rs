@@ -203,9 +203,7 @@ pub struct Shard {
 }
 
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    spate_storage::Clock::now_ms(&spate_storage::SystemClock)
 }
 
 impl Shard {
@@ -1445,10 +1443,6 @@ fn push_into<T, E>(
         }
     };
     entries_of(&mut topics[index]).push(entry);
-}
-
-pub fn now_millis() -> i64 {
-    now_ms()
 }
 
 #[cfg(test)]

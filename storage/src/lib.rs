@@ -16,6 +16,7 @@
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod durable;
 pub mod error;
 pub mod index;
 pub mod limits;

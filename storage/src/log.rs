@@ -1158,21 +1158,11 @@ fn read_start_checkpoint(dir: &Path) -> Result<Option<i64>> {
     }
 }
 
-/// Writes the checkpoint atomically: a temporary file, fsync, rename, fsync of the directory.
+/// Writes the checkpoint atomically (see [`crate::durable::write_atomically`]).
 fn write_start_checkpoint(dir: &Path, offset: i64) -> Result<()> {
-    use std::io::Write;
     let path = dir.join(START_OFFSET_FILE);
-    let temporary = dir.join(format!("{START_OFFSET_FILE}.tmp"));
-    let mut file =
-        std::fs::File::create(&temporary).map_err(|e| LogError::io("create", &temporary, e))?;
-    file.write_all(format!("{offset}\n").as_bytes())
-        .map_err(|e| LogError::io("write", &temporary, e))?;
-    file.sync_all().map_err(|e| LogError::io("fsync", &temporary, e))?;
-    std::fs::rename(&temporary, &path).map_err(|e| LogError::io("rename", &path, e))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| LogError::io("fsync", dir, e))?;
-    Ok(())
+    crate::durable::write_atomically(&path, format!("{offset}\n").as_bytes())
+        .map_err(|e| LogError::io("write", &path, e))
 }
 
 async fn flush_task(log: Log) {

@@ -270,18 +270,7 @@ pub(crate) async fn rewrite_tail_block(
     let bytes = buffer.as_bytes_mut();
     bytes[..tail.len()].copy_from_slice(tail);
     bytes[tail.len()..].fill(0);
-    let written = file
-        .write_at(buffer, round_down(size))
-        .await
-        .map_err(|e| LogError::io("write", path, e))?;
-    if written != BLOCK_BYTES {
-        return Err(LogError::io(
-            "write",
-            path,
-            std::io::Error::other("short write of tail block"),
-        ));
-    }
-    Ok(())
+    write_all_at(file, path, buffer, round_down(size)).await
 }
 
 /// Reads the partial last block of a segment of `size` bytes.

@@ -13,13 +13,9 @@ use std::rc::Rc;
 
 use spate_protocol::wire::{self, ErrorCode, RequestBodyT, ResponseBodyT};
 
-use super::{Failure, Shard, ShardMsg};
+use super::{now_ms, Failure, Shard, ShardMsg};
 use crate::group::assign::Assignor;
 use crate::group::{GroupError, GroupState, JoinRequest};
-
-fn now_ms() -> i64 {
-    super::now_ms()
-}
 
 impl From<GroupError> for Failure {
     fn from(error: GroupError) -> Failure {

@@ -203,9 +203,7 @@ async fn bench(
 /// Deterministic content per tag, so a reader can tell batches apart.
 fn synthetic_batch(tag: u64, records: usize, value_bytes: usize) -> bytes::BytesMut {
     let mut builder = BatchBuilder::with_capacity(records * (value_bytes + 40) + 128);
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = spate_storage::Clock::now_ms(&spate_storage::SystemClock);
     for i in 0..records {
         builder.push(&NewRecord {
             key: Some(Bytes::from(format!("key-{tag}-{i}"))),
