@@ -173,6 +173,20 @@ impl std::ops::Deref for Payload {
     }
 }
 
+/// A request frame after its one verification.
+enum Decoded {
+    /// A produce request: its batches are carved out of the frame by `handle_produce`.
+    Produce {
+        correlation_id: u32,
+    },
+    Other {
+        correlation_id: u32,
+        body: RequestBodyT,
+    },
+    /// Verification failed: the error reply.
+    Invalid(Reply),
+}
+
 /// What a connection writes back: a response header and the raw batches that follow it.
 pub struct Reply {
     pub response: ResponseT,
@@ -869,12 +883,34 @@ impl Shard {
         out
     }
 
-    /// Handles one request frame, counting it and timing produce and fetch.
+    /// Handles one request frame, counting it and timing produce and fetch. The frame is verified
+    /// once, here.
     pub async fn handle(self: &Rc<Self>, frame: Frame) -> Option<Reply> {
         let started = Instant::now();
-        let body_type = codec::decode_request(&frame.header).map(|r| r.body_type()).ok();
+        let decoded = match codec::decode_request(&frame.header) {
+            Ok(request) if request.body_type() == wire::RequestBody::ProduceRequest => {
+                Decoded::Produce { correlation_id: request.correlation_id() }
+            }
+            Ok(request) => Decoded::Other {
+                correlation_id: request.correlation_id(),
+                body: request.unpack().body,
+            },
+            Err(error) => {
+                let correlation_id = correlation_id_of(&frame.header);
+                Decoded::Invalid(envelope_error(
+                    correlation_id,
+                    error.error_code(),
+                    &error.to_string(),
+                ))
+            }
+        };
+        let body_type = match &decoded {
+            Decoded::Produce { .. } => Some(wire::RequestBody::ProduceRequest),
+            Decoded::Other { body, .. } => Some(body.request_body_type()),
+            Decoded::Invalid(_) => None,
+        };
         self.metrics.request(body_type.and_then(codec::api_key));
-        let reply = self.handle_request(frame).await;
+        let reply = self.handle_request(frame.header, decoded).await;
         match body_type {
             Some(wire::RequestBody::ProduceRequest) => {
                 self.metrics.produce_latency.record(started.elapsed())
@@ -887,30 +923,25 @@ impl Shard {
         reply
     }
 
-    /// Handles one request frame. `None` means no response is sent (produce with acks=none).
-    async fn handle_request(self: &Rc<Self>, frame: Frame) -> Option<Reply> {
-        let (correlation_id, body_type) = match codec::decode_request(&frame.header) {
-            Ok(request) => (request.correlation_id(), request.body_type()),
-            Err(error) => {
-                let correlation_id = correlation_id_of(&frame.header);
+    /// Handles one verified request. `None` means no response is sent (produce with acks=none).
+    async fn handle_request(self: &Rc<Self>, header: BytesMut, decoded: Decoded) -> Option<Reply> {
+        let (correlation_id, body) = match decoded {
+            Decoded::Invalid(reply) => return Some(reply),
+            Decoded::Produce { correlation_id } | Decoded::Other { correlation_id, .. }
+                if self.shutting_down.get() =>
+            {
                 return Some(envelope_error(
                     correlation_id,
-                    error.error_code(),
-                    &error.to_string(),
+                    ErrorCode::ShuttingDown,
+                    "broker is shutting down",
                 ));
             }
+            // Produce carves its batches out of the request buffer itself.
+            Decoded::Produce { correlation_id } => {
+                return self.handle_produce(correlation_id, header).await
+            }
+            Decoded::Other { correlation_id, body } => (correlation_id, body),
         };
-        if self.shutting_down.get() {
-            return Some(envelope_error(
-                correlation_id,
-                ErrorCode::ShuttingDown,
-                "broker is shutting down",
-            ));
-        }
-        if body_type == wire::RequestBody::ProduceRequest {
-            return self.handle_produce(correlation_id, frame.header).await;
-        }
-        let body = codec::decode_request(&frame.header).expect("verified above").unpack().body;
         Some(match body {
             RequestBodyT::HandshakeRequest(_) => ok_reply(correlation_id, handshake()),
             RequestBodyT::MetadataRequest(request) => {
