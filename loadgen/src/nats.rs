@@ -9,10 +9,9 @@
 //! with no acks. JetStream runs on tokio, so this driver does too (behind the `nats` feature).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy, stream};
-use bytes::{BufMut, BytesMut};
 use futures_lite::StreamExt;
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
@@ -20,7 +19,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::keys::KeyGen;
 use crate::pacer::Pacer;
-use crate::run::{Plan, Scenario, WorkerResult};
+use crate::run::{due_us, message_value, now_us, share_of, Plan, Scenario, WorkerResult};
 use crate::stats::{new_histogram, Shared};
 
 /// Counters shared by the tasks: produced, produced bytes, consumed, consumed bytes, errors.
@@ -28,10 +27,6 @@ type Counts = Arc<Mutex<(u64, u64, u64, u64, u64)>>;
 
 /// Publishes awaiting their acknowledgement, per producer.
 const IN_FLIGHT_MAX: usize = 4096;
-
-fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
-}
 
 fn stream_name(topic: &str) -> String {
     let clean: String =
@@ -118,8 +113,7 @@ async fn drive(plan: Plan, address: String, shared: Arc<Shared>) -> Result<Worke
                     continue;
                 }
                 let payload = &message.payload;
-                if plan.scenario == Scenario::E2e && payload.len() >= 8 {
-                    let due = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+                if let Some(due) = due_us(payload).filter(|_| plan.scenario == Scenario::E2e) {
                     let _ = e2e_latency
                         .lock()
                         .expect("not poisoned")
@@ -178,9 +172,7 @@ async fn produce(
     deadline: Instant,
 ) -> Result<(), String> {
     let pacer = Pacer::new(plan.rate / f64::from(plan.producers.max(1)));
-    let quota = plan.messages.map(|m| {
-        m / u64::from(plan.producers) + u64::from(u64::from(index) < m % u64::from(plan.producers))
-    });
+    let quota = plan.messages.map(|m| share_of(m, plan.producers, index));
     let mut keys = KeyGen::new(plan.keys.clone(), 0x5EED ^ u64::from(index));
     let mut rng = SmallRng::seed_from_u64(u64::from(index) + 1);
     let epoch_offset_us = now_us() - started.elapsed().as_micros() as u64;
@@ -194,16 +186,14 @@ async fn produce(
         }
         let size = plan.size.draw(rng.gen());
         let due = if pacer.is_paced() { pacer.due(sent) } else { started.elapsed() };
-        let mut value = BytesMut::with_capacity(size.max(8));
-        value.put_u64_le(epoch_offset_us + due.as_micros() as u64);
-        value.resize(size.max(8), b'x');
+        let value = message_value(epoch_offset_us, due, size);
         let partition = match keys.next_key() {
             Some(key) => spate_client::key_partition(&key, plan.partitions),
             None => (sent % u64::from(plan.partitions)) as u32,
         };
         let permit = in_flight.clone().acquire_owned().await.map_err(|e| e.to_string())?;
         let sent_at = started.elapsed();
-        let ack = js.publish(format!("{}.{partition}", plan.topic), value.freeze()).await;
+        let ack = js.publish(format!("{}.{partition}", plan.topic), value).await;
         let (latency, counts, shared) = (latency.clone(), counts.clone(), shared.clone());
         let measured = sent_at >= plan.warmup;
         let message = sent;

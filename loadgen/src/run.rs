@@ -84,8 +84,29 @@ impl WorkerResult {
     }
 }
 
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Part `index` of `total` split over `parts` as evenly as possible (the first
+/// `total % parts` parts get one more).
+pub(crate) fn share_of(total: u64, parts: u32, index: u32) -> u64 {
+    let parts = u64::from(parts.max(1));
+    total / parts + u64::from(u64::from(index) < total % parts)
+}
+
+/// A message value of `size` bytes (at least 8) whose first 8 bytes carry its due time in
+/// microseconds since the epoch, little-endian.
+pub(crate) fn message_value(epoch_offset_us: u64, due: Duration, size: usize) -> Bytes {
+    let mut value = BytesMut::with_capacity(size.max(8));
+    value.put_u64_le(epoch_offset_us + due.as_micros() as u64);
+    value.resize(size.max(8), b'x');
+    value.freeze()
+}
+
+/// The due time a value carries (see [`message_value`]), if it is long enough.
+pub(crate) fn due_us(value: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(value.get(..8)?.try_into().ok()?))
 }
 
 /// The producers and consumers (global indexes) that run on core `core` of `cores`.
@@ -215,9 +236,7 @@ async fn produce(
     };
     let producer = Producer::new(client, config).map_err(|e| e.to_string())?;
     let pacer = Pacer::new(plan.rate / f64::from(plan.producers.max(1)));
-    let quota = plan.messages.map(|m| {
-        m / u64::from(plan.producers) + u64::from(u64::from(index) < m % u64::from(plan.producers))
-    });
+    let quota = plan.messages.map(|m| share_of(m, plan.producers, index));
     let mut keys = KeyGen::new(plan.keys.clone(), 0x5EED ^ u64::from(index));
     let mut rng = SmallRng::seed_from_u64(u64::from(index) + 1);
     let epoch_offset_us = now_us() - started.elapsed().as_micros() as u64;
@@ -233,13 +252,11 @@ async fn produce(
         }
         let size = plan.size.draw(rng.gen());
         let due = if pacer.is_paced() { pacer.due(sent) } else { started.elapsed() };
-        let mut value = BytesMut::with_capacity(size.max(8));
-        value.put_u64_le(epoch_offset_us + due.as_micros() as u64);
-        value.resize(size.max(8), b'x');
+        let value = message_value(epoch_offset_us, due, size);
         let record = ProducerRecord {
             topic: plan.topic.clone(),
             key: keys.next_key(),
-            value: Some(value.freeze()),
+            value: Some(value),
             ..Default::default()
         };
         let sent_at = started.elapsed();
@@ -324,10 +341,7 @@ async fn prepare_consumer(
         };
         consumer.seek(tp, seek).map_err(|e| e.to_string())?;
     }
-    let share = |total: u64| {
-        total / u64::from(plan.consumers)
-            + u64::from(u64::from(index) < total % u64::from(plan.consumers))
-    };
+    let share = |total: u64| share_of(total, plan.consumers, index);
     let target = match plan.scenario {
         Scenario::Consume => {
             Some(plan.messages.map_or(available.min(plan.consume_target), share).min(available))
@@ -378,9 +392,8 @@ async fn consume(
             if !measured {
                 continue;
             }
-            if plan.scenario == Scenario::E2e && value.len() >= 8 {
-                let due_us = u64::from_le_bytes(value[..8].try_into().expect("8 bytes"));
-                let _ = local.e2e.borrow_mut().record(received_us.saturating_sub(due_us).max(1));
+            if let Some(due) = due_us(&value).filter(|_| plan.scenario == Scenario::E2e) {
+                let _ = local.e2e.borrow_mut().record(received_us.saturating_sub(due).max(1));
             }
             let mut consumed = local.consumed.borrow_mut();
             consumed.0 += 1;
