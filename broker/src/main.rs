@@ -557,31 +557,7 @@ async fn consume(client: Client, args: ConsumeArgs) -> Result<(), String> {
         let from_group = committed.iter().find(|(p, _)| *p == tp.partition).and_then(|(_, o)| *o);
         consumer.seek(tp, from_group.map_or(seek, Seek::Offset)).map_err(|e| e.to_string())?;
     }
-    let stdout = std::io::stdout();
-    let mut printed = 0u64;
-    let mut last_record = Instant::now();
-    let limit = args.count.unwrap_or(u64::MAX);
-    // Until --count, or --timeout-ms without records (unless --follow).
-    while printed < limit
-        && (args.follow || last_record.elapsed() < Duration::from_millis(args.timeout_ms))
-    {
-        let records = consumer.poll().await.map_err(|e| e.to_string())?;
-        let mut out = stdout.lock();
-        for record in records {
-            if printed >= limit {
-                // Not printed: rewind so a group commit does not skip it.
-                let tp =
-                    TopicPartition { topic: record.topic.clone(), partition: record.partition };
-                let _ = consumer.seek(&tp, Seek::Offset(record.offset));
-                break;
-            }
-            out.write_all(render(&args.format, &record).as_bytes())
-                .map_err(|e| format!("cannot write: {e}"))?;
-            printed += 1;
-            last_record = Instant::now();
-        }
-        out.flush().map_err(|e| format!("cannot write: {e}"))?;
-    }
+    print_records(&mut consumer, &args).await?;
     if args.group.is_some() {
         consumer.commit().await.map_err(|e| format!("cannot commit offsets: {e}"))?;
     }
@@ -744,6 +720,65 @@ async fn group(client: Client, command: GroupCommand) -> Result<(), String> {
     Ok(())
 }
 
+/// Where `spate consume` gets records: a plain consumer or a group member.
+trait RecordSource {
+    async fn poll(
+        &mut self,
+    ) -> Result<Vec<spate_client::ConsumerRecord>, spate_client::ClientError>;
+    fn seek(&mut self, tp: &TopicPartition, seek: Seek) -> Result<(), spate_client::ClientError>;
+}
+
+impl RecordSource for Consumer {
+    async fn poll(
+        &mut self,
+    ) -> Result<Vec<spate_client::ConsumerRecord>, spate_client::ClientError> {
+        Consumer::poll(self).await
+    }
+    fn seek(&mut self, tp: &TopicPartition, seek: Seek) -> Result<(), spate_client::ClientError> {
+        Consumer::seek(self, tp, seek)
+    }
+}
+
+impl RecordSource for spate_client::GroupConsumer {
+    async fn poll(
+        &mut self,
+    ) -> Result<Vec<spate_client::ConsumerRecord>, spate_client::ClientError> {
+        spate_client::GroupConsumer::poll(self).await
+    }
+    fn seek(&mut self, tp: &TopicPartition, seek: Seek) -> Result<(), spate_client::ClientError> {
+        spate_client::GroupConsumer::seek(self, tp, seek)
+    }
+}
+
+/// Prints records in `--format` until `--count`, or `--timeout-ms` without records (unless
+/// `--follow`). A record fetched but not printed is rewound, so a commit does not skip it.
+async fn print_records(source: &mut impl RecordSource, args: &ConsumeArgs) -> Result<(), String> {
+    let stdout = std::io::stdout();
+    let mut printed = 0u64;
+    let mut last_record = Instant::now();
+    let limit = args.count.unwrap_or(u64::MAX);
+    while printed < limit
+        && (args.follow || last_record.elapsed() < Duration::from_millis(args.timeout_ms))
+    {
+        let records = source.poll().await.map_err(|e| e.to_string())?;
+        let mut out = stdout.lock();
+        for record in records {
+            if printed >= limit {
+                let tp =
+                    TopicPartition { topic: record.topic.clone(), partition: record.partition };
+                let _ = source.seek(&tp, Seek::Offset(record.offset));
+                break;
+            }
+            out.write_all(render(&args.format, &record).as_bytes())
+                .map_err(|e| format!("cannot write: {e}"))?;
+            printed += 1;
+            last_record = Instant::now();
+        }
+        out.flush().map_err(|e| format!("cannot write: {e}"))?;
+    }
+    Ok(())
+}
+
 /// `spate consume --group`: joins the group, prints its share, commits what it printed, leaves.
 async fn consume_in_group(client: Client, args: ConsumeArgs, seek: Seek) -> Result<(), String> {
     let group = args.group.clone().expect("checked by the caller");
@@ -763,30 +798,7 @@ async fn consume_in_group(client: Client, args: ConsumeArgs, seek: Seek) -> Resu
     let mut member = spate_client::GroupConsumer::subscribe(client, config)
         .await
         .map_err(|e| format!("cannot join group {group:?}: {e}"))?;
-    let stdout = std::io::stdout();
-    let mut printed = 0u64;
-    let mut last_record = Instant::now();
-    let limit = args.count.unwrap_or(u64::MAX);
-    // Until --count, or --timeout-ms without records (unless --follow).
-    while printed < limit
-        && (args.follow || last_record.elapsed() < Duration::from_millis(args.timeout_ms))
-    {
-        let records = member.poll().await.map_err(|e| e.to_string())?;
-        let mut out = stdout.lock();
-        for record in records {
-            if printed >= limit {
-                let tp =
-                    TopicPartition { topic: record.topic.clone(), partition: record.partition };
-                let _ = member.seek(&tp, Seek::Offset(record.offset));
-                break;
-            }
-            out.write_all(render(&args.format, &record).as_bytes())
-                .map_err(|e| format!("cannot write: {e}"))?;
-            printed += 1;
-            last_record = Instant::now();
-        }
-        out.flush().map_err(|e| format!("cannot write: {e}"))?;
-    }
+    print_records(&mut member, &args).await?;
     member.close().await.map_err(|e| format!("cannot commit and leave group {group:?}: {e}"))
 }
 
