@@ -31,7 +31,6 @@ pub struct ClosedBatch<D> {
     pub deliveries: Vec<D>,
     /// Sends tried so far (0 before the first).
     pub attempts: u32,
-    pub closed_at: Instant,
 }
 
 struct OpenBatch<D> {
@@ -100,7 +99,7 @@ impl<D> Accumulator<D> {
             let full = open.builder.len() + record_bytes > batch_bytes
                 || open.builder.record_count() as usize >= BATCH_RECORDS_MAX;
             if full {
-                Self::close(queue, target, now);
+                Self::close(queue, target);
                 closed = true;
             }
         }
@@ -117,7 +116,7 @@ impl<D> Accumulator<D> {
         Ok(closed)
     }
 
-    fn close(queue: &mut PartitionQueue<D>, target: &TopicPartition, now: Instant) {
+    fn close(queue: &mut PartitionQueue<D>, target: &TopicPartition) {
         if let Some(open) = queue.open.take() {
             let record_bytes = open.builder.len() - HEADER_LEN;
             let bytes =
@@ -128,7 +127,6 @@ impl<D> Accumulator<D> {
                 record_bytes,
                 deliveries: open.deliveries,
                 attempts: 0,
-                closed_at: now,
             });
         }
     }
@@ -139,7 +137,7 @@ impl<D> Accumulator<D> {
         let mut closed = Vec::new();
         for (target, queue) in &mut self.queues {
             if queue.open.as_ref().is_some_and(|o| now.duration_since(o.opened_at) >= linger) {
-                Self::close(queue, target, now);
+                Self::close(queue, target);
                 closed.push(target.clone());
             }
         }
@@ -147,9 +145,9 @@ impl<D> Accumulator<D> {
     }
 
     /// Closes every open batch now (flush).
-    pub fn close_all(&mut self, now: Instant) {
+    pub fn close_all(&mut self) {
         for (target, queue) in &mut self.queues {
-            Self::close(queue, target, now);
+            Self::close(queue, target);
         }
     }
 
@@ -199,10 +197,6 @@ impl<D> Accumulator<D> {
     pub fn is_idle(&self) -> bool {
         self.queues.values().all(|q| q.open.is_none() && q.ready.is_empty() && q.in_flight == 0)
     }
-
-    pub fn has_ready(&self) -> bool {
-        self.queues.values().any(|q| !q.ready.is_empty())
-    }
 }
 
 #[cfg(test)]
@@ -249,7 +243,7 @@ mod tests {
         for i in 0..4u32 {
             acc.append(&tp(1), &record(60), i, now).unwrap();
         }
-        acc.close_all(now);
+        acc.close_all();
         let first = acc.drain_ready(1);
         assert_eq!(first.len(), 1);
         assert!(acc.drain_ready(1).is_empty(), "one in flight per partition");
@@ -281,7 +275,7 @@ mod tests {
         for (i, r) in records.iter().enumerate() {
             acc.append(&tp(0), r, i, now).unwrap();
         }
-        acc.close_all(now);
+        acc.close_all();
         let batch = acc.drain_ready(1).pop().unwrap();
         let header = BatchHeader::parse(&batch.bytes).unwrap();
         let decoded: Vec<_> = Records::new(&batch.bytes, header).map(|r| r.unwrap()).collect();

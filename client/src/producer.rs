@@ -247,7 +247,7 @@ impl Producer {
     /// Sends everything buffered now and waits until every record sent so far is acknowledged
     /// or failed.
     pub async fn flush(&self) -> Result<()> {
-        self.inner.accumulator.borrow_mut().close_all(Instant::now());
+        self.inner.accumulator.borrow_mut().close_all();
         if self.inner.accumulator.borrow().is_idle() {
             return Ok(());
         }

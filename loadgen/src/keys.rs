@@ -109,10 +109,6 @@ impl SizeSpec {
             self.min + (rng_value % (self.max - self.min + 1) as u64) as usize
         }
     }
-
-    pub fn mean(&self) -> f64 {
-        (self.min + self.max) as f64 / 2.0
-    }
 }
 
 #[cfg(test)]

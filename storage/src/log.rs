@@ -662,11 +662,7 @@ impl Log {
             return Err(error);
         }
         let mut state = self.inner.state.borrow_mut();
-        {
-            let active = state.active_mut();
-            active.sealed = true;
-            active.tail = Vec::new();
-        }
+        state.active_mut().tail = Vec::new();
         let now_ms = self.inner.options.clock.now_ms();
         state.segments.insert(
             new_base,
@@ -679,7 +675,6 @@ impl Log {
                 index: SegmentIndex::new(),
                 tail: Vec::new(),
                 created_ms: now_ms,
-                sealed: false,
             },
         );
         state.roll_requested = false;
@@ -930,7 +925,6 @@ impl Log {
         active.next_offset = offset;
         active.index = index;
         active.tail = tail;
-        active.sealed = false;
         state.next_offset = offset;
         state.written_offset = offset;
         state.durable_offset = offset;
@@ -1221,7 +1215,6 @@ async fn open_sealed_segment(
         index,
         tail: Vec::new(),
         created_ms: now_ms,
-        sealed: true,
     })
 }
 
@@ -1308,7 +1301,6 @@ async fn recover_tail_segment(
         index,
         tail,
         created_ms: now_ms,
-        sealed: false,
     })
 }
 

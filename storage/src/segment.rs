@@ -62,7 +62,6 @@ pub(crate) struct Segment {
     /// append can rewrite that block whole. Empty for sealed segments.
     pub tail: Vec<u8>,
     pub created_ms: i64,
-    pub sealed: bool,
 }
 
 impl Segment {
