@@ -1,7 +1,6 @@
 //! Consumer-group coordination, sans-IO: membership, generations, session and rebalance
 //! timeouts, static membership, commit fencing, and server-side assignment (see [`assign`]).
-//! Time comes in as `now_ms`; nothing here does IO. **Not wired to the broker yet** (the group
-//! APIs still answer `UnsupportedApi`): this is the core the consumer-group issue builds on.
+//! Time comes in as `now_ms`; nothing here does IO (`crate::shard::groups` drives it).
 //!
 //! Protocol (non-blocking, so no request is held open):
 //! 1. `join` registers a member (a new one gets an id) and, if membership or subscriptions
@@ -9,7 +8,14 @@
 //! 2. Members learn of a rebalance from `heartbeat` (`RebalanceInProgress`) and `join` again.
 //! 3. When every member has joined, or the rebalance timeout passes (stragglers are removed),
 //!    `tick` computes the assignment and the group is stable at the new generation.
-//! 4. `sync` returns a member's partitions once the group is stable at its generation.
+//! 4. `sync` returns a member's partitions once the group is stable at its generation. Before
+//!    that it answers `RebalanceInProgress` (ask again) to a member that joined this round, and
+//!    `IllegalGeneration` (join again) to one whose round was superseded by a newer one.
+//!
+//! Partitions change owner only when a rebalance completes, so until then every member still
+//! owns what it was assigned: commits are accepted from any generation since the last completed
+//! one. That lets a member commit before giving partitions up, and lets cooperative members
+//! consume and commit while the group rebalances.
 //!
 //! Cooperative-sticky rebalances take two generations: the first only takes away partitions
 //! that move (everyone else keeps consuming), the second hands them to their new owners.
@@ -71,6 +77,8 @@ pub struct Group {
     /// Member ids replaced by a newer incarnation of their static instance.
     fenced: BTreeMap<String, String>,
     assignment: Assignment,
+    /// The generation of the last completed rebalance: `assignment` was made at it.
+    stable_generation: i32,
     /// Second step of a cooperative rebalance.
     pending_target: Option<Assignment>,
     rebalance_deadline_ms: i64,
@@ -87,6 +95,7 @@ impl Group {
             statics: BTreeMap::new(),
             fenced: BTreeMap::new(),
             assignment: Assignment::new(),
+            stable_generation: 0,
             pending_target: None,
             rebalance_deadline_ms: 0,
             next_member: 0,
@@ -307,17 +316,20 @@ impl Coordinator {
     ) -> Result<Vec<Partition>, GroupError> {
         let group = self.groups.get_mut(group_id).ok_or(GroupError::UnknownMember)?;
         group.check_member(member_id)?;
-        group.members.get_mut(member_id).expect("checked").last_seen_ms = now_ms;
-        if group.state != GroupState::Stable {
-            return Err(GroupError::RebalanceInProgress);
-        }
-        if generation != group.generation {
+        let member = group.members.get_mut(member_id).expect("checked");
+        member.last_seen_ms = now_ms;
+        let in_this_round = group.state == GroupState::Stable || member.joined;
+        if generation != group.generation || !in_this_round {
+            // A newer round started (or completed without this member's join): join again.
             return Err(GroupError::IllegalGeneration {
                 given: generation,
                 current: group.generation,
             });
         }
-        group.members.get_mut(member_id).expect("checked").synced = true;
+        if group.state != GroupState::Stable {
+            return Err(GroupError::RebalanceInProgress);
+        }
+        member.synced = true;
         Ok(group.assignment_of(member_id))
     }
 
@@ -338,8 +350,10 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Whether a commit from this member at this generation is accepted. Outside membership
-    /// (`generation == -1`, empty member id) only while the group has no members.
+    /// Whether a commit from this member at this generation is accepted: a current member's, at
+    /// any generation since the last completed rebalance (it still owns its partitions until the
+    /// next completes). Outside membership (`generation == -1`, empty member id) only while the
+    /// group has no members.
     pub fn check_commit(
         &self,
         group_id: &str,
@@ -357,7 +371,7 @@ impl Coordinator {
             };
         }
         group.check_member(member_id)?;
-        if generation != group.generation {
+        if !(group.stable_generation..=group.generation).contains(&generation) {
             return Err(GroupError::IllegalGeneration {
                 given: generation,
                 current: group.generation,
@@ -444,6 +458,7 @@ fn complete(group: &mut Group, partitions: &BTreeMap<String, u32>) {
         (assignor, _) => assign::assign(assignor, &specs, partitions),
     };
     group.state = GroupState::Stable;
+    group.stable_generation = group.generation;
     for member in group.members.values_mut() {
         member.joined = false;
         member.synced = false;
@@ -653,6 +668,67 @@ mod tests {
         );
         let two = settle(&mut c, &mut ids, &subscribed, Assignor::CooperativeSticky, &mut now);
         assert!(two.values().all(|v| v.len() == 3), "{two:?}");
+    }
+
+    #[test]
+    fn a_member_waiting_for_its_assignment_rejoins_when_a_newer_round_starts() {
+        let mut c = Coordinator::default();
+        let subscribed = vec!["t".to_string()];
+        let mut now = 0;
+        let mut ids: Vec<String> = (0..2)
+            .map(|_| {
+                c.join("g", request(None, None, &subscribed, Assignor::Range), now)
+                    .unwrap()
+                    .member_id
+            })
+            .collect();
+        settle(&mut c, &mut ids, &subscribed, Assignor::Range, &mut now);
+        // A third member starts a round; the first joins it and waits for its assignment.
+        c.join("g", request(None, None, &subscribed, Assignor::Range), now).unwrap();
+        let round = c.join("g", request(Some(&ids[0]), None, &subscribed, Assignor::Range), now);
+        let round = round.unwrap().generation;
+        assert_eq!(c.sync("g", &ids[0], round, now), Err(GroupError::RebalanceInProgress));
+        // A fourth member supersedes that round: waiting is no longer enough, it must join again.
+        c.join("g", request(None, None, &subscribed, Assignor::Range), now).unwrap();
+        assert!(matches!(
+            c.sync("g", &ids[0], round, now),
+            Err(GroupError::IllegalGeneration { .. })
+        ));
+        let again = c.join("g", request(Some(&ids[0]), None, &subscribed, Assignor::Range), now);
+        let again = again.unwrap().generation;
+        assert_eq!(again, round + 1);
+        assert_eq!(c.sync("g", &ids[0], again, now), Err(GroupError::RebalanceInProgress));
+    }
+
+    #[test]
+    fn commits_are_accepted_until_the_rebalance_completes_then_fenced() {
+        let mut c = Coordinator::default();
+        let subscribed = vec!["t".to_string()];
+        let mut now = 0;
+        let mut ids: Vec<String> = (0..2)
+            .map(|_| {
+                c.join("g", request(None, None, &subscribed, Assignor::Range), now)
+                    .unwrap()
+                    .member_id
+            })
+            .collect();
+        settle(&mut c, &mut ids, &subscribed, Assignor::Range, &mut now);
+        let old = c.group("g").unwrap().generation;
+        // A newcomer starts a rebalance: until it completes the old members still own their
+        // partitions, so they may commit at the old generation (and at the new one once joined).
+        let newcomer =
+            c.join("g", request(None, None, &subscribed, Assignor::Range), now).unwrap().member_id;
+        assert_eq!(c.check_commit("g", &ids[0], old), Ok(()));
+        assert_eq!(c.check_commit("g", &ids[0], old + 1), Ok(()));
+        assert!(c.check_commit("g", &ids[0], old + 2).is_err(), "no generation from the future");
+        ids.push(newcomer);
+        settle(&mut c, &mut ids, &subscribed, Assignor::Range, &mut now);
+        let new = c.group("g").unwrap().generation;
+        assert!(matches!(
+            c.check_commit("g", &ids[0], old),
+            Err(GroupError::IllegalGeneration { .. })
+        ));
+        assert_eq!(c.check_commit("g", &ids[0], new), Ok(()));
     }
 
     #[test]
