@@ -80,7 +80,7 @@ pub struct Group {
     /// The generation of the last completed rebalance: `assignment` was made at it.
     stable_generation: i32,
     /// Second step of a cooperative rebalance.
-    pending_target: Option<Assignment>,
+    pending_target: Option<PendingTarget>,
     rebalance_deadline_ms: i64,
     next_member: u64,
 }
@@ -428,6 +428,15 @@ impl Coordinator {
     }
 }
 
+/// The assignment a cooperative rebalance's second step hands out, and what it was planned for.
+#[derive(Debug, Clone)]
+struct PendingTarget {
+    target: Assignment,
+    /// Each member's subscription, and the partition counts, when the target was planned.
+    members: BTreeMap<String, BTreeSet<String>>,
+    partitions: BTreeMap<String, u32>,
+}
+
 fn complete(group: &mut Group, partitions: &BTreeMap<String, u32>) {
     let specs: Vec<MemberSpec> = group
         .members
@@ -439,17 +448,28 @@ fn complete(group: &mut Group, partitions: &BTreeMap<String, u32>) {
         })
         .collect();
     let assignor = group.assignor.unwrap_or(Assignor::Range);
-    group.assignment = match (assignor, group.pending_target.take()) {
-        (Assignor::CooperativeSticky, Some(target)) => {
-            target.into_iter().filter(|(id, _)| group.members.contains_key(id)).collect()
-        }
+    let subscriptions: BTreeMap<String, BTreeSet<String>> =
+        group.members.iter().map(|(id, m)| (id.clone(), m.topics.clone())).collect();
+    // A member that joined, left or changed its subscription between the two steps makes the
+    // planned target wrong (it could leave a newcomer with nothing): plan again from what
+    // everyone owns now.
+    let pending = group
+        .pending_target
+        .take()
+        .filter(|p| p.members == subscriptions && &p.partitions == partitions);
+    group.assignment = match (assignor, pending) {
+        (Assignor::CooperativeSticky, Some(pending)) => pending.target,
         (Assignor::CooperativeSticky, None) => {
             let plan = assign::plan_cooperative(&specs, partitions);
             let moves = specs.iter().any(|m| plan.target[&m.id] != plan.revoke[&m.id]);
             let gains = specs.iter().any(|m| plan.target[&m.id].len() > plan.revoke[&m.id].len());
             if moves && gains {
                 // Step one: only revocations; step two follows when everyone has synced.
-                group.pending_target = Some(plan.target);
+                group.pending_target = Some(PendingTarget {
+                    target: plan.target,
+                    members: subscriptions,
+                    partitions: partitions.clone(),
+                });
                 plan.revoke
             } else {
                 plan.target
@@ -497,6 +517,18 @@ mod tests {
         assignor: Assignor,
         now: &mut i64,
     ) -> BTreeMap<String, Vec<Partition>> {
+        drive(c, ids, subscribed, assignor, now, |group| group.pending_target.is_none())
+    }
+
+    /// Drives members until all have synced and `until` holds for the group (bounded).
+    fn drive(
+        c: &mut Coordinator,
+        ids: &mut [String],
+        subscribed: &[String],
+        assignor: Assignor,
+        now: &mut i64,
+        until: impl Fn(&Group) -> bool,
+    ) -> BTreeMap<String, Vec<Partition>> {
         for _ in 0..10 {
             c.tick(*now, &topics());
             let mut out = BTreeMap::new();
@@ -521,7 +553,7 @@ mod tests {
                 }
             }
             *now += 100;
-            if all && c.group("g").unwrap().pending_target.is_none() {
+            if all && until(c.group("g").unwrap()) {
                 return out;
             }
         }
@@ -647,6 +679,28 @@ mod tests {
                 "what moved went to the newcomer"
             );
         }
+    }
+
+    #[test]
+    fn a_member_joining_between_the_cooperative_steps_gets_partitions() {
+        let mut c = Coordinator::default();
+        let subscribed = vec!["t".to_string()];
+        let mut now = 0;
+        let coop = Assignor::CooperativeSticky;
+        let mut ids: Vec<String> = (0..2)
+            .map(|_| c.join("g", request(None, None, &subscribed, coop), now).unwrap().member_id)
+            .collect();
+        settle(&mut c, &mut ids, &subscribed, coop, &mut now);
+        ids.push(c.join("g", request(None, None, &subscribed, coop), now).unwrap().member_id);
+        // Step one (revocations) is done when everyone has synced with a target pending.
+        drive(&mut c, &mut ids, &subscribed, coop, &mut now, |g| g.pending_target.is_some());
+        ids.push(c.join("g", request(None, None, &subscribed, coop), now).unwrap().member_id);
+        let after = settle(&mut c, &mut ids, &subscribed, coop, &mut now);
+        let mut all: Vec<&Partition> = after.values().flatten().collect();
+        assert!(after.values().all(|owned| !owned.is_empty()), "{after:?}");
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 6, "{after:?}");
     }
 
     #[test]
