@@ -1,5 +1,5 @@
-//! The group APIs through a real broker, driven with the client's raw calls (the client's group
-//! consumer does not exist yet).
+//! The group APIs through a real broker: driven with the client's raw calls, with the client's
+//! `GroupConsumer`, and with `spate consume --group` processes.
 
 mod common;
 
@@ -584,5 +584,259 @@ fn a_static_member_restart_does_not_rebalance_the_others() {
     for child in [&mut a, &mut b] {
         let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+/// What a `GroupConsumer` task saw, shared with the test.
+#[derive(Default)]
+struct Seen {
+    assignment: Vec<spate_client::TopicPartition>,
+    rebalancing: bool,
+    records: usize,
+    /// Records `poll` returned while the member waited for a rebalance to complete.
+    records_while_rebalancing: usize,
+}
+
+/// Most polls one member task makes (at 50 ms fetch waits, far longer than any test here).
+const MEMBER_POLLS_MAX: usize = 2_000;
+
+fn member_task(
+    client: Client,
+    assignor: &str,
+    seen: std::rc::Rc<std::cell::RefCell<Seen>>,
+    stop: std::rc::Rc<std::cell::Cell<bool>>,
+) -> glommio::task::JoinHandle<()> {
+    let mut config = spate_client::GroupConfig::new("live", vec!["live".into()]);
+    config.assignor = assignor.into();
+    config.session_timeout = Duration::from_secs(6);
+    config.rebalance_timeout = Duration::from_secs(10);
+    config.heartbeat_interval = Duration::from_millis(100);
+    config.auto_commit = Some(Duration::from_millis(200));
+    config.consumer.fetch_max_wait = Duration::from_millis(50);
+    glommio::spawn_local(async move {
+        let mut member = spate_client::GroupConsumer::subscribe(client, config).await.unwrap();
+        for _ in 0..MEMBER_POLLS_MAX {
+            if stop.get() {
+                break;
+            }
+            let records = member.poll().await.unwrap();
+            let mut seen = seen.borrow_mut();
+            seen.assignment = member.assignment().to_vec();
+            seen.rebalancing = member.rebalancing();
+            seen.records += records.len();
+            if member.rebalancing() {
+                seen.records_while_rebalancing += records.len();
+            }
+        }
+        member.close().await.unwrap();
+    })
+    .detach()
+}
+
+/// A member driven by hand with raw calls, so the test decides when it joins a rebalance.
+struct Holder {
+    member: String,
+    generation: i32,
+    assignor: String,
+    assignment: Option<BTreeSet<String>>,
+}
+
+impl Holder {
+    fn join_body(&self) -> RequestBodyT {
+        RequestBodyT::JoinGroupRequest(Box::new(wire::JoinGroupRequestT {
+            group_id: Some("live".into()),
+            session_timeout_ms: 6_000,
+            rebalance_timeout_ms: 10_000,
+            member_id: Some(self.member.clone()),
+            group_instance_id: None,
+            protocol_type: Some("consumer".into()),
+            protocols: Some(vec![wire::GroupProtocolT {
+                name: Some(self.assignor.clone()),
+                metadata: Some(b"live".to_vec()),
+            }]),
+        }))
+    }
+
+    /// One protocol step. While `hold`, it only heartbeats: it stays a member but does not join
+    /// a rebalance, which keeps the rebalance open.
+    async fn step(&mut self, client: &Client, hold: bool) {
+        if self.assignment.is_some() || hold {
+            let heartbeat = RequestBodyT::HeartbeatRequest(Box::new(wire::HeartbeatRequestT {
+                group_id: Some("live".into()),
+                generation_id: self.generation,
+                member_id: Some(self.member.clone()),
+                group_instance_id: None,
+            }));
+            match call(client, heartbeat).await {
+                Ok(_) => return,
+                Err(error) if error.code() == Some(ErrorCode::RebalanceInProgress) && hold => {
+                    return
+                }
+                Err(error) if rebalance_error(&error) => self.assignment = None,
+                Err(error) => panic!("heartbeat: {error}"),
+            }
+        }
+        let ResponseBodyT::JoinGroupResponse(joined) =
+            call(client, self.join_body()).await.unwrap()
+        else {
+            panic!("join")
+        };
+        self.member = joined.member_id.unwrap();
+        self.generation = joined.generation_id;
+        let sync = RequestBodyT::SyncGroupRequest(Box::new(wire::SyncGroupRequestT {
+            group_id: Some("live".into()),
+            generation_id: self.generation,
+            member_id: Some(self.member.clone()),
+            group_instance_id: None,
+            assignments: None,
+        }));
+        match call(client, sync).await {
+            Ok(ResponseBodyT::SyncGroupResponse(response)) => {
+                let text = String::from_utf8(response.assignment.unwrap_or_default()).unwrap();
+                self.assignment =
+                    Some(text.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect());
+            }
+            Err(error) if rebalance_error(&error) => {}
+            other => panic!("sync: {other:?}"),
+        }
+    }
+}
+
+fn rebalance_error(error: &ClientError) -> bool {
+    matches!(
+        error.code(),
+        Some(ErrorCode::RebalanceInProgress) | Some(ErrorCode::IllegalGeneration)
+    )
+}
+
+/// Drives the holder until `done` holds (bounded: 20 s).
+async fn drive_until(
+    client: &Client,
+    holder: &mut Holder,
+    hold: bool,
+    what: &str,
+    mut done: impl FnMut(&Holder) -> bool,
+) {
+    let started = Instant::now();
+    while !done(holder) {
+        assert!(started.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        holder.step(client, hold).await;
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Members (two `GroupConsumer`s and a hand-driven holder) settle on a 6-partition topic that is
+/// being produced to; then a third `GroupConsumer` joins while the holder keeps the rebalance
+/// open. Returns what the two old members consumed while they waited in that rebalance, and
+/// the partitions they owned then.
+fn consume_during_a_held_rebalance(assignor: &str) -> Vec<(usize, usize)> {
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+    let dir = temp_dir();
+    let broker = Broker::start(dir.path());
+    broker.ok(&["topic", "create", "live", "--partitions", "6"]);
+    let address = broker.address();
+    let assignor = assignor.to_string();
+    run(async move {
+        let client =
+            Client::connect(ClientConfig { bootstrap: address, ..ClientConfig::default() })
+                .await
+                .unwrap();
+        let stop = Rc::new(Cell::new(false));
+        let producing = {
+            let (client, stop) = (client.clone(), stop.clone());
+            glommio::spawn_local(async move {
+                let producer = spate_client::Producer::new(client, Default::default()).unwrap();
+                // Bounded: at most 4 000 records, one every 5 ms.
+                for i in 0..4_000u32 {
+                    if stop.get() {
+                        break;
+                    }
+                    let record = spate_client::ProducerRecord::new("live", vec![b'x'; 16]);
+                    // Delivery is not awaited: `close` flushes.
+                    drop(producer.send(record.with_partition(i % 6)).await.unwrap());
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                }
+                producer.close().await.unwrap();
+            })
+            .detach()
+        };
+        let mut holder = Holder {
+            member: String::new(),
+            generation: -1,
+            assignor: assignor.clone(),
+            assignment: None,
+        };
+        let eager = assignor != "cooperative-sticky";
+        drive_until(&client, &mut holder, false, "the holder alone", |h| h.assignment.is_some())
+            .await;
+        let seen: Vec<Rc<RefCell<Seen>>> = (0..3).map(|_| Rc::default()).collect();
+        let mut tasks = Vec::new();
+        for s in &seen[..2] {
+            tasks.push(member_task(client.clone(), &assignor, s.clone(), stop.clone()));
+        }
+        let settled = |seen: &[Rc<RefCell<Seen>>], holder: &Holder| {
+            let Some(held) = &holder.assignment else { return false };
+            let mut owned: Vec<String> = held.iter().cloned().collect();
+            for s in seen {
+                let s = s.borrow();
+                if s.rebalancing || s.assignment.is_empty() || s.records == 0 {
+                    return false;
+                }
+                owned.extend(s.assignment.iter().map(|tp| format!("live:{}", tp.partition)));
+            }
+            let unique: BTreeSet<&String> = owned.iter().collect();
+            owned.len() == 6 && unique.len() == 6
+        };
+        drive_until(&client, &mut holder, false, "three members to settle", |h| {
+            settled(&seen[..2], h)
+        })
+        .await;
+        for s in &seen[..2] {
+            s.borrow_mut().records_while_rebalancing = 0;
+        }
+        // A newcomer joins; the holder keeps the rebalance open (heartbeats, no join).
+        tasks.push(member_task(client.clone(), &assignor, seen[2].clone(), stop.clone()));
+        let mut during = Vec::new();
+        let held_since = Instant::now();
+        drive_until(&client, &mut holder, true, "the old members to wait in the rebalance", |_| {
+            let waiting = seen[..2].iter().all(|s| s.borrow().rebalancing);
+            let consumed = seen[..2].iter().all(|s| s.borrow().records_while_rebalancing > 0);
+            // Eager members consume nothing while waiting; give them time to prove it.
+            waiting && (consumed || eager && held_since.elapsed() > Duration::from_secs(2))
+        })
+        .await;
+        for s in &seen[..2] {
+            let s = s.borrow();
+            during.push((s.records_while_rebalancing, s.assignment.len()));
+        }
+        // Let the rebalance complete: all four members own the six partitions once.
+        holder.assignment = None;
+        drive_until(&client, &mut holder, false, "four members to settle", |h| settled(&seen, h))
+            .await;
+        stop.set(true);
+        for task in tasks {
+            task.await;
+        }
+        producing.await;
+        during
+    })
+}
+
+/// Cooperative-sticky: the old members keep consuming their partitions while the group
+/// rebalances around a newcomer (here held open by a member that has not rejoined yet).
+#[test]
+fn cooperative_members_keep_consuming_during_a_rebalance() {
+    for (records, owned) in consume_during_a_held_rebalance("cooperative-sticky") {
+        assert!(records > 0 && owned > 0, "consumed {records} records on {owned} partitions");
+    }
+}
+
+/// Eager (range): the old members give up every partition and consume nothing until the
+/// rebalance completes, so no partition is ever read by two members.
+#[test]
+fn eager_members_stop_consuming_during_a_rebalance() {
+    for (records, owned) in consume_during_a_held_rebalance("range") {
+        assert_eq!((records, owned), (0, 0));
     }
 }

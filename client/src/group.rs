@@ -6,6 +6,12 @@
 //! rebalance; a record returned but not yet committed when a member dies is delivered again to
 //! the member that takes its partition.
 //!
+//! Membership never blocks `poll`: each call makes at most one group request when one is due
+//! (a heartbeat while stable; after joining a rebalance, a sync every [`limits::SYNC_RETRY`]
+//! until the assignment is ready). With `cooperative-sticky` the member keeps consuming what it
+//! owns throughout a rebalance and only stops on partitions taken away from it; with the eager
+//! assignors (`range`, `roundrobin`) it gives up all partitions before joining, as in Kafka.
+//!
 //! The coordinator assigns partitions (server side). The subscription goes in the join's
 //! protocol metadata as comma-separated topics; the assignment comes back as `topic:partition`
 //! items (see `broker/src/shard/groups.rs`).
@@ -19,6 +25,7 @@ use crate::accumulator::TopicPartition;
 use crate::client::Client;
 use crate::consumer::{Consumer, ConsumerConfig, ConsumerRecord, Seek};
 use crate::error::{ClientError, Result};
+use crate::limits;
 
 #[derive(Debug, Clone)]
 pub struct GroupConfig {
@@ -57,14 +64,27 @@ impl GroupConfig {
 
 type Callback = Box<dyn FnMut(&[TopicPartition])>;
 
+/// Where a member is in the group protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Holds the assignment of its generation; heartbeats every interval.
+    Stable,
+    /// Joined a rebalance at its generation and asks for the assignment every
+    /// [`limits::SYNC_RETRY`] until the group is stable. A cooperative member keeps consuming
+    /// what it owns meanwhile; an eager one gave everything up before joining.
+    Syncing { since: Instant },
+}
+
 pub struct GroupConsumer {
     client: Client,
     config: GroupConfig,
     member_id: String,
     generation: i32,
+    phase: Phase,
     assignment: Vec<TopicPartition>,
     consumer: Consumer,
-    last_heartbeat: Instant,
+    /// When the next heartbeat (stable) or sync (syncing) is due.
+    next_call: Instant,
     last_commit: Instant,
     on_assigned: Option<Callback>,
     on_revoked: Option<Callback>,
@@ -93,7 +113,7 @@ fn rebalancing(error: &ClientError) -> bool {
 }
 
 impl GroupConsumer {
-    /// Joins the group and waits for the first assignment.
+    /// Joins the group and waits (up to three rebalance timeouts) for the first assignment.
     pub async fn subscribe(client: Client, config: GroupConfig) -> Result<GroupConsumer> {
         let consumer = Consumer::new(client.clone(), config.consumer.clone());
         let mut member = GroupConsumer {
@@ -101,14 +121,20 @@ impl GroupConsumer {
             config,
             member_id: String::new(),
             generation: -1,
+            phase: Phase::Stable,
             assignment: Vec::new(),
             consumer,
-            last_heartbeat: Instant::now(),
+            next_call: Instant::now(),
             last_commit: Instant::now(),
             on_assigned: None,
             on_revoked: None,
         };
-        member.rejoin().await?;
+        member.join_round().await?;
+        // Bounded: `keep_membership` fails once a member has been syncing too long.
+        while member.rebalancing() {
+            glommio::timer::sleep(limits::SYNC_RETRY).await;
+            member.keep_membership().await?;
+        }
         Ok(member)
     }
 
@@ -134,6 +160,17 @@ impl GroupConsumer {
         self.generation
     }
 
+    /// Whether this member has joined a rebalance that has not given it its assignment yet.
+    pub fn rebalancing(&self) -> bool {
+        matches!(self.phase, Phase::Syncing { .. })
+    }
+
+    /// Eager assignors (range, roundrobin) may move any partition, so a member gives up all of
+    /// them before joining; cooperative-sticky only revokes what moves.
+    fn eager(&self) -> bool {
+        self.config.assignor != "cooperative-sticky"
+    }
+
     fn join_body(&self) -> RequestBodyT {
         RequestBodyT::JoinGroupRequest(Box::new(wire::JoinGroupRequestT {
             group_id: Some(self.config.group.clone()),
@@ -149,71 +186,65 @@ impl GroupConsumer {
         }))
     }
 
-    /// Joins (again) and syncs until the group is stable; applies the new assignment.
-    async fn rejoin(&mut self) -> Result<()> {
-        let deadline = Instant::now() + self.config.rebalance_timeout * 3;
-        // Bounded by the deadline; each round joins or syncs once.
-        loop {
-            if Instant::now() > deadline {
-                return Err(ClientError::Timeout(
-                    self.config.rebalance_timeout.as_millis() as u64 * 3,
-                ));
-            }
-            if self.generation < 0 || self.member_id.is_empty() {
-                let ResponseBodyT::JoinGroupResponse(joined) =
-                    self.client.call(self.join_body()).await?
-                else {
-                    return Err(ClientError::UnexpectedResponse("join group".into()));
-                };
-                self.member_id = joined.member_id.unwrap_or_default();
-                self.generation = joined.generation_id;
-            }
-            let sync = RequestBodyT::SyncGroupRequest(Box::new(wire::SyncGroupRequestT {
-                group_id: Some(self.config.group.clone()),
-                generation_id: self.generation,
-                member_id: Some(self.member_id.clone()),
-                group_instance_id: self.config.instance_id.clone(),
-                assignments: None,
-            }));
-            match self.client.call(sync).await {
-                Ok(ResponseBodyT::SyncGroupResponse(response)) => {
-                    let assignment =
-                        parse_assignment(response.assignment.as_deref().unwrap_or_default());
-                    self.apply(assignment).await?;
-                    self.last_heartbeat = Instant::now();
-                    return Ok(());
-                }
-                Ok(_) => return Err(ClientError::UnexpectedResponse("sync group".into())),
-                Err(error) if error.code() == Some(ErrorCode::UnknownMemberId) => {
-                    self.member_id.clear();
-                    self.generation = -1;
-                }
-                Err(error) if rebalancing(&error) => {
-                    // Join again for the new generation (keeping the member id).
-                    glommio::timer::sleep(Duration::from_millis(100)).await;
-                    let ResponseBodyT::JoinGroupResponse(joined) =
-                        self.client.call(self.join_body()).await?
-                    else {
-                        return Err(ClientError::UnexpectedResponse("join group".into()));
-                    };
-                    self.generation = joined.generation_id;
-                }
-                Err(error) => return Err(error),
-            }
+    /// Joins the group's current rebalance (as a new member if it has no id) and starts asking
+    /// for the assignment. An eager member commits and gives up its partitions first.
+    async fn join_round(&mut self) -> Result<()> {
+        if self.eager() {
+            // Commits first; the coordinator accepts it because partitions change owner only
+            // when the rebalance completes.
+            self.apply(Vec::new()).await?;
         }
+        let joined = match self.client.call(self.join_body()).await {
+            Err(error) if error.code() == Some(ErrorCode::UnknownMemberId) => {
+                self.lose_membership()?;
+                self.client.call(self.join_body()).await?
+            }
+            other => other?,
+        };
+        let ResponseBodyT::JoinGroupResponse(joined) = joined else {
+            return Err(ClientError::UnexpectedResponse("join group".into()));
+        };
+        self.member_id = joined.member_id.unwrap_or_default();
+        self.generation = joined.generation_id;
+        self.phase = Phase::Syncing { since: Instant::now() };
+        self.next_call = Instant::now() + limits::SYNC_RETRY;
+        Ok(())
     }
 
+    /// The coordinator no longer knows this member (its session expired): its partitions may
+    /// already be someone else's, so they are dropped without a commit.
+    fn lose_membership(&mut self) -> Result<()> {
+        tracing::warn!(member = %self.member_id, "lost group membership; joining as a new member");
+        let lost = std::mem::take(&mut self.assignment);
+        if !lost.is_empty() {
+            if let Some(callback) = &mut self.on_revoked {
+                callback(&lost);
+            }
+        }
+        self.consumer.assign(&[])?;
+        self.member_id.clear();
+        self.generation = -1;
+        Ok(())
+    }
+
+    /// Switches to `assignment`: commits before giving partitions up, and starts gained ones at
+    /// the group's committed offset (or the configured start).
     async fn apply(&mut self, assignment: Vec<TopicPartition>) -> Result<()> {
         let old: BTreeSet<TopicPartition> = self.assignment.iter().cloned().collect();
         let new: BTreeSet<TopicPartition> = assignment.iter().cloned().collect();
         let revoked: Vec<TopicPartition> = old.difference(&new).cloned().collect();
         let added: Vec<TopicPartition> = new.difference(&old).cloned().collect();
         if !revoked.is_empty() {
+            // Whoever gets these starts at the committed offset: commit what `poll` returned.
+            if let Err(error) = self.commit().await {
+                tracing::warn!(%error, "commit before revocation failed");
+            }
             if let Some(callback) = &mut self.on_revoked {
                 callback(&revoked);
             }
         }
         self.consumer.assign(&assignment)?;
+        self.assignment = assignment;
         if !added.is_empty() {
             let topics: BTreeSet<&str> = added.iter().map(|tp| tp.topic.as_str()).collect();
             for topic in topics {
@@ -228,35 +259,70 @@ impl GroupConsumer {
                 callback(&added);
             }
         }
-        self.assignment = assignment;
         Ok(())
     }
 
-    /// Heartbeats when due and follows a rebalance if one started (committing first).
+    /// One step of the group protocol when due, never waiting for the group: a heartbeat while
+    /// stable (joining the next rebalance if one started), or a sync while rebalancing.
     async fn keep_membership(&mut self) -> Result<()> {
-        if self.last_heartbeat.elapsed() < self.config.heartbeat_interval {
+        let now = Instant::now();
+        if now < self.next_call {
             return Ok(());
         }
-        self.last_heartbeat = Instant::now();
-        let heartbeat = RequestBodyT::HeartbeatRequest(Box::new(wire::HeartbeatRequestT {
-            group_id: Some(self.config.group.clone()),
-            generation_id: self.generation,
-            member_id: Some(self.member_id.clone()),
-            group_instance_id: self.config.instance_id.clone(),
-        }));
-        match self.client.call(heartbeat).await {
-            Ok(_) => Ok(()),
-            Err(error) if rebalancing(&error) => {
-                // Commit what was consumed before partitions may move (ignore a fenced commit:
-                // our generation may already be over).
-                let _ = self.commit().await;
-                if error.code() == Some(ErrorCode::UnknownMemberId) {
-                    self.member_id.clear();
+        match self.phase {
+            Phase::Stable => {
+                self.next_call = now + self.config.heartbeat_interval;
+                let heartbeat = RequestBodyT::HeartbeatRequest(Box::new(wire::HeartbeatRequestT {
+                    group_id: Some(self.config.group.clone()),
+                    generation_id: self.generation,
+                    member_id: Some(self.member_id.clone()),
+                    group_instance_id: self.config.instance_id.clone(),
+                }));
+                match self.client.call(heartbeat).await {
+                    Ok(_) => Ok(()),
+                    Err(error) if error.code() == Some(ErrorCode::UnknownMemberId) => {
+                        self.lose_membership()?;
+                        self.join_round().await
+                    }
+                    Err(error) if rebalancing(&error) => self.join_round().await,
+                    Err(error) => Err(error),
                 }
-                self.generation = -1;
-                self.rejoin().await
             }
-            Err(error) => Err(error),
+            Phase::Syncing { since } => {
+                let limit = self.config.rebalance_timeout * 3;
+                if since.elapsed() > limit {
+                    return Err(ClientError::Timeout(limit.as_millis() as u64));
+                }
+                self.next_call = now + limits::SYNC_RETRY;
+                let sync = RequestBodyT::SyncGroupRequest(Box::new(wire::SyncGroupRequestT {
+                    group_id: Some(self.config.group.clone()),
+                    generation_id: self.generation,
+                    member_id: Some(self.member_id.clone()),
+                    group_instance_id: self.config.instance_id.clone(),
+                    assignments: None,
+                }));
+                match self.client.call(sync).await {
+                    Ok(ResponseBodyT::SyncGroupResponse(response)) => {
+                        let assignment =
+                            parse_assignment(response.assignment.as_deref().unwrap_or_default());
+                        self.phase = Phase::Stable;
+                        self.next_call = Instant::now() + self.config.heartbeat_interval;
+                        self.apply(assignment).await
+                    }
+                    Ok(_) => Err(ClientError::UnexpectedResponse("sync group".into())),
+                    // Not complete yet: ask again later.
+                    Err(error) if error.code() == Some(ErrorCode::RebalanceInProgress) => Ok(()),
+                    Err(error) if error.code() == Some(ErrorCode::UnknownMemberId) => {
+                        self.lose_membership()?;
+                        self.join_round().await
+                    }
+                    // A newer round replaced the one this member joined.
+                    Err(error) if error.code() == Some(ErrorCode::IllegalGeneration) => {
+                        self.join_round().await
+                    }
+                    Err(error) => Err(error),
+                }
+            }
         }
     }
 

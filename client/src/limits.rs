@@ -24,4 +24,7 @@ pub const POLL_RECORDS_MAX: usize = 100_000;
 /// Most partitions a consumer can be assigned.
 pub const ASSIGNED_PARTITIONS_MAX: usize = 100_000;
 
+/// How often a group member that joined a rebalance asks whether its assignment is ready.
+pub const SYNC_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 const _: () = assert!(PRODUCER_BATCH_BYTES_MAX < PRODUCER_BUFFER_BYTES_MAX);
