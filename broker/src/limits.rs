@@ -26,6 +26,14 @@ pub const FETCH_WAIT_MS_MAX: u64 = 30_000;
 /// Bytes one fetch response carries at most.
 pub const FETCH_RESPONSE_BYTES_MAX: usize = wire::FETCH_BYTES_MAX;
 
+/// Chunks of stdin lines `spate produce` reads ahead of the producer (stdin is read on its own
+/// thread), and lines per chunk.
+pub const PRODUCE_CLI_CHUNKS_QUEUED_MAX: usize = 16;
+pub const PRODUCE_CLI_LINES_PER_CHUNK_MAX: usize = 1024;
+
+/// Messages `spate produce` has sent but not yet seen acknowledged; reading pauses beyond.
+pub const PRODUCE_CLI_UNACKED_MAX: usize = 65_536;
+
 /// Longest a produce may wait for acknowledgement.
 pub const PRODUCE_TIMEOUT_MS_MAX: u64 = 300_000;
 

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
+use futures_lite::StreamExt;
 use spate_broker::config::{self, BrokerConfig};
+use spate_broker::limits;
 use spate_client::{
     Acks, Client, ClientConfig, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig,
     ProducerRecord, Seek, TopicPartition,
@@ -410,11 +412,7 @@ async fn produce(client: Client, args: ProduceArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot produce to {:?}: {e}", args.topic))?;
     let producer = Producer::new(client, ProducerConfig { acks, ..ProducerConfig::default() })
         .map_err(|e| e.to_string())?;
-    let mut deliveries = Vec::new();
-    let stdin = std::io::stdin();
-    // Bounded by the input; the producer's buffer limit applies backpressure.
-    for line in stdin.lock().lines() {
-        let line = line.map_err(|e| format!("cannot read stdin: {e}"))?;
+    let record = |line: String| {
         let (key, value) = match &args.key_separator {
             Some(separator) => match line.split_once(separator.as_str()) {
                 Some((key, value)) => (Some(Bytes::from(key.to_string())), value.to_string()),
@@ -422,7 +420,7 @@ async fn produce(client: Client, args: ProduceArgs) -> Result<(), String> {
             },
             None => (None, line),
         };
-        let record = ProducerRecord {
+        ProducerRecord {
             topic: args.topic.clone(),
             partition: args.partition,
             key,
@@ -432,37 +430,122 @@ async fn produce(client: Client, args: ProduceArgs) -> Result<(), String> {
                 .map(|(k, v)| (k.clone(), Some(Bytes::from(v.clone()))))
                 .collect(),
             timestamp: None,
-        };
-        deliveries.push(producer.send(record).await.map_err(|e| format!("cannot produce: {e}"))?);
-        if deliveries.len() % 1024 == 0 {
-            futures_lite::future::yield_now().await;
         }
-    }
-    producer.flush().await.map_err(|e| e.to_string())?;
-    let mut failed = 0usize;
-    let mut first_error = None;
+    };
+    let mut lines = stdin_lines();
+    let mut unacked = std::collections::VecDeque::new();
+    let (mut failed, mut first_error) = (0usize, None);
+    let mut ended = false;
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    for delivery in deliveries {
-        match delivery.await {
-            Ok(report) => {
-                if args.print_offsets {
-                    let _ = writeln!(out, "{}\t{}", report.partition, report.offset);
+    // Bounded by the input; at most PRODUCE_CLI_UNACKED_MAX messages await acknowledgement.
+    loop {
+        let may_read = !ended && unacked.len() < limits::PRODUCE_CLI_UNACKED_MAX;
+        let event = match unacked.front_mut() {
+            Some(oldest) if may_read => {
+                let acked = async { Input::Acked(oldest.await) };
+                futures_lite::future::or(acked, async { Input::Line(lines.next().await) }).await
+            }
+            Some(oldest) => Input::Acked(oldest.await),
+            None if may_read => Input::Line(lines.next().await),
+            None => break,
+        };
+        match event {
+            Input::Line(Some(chunk)) => {
+                for line in chunk.map_err(|e| format!("cannot read stdin: {e}"))? {
+                    let delivery = producer
+                        .send(record(line))
+                        .await
+                        .map_err(|e| format!("cannot produce: {e}"))?;
+                    unacked.push_back(delivery);
                 }
             }
-            Err(error) => {
-                failed += 1;
-                first_error.get_or_insert(error);
+            Input::Line(None) => ended = true,
+            Input::Acked(result) => {
+                unacked.pop_front();
+                match result {
+                    Ok(report) if args.print_offsets => {
+                        let mut out = stdout.lock();
+                        let _ = writeln!(out, "{}\t{}", report.partition, report.offset);
+                        let _ = out.flush();
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        failed += 1;
+                        first_error.get_or_insert(error);
+                    }
+                }
             }
         }
     }
-    let _ = out.flush();
+    producer.close().await.map_err(|e| e.to_string())?;
     match first_error {
         Some(error) => {
             Err(format!("{failed} messages were not acknowledged; first error: {error}"))
         }
         None => Ok(()),
     }
+}
+
+/// What `spate produce` waits for next.
+enum Input {
+    Line(Option<std::io::Result<Vec<String>>>),
+    Acked(spate_client::Result<spate_client::DeliveryReport>),
+}
+
+/// Stdin's lines, read on their own thread so that a blocking read never stalls the executor
+/// (the producer's linger timer and acknowledgements keep running while the user types). Lines
+/// come in chunks of those already read (at most `PRODUCE_CLI_LINES_PER_CHUNK_MAX`), so piped
+/// input does not pay a wake-up per line.
+fn stdin_lines() -> futures_channel::mpsc::Receiver<std::io::Result<Vec<String>>> {
+    let (mut sender, receiver) =
+        futures_channel::mpsc::channel(limits::PRODUCE_CLI_CHUNKS_QUEUED_MAX);
+    std::thread::spawn(move || {
+        let mut input = std::io::BufReader::with_capacity(64 * 1024, std::io::stdin());
+        let mut ended = false;
+        while !ended {
+            let mut chunk = Vec::new();
+            // The first line may block; further ones are taken only while a whole line is
+            // already buffered.
+            let read = loop {
+                let mut line = String::new();
+                match input.read_line(&mut line) {
+                    Ok(0) => {
+                        ended = true;
+                        break Ok(chunk);
+                    }
+                    Ok(_) => {
+                        if line.ends_with('\n') {
+                            line.pop();
+                            if line.ends_with('\r') {
+                                line.pop();
+                            }
+                        }
+                        chunk.push(line);
+                    }
+                    Err(error) => {
+                        ended = true;
+                        break Err(error);
+                    }
+                }
+                if chunk.len() >= limits::PRODUCE_CLI_LINES_PER_CHUNK_MAX
+                    || !input.buffer().contains(&b'\n')
+                {
+                    break Ok(chunk);
+                }
+            };
+            if matches!(&read, Ok(chunk) if chunk.is_empty()) {
+                return;
+            }
+            let ready = futures_lite::future::block_on(futures_lite::future::poll_fn(|cx| {
+                sender.poll_ready(cx)
+            }));
+            // A closed receiver means the command is finishing: stop reading.
+            if ready.is_err() || sender.start_send(read).is_err() {
+                return;
+            }
+        }
+    });
+    receiver
 }
 
 fn render(format: &str, record: &spate_client::ConsumerRecord) -> String {

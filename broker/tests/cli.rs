@@ -460,3 +460,39 @@ fn a_crafted_produce_request_sharing_one_vector_is_answered_not_fatal() {
     // Both partitions got the record; the broker is still serving.
     assert_eq!(lines(&broker.ok(&["offsets", "t"])), vec!["0\t0\t1", "1\t0\t1"]);
 }
+
+/// `spate produce` sends each line as it is typed: with stdin still open, a line's offset is
+/// printed and the message is readable before the next line arrives.
+#[test]
+fn interactive_produce_sends_each_line_before_the_next_arrives() {
+    use std::io::{BufRead, Write};
+    let dir = temp_dir();
+    let broker = Broker::start(dir.path());
+    broker.ok(&["topic", "create", "chat", "--partitions", "1"]);
+    let mut child = std::process::Command::new(SPATE)
+        .args(["produce", "chat", "--print-offsets", "-b", &broker.address()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let (printed, offsets) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if printed.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    for (i, text) in ["hello", "world"].iter().enumerate() {
+        writeln!(stdin, "{text}").unwrap();
+        stdin.flush().unwrap();
+        let offset = offsets.recv_timeout(Duration::from_secs(10)).expect("offset printed");
+        assert_eq!(offset, format!("0\t{i}"));
+        let read = broker.ok(&["consume", "chat", "--from", "earliest", "--timeout-ms", "200"]);
+        assert_eq!(read.lines().last(), Some(*text), "{read}");
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
