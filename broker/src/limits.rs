@@ -34,6 +34,15 @@ pub const PRODUCE_CLI_LINES_PER_CHUNK_MAX: usize = 1024;
 /// Messages `spate produce` has sent but not yet seen acknowledged; reading pauses beyond.
 pub const PRODUCE_CLI_UNACKED_MAX: usize = 65_536;
 
+/// The committed-offsets log is compacted (rewritten as a snapshot of the live offsets) once it
+/// holds this many bytes and four times its last snapshot.
+pub const OFFSETS_COMPACT_BYTES_MIN: u64 = 16 * 1024 * 1024;
+
+/// Bytes of one batch of an offsets snapshot at most.
+pub const OFFSETS_SNAPSHOT_BATCH_BYTES_MAX: usize = 1024 * 1024;
+
+const _: () = assert!(OFFSETS_SNAPSHOT_BATCH_BYTES_MAX < wire::BATCH_BYTES_MAX / 2);
+
 /// Longest a produce may wait for acknowledgement.
 pub const PRODUCE_TIMEOUT_MS_MAX: u64 = 300_000;
 

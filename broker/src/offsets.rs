@@ -2,8 +2,14 @@
 //! (`<data>/__consumer_offsets/0`, `flush=always`) and replayed into memory on start.
 //!
 //! Each commit is one batch; each record's key is `group \0 topic \0 partition` (UTF-8) and its
-//! value the committed offset as 8 bytes, little-endian. The latest record for a key wins.
-//! The log is never compacted yet, so it grows with every commit (noted in README's limits).
+//! value the committed offset as 8 bytes, little-endian; a null value (tombstone) deletes the
+//! key. The latest record for a key wins.
+//!
+//! Compaction: once the log holds [`limits::OFFSETS_COMPACT_BYTES_MIN`] and four times its last
+//! snapshot, the live offsets are written again as a snapshot in a fresh segment and the start
+//! offset moves to it, deleting every older segment. A crash before the start moves replays the
+//! old records and then the (possibly partial) snapshot, whose values are the live ones, so the
+//! result is the same.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,11 +18,16 @@ use bytes::Bytes;
 use spate_protocol::batch::{BatchBuilder, BatchHeader, NewRecord, Records};
 use spate_storage::{FlushPolicy, Log, LogConfig, LogError, LogOptions};
 
+use crate::limits;
+
 pub type OffsetKey = (String, String, u32);
 
 pub struct OffsetStore {
     log: Log,
     committed: BTreeMap<OffsetKey, i64>,
+    /// Compact once the log holds this many bytes (and four times the last snapshot).
+    compact_bytes_min: u64,
+    snapshot_bytes: u64,
 }
 
 fn encode_key(key: &OffsetKey) -> Bytes {
@@ -34,6 +45,14 @@ fn decode_key(bytes: &[u8]) -> Option<OffsetKey> {
 
 impl OffsetStore {
     pub async fn open(data_dir: &Path) -> Result<OffsetStore, LogError> {
+        OffsetStore::open_with(data_dir, limits::OFFSETS_COMPACT_BYTES_MIN).await
+    }
+
+    /// `open` with another compaction threshold (tests use a small one).
+    pub async fn open_with(
+        data_dir: &Path,
+        compact_bytes_min: u64,
+    ) -> Result<OffsetStore, LogError> {
         let config = LogConfig {
             flush: FlushPolicy::Always,
             retention_ms: None,
@@ -79,7 +98,54 @@ impl OffsetStore {
                 break;
             }
         }
-        Ok(OffsetStore { log, committed })
+        let mut store = OffsetStore { log, committed, compact_bytes_min, snapshot_bytes: 0 };
+        store.compact_if_due().await?;
+        Ok(store)
+    }
+
+    async fn compact_if_due(&mut self) -> Result<(), LogError> {
+        let threshold = self.compact_bytes_min.max(self.snapshot_bytes.saturating_mul(4));
+        if self.log.size_bytes() < threshold {
+            return Ok(());
+        }
+        self.compact().await
+    }
+
+    /// Rewrites the log as one snapshot of the live offsets (see the module docs).
+    pub async fn compact(&mut self) -> Result<(), LogError> {
+        let before = self.log.size_bytes();
+        self.log.roll().await?;
+        let start = self.log.offsets().next;
+        let now = spate_storage::Clock::now_ms(&spate_storage::SystemClock);
+        let mut builder = BatchBuilder::new();
+        for (key, offset) in &self.committed {
+            let record = NewRecord {
+                key: Some(encode_key(key)),
+                value: Some(Bytes::copy_from_slice(&offset.to_le_bytes())),
+                headers: Vec::new(),
+                timestamp: now,
+            };
+            if !builder.is_empty()
+                && builder.len() + BatchBuilder::encoded_len(&record)
+                    > limits::OFFSETS_SNAPSHOT_BATCH_BYTES_MAX
+            {
+                let full = std::mem::replace(&mut builder, BatchBuilder::new());
+                self.log.append(full.finish()?, 0).await?;
+            }
+            builder.push(&record);
+        }
+        if !builder.is_empty() {
+            self.log.append(builder.finish()?, 0).await?;
+        }
+        self.log.advance_start_offset(start).await?;
+        self.snapshot_bytes = self.log.size_bytes();
+        tracing::info!(
+            offsets = self.committed.len(),
+            bytes_before = before,
+            bytes_after = self.snapshot_bytes,
+            "compacted the committed-offsets log"
+        );
+        Ok(())
     }
 
     /// Durably records `offsets` (all or nothing: one batch).
@@ -102,7 +168,7 @@ impl OffsetStore {
         for (key, offset) in offsets {
             self.committed.insert(key.clone(), *offset);
         }
-        Ok(())
+        self.compact_if_due().await
     }
 
     /// Every committed offset: ((group, topic, partition), offset).
@@ -130,7 +196,7 @@ impl OffsetStore {
         for key in keys {
             self.committed.remove(&key);
         }
-        Ok(())
+        self.compact_if_due().await
     }
 
     pub fn get(&self, key: &OffsetKey) -> Option<i64> {
@@ -192,6 +258,39 @@ mod tests {
             assert_eq!(store.get(&key), Some(42));
             assert_eq!(store.for_topic("g", "t"), vec![(1, 42), (2, 5)]);
             assert_eq!(store.topics_of("g"), vec!["t".to_string()]);
+        });
+    }
+
+    #[test]
+    fn the_log_is_compacted_and_keeps_the_live_offsets_and_deletions() {
+        let dir = tempfile::tempdir_in(
+            std::env::var_os("CARGO_TARGET_TMPDIR").unwrap_or_else(|| std::env::temp_dir().into()),
+        )
+        .unwrap();
+        const THRESHOLD: u64 = 16 * 1024;
+        glommio::LocalExecutorBuilder::default().make().unwrap().run(async {
+            let mut store = OffsetStore::open_with(dir.path(), THRESHOLD).await.unwrap();
+            let key = |p: u32| ("g".to_string(), "t".to_string(), p);
+            // About 260 KB of commits in total: many times the threshold.
+            for round in 0..200i64 {
+                let offsets: Vec<(OffsetKey, i64)> = (0..50).map(|p| (key(p), round)).collect();
+                store.commit(&offsets).await.unwrap();
+                if round == 100 {
+                    store.commit(&[(("gone".into(), "t".into(), 0), 7)]).await.unwrap();
+                    store.delete_group("gone").await.unwrap();
+                }
+            }
+            assert!(store.log().offsets().start > 0, "older records were dropped");
+            assert!(
+                store.log().size_bytes() < 2 * THRESHOLD,
+                "{} bytes on disk",
+                store.log().size_bytes()
+            );
+            store.log().close().await.unwrap();
+            drop(store);
+            let store = OffsetStore::open_with(dir.path(), THRESHOLD).await.unwrap();
+            assert!((0..50).all(|p| store.get(&key(p)) == Some(199)));
+            assert_eq!(store.all().len(), 50, "the deleted group stays deleted");
         });
     }
 }
