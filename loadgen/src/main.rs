@@ -38,6 +38,10 @@ enum ScenarioCommand {
 struct Options {
     #[arg(short = 'b', long, default_value = "127.0.0.1:9292")]
     bootstrap: String,
+    /// Send every request to the bootstrap address instead of each partition's owning shard
+    /// (what a client that ignores shard addresses does: other shards' partitions cost a hop).
+    #[arg(long)]
+    via_bootstrap: bool,
     /// `spate` (default), or `nats://HOST:PORT` to run the same scenario against NATS JetStream
     /// (needs the `nats` feature).
     #[arg(long, default_value = "spate")]
@@ -310,6 +314,7 @@ fn scenario(scenario: Scenario, options: Options) -> Result<(), String> {
     let plan = Plan {
         scenario,
         bootstrap: bootstrap.clone(),
+        via_bootstrap: options.via_bootstrap,
         topic: options.topic.clone(),
         partitions: options.partitions,
         producers: options.producers,

@@ -36,6 +36,8 @@ pub enum Scenario {
 pub struct Plan {
     pub scenario: Scenario,
     pub bootstrap: String,
+    /// Every request to the bootstrap address (not to each partition's shard).
+    pub via_bootstrap: bool,
     pub topic: String,
     pub partitions: u32,
     pub producers: u32,
@@ -133,6 +135,7 @@ pub async fn worker(
     let config = ClientConfig {
         bootstrap: plan.bootstrap.clone(),
         client_id: format!("spate-loadgen-{core}"),
+        use_shard_addresses: !plan.via_bootstrap,
         ..ClientConfig::default()
     };
     let client = Client::connect(config)
