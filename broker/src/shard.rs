@@ -47,6 +47,15 @@ pub enum ShardMsg {
         max_bytes: usize,
         reply: oneshot::Sender<FetchOutcome<Bytes>>,
     },
+    /// Reply once the partition's high watermark passes `offset`, `wait` passes, or the asker
+    /// gives up (drops the reply): how a long-polling fetch waits on another shard's partition.
+    AwaitData {
+        topic: String,
+        partition: u32,
+        offset: i64,
+        wait: Duration,
+        reply: oneshot::Sender<()>,
+    },
     ListOffset {
         topic: String,
         partition: u32,
@@ -195,6 +204,13 @@ pub struct Reply {
 
 /// Wakes a long-polling fetch once, from whichever of its partitions gets data first.
 type Wakeup = Rc<RefCell<Option<oneshot::Sender<()>>>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Registered {
+    Waiting,
+    /// A partition already has data past its fetch offset: no need to wait.
+    HasData,
+}
 
 pub struct Shard {
     pub id: usize,
@@ -367,6 +383,22 @@ impl Shard {
                     log_start_offset: outcome.log_start_offset,
                 };
                 let _ = reply.send(copied);
+            }
+            ShardMsg::AwaitData { topic, partition, offset, wait, mut reply } => {
+                let (sender, receiver) = oneshot::channel();
+                let wakeup: Wakeup = Rc::new(RefCell::new(Some(sender)));
+                let wanted = [(topic, partition, offset)];
+                if self.register_waiter(&wanted, &wakeup) == Registered::Waiting {
+                    let wait = wait.min(Duration::from_millis(limits::FETCH_WAIT_MS_MAX));
+                    let woken = async {
+                        let _ = receiver.await;
+                    };
+                    let asker_gone = reply.cancellation();
+                    let raced = futures_lite::future::or(woken, asker_gone);
+                    futures_lite::future::or(raced, glommio::timer::sleep(wait)).await;
+                }
+                self.unregister_waiter(&wanted, &wakeup);
+                let _ = reply.send(());
             }
             ShardMsg::ListOffset { topic, partition, timestamp, reply } => {
                 let _ = reply.send(self.list_offset_local(&topic, partition, timestamp).await);
@@ -706,32 +738,80 @@ impl Shard {
             if total >= min_bytes.max(1) || errors || now >= deadline || self.shutting_down.get() {
                 return self.fetch_reply(correlation_id, &wanted, results);
             }
-            self.wait_for_data(&wanted, deadline - now).await;
+            // Wait for data beyond what this round saw (not merely past the fetch offset: with
+            // `min_bytes` above what is there, that would spin).
+            let seen: Vec<(String, u32, i64)> = wanted
+                .iter()
+                .zip(&results)
+                .map(|((topic, partition, offset, _), r)| {
+                    (topic.clone(), *partition, r.high_watermark.max(*offset))
+                })
+                .collect();
+            self.wait_for_data(&seen, deadline - now).await;
         }
     }
 
-    /// Waits until one of the local partitions in `wanted` gets an append, or `wait` passes.
-    /// Partitions on other shards are re-checked every 10 ms.
-    async fn wait_for_data(&self, wanted: &[(String, u32, i64, usize)], wait: Duration) {
+    /// Waits until one of the partitions in `seen` (topic, partition, high watermark seen) has
+    /// data past what was seen, or `wait` passes. Local partitions wake it from their append;
+    /// partitions of other shards through an `AwaitData` call to their owner.
+    async fn wait_for_data(&self, seen: &[(String, u32, i64)], wait: Duration) {
         let (sender, receiver) = oneshot::channel();
         let wakeup: Wakeup = Rc::new(RefCell::new(Some(sender)));
-        let mut any_remote = false;
-        for (topic, partition, _, _) in wanted {
-            if self.owner(topic, *partition) == Some(self.id) {
-                self.waiters
-                    .borrow_mut()
-                    .entry((topic.clone(), *partition))
-                    .or_default()
-                    .push(wakeup.clone());
-            } else {
-                any_remote = true;
+        if self.register_waiter(seen, &wakeup) == Registered::Waiting {
+            let mut remote: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = _> + '_>>> =
+                Vec::new();
+            for (topic, partition, offset) in seen {
+                match self.owner(topic, *partition) {
+                    Some(owner) if owner != self.id => {
+                        remote.push(Box::pin(self.call(owner, move |reply| ShardMsg::AwaitData {
+                            topic: topic.clone(),
+                            partition: *partition,
+                            offset: *offset,
+                            wait,
+                            reply,
+                        })))
+                    }
+                    _ => {}
+                }
             }
+            let woken = async {
+                let _ = receiver.await;
+            };
+            // Ready once any owner answers (bounded by `wanted`'s length per poll).
+            let any_remote = std::future::poll_fn(|cx| {
+                if remote.iter_mut().any(|call| call.as_mut().poll(cx).is_ready()) {
+                    std::task::Poll::Ready(())
+                } else {
+                    std::task::Poll::Pending
+                }
+            });
+            let raced = futures_lite::future::or(woken, any_remote);
+            futures_lite::future::or(raced, glommio::timer::sleep(wait)).await;
         }
-        let wait = if any_remote { wait.min(Duration::from_millis(10)) } else { wait };
-        let _ = glommio::timer::timeout(wait, async { Ok(receiver.await) }).await;
-        // Forget this fetch's registrations (one may remain on a partition not appended to).
+        self.unregister_waiter(seen, &wakeup);
+    }
+
+    /// Registers `wakeup` on each local partition in `seen`, unless one already has data past
+    /// what was seen (an append that landed after the fetch read it). No await in between, so
+    /// no append is missed.
+    fn register_waiter(&self, seen: &[(String, u32, i64)], wakeup: &Wakeup) -> Registered {
+        for (topic, partition, offset) in seen {
+            if self.owner(topic, *partition) != Some(self.id) {
+                continue;
+            }
+            let key = (topic.clone(), *partition);
+            if self.logs.borrow().get(&key).is_some_and(|l| l.offsets().high_watermark > *offset) {
+                return Registered::HasData;
+            }
+            self.waiters.borrow_mut().entry(key).or_default().push(wakeup.clone());
+        }
+        Registered::Waiting
+    }
+
+    /// Forgets `wakeup` (it may remain on partitions that were not appended to).
+    fn unregister_waiter(&self, seen: &[(String, u32, i64)], wakeup: &Wakeup) {
         wakeup.borrow_mut().take();
-        for (topic, partition, _, _) in wanted {
+        for (topic, partition, _) in seen {
             if let Some(list) = self.waiters.borrow_mut().get_mut(&(topic.clone(), *partition)) {
                 list.retain(|w| w.borrow().is_some());
             }

@@ -496,3 +496,54 @@ fn interactive_produce_sends_each_line_before_the_next_arrives() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
+
+/// A long-polling fetch sent to one shard for partitions of both shards wakes when data lands on
+/// either: the other shard's partition through its owner's wake-up. The fetch may wait 30 s;
+/// it must answer long before (the test gives it 15 s), with the record.
+#[test]
+fn a_long_poll_through_one_shard_wakes_for_either_shards_partition() {
+    use spate_client::client::FetchTarget;
+    use spate_client::{Client, ClientConfig, Producer, ProducerRecord, LATEST};
+    let dir = temp_dir();
+    let broker = Broker::start(dir.path());
+    broker.ok(&["topic", "create", "lp", "--partitions", "2"]);
+    let address = broker.address();
+    run(async move {
+        let config = ClientConfig {
+            bootstrap: address,
+            use_shard_addresses: false,
+            ..ClientConfig::default()
+        };
+        let client = Client::connect(config).await.unwrap();
+        let producer = Producer::new(client.clone(), Default::default()).unwrap();
+        // Whichever shard holds the connection, one of the two partitions is the other's.
+        for written in 0..2u32 {
+            let mut targets = Vec::new();
+            for partition in 0..2u32 {
+                let end = client.list_offset("lp", partition, LATEST).await.unwrap().unwrap();
+                targets.push(FetchTarget {
+                    topic: "lp".into(),
+                    partition,
+                    offset: end,
+                    max_bytes: 1 << 20,
+                });
+            }
+            let fetch = async {
+                Some(client.fetch(&targets, Duration::from_secs(30), 1, 1 << 20).await.unwrap())
+            };
+            let produce = async {
+                glommio::timer::sleep(Duration::from_millis(300)).await;
+                let record = ProducerRecord::new("lp", "late").with_partition(written);
+                producer.send(record).await.unwrap().await.unwrap();
+                glommio::timer::sleep(Duration::from_secs(15)).await;
+                None
+            };
+            let fetched = futures_lite::future::or(fetch, produce)
+                .await
+                .expect("the fetch answered when the record landed, not at its deadline");
+            let got = fetched.iter().find(|f| f.partition == written).unwrap();
+            assert!(!got.records.is_empty(), "partition {written}: {fetched:?}");
+        }
+        producer.close().await.unwrap();
+    });
+}
