@@ -385,19 +385,9 @@ impl Shard {
                 let _ = reply.send(copied);
             }
             ShardMsg::AwaitData { topic, partition, offset, wait, mut reply } => {
-                let (sender, receiver) = oneshot::channel();
-                let wakeup: Wakeup = Rc::new(RefCell::new(Some(sender)));
-                let wanted = [(topic, partition, offset)];
-                if self.register_waiter(&wanted, &wakeup) == Registered::Waiting {
-                    let wait = wait.min(Duration::from_millis(limits::FETCH_WAIT_MS_MAX));
-                    let woken = async {
-                        let _ = receiver.await;
-                    };
-                    let asker_gone = reply.cancellation();
-                    let raced = futures_lite::future::or(woken, asker_gone);
-                    futures_lite::future::or(raced, glommio::timer::sleep(wait)).await;
-                }
-                self.unregister_waiter(&wanted, &wakeup);
+                let wait = wait.min(Duration::from_millis(limits::FETCH_WAIT_MS_MAX));
+                let asker_gone = reply.cancellation();
+                self.wait_for_local_data(&[(topic, partition, offset)], wait, asker_gone).await;
                 let _ = reply.send(());
             }
             ShardMsg::ListOffset { topic, partition, timestamp, reply } => {
@@ -755,37 +745,49 @@ impl Shard {
     /// data past what was seen, or `wait` passes. Local partitions wake it from their append;
     /// partitions of other shards through an `AwaitData` call to their owner.
     async fn wait_for_data(&self, seen: &[(String, u32, i64)], wait: Duration) {
+        // Calls are lazy: nothing is sent unless the local check below finds no data.
+        let mut remote: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = _> + '_>>> =
+            Vec::new();
+        for (topic, partition, offset) in seen {
+            match self.owner(topic, *partition) {
+                Some(owner) if owner != self.id => {
+                    remote.push(Box::pin(self.call(owner, move |reply| ShardMsg::AwaitData {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        offset: *offset,
+                        wait,
+                        reply,
+                    })))
+                }
+                _ => {}
+            }
+        }
+        // Ready once any owner answers (bounded by `seen`'s length per poll).
+        let any_remote = std::future::poll_fn(|cx| {
+            if remote.iter_mut().any(|call| call.as_mut().poll(cx).is_ready()) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        });
+        self.wait_for_local_data(seen, wait, any_remote).await;
+    }
+
+    /// Waits until one of the local partitions in `seen` has data past what was seen, `wait`
+    /// passes, or `also` completes.
+    async fn wait_for_local_data(
+        &self,
+        seen: &[(String, u32, i64)],
+        wait: Duration,
+        also: impl std::future::Future<Output = ()>,
+    ) {
         let (sender, receiver) = oneshot::channel();
         let wakeup: Wakeup = Rc::new(RefCell::new(Some(sender)));
         if self.register_waiter(seen, &wakeup) == Registered::Waiting {
-            let mut remote: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = _> + '_>>> =
-                Vec::new();
-            for (topic, partition, offset) in seen {
-                match self.owner(topic, *partition) {
-                    Some(owner) if owner != self.id => {
-                        remote.push(Box::pin(self.call(owner, move |reply| ShardMsg::AwaitData {
-                            topic: topic.clone(),
-                            partition: *partition,
-                            offset: *offset,
-                            wait,
-                            reply,
-                        })))
-                    }
-                    _ => {}
-                }
-            }
             let woken = async {
                 let _ = receiver.await;
             };
-            // Ready once any owner answers (bounded by `wanted`'s length per poll).
-            let any_remote = std::future::poll_fn(|cx| {
-                if remote.iter_mut().any(|call| call.as_mut().poll(cx).is_ready()) {
-                    std::task::Poll::Ready(())
-                } else {
-                    std::task::Poll::Pending
-                }
-            });
-            let raced = futures_lite::future::or(woken, any_remote);
+            let raced = futures_lite::future::or(woken, also);
             futures_lite::future::or(raced, glommio::timer::sleep(wait)).await;
         }
         self.unregister_waiter(seen, &wakeup);
