@@ -34,6 +34,16 @@ fn encode_key(key: &OffsetKey) -> Bytes {
     Bytes::from(format!("{}\0{}\0{}", key.0, key.1, key.2))
 }
 
+/// The record of one committed offset.
+fn offset_record(key: &OffsetKey, offset: i64, timestamp: i64) -> NewRecord {
+    NewRecord {
+        key: Some(encode_key(key)),
+        value: Some(Bytes::copy_from_slice(&offset.to_le_bytes())),
+        headers: Vec::new(),
+        timestamp,
+    }
+}
+
 fn decode_key(bytes: &[u8]) -> Option<OffsetKey> {
     let text = std::str::from_utf8(bytes).ok()?;
     let mut parts = text.split('\0');
@@ -119,12 +129,7 @@ impl OffsetStore {
         let now = spate_storage::Clock::now_ms(&spate_storage::SystemClock);
         let mut builder = BatchBuilder::new();
         for (key, offset) in &self.committed {
-            let record = NewRecord {
-                key: Some(encode_key(key)),
-                value: Some(Bytes::copy_from_slice(&offset.to_le_bytes())),
-                headers: Vec::new(),
-                timestamp: now,
-            };
+            let record = offset_record(key, *offset, now);
             if !builder.is_empty()
                 && builder.len() + BatchBuilder::encoded_len(&record)
                     > limits::OFFSETS_SNAPSHOT_BATCH_BYTES_MAX
@@ -156,12 +161,7 @@ impl OffsetStore {
         let now = spate_storage::Clock::now_ms(&spate_storage::SystemClock);
         let mut builder = BatchBuilder::new();
         for (key, offset) in offsets {
-            builder.push(&NewRecord {
-                key: Some(encode_key(key)),
-                value: Some(Bytes::copy_from_slice(&offset.to_le_bytes())),
-                headers: Vec::new(),
-                timestamp: now,
-            });
+            builder.push(&offset_record(key, *offset, now));
         }
         let batch = builder.finish()?;
         self.log.append(batch, 0).await?;
