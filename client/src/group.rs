@@ -346,15 +346,19 @@ impl GroupConsumer {
         self.consumer.seek(tp, seek)
     }
 
+    /// (topic, partition, position) of every assigned partition that has a position.
+    fn positions(&self) -> Vec<(String, u32, i64)> {
+        self.assignment
+            .iter()
+            .filter_map(|tp| Some((tp.topic.clone(), tp.partition, self.consumer.position(tp)?)))
+            .collect()
+    }
+
     /// Commits the position of every assigned partition, synchronously, as this generation's
     /// member: the coordinator refuses it if the generation is over (a zombie).
     pub async fn commit(&mut self) -> Result<()> {
         self.last_commit = Instant::now();
-        let offsets: Vec<(String, u32, i64)> = self
-            .assignment
-            .iter()
-            .filter_map(|tp| Some((tp.topic.clone(), tp.partition, self.consumer.position(tp)?)))
-            .collect();
+        let offsets = self.positions();
         if offsets.is_empty() || self.generation < 0 {
             return Ok(());
         }
@@ -366,11 +370,7 @@ impl GroupConsumer {
     /// Commits in the background; the result is only logged.
     pub fn commit_async(&mut self) {
         self.last_commit = Instant::now();
-        let offsets: Vec<(String, u32, i64)> = self
-            .assignment
-            .iter()
-            .filter_map(|tp| Some((tp.topic.clone(), tp.partition, self.consumer.position(tp)?)))
-            .collect();
+        let offsets = self.positions();
         let (client, group, generation, member) = (
             self.client.clone(),
             self.config.group.clone(),
