@@ -10,19 +10,50 @@ use common::*;
 use spate_client::{Client, ClientConfig, ClientError};
 use spate_protocol::wire::{self, ErrorCode, RequestBodyT, ResponseBodyT};
 
+/// A join of `group` subscribing to `orders`, with a 3 s rebalance timeout.
 fn join(group: &str, member: Option<&str>, assignor: &str) -> RequestBodyT {
+    join_to(group, member, assignor, "orders", 3_000)
+}
+
+fn join_to(
+    group: &str,
+    member: Option<&str>,
+    assignor: &str,
+    topic: &str,
+    rebalance_timeout_ms: i32,
+) -> RequestBodyT {
     RequestBodyT::JoinGroupRequest(Box::new(wire::JoinGroupRequestT {
         group_id: Some(group.into()),
         session_timeout_ms: 6_000,
-        rebalance_timeout_ms: 3_000,
+        rebalance_timeout_ms,
         member_id: member.map(str::to_string),
         group_instance_id: None,
         protocol_type: Some("consumer".into()),
         protocols: Some(vec![wire::GroupProtocolT {
             name: Some(assignor.into()),
-            metadata: Some(b"orders".to_vec()),
+            metadata: Some(topic.as_bytes().to_vec()),
         }]),
     }))
+}
+
+fn sync(group: &str, member: &str, generation: i32) -> RequestBodyT {
+    RequestBodyT::SyncGroupRequest(Box::new(wire::SyncGroupRequestT {
+        group_id: Some(group.into()),
+        generation_id: generation,
+        member_id: Some(member.to_string()),
+        group_instance_id: None,
+        assignments: None,
+    }))
+}
+
+/// `topic:partition` items of an assignment, as a set.
+fn assignment_set(text: &str) -> BTreeSet<String> {
+    text.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
+/// The assignment a SyncGroup response carries.
+fn synced(response: &wire::SyncGroupResponseT) -> BTreeSet<String> {
+    assignment_set(std::str::from_utf8(response.assignment.as_deref().unwrap_or_default()).unwrap())
 }
 
 async fn call(client: &Client, body: RequestBodyT) -> Result<ResponseBodyT, ClientError> {
@@ -40,26 +71,11 @@ async fn settle(
     while started.elapsed() < Duration::from_secs(20) {
         let mut assignments = Vec::new();
         for (member, generation) in members.iter_mut() {
-            let sync = RequestBodyT::SyncGroupRequest(Box::new(wire::SyncGroupRequestT {
-                group_id: Some(group.into()),
-                generation_id: *generation,
-                member_id: Some(member.clone()),
-                group_instance_id: None,
-                assignments: None,
-            }));
-            match call(client, sync).await {
+            match call(client, sync(group, member, *generation)).await {
                 Ok(ResponseBodyT::SyncGroupResponse(response)) => {
-                    let text = String::from_utf8(response.assignment.unwrap_or_default()).unwrap();
-                    assignments.push(
-                        text.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
-                    );
+                    assignments.push(synced(&response));
                 }
-                Err(error)
-                    if matches!(
-                        error.code(),
-                        Some(ErrorCode::RebalanceInProgress) | Some(ErrorCode::IllegalGeneration)
-                    ) =>
-                {
+                Err(error) if rebalance_error(&error) => {
                     if let Ok(ResponseBodyT::JoinGroupResponse(joined)) =
                         call(client, join(group, Some(member), "range")).await
                     {
@@ -459,10 +475,7 @@ fn parse_members(described: &str) -> std::collections::BTreeMap<String, BTreeSet
         .filter_map(|l| l.strip_prefix("member "))
         .map(|l| {
             let (id, assignment) = l.split_once('\t').unwrap_or((l, ""));
-            (
-                id.to_string(),
-                assignment.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
-            )
+            (id.to_string(), assignment_set(assignment))
         })
         .collect()
 }
@@ -642,21 +655,6 @@ struct Holder {
 }
 
 impl Holder {
-    fn join_body(&self) -> RequestBodyT {
-        RequestBodyT::JoinGroupRequest(Box::new(wire::JoinGroupRequestT {
-            group_id: Some("live".into()),
-            session_timeout_ms: 6_000,
-            rebalance_timeout_ms: 10_000,
-            member_id: Some(self.member.clone()),
-            group_instance_id: None,
-            protocol_type: Some("consumer".into()),
-            protocols: Some(vec![wire::GroupProtocolT {
-                name: Some(self.assignor.clone()),
-                metadata: Some(b"live".to_vec()),
-            }]),
-        }))
-    }
-
     /// One protocol step. While `hold`, it only heartbeats: it stays a member but does not join
     /// a rebalance, which keeps the rebalance open.
     async fn step(&mut self, client: &Client, hold: bool) {
@@ -676,25 +674,15 @@ impl Holder {
                 Err(error) => panic!("heartbeat: {error}"),
             }
         }
-        let ResponseBodyT::JoinGroupResponse(joined) =
-            call(client, self.join_body()).await.unwrap()
-        else {
+        let join = join_to("live", Some(&self.member), &self.assignor, "live", 10_000);
+        let ResponseBodyT::JoinGroupResponse(joined) = call(client, join).await.unwrap() else {
             panic!("join")
         };
         self.member = joined.member_id.unwrap();
         self.generation = joined.generation_id;
-        let sync = RequestBodyT::SyncGroupRequest(Box::new(wire::SyncGroupRequestT {
-            group_id: Some("live".into()),
-            generation_id: self.generation,
-            member_id: Some(self.member.clone()),
-            group_instance_id: None,
-            assignments: None,
-        }));
-        match call(client, sync).await {
+        match call(client, sync("live", &self.member, self.generation)).await {
             Ok(ResponseBodyT::SyncGroupResponse(response)) => {
-                let text = String::from_utf8(response.assignment.unwrap_or_default()).unwrap();
-                self.assignment =
-                    Some(text.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect());
+                self.assignment = Some(synced(&response));
             }
             Err(error) if rebalance_error(&error) => {}
             other => panic!("sync: {other:?}"),
