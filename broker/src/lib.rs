@@ -8,6 +8,7 @@
 //! - [`offsets`]: committed consumer offsets, durable in an internal log.
 //! - [`config`]: configuration file, flags, layout file.
 //! - [`limits`]: every maximum the broker enforces.
+//! - [`logging`]: log output that survives a full disk.
 //!
 //! The `spate` binary (`src/main.rs`) runs a broker (`spate serve`) or acts as a client.
 
@@ -15,6 +16,7 @@ pub mod catalog;
 pub mod config;
 pub mod group;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod offsets;
 pub mod server;

@@ -154,9 +154,15 @@ struct ProduceArgs {
     /// k=v, repeatable.
     #[arg(long = "header")]
     headers: Vec<String>,
-    /// Print PARTITION<TAB>OFFSET for each acknowledged message, in input order.
+    /// Print one line per input message, in input order: PARTITION<TAB>OFFSET once it is
+    /// acknowledged, or PARTITION<TAB>-1<TAB>error if it failed (PARTITION is -1 if none was
+    /// chosen).
     #[arg(long)]
     print_offsets: bool,
+    /// Give up on a message not acknowledged within this long, retries included (Kafka's
+    /// delivery.timeout.ms).
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
+    delivery_timeout_ms: u64,
     #[command(flatten)]
     bootstrap: Bootstrap,
 }
@@ -224,23 +230,21 @@ fn main() {
     }
 }
 
-fn init_logging(level: Option<&str>) {
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .or_else(|| level.map(str::to_string))
-        .unwrap_or_else(|| "info".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 fn serve(args: ServeArgs) -> Result<(), String> {
     let file = match &args.config {
         Some(path) => config::load_file(path)?,
         None => config::FileConfig::default(),
     };
-    init_logging(args.log_level.as_deref().or(file.log_level.as_deref()));
+    spate_broker::logging::init(
+        args.log_level.as_deref().or(file.log_level.as_deref()).unwrap_or("info"),
+    );
+    // A shard that panics must take the process down (fail-stop: restart, then recovery
+    // decides), never leave a broker that accepts connections but no longer serves a shard.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
     let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./spate-data"));
     let listen_text = args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:9292".into());
     let listen = std::net::ToSocketAddrs::to_socket_addrs(&listen_text)
@@ -296,7 +300,7 @@ where
     F: FnOnce(Client) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
-    init_logging(Some("warn"));
+    spate_broker::logging::init("warn");
     // A client command writing into a closed pipe (`spate consume ... | head`) ends quietly,
     // as Unix tools do. (The server keeps Rust's default of ignoring SIGPIPE.)
     // SAFETY: restoring the default disposition of a signal before any thread starts.
@@ -313,9 +317,9 @@ where
             client_id: "spate-cli".into(),
             ..ClientConfig::default()
         };
-        let client = Client::connect(config)
-            .await
-            .map_err(|e| format!("cannot reach broker at {bootstrap}: {e}"))?;
+        let client = Client::connect(config).await.map_err(|e| {
+            format!("cannot reach broker at {bootstrap}: {e} (is `spate serve` running there?)")
+        })?;
         command(client).await
     })
 }
@@ -410,8 +414,15 @@ async fn produce(client: Client, args: ProduceArgs) -> Result<(), String> {
         .partition_count(&args.topic)
         .await
         .map_err(|e| format!("cannot produce to {:?}: {e}", args.topic))?;
-    let producer = Producer::new(client, ProducerConfig { acks, ..ProducerConfig::default() })
-        .map_err(|e| e.to_string())?;
+    let delivery_timeout = Duration::from_millis(args.delivery_timeout_ms);
+    let config = ProducerConfig {
+        acks,
+        delivery_timeout,
+        request_timeout: ProducerConfig::default().request_timeout.min(delivery_timeout),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client, config).map_err(|e| e.to_string())?;
+    producer.on_retry(report_retry(delivery_timeout));
     let record = |line: String| {
         let (key, value) = match &args.key_separator {
             Some(separator) => match line.split_once(separator.as_str()) {
@@ -432,64 +443,139 @@ async fn produce(client: Client, args: ProduceArgs) -> Result<(), String> {
             timestamp: None,
         }
     };
-    let mut lines = stdin_lines();
+    let mut lines = Some(stdin_lines());
     let mut unacked = std::collections::VecDeque::new();
-    let (mut failed, mut first_error) = (0usize, None);
-    let mut ended = false;
+    let mut tally = ProduceTally::default();
     let stdout = std::io::stdout();
     // Bounded by the input; at most PRODUCE_CLI_UNACKED_MAX messages await acknowledgement.
+    // Input stops being read at the end of stdin or at the first message that failed for good.
     loop {
-        let may_read = !ended && unacked.len() < limits::PRODUCE_CLI_UNACKED_MAX;
-        let event = match unacked.front_mut() {
-            Some(oldest) if may_read => {
-                let acked = async { Input::Acked(oldest.await) };
-                futures_lite::future::or(acked, async { Input::Line(lines.next().await) }).await
+        let may_read = lines.is_some() && unacked.len() < limits::PRODUCE_CLI_UNACKED_MAX;
+        let event = match (unacked.front_mut(), lines.as_mut()) {
+            (Some(oldest), Some(input)) if may_read => {
+                let acked = async { Input::Acked(PendingLine::wait(oldest).await) };
+                futures_lite::future::or(acked, async { Input::Line(input.next().await) }).await
             }
-            Some(oldest) => Input::Acked(oldest.await),
-            None if may_read => Input::Line(lines.next().await),
-            None => break,
+            (Some(oldest), _) => Input::Acked(PendingLine::wait(oldest).await),
+            (None, Some(input)) => Input::Line(input.next().await),
+            (None, None) => break,
         };
         match event {
             Input::Line(Some(chunk)) => {
                 for line in chunk.map_err(|e| format!("cannot read stdin: {e}"))? {
-                    let delivery = producer
-                        .send(record(line))
-                        .await
-                        .map_err(|e| format!("cannot produce: {e}"))?;
-                    unacked.push_back(delivery);
+                    tally.read += 1;
+                    unacked.push_back(match producer.send(record(line)).await {
+                        Ok(delivery) => PendingLine::Sent(delivery),
+                        Err(error) => PendingLine::Refused(Some(error)),
+                    });
                 }
             }
-            Input::Line(None) => ended = true,
-            Input::Acked(result) => {
+            Input::Line(None) => {
+                lines = None;
+                tally.input_ended = true;
+            }
+            Input::Acked((partition, result)) => {
                 unacked.pop_front();
+                let mut out = stdout.lock();
                 match result {
-                    Ok(report) if args.print_offsets => {
-                        let mut out = stdout.lock();
-                        let _ = writeln!(out, "{}\t{}", report.partition, report.offset);
-                        let _ = out.flush();
+                    Ok(report) => {
+                        tally.acknowledged += 1;
+                        if args.print_offsets {
+                            let _ = writeln!(out, "{}\t{}", report.partition, report.offset);
+                        }
                     }
-                    Ok(_) => {}
                     Err(error) => {
-                        failed += 1;
-                        first_error.get_or_insert(error);
+                        if tally.first_error.is_none() {
+                            eprintln!("spate: message {} failed: {error}", tally.finished() + 1);
+                            // Stop reading: what was printed stays a prefix of the input.
+                            lines = None;
+                        }
+                        tally.first_error.get_or_insert(error);
+                        tally.failed += 1;
+                        if args.print_offsets {
+                            let _ = writeln!(out, "{partition}\t-1\terror");
+                        }
                     }
                 }
+                let _ = out.flush();
             }
         }
     }
     producer.close().await.map_err(|e| e.to_string())?;
-    match first_error {
-        Some(error) => {
-            Err(format!("{failed} messages were not acknowledged; first error: {error}"))
-        }
+    match &tally.first_error {
+        Some(error) => Err(format!(
+            "{} of {} messages read were acknowledged, {} failed (first error: {error}){}",
+            tally.acknowledged,
+            tally.read,
+            tally.failed,
+            if tally.input_ended { "" } else { "; the rest of the input was not read" }
+        )),
         None => Ok(()),
+    }
+}
+
+/// Counts of `spate produce`'s messages, for its exit message.
+#[derive(Default)]
+struct ProduceTally {
+    read: u64,
+    acknowledged: u64,
+    failed: u64,
+    first_error: Option<spate_client::ClientError>,
+    input_ended: bool,
+}
+
+impl ProduceTally {
+    fn finished(&self) -> u64 {
+        self.acknowledged + self.failed
+    }
+}
+
+/// Prints an error the producer is retrying after, once per kind of error, so that a user
+/// sees at once why nothing is acknowledged (a full disk, a broker that went away).
+fn report_retry(
+    delivery_timeout: Duration,
+) -> impl Fn(&TopicPartition, &spate_client::ClientError) {
+    let reported = std::cell::RefCell::new(std::collections::HashSet::new());
+    move |target, error| {
+        let kind = match error.code() {
+            Some(code) => format!("{code:?}"),
+            None => format!("{:?}", std::mem::discriminant(error)),
+        };
+        if reported.borrow_mut().insert(kind) {
+            eprintln!(
+                "spate: partition {}: {error}; retrying for up to {} s",
+                target.partition,
+                delivery_timeout.as_secs()
+            );
+        }
+    }
+}
+
+/// A line sent to the producer, or refused before it was queued.
+enum PendingLine {
+    Sent(spate_client::Delivery),
+    Refused(Option<spate_client::ClientError>),
+}
+
+impl PendingLine {
+    /// The line's partition (-1 if none was chosen) and its outcome.
+    async fn wait(&mut self) -> (i64, spate_client::Result<spate_client::DeliveryReport>) {
+        match self {
+            PendingLine::Sent(delivery) => {
+                let partition = i64::from(delivery.partition());
+                (partition, delivery.await)
+            }
+            PendingLine::Refused(error) => {
+                (-1, Err(error.take().unwrap_or(spate_client::ClientError::Closed)))
+            }
+        }
     }
 }
 
 /// What `spate produce` waits for next.
 enum Input {
     Line(Option<std::io::Result<Vec<String>>>),
-    Acked(spate_client::Result<spate_client::DeliveryReport>),
+    Acked((i64, spate_client::Result<spate_client::DeliveryReport>)),
 }
 
 /// Stdin's lines, read on their own thread so that a blocking read never stalls the executor

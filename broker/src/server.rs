@@ -34,7 +34,12 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs a broker until `stop` is set. Returns an error if a shard fails to start.
-pub fn run(config: BrokerConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
+pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
+    // Every path below (logs, the catalog, errors) is absolute, whatever the caller passed.
+    config.data_dir = std::path::absolute(&config.data_dir)
+        .map_err(|e| format!("bad data directory {}: {e}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
     let _lock = lock_data_dir(&config.data_dir)?;
     check_ports_free(&config)?;
     let config = Arc::new(config);

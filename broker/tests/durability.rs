@@ -211,31 +211,9 @@ fn retention_runs_while_serving_and_consumers_below_the_start_reset() {
 }
 
 #[test]
+#[ignore = "needs root to mount a tmpfs; scripts/test.sh runs ignored tests as root (CI does)"]
 fn a_full_disk_gives_a_clear_error_and_produce_resumes_after_space_is_freed() {
-    let mount = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
-        .arg(mount.path())
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !mounted {
-        println!("SKIPPED: cannot mount a size-limited tmpfs (needs root)");
-        return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let ok = std::process::Command::new("umount")
-                .arg(&self.0)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-            }
-        }
-    }
-    let _unmount = Unmount(mount.path().to_path_buf());
+    let mount = Tmpfs::mount("24m");
     let ballast = mount.path().join("ballast");
     std::fs::write(&ballast, vec![1u8; 4 * 1024 * 1024]).unwrap();
     let data = mount.path().join("data");

@@ -14,6 +14,8 @@ use bytes::BytesMut;
 use spate_protocol::batch::{BatchBuilder, NewRecord, HEADER_LEN};
 use spate_protocol::limits::{BATCH_BYTES_MAX, BATCH_RECORDS_MAX};
 
+use crate::error::ClientError;
+
 /// Identifies a partition of a topic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicPartition {
@@ -31,6 +33,10 @@ pub struct ClosedBatch<D> {
     pub deliveries: Vec<D>,
     /// Sends tried so far (0 before the first).
     pub attempts: u32,
+    /// When the batch's first record arrived: its delivery timeout counts from here.
+    pub opened_at: Instant,
+    /// The error of the last failed send, if any (reported when the batch times out).
+    pub last_error: Option<ClientError>,
 }
 
 struct OpenBatch<D> {
@@ -43,11 +49,14 @@ struct PartitionQueue<D> {
     open: Option<OpenBatch<D>>,
     ready: VecDeque<ClosedBatch<D>>,
     in_flight: usize,
+    /// The last error a send to this partition failed with: a queued batch that times out
+    /// before it was ever sent reports it, since it is why the batch waited.
+    last_error: Option<ClientError>,
 }
 
 impl<D> Default for PartitionQueue<D> {
     fn default() -> Self {
-        PartitionQueue { open: None, ready: VecDeque::new(), in_flight: 0 }
+        PartitionQueue { open: None, ready: VecDeque::new(), in_flight: 0, last_error: None }
     }
 }
 
@@ -127,6 +136,8 @@ impl<D> Accumulator<D> {
                 record_bytes,
                 deliveries: open.deliveries,
                 attempts: 0,
+                opened_at: open.opened_at,
+                last_error: None,
             });
         }
     }
@@ -160,6 +171,26 @@ impl<D> Accumulator<D> {
             .min()
     }
 
+    /// Removes the batches waiting to be sent (not in flight) whose delivery timeout has passed,
+    /// releasing their bytes; the caller fails their deliveries.
+    pub fn take_overdue(&mut self, now: Instant, timeout: Duration) -> Vec<ClosedBatch<D>> {
+        let mut overdue = Vec::new();
+        for queue in self.queues.values_mut() {
+            // A partition's batches are queued in the order they were opened (retried ones go
+            // back to the front, and are the oldest), so the overdue ones are a prefix.
+            while queue.ready.front().is_some_and(|b| now >= b.opened_at + timeout) {
+                let mut batch = queue.ready.pop_front().expect("checked");
+                if batch.last_error.is_none() {
+                    batch.last_error.clone_from(&queue.last_error);
+                }
+                self.buffered_bytes = self.buffered_bytes.saturating_sub(batch.record_bytes);
+                overdue.push(batch);
+            }
+        }
+        self.queues.retain(|_, q| q.open.is_some() || !q.ready.is_empty() || q.in_flight > 0);
+        overdue
+    }
+
     /// Takes the next batch of every partition below `in_flight_max`, counting it in flight.
     pub fn drain_ready(&mut self, in_flight_max: usize) -> Vec<ClosedBatch<D>> {
         let mut out = Vec::new();
@@ -190,6 +221,7 @@ impl<D> Accumulator<D> {
     pub fn retry(&mut self, batch: ClosedBatch<D>) {
         let queue = self.queues.entry(batch.target.clone()).or_default();
         queue.in_flight = queue.in_flight.saturating_sub(1);
+        queue.last_error.clone_from(&batch.last_error);
         queue.ready.push_front(batch);
     }
 
@@ -258,6 +290,28 @@ mod tests {
         acc.complete(&tp(1), bytes);
         let next = acc.drain_ready(1);
         assert_eq!(next[0].deliveries, vec![1]);
+    }
+
+    #[test]
+    fn overdue_batches_leave_in_order_and_release_their_bytes() {
+        let start = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let mut acc = Accumulator::new(100, Duration::ZERO);
+        acc.append(&tp(0), &record(60), 0u32, start).unwrap();
+        acc.append(&tp(0), &record(60), 1u32, start + Duration::from_secs(5)).unwrap();
+        acc.close_all();
+        let sent = acc.drain_ready(1);
+        assert_eq!(sent[0].deliveries, vec![0]);
+        // The in-flight batch is never taken as overdue; the queued one only after its timeout.
+        assert!(acc.take_overdue(start + Duration::from_secs(14), timeout).is_empty());
+        let overdue = acc.take_overdue(start + Duration::from_secs(15), timeout);
+        assert_eq!(overdue.len(), 1);
+        assert_eq!(overdue[0].deliveries, vec![1]);
+        let in_flight_bytes = sent[0].record_bytes;
+        assert_eq!(acc.buffered_bytes(), in_flight_bytes);
+        acc.complete(&tp(0), in_flight_bytes);
+        assert!(acc.is_idle());
+        assert_eq!(acc.buffered_bytes(), 0);
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub enum ClientError {
     Protocol(#[from] ProtocolError),
     #[error("request timed out after {0} ms")]
     Timeout(u64),
+    /// A record was not acknowledged within the producer's delivery timeout.
+    #[error("not acknowledged within the delivery timeout of {ms} ms{}", last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default())]
+    DeliveryTimeout { ms: u64, last_error: Option<Box<ClientError>> },
     #[error("unknown topic {0:?}")]
     UnknownTopic(String),
     #[error("partition {partition} of topic {topic:?} does not exist")]

@@ -15,8 +15,11 @@ pub const PRODUCER_BUFFER_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Most batches one producer keeps in flight per partition.
 pub const IN_FLIGHT_PER_PARTITION_MAX: usize = 16;
 
-/// Most times the producer retries one batch.
-pub const PRODUCE_RETRIES_MAX: u32 = 100;
+/// Longest delivery timeout a producer accepts: a record should not wait for an answer longer.
+pub const DELIVERY_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Longest wait between two sends of one batch.
+pub const RETRY_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Most records one `poll` returns.
 pub const POLL_RECORDS_MAX: usize = 100_000;

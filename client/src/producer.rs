@@ -3,8 +3,11 @@
 //! partition; each record gets a delivery report with its partition and offset.
 //!
 //! Retries: a batch that fails with a retriable error (stale metadata, timeout, lost connection,
-//! busy broker) is retried after `retry_backoff`, up to `retries` times, from the front of its
-//! partition's queue. Retries are allowed only with one batch in flight per partition, so they
+//! busy broker, full disk) is retried after `retry_backoff`, up to `retries` times, from the front
+//! of its partition's queue, and never past its delivery timeout (`delivery_timeout`, counted from
+//! when the batch was opened, as Kafka's `delivery.timeout.ms`): a batch still unacknowledged then
+//! fails with `DeliveryTimeout`, naming the last error it saw. An error that cannot succeed on
+//! retry (a record too large, a corrupt batch, a storage error) fails the batch at once. Retries are allowed only with one batch in flight per partition, so they
 //! never reorder a partition. A retried batch whose first attempt did land may be written twice
 //! (at-least-once); the broker has no idempotent producers yet.
 
@@ -31,8 +34,16 @@ pub struct ProducerConfig {
     pub batch_bytes: usize,
     /// Close a partition's batch this long after its first record, full or not.
     pub linger: Duration,
+    /// Sends of one batch after its first; the delivery timeout bounds them too. Kafka's
+    /// default is unlimited; so is ours ([`u32::MAX`]): the delivery timeout decides.
     pub retries: u32,
+    /// The first retry's wait; each further retry of a batch waits twice as long, up to
+    /// `retry_backoff_max`.
     pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
+    /// Longest a record may wait for its acknowledgement, retries included (Kafka's
+    /// `delivery.timeout.ms`); then its delivery fails. At least `request_timeout`.
+    pub delivery_timeout: Duration,
     /// Batches in flight per partition; more than 1 requires `retries = 0` (ordering).
     pub max_in_flight_per_partition: usize,
     /// Broker-side timeout for acks=all.
@@ -47,8 +58,10 @@ impl Default for ProducerConfig {
             acks: Acks::All,
             batch_bytes: 64 * 1024,
             linger: Duration::from_millis(5),
-            retries: 10,
+            retries: u32::MAX,
             retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(1),
+            delivery_timeout: Duration::from_secs(120),
             max_in_flight_per_partition: 1,
             request_timeout: Duration::from_secs(30),
             buffer_bytes: 64 * 1024 * 1024,
@@ -67,8 +80,15 @@ impl ProducerConfig {
         if self.max_in_flight_per_partition > 1 && self.retries > 0 {
             return bad("retries need max_in_flight_per_partition = 1, or a retry could reorder a partition");
         }
-        if self.retries > limits::PRODUCE_RETRIES_MAX {
-            return bad("retries must be at most 100");
+        if self.delivery_timeout < self.request_timeout
+            || self.delivery_timeout > limits::DELIVERY_TIMEOUT_MAX
+        {
+            return bad("delivery_timeout must be at least request_timeout and at most 1 hour");
+        }
+        if self.retry_backoff_max < self.retry_backoff
+            || self.retry_backoff_max > limits::RETRY_BACKOFF_MAX
+        {
+            return bad("retry_backoff_max must be at least retry_backoff and at most 1 minute");
         }
         if self.buffer_bytes > limits::PRODUCER_BUFFER_BYTES_MAX
             || self.buffer_bytes < self.batch_bytes
@@ -128,7 +148,18 @@ pub struct DeliveryReport {
 }
 
 /// Resolves once the record is acknowledged or has failed for good.
-pub struct Delivery(oneshot::Receiver<Result<DeliveryReport>>);
+pub struct Delivery {
+    partition: u32,
+    reply: oneshot::Receiver<Result<DeliveryReport>>,
+}
+
+impl Delivery {
+    /// The partition the record was sent to (known before it is acknowledged, and also when
+    /// the delivery fails).
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+}
 
 impl std::future::Future for Delivery {
     type Output = Result<DeliveryReport>;
@@ -137,9 +168,12 @@ impl std::future::Future for Delivery {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or(Err(ClientError::Closed)))
+        std::pin::Pin::new(&mut self.reply).poll(cx).map(|r| r.unwrap_or(Err(ClientError::Closed)))
     }
 }
+
+/// Called with each error that a batch will be retried after (see [`Producer::on_retry`]).
+pub type RetryObserver = Box<dyn Fn(&TopicPartition, &ClientError)>;
 
 type Reply = oneshot::Sender<Result<DeliveryReport>>;
 
@@ -155,6 +189,7 @@ struct Inner {
     space_waiters: RefCell<Vec<oneshot::Sender<()>>>,
     closed: Cell<bool>,
     driver: RefCell<Option<glommio::Task<()>>>,
+    on_retry: RefCell<Option<RetryObserver>>,
 }
 
 #[derive(Clone)]
@@ -184,10 +219,18 @@ impl Producer {
             space_waiters: RefCell::new(Vec::new()),
             closed: Cell::new(false),
             driver: RefCell::new(None),
+            on_retry: RefCell::new(None),
         });
         let driver = glommio::spawn_local(drive(Rc::downgrade(&inner), wakeups));
         *inner.driver.borrow_mut() = Some(driver);
         Ok(Producer { inner })
+    }
+
+    /// Calls `observer` with every error a batch is about to be retried after, so that an
+    /// application can report a problem (a full disk, an unreachable broker) while the producer
+    /// keeps retrying within the delivery timeout.
+    pub fn on_retry(&self, observer: impl Fn(&TopicPartition, &ClientError) + 'static) {
+        *self.inner.on_retry.borrow_mut() = Some(Box::new(observer));
     }
 
     /// Queues a record. Returns once it is buffered (waiting while the buffer is full); the
@@ -241,7 +284,7 @@ impl Producer {
             self.inner.partitioner.borrow_mut().on_batch_closed(partition);
         }
         let _ = self.inner.wake.try_send(());
-        Ok(Delivery(delivery))
+        Ok(Delivery { partition, reply: delivery })
     }
 
     /// Sends everything buffered now and waits until every record sent so far is acknowledged
@@ -283,9 +326,18 @@ async fn drive(inner: std::rc::Weak<Inner>, wakeups: LocalReceiver<()>) {
             for target in accumulator.expire(now) {
                 inner.partitioner.borrow_mut().on_batch_closed(target.partition);
             }
+            let overdue = accumulator.take_overdue(now, inner.config.delivery_timeout);
             let ready = accumulator.drain_ready(inner.config.max_in_flight_per_partition);
             let deadline = accumulator.next_deadline();
             drop(accumulator);
+            let failed_overdue = !overdue.is_empty();
+            for batch in overdue {
+                let error = delivery_timeout(&inner.config, batch.last_error);
+                fail_deliveries(batch.deliveries, &error);
+            }
+            if failed_overdue {
+                wake_waiters(&inner);
+            }
             for batch in ready {
                 glommio::spawn_local(send_batch(inner.clone(), batch)).detach();
             }
@@ -308,36 +360,72 @@ async fn drive(inner: std::rc::Weak<Inner>, wakeups: LocalReceiver<()>) {
     }
 }
 
-async fn send_batch(inner: Rc<Inner>, batch: ClosedBatch<Reply>) {
+async fn send_batch(inner: Rc<Inner>, mut batch: ClosedBatch<Reply>) {
     let config = &inner.config;
     let target = batch.target.clone();
     let result = inner
         .client
         .produce(&target.topic, target.partition, &batch.bytes, config.acks, config.request_timeout)
         .await;
-    let batch_bytes = batch.record_bytes;
     match result {
         Ok(base_offset) => {
+            let record_bytes = batch.record_bytes;
             for (i, reply) in batch.deliveries.into_iter().enumerate() {
                 let offset = base_offset.map_or(-1, |base| base + i as i64);
                 let _ = reply.send(Ok(DeliveryReport { partition: target.partition, offset }));
             }
-            inner.accumulator.borrow_mut().complete(&target, batch_bytes);
+            inner.accumulator.borrow_mut().complete(&target, record_bytes);
         }
-        Err(error)
-            if error.is_retriable() && batch.attempts <= config.retries && !inner.closed.get() =>
-        {
-            tracing::debug!(topic = %target.topic, partition = target.partition, attempt = batch.attempts, %error, "retrying batch");
-            glommio::timer::sleep(config.retry_backoff).await;
-            inner.accumulator.borrow_mut().retry(batch);
-        }
-        Err(error) => {
-            for reply in batch.deliveries {
-                let _ = reply.send(Err(error.clone()));
+        Err(error) if error.is_retriable() && !inner.closed.get() => {
+            let backoff = retry_backoff(config, batch.attempts);
+            let retry_at = Instant::now() + backoff;
+            if batch.attempts > config.retries {
+                fail_batch(&inner, batch, error);
+            } else if retry_at >= batch.opened_at + config.delivery_timeout {
+                fail_batch(&inner, batch, delivery_timeout(config, Some(error)));
+            } else {
+                tracing::debug!(topic = %target.topic, partition = target.partition, attempt = batch.attempts, %error, "retrying batch");
+                if let Some(observer) = inner.on_retry.borrow().as_ref() {
+                    observer(&target, &error);
+                }
+                batch.last_error = Some(error);
+                glommio::timer::sleep(backoff).await;
+                inner.accumulator.borrow_mut().retry(batch);
             }
-            inner.accumulator.borrow_mut().complete(&target, batch_bytes);
         }
+        Err(error) => fail_batch(&inner, batch, error),
     }
+    wake_waiters(&inner);
+    let _ = inner.wake.try_send(());
+}
+
+/// Exponential backoff: `retry_backoff` after the first attempt, doubling, capped.
+fn retry_backoff(config: &ProducerConfig, attempts: u32) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(16);
+    config.retry_backoff.saturating_mul(1 << doublings).min(config.retry_backoff_max)
+}
+
+fn delivery_timeout(config: &ProducerConfig, last_error: Option<ClientError>) -> ClientError {
+    ClientError::DeliveryTimeout {
+        ms: config.delivery_timeout.as_millis() as u64,
+        last_error: last_error.map(Box::new),
+    }
+}
+
+/// Fails every record of an in-flight `batch` with `error` and releases its buffer space.
+fn fail_batch(inner: &Inner, batch: ClosedBatch<Reply>, error: ClientError) {
+    fail_deliveries(batch.deliveries, &error);
+    inner.accumulator.borrow_mut().complete(&batch.target, batch.record_bytes);
+}
+
+fn fail_deliveries(deliveries: Vec<Reply>, error: &ClientError) {
+    for reply in deliveries {
+        let _ = reply.send(Err(error.clone()));
+    }
+}
+
+/// Buffer space was released: wake senders waiting for it, and flushes if nothing is left.
+fn wake_waiters(inner: &Inner) {
     for waiter in inner.space_waiters.borrow_mut().drain(..) {
         let _ = waiter.send(());
     }
@@ -346,5 +434,4 @@ async fn send_batch(inner: Rc<Inner>, batch: ClosedBatch<Reply>) {
             let _ = waiter.send(());
         }
     }
-    let _ = inner.wake.try_send(());
 }

@@ -126,12 +126,7 @@ struct CeilingOptions {
 }
 
 fn main() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        ))
-        .with_writer(std::io::stderr)
-        .try_init();
+    spate_broker::logging::init("warn");
     let cli = Cli::parse();
     let result = match cli.scenario {
         ScenarioCommand::Produce(options) => scenario(Scenario::Produce, options),
@@ -145,7 +140,14 @@ fn main() {
     }
 }
 
-fn ceiling_command(options: CeilingOptions) -> Result<(), String> {
+/// An absolute path, so every message names the full path (and Glommio, which opens some paths
+/// without a base directory, never sees a relative one).
+fn absolute(path: &std::path::Path) -> Result<PathBuf, String> {
+    std::path::absolute(path).map_err(|e| format!("bad path {}: {e}", path.display()))
+}
+
+fn ceiling_command(mut options: CeilingOptions) -> Result<(), String> {
+    options.data_dir = absolute(&options.data_dir)?;
     let size = CeilingSize {
         direct_bytes: options.direct_mb << 20,
         fsync_writes: options.fsync_writes,
@@ -223,8 +225,8 @@ fn start_embedded(
             let temp = tempfile::Builder::new()
                 .prefix("spate-loadgen-")
                 .tempdir_in(".")
-                .map_err(|e| e.to_string())?;
-            (temp.path().to_path_buf(), Some(temp))
+                .map_err(|e| format!("cannot create a data directory here: {e}"))?;
+            (absolute(temp.path())?, Some(temp))
         }
     };
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -260,7 +262,8 @@ fn parse_cpus(options: &Options) -> Result<Vec<usize>, String> {
     Ok(cpus)
 }
 
-fn scenario(scenario: Scenario, options: Options) -> Result<(), String> {
+fn scenario(scenario: Scenario, mut options: Options) -> Result<(), String> {
+    options.data_dir = options.data_dir.as_deref().map(absolute).transpose()?;
     let acks = match options.acks.as_str() {
         "none" | "0" => Acks::None,
         "leader" | "1" => Acks::Leader,
@@ -286,7 +289,10 @@ fn scenario(scenario: Scenario, options: Options) -> Result<(), String> {
         (
             None,
             options.bootstrap.clone(),
-            options.data_dir.clone().unwrap_or_else(|| PathBuf::from("target/loadgen-ceiling")),
+            match options.data_dir.clone() {
+                Some(dir) => dir,
+                None => absolute(std::path::Path::new("target/loadgen-ceiling"))?,
+            },
         )
     };
     let ceiling = if options.no_ceiling {

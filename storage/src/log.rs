@@ -211,7 +211,10 @@ impl Log {
         config: LogConfig,
         options: LogOptions,
     ) -> Result<Log> {
-        let dir = dir.as_ref().to_path_buf();
+        // Absolute, because Glommio opens directories with no base descriptor (a relative path
+        // fails with EBADF), and so that every error and log line names the full path.
+        let dir = std::path::absolute(dir.as_ref())
+            .map_err(|e| LogError::io("resolve", dir.as_ref(), e))?;
         config.validate().map_err(LogError::Config)?;
         std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create", &dir, e))?;
         segment::prime_dma_probe(&dir).await?;
