@@ -7,6 +7,7 @@
 //! metrics_listen = "127.0.0.1:9393"
 //! layout = "layout.toml"         # partition-to-shard overrides (spate tune layout writes these)
 //! log_level = "info"
+//! request_memory_bytes = 268435456   # request frames one shard holds at once (backpressure)
 //! [defaults]                     # topic settings used when a topic does not override them
 //! flush = "never"                # always | never | interval:MS
 //! retention_ms = 604800000
@@ -39,6 +40,7 @@ pub struct FileConfig {
     pub metrics_listen: Option<String>,
     pub layout: Option<PathBuf>,
     pub log_level: Option<String>,
+    pub request_memory_bytes: Option<usize>,
     #[serde(default)]
     pub defaults: DefaultsConfig,
 }
@@ -67,6 +69,22 @@ pub struct LayoutTopic {
     pub shards: Vec<u16>,
 }
 
+/// Checks `--request-memory-bytes` against its limits.
+pub fn request_memory_bytes(bytes: Option<usize>) -> Result<usize, String> {
+    let bytes = bytes.unwrap_or(limits::REQUEST_MEMORY_PER_SHARD_BYTES_MAX);
+    let range =
+        limits::REQUEST_MEMORY_PER_SHARD_BYTES_MIN..=limits::REQUEST_MEMORY_PER_SHARD_BYTES_MAX;
+    if range.contains(&bytes) {
+        Ok(bytes)
+    } else {
+        Err(format!(
+            "request_memory_bytes {bytes}: must be between {} and {}",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
 /// The resolved configuration a broker runs with.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -77,6 +95,9 @@ pub struct BrokerConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub layout: Layout,
     pub log_defaults: LogConfig,
+    /// Bytes of request frames one shard holds at once (see
+    /// `limits::REQUEST_MEMORY_PER_SHARD_BYTES_MAX`, the default and the largest allowed).
+    pub request_memory_bytes: usize,
 }
 
 impl BrokerConfig {

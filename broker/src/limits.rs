@@ -12,9 +12,14 @@ pub const REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX: usize = 16;
 /// Connections one shard accepts at once; more are closed on accept.
 pub const CONNECTIONS_PER_SHARD_MAX: usize = 4096;
 
-/// Bytes of produce requests one shard holds in memory at once (decoded, not yet appended).
-/// A request that would exceed it waits; one larger than it is refused.
-pub const PRODUCE_MEMORY_PER_SHARD_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Bytes of request frames one shard holds at once, from the moment a frame's length is read
+/// until its handler is done. Taken before the body is read, first come first served: a
+/// connection whose next frame does not fit stops reading, so backpressure reaches the socket.
+/// The default of `spate serve --request-memory-bytes`, and its largest value.
+pub const REQUEST_MEMORY_PER_SHARD_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// The smallest request memory a shard may be given: one largest request must fit.
+pub const REQUEST_MEMORY_PER_SHARD_BYTES_MIN: usize = REQUEST_BYTES_MAX;
 
 /// A peer that started a frame must finish it within this long, or is disconnected (stalled,
 /// half-open connections).
@@ -57,5 +62,7 @@ pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
 pub const SHARDS_MAX: usize = 256;
 
 const _: () = assert!(REQUEST_BYTES_MAX <= wire::FRAME_BYTES_MAX);
-const _: () = assert!(REQUEST_BYTES_MAX <= PRODUCE_MEMORY_PER_SHARD_BYTES_MAX);
+const _: () = assert!(REQUEST_MEMORY_PER_SHARD_BYTES_MIN <= REQUEST_MEMORY_PER_SHARD_BYTES_MAX);
+// Permits of the FIFO budget are counted in u32.
+const _: () = assert!(REQUEST_MEMORY_PER_SHARD_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(FETCH_RESPONSE_BYTES_MAX < wire::FRAME_BYTES_MAX);

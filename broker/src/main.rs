@@ -95,6 +95,10 @@ struct ServeArgs {
     /// trace, debug, info, warn or error (RUST_LOG overrides).
     #[arg(long)]
     log_level: Option<String>,
+    /// Bytes of request frames one shard holds at once (16 MiB..256 MiB, default 256 MiB);
+    /// connections stop reading while it is used up.
+    #[arg(long)]
+    request_memory_bytes: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -280,7 +284,17 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         ),
         None => None,
     };
-    let config = BrokerConfig { data_dir, listen, cpus, metrics_listen, layout, log_defaults };
+    let request_memory_bytes =
+        config::request_memory_bytes(args.request_memory_bytes.or(file.request_memory_bytes))?;
+    let config = BrokerConfig {
+        data_dir,
+        listen,
+        cpus,
+        metrics_listen,
+        layout,
+        log_defaults,
+        request_memory_bytes,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone())

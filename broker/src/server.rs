@@ -337,8 +337,22 @@ async fn serve_connection(
     let decoder = FrameDecoder::with_limit(limits::REQUEST_BYTES_MAX);
     let mut buffer = BytesMut::with_capacity(64 * 1024);
     let mut frame_started: Option<std::time::Instant> = None;
+    // The current frame's bytes in the shard's request budget, taken once its length is known
+    // and before its body is read.
+    let mut frame_memory: Option<tokio::sync::OwnedSemaphorePermit> = None;
     // One iteration per read or per request; ends on close, error or stop.
     let outcome = loop {
+        if frame_memory.is_none() {
+            if let Ok(Some(bytes)) = decoder.frame_bytes(&buffer) {
+                // Waits, first come first served, while the shard holds too many requests: this
+                // connection stops reading and its peer feels backpressure.
+                let acquired = shard.request_memory.clone().acquire_many_owned(bytes as u32).await;
+                match acquired {
+                    Ok(permit) => frame_memory = Some(permit),
+                    Err(_) => break Ok(()),
+                }
+            }
+        }
         match decoder.decode(&mut buffer) {
             Ok(Some(frame)) => {
                 frame_started = None;
@@ -347,9 +361,11 @@ async fn serve_connection(
                 );
                 shard.in_flight.set(shard.in_flight.get() + 1);
                 let handler = shard.clone();
+                let memory = frame_memory.take();
                 let task = glommio::spawn_local(async move {
                     let reply = handler.handle(frame).await;
                     handler.in_flight.set(handler.in_flight.get() - 1);
+                    drop(memory);
                     reply
                 });
                 if replies.send(task).await.is_err() {

@@ -13,6 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -223,7 +224,9 @@ pub struct Shard {
     offsets: Option<RwLock<OffsetStore>>,
     /// Serializes catalog changes on the controller.
     controller_lock: Semaphore,
-    produce_memory: Rc<Semaphore>,
+    /// Bytes of request frames held (see `limits::REQUEST_MEMORY_PER_SHARD_BYTES_MAX`): taken
+    /// by the connection before it reads a frame's body, released when the request is done.
+    pub request_memory: Arc<tokio::sync::Semaphore>,
     pub shutting_down: Cell<bool>,
     pub in_flight: Cell<usize>,
     pub background: glommio::TaskQueueHandle,
@@ -253,6 +256,7 @@ impl Shard {
         } else {
             None
         };
+        let request_memory = Arc::new(tokio::sync::Semaphore::new(config.request_memory_bytes));
         let shard = Rc::new(Shard {
             id,
             config,
@@ -262,9 +266,7 @@ impl Shard {
             peers,
             offsets,
             controller_lock: Semaphore::new(1),
-            produce_memory: Rc::new(Semaphore::new(
-                limits::PRODUCE_MEMORY_PER_SHARD_BYTES_MAX as u64,
-            )),
+            request_memory,
             shutting_down: Cell::new(false),
             in_flight: Cell::new(0),
             background,
@@ -448,24 +450,17 @@ impl Shard {
                 log_start_offset: -1,
             };
         };
-        let mut base = None;
-        // Appended one after another: the order of batches within a partition is kept.
-        for batch in batches {
-            match log.append(batch, 0).await {
-                Ok(appended) => {
-                    base.get_or_insert(appended.base_offset);
-                }
-                Err(error) => {
-                    self.wake_fetchers(topic, partition);
-                    return ProduceOutcome {
-                        result: Err(error.into()),
-                        log_start_offset: log.offsets().start,
-                    };
-                }
-            }
+        if batches.is_empty() {
+            return ProduceOutcome { result: Ok(-1), log_start_offset: log.offsets().start };
         }
+        // One unit: the request's batches take consecutive offsets, and appends take offsets in
+        // the order they are called, so pipelined produces to a partition keep their order.
+        let appended = log.append_batches(batches, 0).await;
         self.wake_fetchers(topic, partition);
-        ProduceOutcome { result: Ok(base.unwrap_or(-1)), log_start_offset: log.offsets().start }
+        ProduceOutcome {
+            result: appended.map(|a| a.base_offset).map_err(Failure::from),
+            log_start_offset: log.offsets().start,
+        }
     }
 
     async fn produce_partition(
@@ -500,16 +495,6 @@ impl Shard {
         correlation_id: u32,
         header: BytesMut,
     ) -> Option<Reply> {
-        let _memory = match self.produce_memory.acquire_static_permit(header.len() as u64).await {
-            Ok(permit) => permit,
-            Err(_) => {
-                return Some(envelope_error(
-                    correlation_id,
-                    ErrorCode::ShuttingDown,
-                    "shutting down",
-                ))
-            }
-        };
         let (acks, timeout_ms, parts) = {
             let request = codec::decode_request(&header).expect("verified by the caller");
             let produce = request.body_as_produce_request().expect("checked by the caller");

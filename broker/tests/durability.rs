@@ -271,3 +271,115 @@ fn a_full_disk_gives_a_clear_error_and_produce_resumes_after_space_is_freed() {
     });
     assert!(broker.sigterm().success());
 }
+
+/// A produce request of `batches` batches of `records` records of `value_bytes` each, to
+/// partition 0 of `topic`, as one frame.
+fn produce_frame(
+    correlation_id: u32,
+    topic: &str,
+    batches: usize,
+    records: usize,
+    value_bytes: usize,
+) -> Vec<u8> {
+    use spate_protocol::batch::{BatchBuilder, NewRecord};
+    let mut bytes = Vec::new();
+    for _ in 0..batches {
+        let mut builder = BatchBuilder::new();
+        for _ in 0..records {
+            builder.push(&NewRecord {
+                value: Some(Bytes::from(vec![b'o'; value_bytes])),
+                ..Default::default()
+            });
+        }
+        bytes.extend_from_slice(&builder.finish().unwrap());
+    }
+    let partitions =
+        vec![spate_protocol::codec::ProducePartitionInput { partition: 0, records: &bytes }];
+    spate_protocol::codec::encode_produce(
+        correlation_id,
+        "order-test",
+        spate_protocol::wire::Acks::All,
+        30_000,
+        &[(topic, partitions)],
+    )
+    .unwrap()
+    .to_vec()
+}
+
+/// Reads one response frame and returns (correlation id, base offset of its first partition).
+fn read_produce_response(
+    stream: &mut std::net::TcpStream,
+    buffer: &mut bytes::BytesMut,
+) -> (u32, i64) {
+    use std::io::Read;
+    let decoder = spate_protocol::frame::FrameDecoder::default();
+    let mut chunk = [0u8; 64 * 1024];
+    // Bounded by the stream's read timeout.
+    loop {
+        if let Some(frame) = decoder.decode(buffer).unwrap() {
+            let response = spate_protocol::codec::decode_response(&frame.header).unwrap();
+            let produce = response.body_as_produce_response().expect("a produce response");
+            let partition = produce.topics().unwrap().get(0).partitions().unwrap().get(0);
+            assert_eq!(partition.error_code(), ErrorCode::None, "{:?}", partition.error_message());
+            return (response.correlation_id(), partition.base_offset());
+        }
+        let n = stream.read(&mut chunk).expect("a response within the timeout");
+        assert!(n > 0, "the broker closed the connection");
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn pipelined_produces_of_mixed_sizes_keep_their_order_under_memory_pressure() {
+    use std::io::Write;
+    let dir = temp_dir();
+    // The smallest request budget: one large request fills most of it, so later ones wait.
+    let broker =
+        Broker::start_on(dir.path(), free_ports(), &["--request-memory-bytes", "16777216"]);
+    broker.ok(&["topic", "create", "ordered"]);
+    let address = broker.address();
+    let connections: Vec<_> = (0..3u32)
+        .map(|connection| {
+            let address = address.clone();
+            std::thread::spawn(move || {
+                let mut stream = std::net::TcpStream::connect(&address).unwrap();
+                stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                // Large (3 batches of ~3.6 MB) and small (one 100-byte record) requests, mixed.
+                let sends: Vec<u32> = (0..12).map(|i| connection * 100 + i).collect();
+                let writer = {
+                    let mut stream = stream.try_clone().unwrap();
+                    let sends = sends.clone();
+                    std::thread::spawn(move || {
+                        for id in sends {
+                            let frame = if id % 3 == 0 {
+                                produce_frame(id, "ordered", 3, 4, 900_000)
+                            } else {
+                                produce_frame(id, "ordered", 1, 1, 100)
+                            };
+                            stream.write_all(&frame).unwrap();
+                        }
+                    })
+                };
+                let mut buffer = bytes::BytesMut::new();
+                let answers: Vec<(u32, i64)> =
+                    sends.iter().map(|_| read_produce_response(&mut stream, &mut buffer)).collect();
+                writer.join().unwrap();
+                (sends, answers)
+            })
+        })
+        .collect();
+    for connection in connections {
+        let (sends, answers) = connection.join().unwrap();
+        let ids: Vec<u32> = answers.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, sends, "answered in request order");
+        // Each request's batches are one consecutive run of offsets (12 records for a large
+        // one, 1 for a small one), and later requests of the connection come after it.
+        for pair in answers.windows(2) {
+            let records = if pair[0].0 % 3 == 0 { 12 } else { 1 };
+            assert!(
+                pair[0].1 + records <= pair[1].1,
+                "appended out of send order, or interleaved: {answers:?}"
+            );
+        }
+    }
+}

@@ -239,6 +239,7 @@ fn start_embedded(
         metrics_listen: None,
         layout,
         log_defaults: Default::default(),
+        request_memory_bytes: spate_broker::limits::REQUEST_MEMORY_PER_SHARD_BYTES_MAX,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let broker_stop = stop.clone();

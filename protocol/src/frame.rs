@@ -79,6 +79,12 @@ impl FrameDecoder {
         }
     }
 
+    /// The whole size of the frame at the front of `buffer` (length prefix included), once its
+    /// prefix is there: what a reader must hold room for before it reads the body.
+    pub fn frame_bytes(&self, buffer: &BytesMut) -> Result<Option<usize>, FrameError> {
+        Ok(self.frame_length(buffer)?.map(|length| 4 + length))
+    }
+
     fn frame_length(&self, buffer: &BytesMut) -> Result<Option<usize>, FrameError> {
         if buffer.len() < PREFIX_BYTES {
             return Ok(None);

@@ -126,8 +126,9 @@ struct Inner {
     state: RefCell<State>,
     /// Serializes everything that writes files: flush rounds, rolls, truncation, retention.
     io_lock: Semaphore,
-    /// Bytes of queued batches; appenders wait for room (backpressure).
-    pending_budget: Semaphore,
+    /// Bytes of queued batches; appenders wait for room (backpressure), strictly first come,
+    /// first served, so that appends take offsets in the order they were called.
+    pending_budget: tokio::sync::Semaphore,
 }
 
 struct Pending {
@@ -179,6 +180,34 @@ impl State {
 
     fn size_bytes(&self) -> u64 {
         self.segments.values().map(|s| s.size).sum()
+    }
+
+    /// Stamps a validated batch with the next offset and `leader_term`, and queues it for the
+    /// flush task (and the tail cache). Returns what completes once it is written (or durable).
+    fn queue(
+        &mut self,
+        mut batch: BytesMut,
+        header: &BatchHeader,
+        leader_term: u64,
+    ) -> oneshot::Receiver<Result<()>> {
+        let base_offset = self.next_offset;
+        batch::stamp(&mut batch, base_offset, leader_term);
+        let length = batch.len();
+        let bytes = batch.freeze();
+        let next_offset = header.next_offset() - header.base_offset + base_offset;
+        self.next_offset = next_offset;
+        self.cache.push(CachedBatch { base_offset, next_offset, bytes: bytes.clone() });
+        self.pending.push_back(Pending {
+            base_offset,
+            next_offset,
+            max_timestamp: header.max_timestamp,
+            bytes,
+        });
+        self.pending_bytes += length;
+        let (tx, rx) = oneshot::channel();
+        let durable = self.config.flush == FlushPolicy::Always;
+        self.waiters.push_back(Waiter { next_offset, durable, reply: tx });
+        rx
     }
 
     /// Completes every waiter the offsets now satisfy.
@@ -279,7 +308,7 @@ impl Log {
                 options,
                 state: RefCell::new(state),
                 io_lock: Semaphore::new(1),
-                pending_budget: Semaphore::new(limits::PENDING_BYTES_MAX as u64),
+                pending_budget: tokio::sync::Semaphore::new(limits::PENDING_BYTES_MAX),
             }),
         })
     }
@@ -336,27 +365,52 @@ impl Log {
     /// Appends one batch (validated here: shape, CRC and records). Stamps its base offset and
     /// `leader_term` in place, and completes once the batch is written, or under
     /// `flush=always` once it is durable.
-    pub async fn append(&self, mut batch: BytesMut, leader_term: u64) -> Result<Appended> {
-        let header = batch::validate(&batch)?;
-        let length = batch.len();
+    pub async fn append(&self, batch: BytesMut, leader_term: u64) -> Result<Appended> {
+        self.append_batches(vec![batch], leader_term).await
+    }
+
+    /// Appends batches as one unit: all are validated before any is queued, and they take
+    /// consecutive offsets, with no other append in between. Appends take offsets strictly in
+    /// the order they were called (the budget they wait for is first come, first served), so
+    /// pipelined produces to one partition keep their order. Returns the offsets of all of them;
+    /// fails with the first error if any batch failed to be written (an earlier batch may then
+    /// have been written: it is readable, and its offsets stay taken).
+    pub async fn append_batches(
+        &self,
+        mut batches: Vec<BytesMut>,
+        leader_term: u64,
+    ) -> Result<Appended> {
+        let headers = batches.iter().map(|b| batch::validate(b)).collect::<Result<Vec<_>, _>>()?;
+        let length: usize = batches.iter().map(BytesMut::len).sum();
+        if headers.is_empty() {
+            return Err(LogError::Config("no batch to append".into()));
+        }
         assert!(length <= limits::PENDING_BYTES_MAX);
         if self.inner.state.borrow().closed {
             return Err(LogError::Closed);
         }
-        self.inner.pending_budget.acquire(length as u64).await.map_err(|_| LogError::Closed)?;
+        // Queued in call order even when this waits: no later append can take offsets first.
+        let permits = self
+            .inner
+            .pending_budget
+            .acquire_many(length as u32)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        // Released by the flush round that writes these bytes (or by a rollback).
+        permits.forget();
 
-        let (appended, reply, start_flush_task) = {
+        let (appended, replies, start_flush_task) = {
             let mut state = self.inner.state.borrow_mut();
             if state.closed {
                 drop(state);
-                self.inner.pending_budget.signal(length as u64);
+                self.inner.pending_budget.add_permits(length);
                 return Err(LogError::Closed);
             }
-            let base_offset = state.next_offset;
-            batch::stamp(&mut batch, base_offset, leader_term);
-            let bytes = batch.freeze();
-            let next_offset = header.next_offset() - header.base_offset + base_offset;
-            state.next_offset = next_offset;
+            let first_offset = state.next_offset;
+            let mut replies = Vec::with_capacity(batches.len());
+            for (batch, header) in batches.iter_mut().zip(&headers) {
+                replies.push(state.queue(std::mem::take(batch), header, leader_term));
+            }
             if let Some(segment_ms) = state.config.segment_ms {
                 let now_ms = self.inner.options.clock.now_ms();
                 let active = state.active();
@@ -364,30 +418,25 @@ impl Log {
                     state.roll_requested = true;
                 }
             }
-            state.cache.push(CachedBatch { base_offset, next_offset, bytes: bytes.clone() });
-            state.pending.push_back(Pending {
-                base_offset,
-                next_offset,
-                max_timestamp: header.max_timestamp,
-                bytes,
-            });
-            state.pending_bytes += length;
-            let (tx, rx) = oneshot::channel();
-            let durable = state.config.flush == FlushPolicy::Always;
-            state.waiters.push_back(Waiter { next_offset, durable, reply: tx });
             let start_flush_task = !state.flush_task_running;
             state.flush_task_running = true;
-            (Appended { base_offset, last_offset: next_offset - 1 }, rx, start_flush_task)
+            let appended =
+                Appended { base_offset: first_offset, last_offset: state.next_offset - 1 };
+            (appended, replies, start_flush_task)
         };
         // Spawned with no borrow held: Glommio may run the new task before this one yields.
         if start_flush_task {
             self.spawn_background(flush_task(self.clone()));
         }
-        match reply.await {
-            Ok(Ok(())) => Ok(appended),
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(LogError::Closed),
+        // Bounded by the batches given.
+        for reply in replies {
+            match reply.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(error),
+                Err(_) => return Err(LogError::Closed),
+            }
         }
+        Ok(appended)
     }
 
     fn spawn_background(&self, future: impl std::future::Future<Output = ()> + 'static) {
@@ -444,7 +493,7 @@ impl Log {
                 Err(error) => self.roll_back_unwritten(&mut state, error),
             }
         }
-        self.inner.pending_budget.signal(released as u64);
+        self.inner.pending_budget.add_permits(released);
         if result.is_err() {
             self.repair_after_failed_write().await;
         }
@@ -458,7 +507,7 @@ impl Log {
             dropped = state.next_offset - state.written_offset, "append failed; rolling back unwritten batches");
         let queued: usize = state.pending.drain(..).map(|p| p.bytes.len()).sum();
         state.pending_bytes -= queued;
-        self.inner.pending_budget.signal(queued as u64);
+        self.inner.pending_budget.add_permits(queued);
         state.next_offset = state.written_offset;
         let written = state.written_offset;
         state.cache.truncate(written);
@@ -1018,6 +1067,8 @@ impl Log {
             state.closed = true;
             state.fail_waiters(&LogError::Closed);
             state.cache.clear();
+            // Appenders waiting for room fail with `Closed` instead of waiting forever.
+            self.inner.pending_budget.close();
             std::mem::take(&mut state.segments).into_values().map(|s| s.file).collect()
         };
         // Close descriptors now rather than at the executor's next IO cycle. A file a reader

@@ -316,3 +316,67 @@ fn roll_by_age() {
         assert_eq!(log.segment_bases(), vec![0, 2]);
     });
 }
+
+#[test]
+fn appends_take_offsets_in_call_order_even_when_waiting_for_room() {
+    let dir = temp_dir();
+    run(async {
+        let config = LogConfig { segment_bytes: 1 << 30, ..small_config() };
+        let log = Log::open(dir.path(), config, LogOptions::default()).await.unwrap();
+        // Mixed sizes, far more than the pending budget (64 MiB): large appends wait for room,
+        // and a small one called after a waiting large one must not pass it.
+        let sizes: Vec<usize> =
+            (0..60).map(|i| if i % 3 == 2 { 200 } else { 3_000_000 + i * 1_000 }).collect();
+        let mut tasks = Vec::new();
+        for (call, size) in sizes.iter().enumerate() {
+            let log = log.clone();
+            let batch = make_batch(call as u64, 1, *size, 0);
+            tasks.push(glommio::spawn_local(async move {
+                (call, log.append(batch, 1).await.unwrap().base_offset)
+            }));
+        }
+        let mut offsets = Vec::new();
+        for task in tasks {
+            offsets.push(task.await);
+        }
+        for pair in offsets.windows(2) {
+            assert!(
+                pair[0].1 < pair[1].1,
+                "call {} got offset {}, but call {} got {}",
+                pair[0].0,
+                pair[0].1,
+                pair[1].0,
+                pair[1].1
+            );
+        }
+    });
+}
+
+#[test]
+fn batches_appended_together_are_consecutive_and_validated_first() {
+    let dir = temp_dir();
+    run(async {
+        let log = Log::open(dir.path(), small_config(), LogOptions::default()).await.unwrap();
+        // Another appender's batch is called in between: it lands after the whole unit.
+        let unit = vec![make_batch(1, 2, 100, 0), make_batch(2, 3, 100, 0)];
+        let first = {
+            let log = log.clone();
+            glommio::spawn_local(async move { log.append_batches(unit, 1).await.unwrap() })
+        };
+        let other = {
+            let log = log.clone();
+            glommio::spawn_local(async move { log.append(make_batch(3, 1, 100, 0), 1).await })
+        };
+        let appended = first.await;
+        assert_eq!((appended.base_offset, appended.last_offset), (0, 4));
+        assert_eq!(other.await.unwrap().base_offset, 5);
+        // One bad batch refuses the whole unit: nothing of it is appended.
+        let mut corrupt = make_batch(5, 1, 100, 0);
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0xff;
+        let refused = log.append_batches(vec![make_batch(4, 1, 100, 0), corrupt], 1).await;
+        assert!(refused.is_err());
+        assert_eq!(log.offsets().next, 6);
+        assert_eq!(log.offsets().high_watermark, 6);
+    });
+}
