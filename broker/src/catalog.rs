@@ -228,6 +228,23 @@ impl Catalog {
         Ok(())
     }
 
+    /// Gives partitions owned by shards this broker no longer runs (it restarted with fewer
+    /// cores) to the shards it has, spread by partition number. A partition's files do not
+    /// depend on its shard, so the new owner simply opens them. Returns how many moved.
+    pub fn reassign_orphans(&mut self, shard_count: usize) -> usize {
+        assert!(shard_count > 0);
+        let mut moved = 0;
+        for topic in self.topics.values_mut() {
+            for (partition, shard) in topic.shards.iter_mut().enumerate() {
+                if usize::from(*shard) >= shard_count {
+                    *shard = (partition % shard_count) as u16;
+                    moved += 1;
+                }
+            }
+        }
+        moved
+    }
+
     pub fn path(data_dir: &Path) -> PathBuf {
         data_dir.join("meta").join("catalog.toml")
     }
@@ -258,6 +275,17 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn orphaned_partitions_move_to_running_shards_and_others_stay() {
+        let mut catalog = Catalog::default();
+        catalog
+            .topics
+            .insert("t".into(), Topic { shards: vec![0, 3, 1, 2, 5], configs: BTreeMap::new() });
+        assert_eq!(catalog.reassign_orphans(2), 3);
+        assert_eq!(catalog.topics["t"].shards, vec![0, 1, 1, 1, 0]);
+        assert_eq!(catalog.reassign_orphans(2), 0);
+    }
 
     #[test]
     fn names_are_validated() {

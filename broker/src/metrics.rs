@@ -105,6 +105,7 @@ impl ShardMetrics {
         self.produce_latency.render(&mut out, "spate_produce_latency_seconds", &labels);
         self.fetch_latency.render(&mut out, "spate_fetch_latency_seconds", &labels);
         for (topic, partition, high_watermark, bytes) in partitions {
+            let topic = label(topic);
             let labels = format!("topic=\"{topic}\",partition=\"{partition}\",shard=\"{shard}\"");
             let _ = writeln!(out, "spate_partition_high_watermark{{{labels}}} {high_watermark}");
             let _ = writeln!(out, "spate_partition_log_bytes{{{labels}}} {bytes}");
@@ -138,9 +139,32 @@ pub fn header() -> String {
     .collect()
 }
 
+/// A label value escaped for the Prometheus text format: backslash, double quote and newline.
+pub fn label(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("plain-1.x"), "plain-1.x");
+        assert_eq!(label("a\"b\nc\\d"), "a\\\"b\\nc\\\\d");
+    }
 
     #[test]
     fn histograms_are_cumulative_and_samples_are_labelled() {

@@ -42,6 +42,7 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> Result<(), String
         .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
     let _lock = lock_data_dir(&config.data_dir)?;
     check_ports_free(&config)?;
+    adopt_orphaned_partitions(&config)?;
     let config = Arc::new(config);
     let shard_count = config.shard_count();
     let mesh = MeshBuilder::<ShardMsg, _>::full(shard_count, limits::CROSS_SHARD_QUEUE_MAX);
@@ -84,6 +85,23 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> Result<(), String
         return Err("a shard failed to start; see the log above".into());
     }
     tracing::info!("spate stopped");
+    Ok(())
+}
+
+/// A broker restarted with fewer cores than its catalog's shards: hand their partitions to
+/// the shards it runs now (persisted before any shard starts), so none stays unserved.
+fn adopt_orphaned_partitions(config: &BrokerConfig) -> Result<(), String> {
+    let mut catalog = crate::catalog::Catalog::load(&config.data_dir)
+        .map_err(|e| format!("cannot read the catalog: {e}"))?;
+    let moved = catalog.reassign_orphans(config.shard_count());
+    if moved > 0 {
+        catalog.save(&config.data_dir).map_err(|e| format!("cannot save the catalog: {e}"))?;
+        tracing::warn!(
+            partitions = moved,
+            shards = config.shard_count(),
+            "partitions of shards this broker no longer runs were reassigned to running shards"
+        );
+    }
     Ok(())
 }
 

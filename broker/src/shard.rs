@@ -944,7 +944,11 @@ impl Shard {
         for ((group, topic, partition), offset) in committed {
             if let Some(stats) = self.stats(&topic, partition).await {
                 let lag = (stats.end - offset).max(0);
-                out.push_str(&format!("spate_consumer_lag{{group=\"{group}\",topic=\"{topic}\",partition=\"{partition}\"}} {lag}\n"));
+                out.push_str(&format!(
+                    "spate_consumer_lag{{group=\"{}\",topic=\"{}\",partition=\"{partition}\"}} {lag}\n",
+                    crate::metrics::label(&group),
+                    crate::metrics::label(&topic)
+                ));
             }
         }
         out
@@ -1292,10 +1296,9 @@ impl Shard {
         let group = request.group_id.clone().unwrap_or_default();
         // Fencing: a member of an older generation (a zombie) may not commit.
         let member = request.member_id.clone().unwrap_or_default();
-        let fenced = if group.is_empty() {
-            Ok(())
-        } else {
-            self.check_commit(&group, &member, request.generation_id).await
+        let fenced = match groups::validate_group_id(&group) {
+            Err(invalid) => Err(invalid),
+            Ok(()) => self.check_commit(&group, &member, request.generation_id).await,
         };
         let mut accepted = Vec::new();
         let mut results: Vec<wire::TopicPartitionResultsT> = Vec::new();
@@ -1304,9 +1307,7 @@ impl Shard {
             let mut partitions = Vec::new();
             for partition in topic.partitions.into_iter().flatten() {
                 let known = self.owner(&name, partition.partition as u32).is_some();
-                let error_code = if group.is_empty() {
-                    ErrorCode::InvalidRequest
-                } else if let Err(failure) = &fenced {
+                let error_code = if let Err(failure) = &fenced {
                     failure.code
                 } else if !known {
                     ErrorCode::UnknownTopicOrPartition

@@ -547,3 +547,45 @@ fn a_long_poll_through_one_shard_wakes_for_either_shards_partition() {
         producer.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_restart_with_fewer_cores_serves_every_partition() {
+    let dir = temp_dir();
+    let port = free_ports();
+    let mut broker = Broker::start_on(dir.path(), port, &[]);
+    broker.ok(&["topic", "create", "wide", "--partitions", "4"]);
+    let described = broker.ok(&["topic", "describe", "wide"]);
+    assert!(described.contains("shard 1"), "spread over both shards: {described}");
+    let input: String = (0..40).map(|i| format!("k{i}:v{i}\n")).collect();
+    let produced =
+        broker.cli_with_input(&["produce", "wide", "--key-separator", ":"], Some(input.as_bytes()));
+    assert!(produced.status.success());
+    assert!(broker.sigterm().success());
+    let broker = Broker::start_with_cores(dir.path(), port, 1, &[]);
+    let described = broker.ok(&["topic", "describe", "wide"]);
+    assert_eq!(described.matches("shard 0").count(), 4, "{described}");
+    let consumed = broker.ok(&["consume", "wide", "--timeout-ms", "500"]);
+    assert_eq!(lines(&consumed).len(), 40, "every message readable: {consumed}");
+    let log = std::fs::read_to_string(&broker.log).unwrap();
+    assert!(log.contains("reassigned to running shards"), "{log}");
+}
+
+#[test]
+fn group_ids_that_would_break_metrics_are_refused_with_a_clear_error() {
+    let dir = temp_dir();
+    let broker = Broker::start(dir.path());
+    broker.ok(&["topic", "create", "t"]);
+    for group in ["bad\"group", "new\nline", ""] {
+        let output = broker.cli(&["consume", "t", "--group", group, "--timeout-ms", "200"]);
+        assert!(!output.status.success(), "group {group:?} accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("is invalid") || stderr.contains("needs a group id"),
+            "{group:?}: {stderr}"
+        );
+    }
+    // Commits outside membership are checked too.
+    let output = broker.cli(&["group", "reset-offsets", "a b", "--topic", "t", "--to", "earliest"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("InvalidRequest"));
+}

@@ -96,6 +96,8 @@ pub enum BatchError {
     BadRecord { index: u32, reason: &'static str },
     #[error("record count {count} does not match last offset delta {last_offset_delta}")]
     OffsetDeltaMismatch { count: u32, last_offset_delta: u32 },
+    #[error("base offset {0} is out of range (0..={max})", max = limits::OFFSET_MAX)]
+    BadBaseOffset(i64),
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -149,14 +151,15 @@ impl BatchHeader {
         })
     }
 
-    /// Offset of the last record in the batch.
+    /// Offset of the last record in the batch. Saturates rather than overflows on a header
+    /// that [`check_shape`](Self::check_shape) would refuse.
     pub fn last_offset(&self) -> i64 {
-        self.base_offset + i64::from(self.last_offset_delta)
+        self.base_offset.saturating_add(i64::from(self.last_offset_delta))
     }
 
-    /// Offset just past the batch.
+    /// Offset just past the batch (saturating, as [`last_offset`](Self::last_offset)).
     pub fn next_offset(&self) -> i64 {
-        self.last_offset() + 1
+        self.last_offset().saturating_add(1)
     }
 
     /// Checks what can be checked without the body: version, length bounds, attributes, counts.
@@ -181,8 +184,9 @@ impl BatchHeader {
                 last_offset_delta: self.last_offset_delta,
             });
         }
-        if self.base_offset < 0 {
-            return Err(BatchError::BadLength(self.base_offset as u64));
+        // So that base + delta + 1 never overflows, whatever a peer wrote.
+        if !(0..=limits::OFFSET_MAX - i64::from(self.record_count)).contains(&self.base_offset) {
+            return Err(BatchError::BadBaseOffset(self.base_offset));
         }
         Ok(())
     }
@@ -226,7 +230,7 @@ fn validate_records(bytes: &[u8], header: &BatchHeader) -> Result<(), BatchError
     let mut index = 0u32;
     for record in records {
         let record = record?;
-        if record.offset != header.base_offset + i64::from(index) {
+        if record.offset != header.base_offset.saturating_add(i64::from(index)) {
             return Err(BatchError::BadRecord { index, reason: "offset delta out of sequence" });
         }
         index += 1;
@@ -241,7 +245,7 @@ fn validate_records(bytes: &[u8], header: &BatchHeader) -> Result<(), BatchError
 /// The CRC stays valid because neither field is covered by it.
 pub fn stamp(batch: &mut [u8], base_offset: i64, leader_term: u64) {
     assert!(batch.len() >= HEADER_LEN, "stamp needs a whole header");
-    assert!(base_offset >= 0);
+    assert!((0..=limits::OFFSET_MAX).contains(&base_offset));
     batch[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&base_offset.to_le_bytes());
     batch[LEADER_TERM..LEADER_TERM + 8].copy_from_slice(&leader_term.to_le_bytes());
 }
@@ -317,7 +321,8 @@ impl<'a> Records<'a> {
         }
         self.position = end;
         Ok(Record {
-            offset: self.header.base_offset + offset_delta as i64,
+            // offset_delta <= last_offset_delta < 2^32: no overflow but at a saturated end.
+            offset: self.header.base_offset.saturating_add(offset_delta as i64),
             timestamp: self.header.first_timestamp.wrapping_add(timestamp_delta),
             key,
             value,
@@ -576,6 +581,24 @@ mod tests {
     }
 
     #[test]
+    fn base_offsets_near_the_top_are_refused_not_overflowed() {
+        // The base offset is outside the CRC: a peer can set anything there.
+        for base in [i64::MAX, i64::MAX - 1, limits::OFFSET_MAX - 2, -1, i64::MIN] {
+            let mut batch = sample();
+            batch[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&base.to_le_bytes());
+            assert_eq!(validate(&batch), Err(BatchError::BadBaseOffset(base)), "base {base}");
+            // A header that skipped the shape check still never panics.
+            let header = BatchHeader::parse(&batch).unwrap();
+            assert!(header.next_offset() >= header.base_offset.min(0));
+            assert!(Records::new(&batch, header).count() <= 3);
+        }
+        let mut batch = sample();
+        batch[BASE_OFFSET..BASE_OFFSET + 8]
+            .copy_from_slice(&(limits::OFFSET_MAX - 3).to_le_bytes());
+        assert!(validate(&batch).is_ok(), "the last batch that fits");
+    }
+
+    #[test]
     fn round_trip() {
         let mut batch = sample();
         stamp(&mut batch, 42, 7);
@@ -602,7 +625,7 @@ mod tests {
     fn stamping_keeps_crc_valid() {
         let mut batch = sample();
         let crc_before = BatchHeader::parse(&batch).unwrap().crc;
-        stamp(&mut batch, i64::MAX / 2, u64::MAX);
+        stamp(&mut batch, limits::OFFSET_MAX / 2, u64::MAX);
         assert_eq!(BatchHeader::parse(&batch).unwrap().crc, crc_before);
         validate(&batch).expect("still valid");
     }

@@ -9,6 +9,12 @@ pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// for a full-size batch; it bounds per-batch loops when records are tiny.
 pub const BATCH_RECORDS_MAX: usize = 1 << 20;
 
+/// Largest offset a record may have: 2^62, which at ten million records a second takes 14,000
+/// years to reach. Checking batches against it keeps every offset sum far from overflowing.
+pub const OFFSET_MAX: i64 = 1 << 62;
+
+const _: () = assert!(OFFSET_MAX < i64::MAX - BATCH_RECORDS_MAX as i64);
+
 /// Most headers on one record.
 pub const RECORD_HEADERS_MAX: usize = 1024;
 

@@ -36,6 +36,22 @@ pub fn encode_assignment(partitions: &[(String, u32)]) -> Vec<u8> {
     partitions.iter().map(|(t, p)| format!("{t}:{p}")).collect::<Vec<_>>().join(",").into_bytes()
 }
 
+/// Group ids follow the topic-name rule (1-249 of `[A-Za-z0-9._-]`): they name metrics,
+/// appear in logs and in `group describe`, and a quote or a newline in one would break those.
+pub fn validate_group_id(group: &str) -> Result<(), Failure> {
+    let ok = !group.is_empty()
+        && group.len() <= spate_protocol::limits::TOPIC_NAME_BYTES_MAX
+        && group.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            ErrorCode::InvalidRequest,
+            format!("group id {group:?} is invalid: use 1-249 of [A-Za-z0-9._-]"),
+        ))
+    }
+}
+
 /// The group id a group request names, if it is one.
 pub fn group_of(body: &RequestBodyT) -> Option<&str> {
     match body {
@@ -159,6 +175,7 @@ impl Shard {
         let mut groups = self.groups.borrow_mut();
         match body {
             RequestBodyT::JoinGroupRequest(request) => {
+                validate_group_id(request.group_id.as_deref().unwrap_or_default())?;
                 let protocol =
                     request.protocols.as_ref().and_then(|p| p.first()).cloned().unwrap_or_default();
                 let assignor: Assignor = protocol

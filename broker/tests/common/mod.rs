@@ -37,12 +37,16 @@ impl Broker {
     }
 
     pub fn start_on(dir: &Path, port: u16, extra: &[&str]) -> Broker {
+        Broker::start_with_cores(dir, port, 2, extra)
+    }
+
+    pub fn start_with_cores(dir: &Path, port: u16, cores: usize, extra: &[&str]) -> Broker {
         let log = dir.with_extension(format!("broker-{port}.log"));
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let child = Command::new(SPATE)
             .args(["serve", "--data-dir"])
             .arg(dir)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--cores", "2"])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--cores", &cores.to_string()])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
