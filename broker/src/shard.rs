@@ -141,7 +141,9 @@ impl From<LogError> for Failure {
             LogError::DiskFull { .. } => ErrorCode::DiskFull,
             LogError::Closed => ErrorCode::NotLeader,
             LogError::NotBatchBoundary(_) | LogError::Config(_) => ErrorCode::InvalidRequest,
-            LogError::TooManySegments(_) | LogError::Io { .. } => ErrorCode::StorageError,
+            LogError::TooManySegments(_) | LogError::Io { .. } | LogError::Offline(_) => {
+                ErrorCode::StorageError
+            }
         };
         Failure::new(code, error.to_string())
     }

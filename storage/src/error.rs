@@ -27,6 +27,11 @@ pub enum LogError {
     /// The log was closed, or an earlier IO failure made it refuse further work.
     #[error("log is closed")]
     Closed,
+    /// An fdatasync failed: what that round wrote may or may not be on the device, and the
+    /// kernel may already have dropped the dirty pages ("fsyncgate"), so the log refuses all
+    /// further reads and appends until a restart, where recovery decides what the file holds.
+    #[error("partition offline after a failed fdatasync ({0}); restart the broker to recover it")]
+    Offline(String),
     #[error("too many segments ({0})")]
     TooManySegments(usize),
     #[error("{op} {path}: {source}")]
@@ -71,6 +76,7 @@ impl LogError {
             LogError::NotBatchBoundary(o) => LogError::NotBatchBoundary(*o),
             LogError::Config(c) => LogError::Config(c.clone()),
             LogError::Closed => LogError::Closed,
+            LogError::Offline(reason) => LogError::Offline(reason.clone()),
             LogError::TooManySegments(n) => LogError::TooManySegments(*n),
             LogError::Io { op, path, source } => LogError::Io {
                 op,

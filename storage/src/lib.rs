@@ -8,6 +8,7 @@
 //! - [`index`]: sparse offset and time indexes, and their file format.
 //! - [`scan`]: walking batches in a window of bytes, without IO (recovery's pure core).
 //! - [`cache`]: the bounded in-memory cache of recent batches.
+//! - [`faults`]: hooks under the log's fdatasyncs, for failure and power-loss tests.
 //! - [`config`], [`limits`], [`error`], [`clock`].
 //!
 //! The record batch format itself is `spate_protocol::batch`: clients build batches, the log
@@ -18,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod durable;
 pub mod error;
+pub mod faults;
 pub mod index;
 pub mod limits;
 pub mod log;

@@ -23,7 +23,7 @@ use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 use futures_channel::oneshot;
-use glommio::io::ReadResult;
+use glommio::io::{DmaFile, ReadResult};
 use glommio::sync::Semaphore;
 use glommio::TaskQueueHandle;
 use spate_protocol::batch::{self, BatchHeader, Records, HEADER_LEN};
@@ -32,6 +32,7 @@ use crate::cache::{CachedBatch, TailCache};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{LogError, Result};
+use crate::faults::StorageFaults;
 use crate::index::{SegmentIndex, SegmentSummary};
 use crate::limits;
 use crate::scan::Check;
@@ -100,17 +101,35 @@ pub struct RetentionReport {
     pub bytes_deleted: u64,
 }
 
-/// How a log is driven: its clock, and the task queue its background IO runs in.
+/// How a log is driven: its clock, the task queue its background IO runs in, and (in tests)
+/// hooks under its fdatasyncs.
 #[derive(Clone)]
 pub struct LogOptions {
     pub clock: Rc<dyn Clock>,
     pub task_queue: Option<TaskQueueHandle>,
+    pub faults: Option<Rc<dyn StorageFaults>>,
 }
 
 impl Default for LogOptions {
     fn default() -> Self {
-        LogOptions { clock: Rc::new(SystemClock), task_queue: None }
+        LogOptions { clock: Rc::new(SystemClock), task_queue: None, faults: None }
     }
+}
+
+/// fdatasyncs a segment file, through the fault hooks if there are any.
+async fn fdatasync(
+    file: &DmaFile,
+    path: &Path,
+    faults: Option<&Rc<dyn StorageFaults>>,
+) -> Result<()> {
+    if let Some(faults) = faults {
+        faults.before_sync(path).map_err(|e| LogError::io("fdatasync", path, e))?;
+    }
+    file.fdatasync().await.map_err(|e| LogError::io("fdatasync", path, e))?;
+    if let Some(faults) = faults {
+        faults.after_sync(path);
+    }
+    Ok(())
 }
 
 /// A partition log. Cheap to clone; all clones share the same log. Not `Send`: it lives on the
@@ -160,6 +179,8 @@ struct State {
     last_sync_ms: i64,
     roll_requested: bool,
     closed: bool,
+    /// Set by a failed fdatasync: the log refuses every read and append from then on.
+    offline: Option<String>,
 }
 
 impl State {
@@ -267,7 +288,7 @@ impl Log {
         let last = *bases.last().expect("at least one segment");
         for base in bases {
             let segment = if base == last {
-                recover_tail_segment(&dir, base, &config, now_ms).await?
+                recover_tail_segment(&dir, base, &config, now_ms, options.faults.as_ref()).await?
             } else {
                 open_sealed_segment(&dir, base, &config, now_ms).await?
             };
@@ -301,6 +322,7 @@ impl Log {
             last_sync_ms: now_ms,
             roll_requested: false,
             closed: false,
+            offline: None,
         };
         Ok(Log {
             inner: Rc::new(Inner {
@@ -314,7 +336,11 @@ impl Log {
     }
 
     fn ensure_open(&self) -> Result<()> {
-        if self.inner.state.borrow().closed {
+        let state = self.inner.state.borrow();
+        if let Some(reason) = &state.offline {
+            return Err(LogError::Offline(reason.clone()));
+        }
+        if state.closed {
             return Err(LogError::Closed);
         }
         Ok(())
@@ -386,9 +412,7 @@ impl Log {
             return Err(LogError::Config("no batch to append".into()));
         }
         assert!(length <= limits::PENDING_BYTES_MAX);
-        if self.inner.state.borrow().closed {
-            return Err(LogError::Closed);
-        }
+        self.ensure_open()?;
         // Queued in call order even when this waits: no later append can take offsets first.
         let permits = self
             .inner
@@ -400,12 +424,11 @@ impl Log {
         permits.forget();
 
         let (appended, replies, start_flush_task) = {
-            let mut state = self.inner.state.borrow_mut();
-            if state.closed {
-                drop(state);
+            if let Err(error) = self.ensure_open() {
                 self.inner.pending_budget.add_permits(length);
-                return Err(LogError::Closed);
+                return Err(error);
             }
+            let mut state = self.inner.state.borrow_mut();
             let first_offset = state.next_offset;
             let mut replies = Vec::with_capacity(batches.len());
             for (batch, header) in batches.iter_mut().zip(&headers) {
@@ -485,19 +508,42 @@ impl Log {
                 Err(error)
             }
         };
-        {
+        let offline = {
             let mut state = self.inner.state.borrow_mut();
             state.pending_bytes -= released;
             match &result {
                 Ok(()) => state.wake_waiters(),
                 Err(error) => self.roll_back_unwritten(&mut state, error),
             }
-        }
+            state.offline.is_some()
+        };
         self.inner.pending_budget.add_permits(released);
-        if result.is_err() {
+        // An offline log touches its files no more: recovery on restart decides.
+        if result.is_err() && !offline {
             self.repair_after_failed_write().await;
         }
         result.map(|()| !self.inner.state.borrow().pending.is_empty())
+    }
+
+    /// A failed fdatasync is fail-stop: the pages it covered may be gone from the page cache
+    /// and from the device alike, so nothing written since the last good fdatasync may ever be
+    /// reported or served as written. Every waiting appender fails; every later call fails.
+    fn take_offline(&self, error: &LogError) {
+        let mut state = self.inner.state.borrow_mut();
+        if state.offline.is_none() {
+            tracing::error!(dir = %self.inner.dir.display(), %error,
+                "fdatasync failed; the partition is offline until the broker restarts");
+            state.offline = Some(error.to_string());
+        }
+        let queued: usize = state.pending.drain(..).map(|p| p.bytes.len()).sum();
+        state.pending_bytes -= queued;
+        self.inner.pending_budget.add_permits(queued);
+        state.cache.clear();
+        let offline = LogError::Offline(state.offline.clone().expect("set above"));
+        // Only what an earlier fdatasync covered stays acknowledged.
+        state.written_offset = state.durable_offset;
+        state.next_offset = state.durable_offset;
+        state.fail_waiters(&offline);
     }
 
     /// After a failed write: every batch past `written` is gone. Fail their appenders, release
@@ -657,7 +703,10 @@ impl Log {
             let active = state.active();
             (active.file.clone(), active.paths.log.clone(), state.written_offset)
         };
-        file.fdatasync().await.map_err(|e| LogError::io("fdatasync", &path, e))?;
+        if let Err(error) = fdatasync(&file, &path, self.inner.options.faults.as_ref()).await {
+            self.take_offline(&error);
+            return Err(error);
+        }
         let mut state = self.inner.state.borrow_mut();
         state.durable_offset = state.durable_offset.max(target);
         state.last_sync_ms = self.inner.options.clock.now_ms();
@@ -694,7 +743,12 @@ impl Log {
         };
         // Order matters for crash safety: the old segment and its indexes are durable before the
         // new segment exists, so recovery only ever has to repair the last segment.
-        old_file.fdatasync().await.map_err(|e| LogError::io("fdatasync", &old_paths.log, e))?;
+        if let Err(error) =
+            fdatasync(&old_file, &old_paths.log, self.inner.options.faults.as_ref()).await
+        {
+            self.take_offline(&error);
+            return Err(error);
+        }
         segment::write_small_file(&old_paths.index, offset_index).await?;
         segment::write_small_file(&old_paths.time_index, time_index).await?;
         let paths = SegmentPaths::new(&self.inner.dir, new_base);
@@ -964,7 +1018,10 @@ impl Log {
         let tail = segment::read_tail(&file, &paths.log, cut).await?;
         file.truncate(round_up(cut)).await.map_err(|e| LogError::io("truncate", &paths.log, e))?;
         segment::rewrite_tail_block(&file, &paths.log, cut, &tail).await?;
-        file.fdatasync().await.map_err(|e| LogError::io("fdatasync", &paths.log, e))?;
+        if let Err(error) = fdatasync(&file, &paths.log, self.inner.options.faults.as_ref()).await {
+            self.take_offline(&error);
+            return Err(error);
+        }
         for path in [&paths.index, &paths.time_index] {
             let _ = std::fs::remove_file(path);
         }
@@ -1316,6 +1373,7 @@ async fn recover_tail_segment(
     base: i64,
     config: &LogConfig,
     now_ms: i64,
+    faults: Option<&Rc<dyn StorageFaults>>,
 ) -> Result<Segment> {
     let paths = SegmentPaths::new(dir, base);
     let file = segment::open_log_file(&paths.log, false).await?;
@@ -1344,8 +1402,11 @@ async fn recover_tail_segment(
     }
     if end.damage.is_some() {
         segment::rewrite_tail_block(&file, &paths.log, size, &tail).await?;
-        file.fdatasync().await.map_err(|e| LogError::io("fdatasync", &paths.log, e))?;
     }
+    // What recovery found may have been written but never synced (the process died between a
+    // write and its fdatasync). Make it durable before anyone reads it, so that a later power
+    // loss cannot take back what a consumer already saw.
+    fdatasync(&file, &paths.log, faults).await?;
     Ok(Segment {
         base_offset: base,
         file: Rc::new(file),
