@@ -41,6 +41,7 @@ pub struct FileConfig {
     pub layout: Option<PathBuf>,
     pub log_level: Option<String>,
     pub request_memory_bytes: Option<usize>,
+    pub frame_read_timeout_ms: Option<u64>,
     #[serde(default)]
     pub defaults: DefaultsConfig,
 }
@@ -98,6 +99,9 @@ pub struct BrokerConfig {
     /// Bytes of request frames one shard holds at once (see
     /// `limits::REQUEST_MEMORY_PER_SHARD_BYTES_MAX`, the default and the largest allowed).
     pub request_memory_bytes: usize,
+    /// A peer that started a frame must finish it within this long (see
+    /// `limits::FRAME_READ_TIMEOUT_MS`, the default).
+    pub frame_read_timeout: std::time::Duration,
 }
 
 impl BrokerConfig {

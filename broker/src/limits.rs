@@ -25,6 +25,9 @@ pub const REQUEST_MEMORY_PER_SHARD_BYTES_MIN: usize = REQUEST_BYTES_MAX;
 /// half-open connections).
 pub const FRAME_READ_TIMEOUT_MS: u64 = 30_000;
 
+/// Shortest frame read timeout a broker may be given (`--frame-read-timeout-ms`).
+pub const FRAME_READ_TIMEOUT_MS_MIN: u64 = 100;
+
 /// Longest a fetch may wait for data (long polling).
 pub const FETCH_WAIT_MS_MAX: u64 = 30_000;
 

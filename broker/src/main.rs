@@ -99,6 +99,10 @@ struct ServeArgs {
     /// connections stop reading while it is used up.
     #[arg(long)]
     request_memory_bytes: Option<usize>,
+    /// Cut a connection that started a frame and did not finish it within this long
+    /// (100..=30000, default 30000).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(100..=30_000))]
+    frame_read_timeout_ms: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -294,6 +298,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         layout,
         log_defaults,
         request_memory_bytes,
+        frame_read_timeout: Duration::from_millis(
+            args.frame_read_timeout_ms
+                .or(file.frame_read_timeout_ms)
+                .unwrap_or(limits::FRAME_READ_TIMEOUT_MS)
+                .clamp(limits::FRAME_READ_TIMEOUT_MS_MIN, limits::FRAME_READ_TIMEOUT_MS),
+        ),
     };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

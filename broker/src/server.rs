@@ -369,6 +369,8 @@ async fn serve_connection(
                     Ok(permit) => frame_memory = Some(permit),
                     Err(_) => break Ok(()),
                 }
+                // Time spent waiting for the budget is ours, not a stall of the peer.
+                frame_started = Some(std::time::Instant::now());
             }
         }
         match decoder.decode(&mut buffer) {
@@ -409,7 +411,7 @@ async fn serve_connection(
         }
         if !buffer.is_empty() {
             let started = *frame_started.get_or_insert_with(std::time::Instant::now);
-            if started.elapsed() > Duration::from_millis(limits::FRAME_READ_TIMEOUT_MS) {
+            if started.elapsed() > shard.config.frame_read_timeout {
                 break Err("peer stalled mid-frame".into());
             }
         }

@@ -183,7 +183,7 @@ fn error_code_of(response: &[u8]) -> spate_protocol::wire::ErrorCode {
 fn garbage_truncated_oversized_and_stalled_connections_do_not_hurt_others() {
     use spate_protocol::wire::ErrorCode;
     let dir = temp_dir();
-    let broker = Broker::start(dir.path());
+    let broker = Broker::start_on(dir.path(), free_ports(), &["--frame-read-timeout-ms", "500"]);
     broker.ok(&["topic", "create", "t"]);
     let address = broker.address();
     // A whole frame whose flatbuffer is garbage: a typed error, and the connection stays usable.
@@ -222,7 +222,20 @@ fn garbage_truncated_oversized_and_stalled_connections_do_not_hurt_others() {
         broker.cli_with_input(&["produce", "t", "--print-offsets"], Some(b"still alive\n"));
     assert!(output.status.success());
     assert_eq!(lines(&broker.ok(&["consume", "t", "--timeout-ms", "300"])), vec!["still alive"]);
-    drop(stalled);
+    // The stalled peer is cut once it has sat mid-frame past the frame read timeout: its read
+    // ends (EOF or reset) instead of hanging.
+    let cut_started = Instant::now();
+    stalled.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buffer = [0u8; 64];
+    match stalled.read(&mut buffer) {
+        Ok(0) => {}
+        Ok(n) => panic!("a stalled peer got {n} bytes instead of being cut"),
+        Err(error) => assert!(
+            error.kind() == std::io::ErrorKind::ConnectionReset,
+            "not cut within 10 s: {error}"
+        ),
+    }
+    assert!(cut_started.elapsed() < Duration::from_secs(10));
 }
 
 #[test]
@@ -319,7 +332,9 @@ fn group_offsets_resume_and_survive_kill_9() {
 #[test]
 fn metadata_advertises_shard_addresses_that_serve_directly() {
     let dir = temp_dir();
-    let broker = Broker::start(dir.path());
+    let port = free_ports();
+    let metrics = format!("127.0.0.1:{}", port + 3);
+    let broker = Broker::start_on(dir.path(), port, &["--metrics-listen", &metrics]);
     broker.ok(&["topic", "create", "t", "--partitions", "2"]);
     // Talk to shard 1's own port only: it serves its partition, and forwards the other.
     let shard_port = broker.port + 2;
@@ -335,6 +350,26 @@ fn metadata_advertises_shard_addresses_that_serve_directly() {
         .status
         .success());
     assert!(started.elapsed() < Duration::from_secs(10));
+    // The client went straight to the owning shard: only it counted a produce request.
+    let described = broker.ok(&["topic", "describe", "t"]);
+    let owner = described
+        .lines()
+        .find_map(|l| l.strip_prefix("partition 0\tshard "))
+        .and_then(|rest| rest.split('\t').next())
+        .expect("partition 0's shard")
+        .to_string();
+    let text =
+        String::from_utf8(raw_exchange(&metrics, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"))
+            .unwrap();
+    let produces = |shard: &str| -> u64 {
+        let prefix = format!("spate_requests_total{{shard=\"{shard}\",api=\"Produce\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|n| n.parse().ok())
+            .expect("a produce counter per shard")
+    };
+    let other = if owner == "0" { "1" } else { "0" };
+    assert_eq!((produces(&owner), produces(other)), (1, 0), "{text}");
 }
 
 #[test]

@@ -244,6 +244,8 @@ async fn produce(
     let mut rng = SmallRng::seed_from_u64(u64::from(index) + 1);
     let epoch_offset_us = now_us() - started.elapsed().as_micros() as u64;
     let mut sent = 0u64;
+    // Delivery tasks that have not recorded yet.
+    let recording = Rc::new(std::cell::Cell::new(0u64));
     // Bounded by the quota or the deadline.
     loop {
         if quota.is_some_and(|q| sent >= q) || Instant::now() >= deadline {
@@ -275,6 +277,8 @@ async fn produce(
         let (local, shared) = (local.clone(), shared.clone());
         let measured = sent_at >= plan.warmup;
         let message = sent;
+        let recording = recording.clone();
+        recording.set(recording.get() + 1);
         glommio::spawn_local(async move {
             match delivery.await {
                 Ok(_) if measured => {
@@ -292,14 +296,24 @@ async fn produce(
                     Shared::add(&shared.errors, 1);
                 }
             }
+            recording.set(recording.get() - 1);
         })
         .detach();
         sent += 1;
     }
     producer.flush().await.map_err(|e| e.to_string())?;
-    // Let the delivery tasks of the last batch record.
-    glommio::timer::sleep(Duration::from_millis(20)).await;
-    Ok(())
+    // Every delivery has resolved; wait until each task has recorded it. Bounded: each yield
+    // lets the executor run the ready tasks, at most one per message sent.
+    for _ in 0..=sent {
+        if recording.get() == 0 {
+            break;
+        }
+        futures_lite::future::yield_now().await;
+    }
+    match recording.get() {
+        0 => Ok(()),
+        left => Err(format!("{left} deliveries were never recorded")),
+    }
 }
 
 struct ConsumerState {

@@ -233,7 +233,13 @@ fn concurrent_appends_share_fdatasyncs_and_are_durable_when_acknowledged() {
     let dir = temp_dir();
     run(async {
         let config = LogConfig { flush: FlushPolicy::Always, ..small_config() };
-        let log = Log::open(dir.path(), config, LogOptions::default()).await.unwrap();
+        let syncs = Rc::new(SyncCounter::default());
+        let options = LogOptions {
+            faults: Some(syncs.clone() as Rc<dyn spate_storage::faults::StorageFaults>),
+            ..LogOptions::default()
+        };
+        let log = Log::open(dir.path(), config, options).await.unwrap();
+        let recovery_syncs = syncs.0.get();
         let mut tasks = Vec::new();
         for appender in 0..8u64 {
             let log = log.clone();
@@ -258,7 +264,21 @@ fn concurrent_appends_share_fdatasyncs_and_are_durable_when_acknowledged() {
             assert_eq!(pair[0].last_offset + 1, pair[1].base_offset, "dense, no overlap");
         }
         assert_eq!(log.offsets().high_watermark, 400);
+        // 200 acknowledged appends; with 8 appenders waiting at once, rounds share fdatasyncs.
+        let appends = 200;
+        let round_syncs = syncs.0.get() - recovery_syncs;
+        assert!(round_syncs * 2 <= appends, "{round_syncs} fdatasyncs for {appends} appends");
     });
+}
+
+/// Counts fdatasyncs.
+#[derive(Default)]
+struct SyncCounter(std::cell::Cell<usize>);
+
+impl spate_storage::faults::StorageFaults for SyncCounter {
+    fn after_sync(&self, _path: &std::path::Path) {
+        self.0.set(self.0.get() + 1);
+    }
 }
 
 #[test]

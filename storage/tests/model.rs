@@ -138,7 +138,22 @@ async fn drive(seed: u64, dir: std::path::PathBuf) {
                     model.batches.retain(|b| b.base < cut);
                     model.empty_end = cut;
                 } else {
-                    assert!(matches!(log.truncate_to(model.start + 1).await, Err(_) | Ok(())));
+                    // No batch starts at or after the start: the start lies inside the last
+                    // batch or at the end. One past it is the end (nothing to cut), past the
+                    // end, or inside that batch.
+                    let target = model.start + 1;
+                    let result = log.truncate_to(target).await;
+                    match target.cmp(&model.end()) {
+                        std::cmp::Ordering::Equal => assert!(result.is_ok(), "step {step}"),
+                        std::cmp::Ordering::Greater => assert!(
+                            matches!(result, Err(LogError::OffsetOutOfRange { .. })),
+                            "step {step}: {result:?}"
+                        ),
+                        std::cmp::Ordering::Less => assert!(
+                            matches!(result, Err(LogError::NotBatchBoundary(_))),
+                            "step {step}: {result:?}"
+                        ),
+                    }
                 }
             }
             85..=87 => {
