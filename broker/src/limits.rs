@@ -1,4 +1,26 @@
 //! Every maximum the broker enforces, in one place.
+//!
+//! # A shard's memory, worst case
+//!
+//! What one shard can hold at once, with the defaults (P = partitions it owns, C = open
+//! connections, at most `CONNECTIONS_PER_SHARD_MAX`):
+//!
+//! | what | bound |
+//! |---|---|
+//! | request frames being read or handled (produce batches until appended) | `REQUEST_MEMORY_PER_SHARD_BYTES_MAX` = 256 MiB |
+//! | fetch responses being read or written | `FETCH_MEMORY_PER_SHARD_BYTES_MAX` = 256 MiB |
+//! | connection read buffers between frames | C x 64 KiB (4096 x 64 KiB = 256 MiB) |
+//! | replies queued per connection | `REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX` per connection, covered by the two budgets above |
+//! | each log's tail cache | P x `cache_bytes` (16 MiB by default) |
+//! | each log's write buffer while a round is written | P x `storage::limits::WRITE_BYTES_MAX` |
+//! | consumer groups | `GROUPS_PER_SHARD_MAX` x `MEMBERS_PER_GROUP_MAX` members of bounded strings |
+//! | Glommio's registered IO buffers | 3 rings x 10 MiB |
+//!
+//! Queued produce batches count against the request budget (they are slices of request
+//! frames) until they are written. The last per-partition terms still grow with P: a shard-wide
+//! cache budget is the next step (see the performance issue on many partitions).
+//! `broker/tests/durability.rs` checks that 32 connections offering ~300 MB of produces at once
+//! grow a broker with a 16 MiB request budget by well under 100 MiB.
 
 use spate_protocol::limits as wire;
 
@@ -20,6 +42,11 @@ pub const REQUEST_MEMORY_PER_SHARD_BYTES_MAX: usize = 256 * 1024 * 1024;
 
 /// The smallest request memory a shard may be given: one largest request must fit.
 pub const REQUEST_MEMORY_PER_SHARD_BYTES_MIN: usize = REQUEST_BYTES_MAX;
+
+/// Bytes of fetch responses one shard holds at once, from the read until the response is on
+/// the socket. A fetch takes its whole `max_bytes` (at most `FETCH_RESPONSE_BYTES_MAX`) first,
+/// first come first served, and waits while the budget is used up.
+pub const FETCH_MEMORY_PER_SHARD_BYTES_MAX: usize = 256 * 1024 * 1024;
 
 /// A peer that started a frame must finish it within this long, or is disconnected (stalled,
 /// half-open connections).
@@ -54,6 +81,13 @@ const _: () = assert!(OFFSETS_SNAPSHOT_BATCH_BYTES_MAX < wire::BATCH_BYTES_MAX /
 /// Longest a produce may wait for acknowledgement.
 pub const PRODUCE_TIMEOUT_MS_MAX: u64 = 300_000;
 
+/// Consumer groups one shard coordinates, members per group, and topics one member may
+/// subscribe to: together they bound a coordinator's memory (a member's strings are bounded by
+/// the protocol's `STRING_BYTES_MAX`).
+pub const GROUPS_PER_SHARD_MAX: usize = 10_000;
+pub const MEMBERS_PER_GROUP_MAX: usize = 1_000;
+pub const MEMBER_TOPICS_MAX: usize = 1_000;
+
 /// Messages queued between two shards.
 pub const CROSS_SHARD_QUEUE_MAX: usize = 1024;
 
@@ -69,3 +103,5 @@ const _: () = assert!(REQUEST_MEMORY_PER_SHARD_BYTES_MIN <= REQUEST_MEMORY_PER_S
 // Permits of the FIFO budget are counted in u32.
 const _: () = assert!(REQUEST_MEMORY_PER_SHARD_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(FETCH_RESPONSE_BYTES_MAX < wire::FRAME_BYTES_MAX);
+const _: () = assert!(FETCH_RESPONSE_BYTES_MAX <= FETCH_MEMORY_PER_SHARD_BYTES_MAX);
+const _: () = assert!(FETCH_MEMORY_PER_SHARD_BYTES_MAX <= u32::MAX as usize);

@@ -28,6 +28,9 @@ use crate::shard::{envelope_error, Reply, Shard, ShardMsg};
 
 /// How often idle loops look at the shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+/// A connection's read buffer between frames; a larger frame gets an allocation of its own size,
+/// under the shard's request budget.
+const CONNECTION_BUFFER_BYTES: usize = 64 * 1024;
 /// How often each shard enforces retention.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest shutdown waits for in-flight requests.
@@ -353,7 +356,7 @@ async fn serve_connection(
     );
     let writer_task = glommio::spawn_local(write_replies(shard.clone(), writer, queued));
     let decoder = FrameDecoder::with_limit(limits::REQUEST_BYTES_MAX);
-    let mut buffer = BytesMut::with_capacity(64 * 1024);
+    let mut buffer = BytesMut::with_capacity(CONNECTION_BUFFER_BYTES);
     let mut frame_started: Option<std::time::Instant> = None;
     // The current frame's bytes in the shard's request budget, taken once its length is known
     // and before its body is read.
@@ -369,6 +372,8 @@ async fn serve_connection(
                     Ok(permit) => frame_memory = Some(permit),
                     Err(_) => break Ok(()),
                 }
+                // One allocation of the frame's size, rather than doublings past it.
+                buffer.reserve(bytes.saturating_sub(buffer.len()));
                 // Time spent waiting for the budget is ours, not a stall of the peer.
                 frame_started = Some(std::time::Instant::now());
             }
@@ -380,6 +385,14 @@ async fn serve_connection(
                     spate_protocol::frame::PREFIX_BYTES + frame.header.len() + frame.payload.len(),
                 );
                 shard.in_flight.set(shard.in_flight.get() + 1);
+                // What is left of the read buffer still shares the frame's allocation: copy the
+                // few read-ahead bytes out, or a connection waiting for its next frame's budget
+                // would keep the whole previous frame alive after its budget was released.
+                if buffer.capacity() > CONNECTION_BUFFER_BYTES {
+                    let mut rest = BytesMut::with_capacity(CONNECTION_BUFFER_BYTES);
+                    rest.extend_from_slice(&buffer);
+                    buffer = rest;
+                }
                 let handler = shard.clone();
                 let memory = frame_memory.take();
                 let task = glommio::spawn_local(async move {

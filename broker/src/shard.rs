@@ -203,6 +203,8 @@ enum Decoded {
 pub struct Reply {
     pub response: ResponseT,
     pub payload: Vec<Payload>,
+    /// The fetch-memory budget the payload was read under, released once it is written.
+    pub memory: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Wakes a long-polling fetch once, from whichever of its partitions gets data first.
@@ -229,6 +231,10 @@ pub struct Shard {
     /// Bytes of request frames held (see `limits::REQUEST_MEMORY_PER_SHARD_BYTES_MAX`): taken
     /// by the connection before it reads a frame's body, released when the request is done.
     pub request_memory: Arc<tokio::sync::Semaphore>,
+    /// Bytes of fetch responses being read or written (see
+    /// `limits::FETCH_MEMORY_PER_SHARD_BYTES_MAX`): taken before a fetch reads, released once its
+    /// response is on the socket.
+    fetch_memory: Arc<tokio::sync::Semaphore>,
     pub shutting_down: Cell<bool>,
     pub in_flight: Cell<usize>,
     pub background: glommio::TaskQueueHandle,
@@ -269,6 +275,9 @@ impl Shard {
             offsets,
             controller_lock: Semaphore::new(1),
             request_memory,
+            fetch_memory: Arc::new(tokio::sync::Semaphore::new(
+                limits::FETCH_MEMORY_PER_SHARD_BYTES_MAX,
+            )),
             shutting_down: Cell::new(false),
             in_flight: Cell::new(0),
             background,
@@ -692,6 +701,12 @@ impl Shard {
         // Each round reads every partition once; rounds repeat only while the request waits for
         // data, and each waits for an append or the deadline.
         loop {
+            // Held while this round's payload exists; a round that waits for data gives it back
+            // while it waits. First come, first served.
+            let Ok(memory) = self.fetch_memory.clone().acquire_many_owned(total_max as u32).await
+            else {
+                return envelope_error(correlation_id, ErrorCode::ShuttingDown, "shutting down");
+            };
             let mut results = Vec::with_capacity(wanted.len());
             let mut total = 0usize;
             for (topic, partition, offset, max_bytes) in &wanted {
@@ -713,7 +728,9 @@ impl Shard {
             let errors = results.iter().any(|r| r.result.is_err());
             let now = Instant::now();
             if total >= min_bytes.max(1) || errors || now >= deadline || self.shutting_down.get() {
-                return self.fetch_reply(correlation_id, &wanted, results);
+                let mut reply = self.fetch_reply(correlation_id, &wanted, results);
+                reply.memory = Some(memory);
+                return reply;
             }
             // Wait for data beyond what this round saw (not merely past the fetch offset: with
             // `min_bytes` above what is there, that would spin).
@@ -724,6 +741,9 @@ impl Shard {
                     (topic.clone(), *partition, r.high_watermark.max(*offset))
                 })
                 .collect();
+            // Nothing is held while waiting.
+            drop(results);
+            drop(memory);
             self.wait_for_data(&seen, deadline - now).await;
         }
     }
@@ -1451,6 +1471,7 @@ pub fn ok_reply(correlation_id: u32, body: ResponseBodyT) -> Reply {
             body,
         },
         payload: Vec::new(),
+        memory: None,
     }
 }
 
@@ -1463,6 +1484,7 @@ pub fn envelope_error(correlation_id: u32, code: ErrorCode, message: &str) -> Re
             body: ResponseBodyT::NONE,
         },
         payload: Vec::new(),
+        memory: None,
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`wire`]: the flatbuffers types generated from `schema/spate.fbs` (regenerate with
 //!   `protocol/regen.sh`; never edit by hand).
 //! - [`limits`]: every maximum the protocol enforces.
+//! - `fuzz` (feature `fuzz`): a seeded mutation fuzzer over every decoder, on stable Rust.
 
 // The generated code names `alloc::` paths, which need the crate in the extern prelude.
 extern crate alloc;
@@ -13,6 +14,8 @@ extern crate alloc;
 pub mod batch;
 pub mod codec;
 pub mod frame;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz;
 pub mod limits;
 
 #[rustfmt::skip]

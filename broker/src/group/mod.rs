@@ -26,6 +26,7 @@ pub mod assign;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::limits;
 use assign::{Assignment, Assignor, MemberSpec, Partition};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,6 +45,8 @@ pub enum GroupError {
     InvalidSessionTimeout(i64),
     #[error("the group has active members")]
     NotEmpty,
+    #[error("too many {what} (the limit is {max})")]
+    TooMany { what: &'static str, max: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +208,19 @@ impl Coordinator {
         if !(SESSION_TIMEOUT_MS_MIN..=SESSION_TIMEOUT_MS_MAX).contains(&request.session_ms) {
             return Err(GroupError::InvalidSessionTimeout(request.session_ms));
         }
+        if request.topics.len() > limits::MEMBER_TOPICS_MAX {
+            return Err(GroupError::TooMany {
+                what: "topics in a subscription",
+                max: limits::MEMBER_TOPICS_MAX,
+            });
+        }
+        if !self.groups.contains_key(group_id) && self.groups.len() >= limits::GROUPS_PER_SHARD_MAX
+        {
+            return Err(GroupError::TooMany {
+                what: "groups on this shard",
+                max: limits::GROUPS_PER_SHARD_MAX,
+            });
+        }
         let group = self.groups.entry(group_id.to_string()).or_insert_with(Group::new);
         if group.assignor.is_some_and(|a| a != request.assignor) && !group.members.is_empty() {
             return Err(GroupError::InconsistentProtocol);
@@ -249,6 +265,12 @@ impl Coordinator {
                 id.to_string()
             }
             None => {
+                if group.members.len() >= limits::MEMBERS_PER_GROUP_MAX {
+                    return Err(GroupError::TooMany {
+                        what: "members in the group",
+                        max: limits::MEMBERS_PER_GROUP_MAX,
+                    });
+                }
                 group.next_member += 1;
                 let id =
                     format!("{}-{}", request.instance_id.unwrap_or("member"), group.next_member);
@@ -507,6 +529,28 @@ mod tests {
             session_ms: 10_000,
             rebalance_ms: 5_000,
         }
+    }
+
+    #[test]
+    fn groups_members_and_subscriptions_are_capped() {
+        let subscribed = vec!["t".to_string()];
+        let mut c = Coordinator::default();
+        for _ in 0..limits::MEMBERS_PER_GROUP_MAX {
+            c.join("g", request(None, None, &subscribed, Assignor::Range), 0).unwrap();
+        }
+        let full = c.join("g", request(None, None, &subscribed, Assignor::Range), 0);
+        assert!(matches!(full, Err(GroupError::TooMany { .. })), "{full:?}");
+        let wide: Vec<String> = (0..=limits::MEMBER_TOPICS_MAX).map(|i| format!("t{i}")).collect();
+        let too_wide = c.join("h", request(None, None, &wide, Assignor::Range), 0);
+        assert!(matches!(too_wide, Err(GroupError::TooMany { .. })));
+        let mut c = Coordinator::default();
+        for g in 0..limits::GROUPS_PER_SHARD_MAX {
+            c.join(&format!("g{g}"), request(None, None, &subscribed, Assignor::Range), 0).unwrap();
+        }
+        let one_more = c.join("new", request(None, None, &subscribed, Assignor::Range), 0);
+        assert!(matches!(one_more, Err(GroupError::TooMany { .. })));
+        // An existing group still takes members.
+        c.join("g0", request(None, None, &subscribed, Assignor::Range), 0).unwrap();
     }
 
     /// Drives members through join → heartbeat/join → sync until all are stable (bounded).

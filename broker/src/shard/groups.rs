@@ -27,6 +27,7 @@ impl From<GroupError> for Failure {
             GroupError::InconsistentProtocol => ErrorCode::InconsistentProtocol,
             GroupError::InvalidSessionTimeout(_) => ErrorCode::InvalidSessionTimeout,
             GroupError::NotEmpty => ErrorCode::NonEmptyGroup,
+            GroupError::TooMany { .. } => ErrorCode::InvalidRequest,
         };
         Failure::new(code, error.to_string())
     }
