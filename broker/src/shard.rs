@@ -1527,8 +1527,8 @@ fn split_batches(mut records: BytesMut) -> Result<Vec<BytesMut>, Failure> {
     while !records.is_empty() {
         if batches.len() >= spate_protocol::limits::BATCHES_PER_PARTITION_MAX {
             return Err(Failure::new(
-                ErrorCode::MessageTooLarge,
-                "too many batches for one partition",
+                ErrorCode::InvalidRequest,
+                "a produce request carries one record batch per partition",
             ));
         }
         let header = BatchHeader::parse(&records)
@@ -1602,9 +1602,12 @@ mod tests {
             ..Default::default()
         });
         let batch = builder.finish().unwrap();
+        assert_eq!(split_batches(batch.clone()).unwrap().len(), 1);
+        // One batch per partition and request, so its result says exactly what was written.
         let mut two = batch.clone();
         two.extend_from_slice(&batch);
-        assert_eq!(split_batches(two).unwrap().len(), 2);
+        let refused = split_batches(two).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::InvalidRequest);
         let mut cut = batch.clone();
         cut.truncate(batch.len() - 1);
         assert!(split_batches(cut).is_err());

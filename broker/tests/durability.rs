@@ -344,7 +344,7 @@ fn pipelined_produces_of_mixed_sizes_keep_their_order_under_memory_pressure() {
             std::thread::spawn(move || {
                 let mut stream = std::net::TcpStream::connect(&address).unwrap();
                 stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-                // Large (3 batches of ~3.6 MB) and small (one 100-byte record) requests, mixed.
+                // Large (one batch of ~3.6 MB) and small (one 100-byte record) requests, mixed.
                 let sends: Vec<u32> = (0..12).map(|i| connection * 100 + i).collect();
                 let writer = {
                     let mut stream = stream.try_clone().unwrap();
@@ -352,7 +352,7 @@ fn pipelined_produces_of_mixed_sizes_keep_their_order_under_memory_pressure() {
                     std::thread::spawn(move || {
                         for id in sends {
                             let frame = if id % 3 == 0 {
-                                produce_frame(id, "ordered", 3, 4, 900_000)
+                                produce_frame(id, "ordered", 1, 4, 900_000)
                             } else {
                                 produce_frame(id, "ordered", 1, 1, 100)
                             };
@@ -372,10 +372,10 @@ fn pipelined_produces_of_mixed_sizes_keep_their_order_under_memory_pressure() {
         let (sends, answers) = connection.join().unwrap();
         let ids: Vec<u32> = answers.iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, sends, "answered in request order");
-        // Each request's batches are one consecutive run of offsets (12 records for a large
-        // one, 1 for a small one), and later requests of the connection come after it.
+        // Each request's batch is one consecutive run of offsets (4 records for a large one, 1
+        // for a small one), and later requests of the connection come after it.
         for pair in answers.windows(2) {
-            let records = if pair[0].0 % 3 == 0 { 12 } else { 1 };
+            let records = if pair[0].0 % 3 == 0 { 4 } else { 1 };
             assert!(
                 pair[0].1 + records <= pair[1].1,
                 "appended out of send order, or interleaved: {answers:?}"
@@ -405,7 +405,7 @@ fn many_connections_sending_large_produces_stay_within_the_request_budget() {
     let before = resident_bytes(pid);
     let connections = 32usize;
     let requests_per_connection = 2u32;
-    // 32 connections x 2 requests x ~4.8 MB = ~300 MB offered at once; the broker may hold
+    // 32 connections x 2 requests x ~4 MB = ~260 MB offered at once; the broker may hold
     // 16 MiB of frames, plus a little read-ahead per connection.
     let senders: Vec<_> = (0..connections as u32)
         .map(|connection| {
@@ -416,7 +416,7 @@ fn many_connections_sending_large_produces_stay_within_the_request_budget() {
                 let mut writer = stream.try_clone().unwrap();
                 let writes = std::thread::spawn(move || {
                     for i in 0..requests_per_connection {
-                        let frame = produce_frame(connection * 10 + i, "big", 3, 4, 400_000);
+                        let frame = produce_frame(connection * 10 + i, "big", 1, 4, 1_000_000);
                         writer.write_all(&frame).unwrap();
                     }
                 });

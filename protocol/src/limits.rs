@@ -39,7 +39,10 @@ pub const PARTITIONS_PER_TOPIC_MAX: usize = 10_000;
 pub const PARTITIONS_PER_REQUEST_MAX: usize = 10_000;
 
 /// Most record batches in one partition of one produce request.
-pub const BATCHES_PER_PARTITION_MAX: usize = 1024;
+/// One, as in Kafka (since produce v3): a partition's result then says exactly what was
+/// written. With several, a failed later batch after an appended earlier one could not be
+/// reported without a partial-success answer, and a retry would duplicate the earlier one.
+pub const BATCHES_PER_PARTITION_MAX: usize = 1;
 
 /// Longest topic name (Kafka's limit) and longest other string (ids, config values, messages).
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
