@@ -5,12 +5,21 @@
 //! value the committed offset as 8 bytes, little-endian; a null value (tombstone) deletes the
 //! key. The latest record for a key wins.
 //!
+//! Commits run concurrently (shared access): each is one append, so commits that arrive while
+//! an fdatasync is in flight share the next one (the log's group commit). Their results reach
+//! the in-memory map in whatever order the appends complete, so each entry remembers the log
+//! offset of the record it came from and only a later record replaces it (tombstones too, until
+//! the next compaction) — the map always equals a replay of the log.
+//!
 //! Compaction: once the log holds [`limits::OFFSETS_COMPACT_BYTES_MIN`] and four times its last
 //! snapshot, the live offsets are written again as a snapshot in a fresh segment and the start
-//! offset moves to it, deleting every older segment. A crash before the start moves replays the
-//! old records and then the (possibly partial) snapshot, whose values are the live ones, so the
-//! result is the same.
+//! offset moves to it, deleting every older segment. It runs off the commit path, with
+//! exclusive access (no commit is appended meanwhile, so no commit can land between snapshot
+//! records and be overwritten by an older snapshot value on replay); its failure never fails a
+//! commit. A crash before the start moves replays the old records and then the (possibly
+//! partial) snapshot, whose values are the live ones, so the result is the same.
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -22,12 +31,34 @@ use crate::limits;
 
 pub type OffsetKey = (String, String, u32);
 
+/// A key's latest record: its offset (`None` for a tombstone) and where it is in the log.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    offset: Option<i64>,
+    log_offset: i64,
+}
+
 pub struct OffsetStore {
     log: Log,
-    committed: BTreeMap<OffsetKey, i64>,
+    committed: RefCell<BTreeMap<OffsetKey, Entry>>,
     /// Compact once the log holds this many bytes (and four times the last snapshot).
     compact_bytes_min: u64,
-    snapshot_bytes: u64,
+    snapshot_bytes: Cell<u64>,
+    /// A compaction was claimed and has not finished.
+    compacting: Cell<bool>,
+}
+
+/// Applies one record at `log_offset` unless a later record of the key is already applied.
+fn apply(
+    committed: &mut BTreeMap<OffsetKey, Entry>,
+    key: OffsetKey,
+    offset: Option<i64>,
+    log_offset: i64,
+) {
+    let entry = committed.entry(key).or_insert(Entry { offset, log_offset });
+    if entry.log_offset <= log_offset {
+        *entry = Entry { offset, log_offset };
+    }
 }
 
 fn encode_key(key: &OffsetKey) -> Bytes {
@@ -90,11 +121,11 @@ impl OffsetStore {
                             record.value.and_then(|v| v.try_into().ok()).map(i64::from_le_bytes);
                         match (key, value) {
                             (Some(key), Some(value)) => {
-                                committed.insert(key, value);
+                                apply(&mut committed, key, Some(value), record.offset);
                             }
                             // A tombstone (null value): the group was deleted.
                             (Some(key), None) if record.value.is_none() => {
-                                committed.remove(&key);
+                                apply(&mut committed, key, None, record.offset);
                             }
                             _ => {}
                         }
@@ -108,27 +139,51 @@ impl OffsetStore {
                 break;
             }
         }
-        let mut store = OffsetStore { log, committed, compact_bytes_min, snapshot_bytes: 0 };
-        store.compact_if_due().await?;
+        let store = OffsetStore {
+            log,
+            committed: RefCell::new(committed),
+            compact_bytes_min,
+            snapshot_bytes: Cell::new(0),
+            compacting: Cell::new(false),
+        };
+        if store.compaction_due() {
+            store.compact().await?;
+        }
         Ok(store)
     }
 
-    async fn compact_if_due(&mut self) -> Result<(), LogError> {
-        let threshold = self.compact_bytes_min.max(self.snapshot_bytes.saturating_mul(4));
-        if self.log.size_bytes() < threshold {
-            return Ok(());
-        }
-        self.compact().await
+    /// Whether the log has grown enough since the last snapshot to compact it.
+    pub fn compaction_due(&self) -> bool {
+        let threshold = self.compact_bytes_min.max(self.snapshot_bytes.get().saturating_mul(4));
+        self.log.size_bytes() >= threshold
     }
 
-    /// Rewrites the log as one snapshot of the live offsets (see the module docs).
-    pub async fn compact(&mut self) -> Result<(), LogError> {
+    /// Claims the next compaction if one is due and none is running: the caller then runs
+    /// [`compact`](Self::compact), which releases the claim.
+    pub fn claim_compaction(&self) -> bool {
+        if self.compacting.get() || !self.compaction_due() {
+            return false;
+        }
+        self.compacting.set(true);
+        true
+    }
+
+    /// Rewrites the log as one snapshot of the live offsets (see the module docs). The caller
+    /// must hold exclusive access: no commit may be appended while the snapshot is written.
+    pub async fn compact(&self) -> Result<(), LogError> {
+        let result = self.write_snapshot().await;
+        self.compacting.set(false);
+        result
+    }
+
+    async fn write_snapshot(&self) -> Result<(), LogError> {
         let before = self.log.size_bytes();
         self.log.roll().await?;
         let start = self.log.offsets().next;
         let now = spate_storage::Clock::now_ms(&spate_storage::SystemClock);
+        let live = self.all();
         let mut builder = BatchBuilder::new();
-        for (key, offset) in &self.committed {
+        for (key, offset) in &live {
             let record = offset_record(key, *offset, now);
             if !builder.is_empty()
                 && builder.len() + BatchBuilder::encoded_len(&record)
@@ -143,72 +198,79 @@ impl OffsetStore {
             self.log.append(builder.finish()?, 0).await?;
         }
         self.log.advance_start_offset(start).await?;
-        self.snapshot_bytes = self.log.size_bytes();
+        self.snapshot_bytes.set(self.log.size_bytes());
+        // Tombstones are no longer needed: no record before the snapshot is replayed again.
+        self.committed.borrow_mut().retain(|_, entry| entry.offset.is_some());
         tracing::info!(
-            offsets = self.committed.len(),
+            offsets = live.len(),
             bytes_before = before,
-            bytes_after = self.snapshot_bytes,
+            bytes_after = self.snapshot_bytes.get(),
             "compacted the committed-offsets log"
         );
         Ok(())
     }
 
-    /// Durably records `offsets` (all or nothing: one batch).
-    pub async fn commit(&mut self, offsets: &[(OffsetKey, i64)]) -> Result<(), LogError> {
-        if offsets.is_empty() {
+    /// Durably records `offsets` (all or nothing: one batch). Concurrent commits share
+    /// fdatasyncs. Never compacts: see [`compaction_due`](Self::compaction_due).
+    pub async fn commit(&self, offsets: &[(OffsetKey, i64)]) -> Result<(), LogError> {
+        let records: Vec<(OffsetKey, Option<i64>)> =
+            offsets.iter().map(|(k, o)| (k.clone(), Some(*o))).collect();
+        self.append(&records).await
+    }
+
+    /// Appends one batch of records (`None` = tombstone) and applies them once durable.
+    async fn append(&self, records: &[(OffsetKey, Option<i64>)]) -> Result<(), LogError> {
+        if records.is_empty() {
             return Ok(());
         }
         let now = spate_storage::Clock::now_ms(&spate_storage::SystemClock);
         let mut builder = BatchBuilder::new();
-        for (key, offset) in offsets {
-            builder.push(&offset_record(key, *offset, now));
+        for (key, offset) in records {
+            builder.push(&match offset {
+                Some(offset) => offset_record(key, *offset, now),
+                None => NewRecord {
+                    key: Some(encode_key(key)),
+                    value: None,
+                    headers: Vec::new(),
+                    timestamp: now,
+                },
+            });
         }
-        let batch = builder.finish()?;
-        self.log.append(batch, 0).await?;
-        for (key, offset) in offsets {
-            self.committed.insert(key.clone(), *offset);
+        let appended = self.log.append(builder.finish()?, 0).await?;
+        let mut committed = self.committed.borrow_mut();
+        for (i, (key, offset)) in records.iter().enumerate() {
+            apply(&mut committed, key.clone(), *offset, appended.base_offset + i as i64);
         }
-        self.compact_if_due().await
+        Ok(())
     }
 
     /// Every committed offset: ((group, topic, partition), offset).
     pub fn all(&self) -> Vec<(OffsetKey, i64)> {
-        self.committed.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        self.committed.borrow().iter().filter_map(|(k, e)| Some((k.clone(), e.offset?))).collect()
     }
 
     /// Removes every committed offset of `group`, durably (tombstones in the log).
-    pub async fn delete_group(&mut self, group: &str) -> Result<(), LogError> {
-        let keys: Vec<OffsetKey> =
-            self.committed.keys().filter(|(g, _, _)| g == group).cloned().collect();
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let mut builder = BatchBuilder::new();
-        for key in &keys {
-            builder.push(&NewRecord {
-                key: Some(encode_key(key)),
-                value: None,
-                headers: Vec::new(),
-                timestamp: 0,
-            });
-        }
-        self.log.append(builder.finish()?, 0).await?;
-        for key in keys {
-            self.committed.remove(&key);
-        }
-        self.compact_if_due().await
+    pub async fn delete_group(&self, group: &str) -> Result<(), LogError> {
+        let tombstones: Vec<(OffsetKey, Option<i64>)> = self
+            .all()
+            .into_iter()
+            .filter(|((g, _, _), _)| g == group)
+            .map(|(key, _)| (key, None))
+            .collect();
+        self.append(&tombstones).await
     }
 
     pub fn get(&self, key: &OffsetKey) -> Option<i64> {
-        self.committed.get(key).copied()
+        self.committed.borrow().get(key).and_then(|e| e.offset)
     }
 
     /// Every committed offset of `group` for `topic`.
     pub fn for_topic(&self, group: &str, topic: &str) -> Vec<(u32, i64)> {
         self.committed
+            .borrow()
             .iter()
             .filter(|((g, t, _), _)| g == group && t == topic)
-            .map(|((_, _, p), o)| (*p, *o))
+            .filter_map(|((_, _, p), e)| Some((*p, e.offset?)))
             .collect()
     }
 
@@ -216,9 +278,10 @@ impl OffsetStore {
     pub fn topics_of(&self, group: &str) -> Vec<String> {
         let mut topics: Vec<String> = self
             .committed
-            .keys()
-            .filter(|(g, _, _)| g == group)
-            .map(|(_, t, _)| t.clone())
+            .borrow()
+            .iter()
+            .filter(|((g, _, _), e)| g == group && e.offset.is_some())
+            .map(|((_, t, _), _)| t.clone())
             .collect();
         topics.dedup();
         topics
@@ -248,7 +311,7 @@ mod tests {
         )
         .unwrap();
         glommio::LocalExecutorBuilder::default().make().unwrap().run(async {
-            let mut store = OffsetStore::open(dir.path()).await.unwrap();
+            let store = OffsetStore::open(dir.path()).await.unwrap();
             let key = ("g".to_string(), "t".to_string(), 1);
             store.commit(&[(key.clone(), 10)]).await.unwrap();
             store.commit(&[(key.clone(), 42), (("g".into(), "t".into(), 2), 5)]).await.unwrap();
@@ -262,6 +325,39 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_commits_leave_the_map_equal_to_a_replay_of_the_log() {
+        let dir = tempfile::tempdir_in(
+            std::env::var_os("CARGO_TARGET_TMPDIR").unwrap_or_else(|| std::env::temp_dir().into()),
+        )
+        .unwrap();
+        glommio::LocalExecutorBuilder::default().make().unwrap().run(async {
+            let store = std::rc::Rc::new(OffsetStore::open(dir.path()).await.unwrap());
+            let key = ("g".to_string(), "t".to_string(), 0);
+            // 40 commits of one key in flight at once, plus a delete and a recommit of another.
+            let tasks: Vec<_> = (0..40i64)
+                .map(|value| {
+                    let (store, key) = (store.clone(), key.clone());
+                    glommio::spawn_local(async move {
+                        store.commit(&[(key, value)]).await.unwrap();
+                        if value == 20 {
+                            store.commit(&[(("h".into(), "t".into(), 1), 5)]).await.unwrap();
+                            store.delete_group("h").await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await;
+            }
+            let live = store.all();
+            store.log().close().await.unwrap();
+            let replayed = OffsetStore::open(dir.path()).await.unwrap();
+            assert_eq!(replayed.all(), live, "the map is what a replay of the log gives");
+            assert_eq!(live.len(), 1);
+        });
+    }
+
+    #[test]
     fn the_log_is_compacted_and_keeps_the_live_offsets_and_deletions() {
         let dir = tempfile::tempdir_in(
             std::env::var_os("CARGO_TARGET_TMPDIR").unwrap_or_else(|| std::env::temp_dir().into()),
@@ -269,7 +365,7 @@ mod tests {
         .unwrap();
         const THRESHOLD: u64 = 16 * 1024;
         glommio::LocalExecutorBuilder::default().make().unwrap().run(async {
-            let mut store = OffsetStore::open_with(dir.path(), THRESHOLD).await.unwrap();
+            let store = OffsetStore::open_with(dir.path(), THRESHOLD).await.unwrap();
             let key = |p: u32| ("g".to_string(), "t".to_string(), p);
             // About 260 KB of commits in total: many times the threshold.
             for round in 0..200i64 {
@@ -278,6 +374,9 @@ mod tests {
                 if round == 100 {
                     store.commit(&[(("gone".into(), "t".into(), 0), 7)]).await.unwrap();
                     store.delete_group("gone").await.unwrap();
+                }
+                if store.compaction_due() {
+                    store.compact().await.unwrap();
                 }
             }
             assert!(store.log().offsets().start > 0, "older records were dropped");

@@ -224,8 +224,8 @@ pub struct Shard {
     logs: RefCell<HashMap<PartitionKey, Log>>,
     waiters: RefCell<HashMap<PartitionKey, Vec<Wakeup>>>,
     peers: Senders<ShardMsg>,
-    /// Shard 0 only.
-    offsets: Option<RwLock<OffsetStore>>,
+    /// Shard 0 only. Commits take shared access, compaction exclusive.
+    offsets: Option<Rc<RwLock<OffsetStore>>>,
     /// Serializes catalog changes on the controller.
     controller_lock: Semaphore,
     /// Bytes of request frames held (see `limits::REQUEST_MEMORY_PER_SHARD_BYTES_MAX`): taken
@@ -260,7 +260,7 @@ impl Shard {
             let store = OffsetStore::open(&config.data_dir)
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
-            Some(RwLock::new(store))
+            Some(Rc::new(RwLock::new(store)))
         } else {
             None
         };
@@ -1353,8 +1353,12 @@ impl Shard {
                 partitions: Some(partitions),
             });
         }
-        let store = self.offsets.as_ref().expect("shard 0 has the offset store");
-        let committed = store.write().await.expect("lock never closed").commit(&accepted).await;
+        let store = self.offsets.clone().expect("shard 0 has the offset store");
+        // Shared access: concurrent commits share fdatasyncs; compaction alone is exclusive.
+        let committed = store.read().await.expect("lock never closed").commit(&accepted).await;
+        if committed.is_ok() {
+            compact_offsets_if_due(store);
+        }
         if let Err(error) = committed {
             let failure = Failure::from(error);
             for topic in &mut results {
@@ -1486,6 +1490,22 @@ pub fn envelope_error(correlation_id: u32, code: ErrorCode, message: &str) -> Re
         payload: Vec::new(),
         memory: None,
     }
+}
+
+/// Compacts the committed-offsets log in the background if it is due: off the commit path, so
+/// no commit waits for it and its failure never fails a commit that was already durable.
+pub(crate) fn compact_offsets_if_due(store: Rc<RwLock<OffsetStore>>) {
+    let claimed = store.try_read().map(|s| s.claim_compaction()).unwrap_or(false);
+    if !claimed {
+        return;
+    }
+    glommio::spawn_local(async move {
+        let Ok(store) = store.write().await else { return };
+        if let Err(error) = store.compact().await {
+            tracing::error!(%error, "compacting the committed-offsets log failed; will retry");
+        }
+    })
+    .detach();
 }
 
 /// Best effort at the correlation id of a request that failed verification: only if the buffer

@@ -330,11 +330,16 @@ impl Shard {
             .offsets
             .as_ref()
             .ok_or_else(|| Failure::new(ErrorCode::NotCoordinator, "offsets live on shard 0"))?;
-        let mut store = store
-            .write()
+        let deleted = store
+            .read()
             .await
-            .map_err(|_| Failure::new(ErrorCode::ShuttingDown, "offset store closed"))?;
-        store.delete_group(group).await.map_err(Failure::from)
+            .map_err(|_| Failure::new(ErrorCode::ShuttingDown, "offset store closed"))?
+            .delete_group(group)
+            .await;
+        if deleted.is_ok() {
+            super::compact_offsets_if_due(store.clone());
+        }
+        deleted.map_err(Failure::from)
     }
 
     /// Whether the coordinator accepts a commit from this member and generation.
