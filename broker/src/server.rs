@@ -350,11 +350,12 @@ async fn serve_connection(
     stop: &AtomicBool,
 ) -> Result<(), String> {
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let (mut reader, writer) = futures_lite::io::split(stream);
     let (replies, queued) = glommio::channels::local_channel::new_bounded(
         limits::REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX,
     );
-    let writer_task = glommio::spawn_local(write_replies(shard.clone(), writer, queued));
+    let writer_task = glommio::spawn_local(write_replies(shard.clone(), socket, writer, queued));
     let decoder = FrameDecoder::with_limit(limits::REQUEST_BYTES_MAX);
     let mut buffer = BytesMut::with_capacity(CONNECTION_BUFFER_BYTES);
     let mut frame_started: Option<std::time::Instant> = None;
@@ -449,36 +450,74 @@ async fn serve_connection(
     outcome.and(written)
 }
 
-/// Writes replies in request order; `None` (acks=none) writes nothing.
+/// Writes replies in request order; `None` (acks=none) writes nothing. `socket` is the
+/// connection's descriptor, for vectored writes (Glommio's stream has none).
 async fn write_replies(
     shard: Rc<Shard>,
+    socket: std::os::fd::RawFd,
     mut writer: futures_lite::io::WriteHalf<TcpStream>,
     queued: glommio::channels::local_channel::LocalReceiver<glommio::Task<Option<Reply>>>,
 ) -> Result<(), String> {
     // Ends when the reader side drops its sender and the queue is drained.
     while let Some(task) = queued.recv().await {
         if let Some(reply) = task.await {
-            let bytes = write_reply(&mut writer, reply).await?;
+            let bytes = write_reply(socket, &mut writer, reply).await?;
             shard.metrics.sent(bytes);
         }
     }
     Ok(())
 }
 
-/// Writes one reply; returns the bytes written.
+/// Most buffers one vectored write takes (Linux's `IOV_MAX`).
+const IOVECS_PER_WRITE_MAX: usize = 1024;
+
+/// Writes one reply; returns the bytes written. The header and the stored batches go out in
+/// one `writev` when the socket takes them all (the common case), straight from the log's
+/// buffers; whatever it did not take is written through the stream, which waits for room.
 async fn write_reply(
+    socket: std::os::fd::RawFd,
     stream: &mut futures_lite::io::WriteHalf<TcpStream>,
     reply: Reply,
 ) -> Result<usize, String> {
     let payload_bytes: usize = reply.payload.iter().map(|p| p.len()).sum();
     let header =
         codec::encode_response(&reply.response, payload_bytes).map_err(|e| e.to_string())?;
-    stream.write_all(&header).await.map_err(|e| e.to_string())?;
-    // Stored batches go out as they are, straight from the log's buffers.
-    for chunk in &reply.payload {
-        stream.write_all(chunk).await.map_err(|e| e.to_string())?;
+    let parts: Vec<&[u8]> = std::iter::once(&header[..])
+        .chain(reply.payload.iter().map(|chunk| &chunk[..]))
+        .filter(|part| !part.is_empty())
+        .collect();
+    let iovecs: Vec<libc::iovec> = parts
+        .iter()
+        .take(IOVECS_PER_WRITE_MAX)
+        .map(|part| libc::iovec {
+            iov_base: part.as_ptr() as *mut libc::c_void,
+            iov_len: part.len(),
+        })
+        .collect();
+    // SAFETY: every iovec points into a buffer that `parts` borrows for this call; the socket is
+    // this connection's, non-blocking, and no other write to it is in progress.
+    let written = unsafe { libc::writev(socket, iovecs.as_ptr(), iovecs.len() as libc::c_int) };
+    let mut skip = if written < 0 {
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::WouldBlock {
+            return Err(error.to_string());
+        }
+        0
+    } else {
+        written as usize
+    };
+    // Bounded by the parts.
+    for part in parts {
+        if skip >= part.len() {
+            skip -= part.len();
+            continue;
+        }
+        stream.write_all(&part[skip..]).await.map_err(|e| e.to_string())?;
+        skip = 0;
     }
     stream.flush().await.map_err(|e| e.to_string())?;
+    // `reply` (and with it the fetch budget it holds) is released here, once written.
+    drop(reply);
     Ok(header.len() + payload_bytes)
 }
 
