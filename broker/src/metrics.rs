@@ -84,7 +84,8 @@ impl ShardMetrics {
     }
 
     /// This shard's samples (no HELP/TYPE lines: [`header`] writes those once).
-    pub fn render(&self, shard: usize, partitions: &[(String, u32, i64, u64)]) -> String {
+    /// `partitions`: topic, partition, high watermark, log bytes, bytes recovery cut as damaged.
+    pub fn render(&self, shard: usize, partitions: &[(String, u32, i64, u64, u64)]) -> String {
         let mut out = String::new();
         for (i, counter) in self.requests.iter().enumerate() {
             let api = ApiKey(i as u16).variant_name().unwrap_or("Unknown");
@@ -104,11 +105,12 @@ impl ShardMetrics {
         let labels = format!("shard=\"{shard}\"");
         self.produce_latency.render(&mut out, "spate_produce_latency_seconds", &labels);
         self.fetch_latency.render(&mut out, "spate_fetch_latency_seconds", &labels);
-        for (topic, partition, high_watermark, bytes) in partitions {
+        for (topic, partition, high_watermark, bytes, recovery_cut) in partitions {
             let topic = label(topic);
             let labels = format!("topic=\"{topic}\",partition=\"{partition}\",shard=\"{shard}\"");
             let _ = writeln!(out, "spate_partition_high_watermark{{{labels}}} {high_watermark}");
             let _ = writeln!(out, "spate_partition_log_bytes{{{labels}}} {bytes}");
+            let _ = writeln!(out, "spate_partition_recovery_cut_bytes{{{labels}}} {recovery_cut}");
         }
         out
     }
@@ -132,6 +134,7 @@ pub fn header() -> String {
             "Offset after the last record readers can see.",
         ),
         ("spate_partition_log_bytes", "gauge", "Bytes of the partition's log segments."),
+        ("spate_partition_recovery_cut_bytes", "gauge", "Bytes the last recovery cut from the partition as damaged (a torn or lost block): acknowledged data may be lost."),
         ("spate_consumer_lag", "gauge", "Log end offset minus the group's committed offset."),
     ]
     .iter()
@@ -174,7 +177,7 @@ mod tests {
         metrics.produce_latency.record(Duration::from_secs(10));
         metrics.request(Some(ApiKey::Produce));
         metrics.received(100);
-        let text = metrics.render(1, &[("orders".into(), 0, 42, 4096)]);
+        let text = metrics.render(1, &[("orders".into(), 0, 42, 4096, 0)]);
         assert!(
             text.contains("spate_produce_latency_seconds_bucket{shard=\"1\",le=\"0.0001\"} 2"),
             "{text}"

@@ -936,11 +936,12 @@ impl Shard {
 
     /// This shard's metric samples.
     pub fn render_metrics(&self) -> String {
-        let mut partitions: Vec<(String, u32, i64, u64)> = self
+        let mut partitions: Vec<(String, u32, i64, u64, u64)> = self
             .all_logs()
             .into_iter()
             .map(|((topic, partition), log)| {
-                (topic, partition, log.offsets().high_watermark, log.size_bytes())
+                let cut = log.recovery().cut_bytes;
+                (topic, partition, log.offsets().high_watermark, log.size_bytes(), cut)
             })
             .collect();
         partitions.sort();

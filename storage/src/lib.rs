@@ -29,5 +29,7 @@ pub mod segment;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{FlushPolicy, LogConfig};
 pub use error::{LogError, Result};
-pub use log::{Appended, Log, LogBytes, LogOffsets, LogOptions, LogRead, RetentionReport};
+pub use log::{
+    Appended, Log, LogBytes, LogOffsets, LogOptions, LogRead, RecoveryReport, RetentionReport,
+};
 pub use segment::prime_dma_probe;

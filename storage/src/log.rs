@@ -94,6 +94,17 @@ pub struct LogOffsets {
     pub high_watermark: i64,
 }
 
+/// What recovery found at the end of the last segment when the log was opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Bytes past the last valid batch that recovery cut because they were damaged (0 when the
+    /// log ended cleanly in zero padding).
+    pub cut_bytes: u64,
+    /// Why the end was not clean: a torn or corrupt batch, or a zeroed block followed by
+    /// written data (a block the device lost). `None` when the log ended in zero padding.
+    pub damage: Option<String>,
+}
+
 /// What a retention pass removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RetentionReport {
@@ -181,6 +192,7 @@ struct State {
     closed: bool,
     /// Set by a failed fdatasync: the log refuses every read and append from then on.
     offline: Option<String>,
+    recovery: RecoveryReport,
 }
 
 impl State {
@@ -285,10 +297,15 @@ impl Log {
         }
 
         let mut segments = BTreeMap::new();
+        let mut recovery = RecoveryReport::default();
         let last = *bases.last().expect("at least one segment");
         for base in bases {
             let segment = if base == last {
-                recover_tail_segment(&dir, base, &config, now_ms, options.faults.as_ref()).await?
+                let (segment, report) =
+                    recover_tail_segment(&dir, base, &config, now_ms, options.faults.as_ref())
+                        .await?;
+                recovery = report;
+                segment
             } else {
                 open_sealed_segment(&dir, base, &config, now_ms).await?
             };
@@ -323,6 +340,7 @@ impl Log {
             roll_requested: false,
             closed: false,
             offline: None,
+            recovery,
         };
         Ok(Log {
             inner: Rc::new(Inner {
@@ -361,6 +379,11 @@ impl Log {
         state.cache.set_capacity(config.cache_bytes);
         state.config = config;
         Ok(())
+    }
+
+    /// What recovery found at the end of the log when it was opened.
+    pub fn recovery(&self) -> RecoveryReport {
+        self.inner.state.borrow().recovery.clone()
     }
 
     pub fn offsets(&self) -> LogOffsets {
@@ -1329,6 +1352,25 @@ async fn open_sealed_segment(
     })
 }
 
+/// The position of the first non-zero byte in `[from, to)` of a file, if any (bounded: reads
+/// the range once, in chunks).
+async fn written_after(file: &DmaFile, path: &Path, from: u64, to: u64) -> Result<Option<u64>> {
+    let mut position = from;
+    while position < to {
+        let length = ((to - position) as usize).min(limits::WRITE_BYTES_MAX);
+        let chunk = segment::read_at(file, path, position, length).await?;
+        let chunk = &chunk[..chunk.len().min(length)];
+        if chunk.is_empty() {
+            break;
+        }
+        if let Some(at) = chunk.iter().position(|b| *b != 0) {
+            return Ok(Some(position + at as u64));
+        }
+        position += chunk.len() as u64;
+    }
+    Ok(None)
+}
+
 /// Rebuilds a sealed segment's index from batch headers. Only structure is checked: a sealed
 /// batch with a bad CRC stays in place and is reported when read, rather than hiding the batches
 /// after it.
@@ -1374,7 +1416,7 @@ async fn recover_tail_segment(
     config: &LogConfig,
     now_ms: i64,
     faults: Option<&Rc<dyn StorageFaults>>,
-) -> Result<Segment> {
+) -> Result<(Segment, RecoveryReport)> {
     let paths = SegmentPaths::new(dir, base);
     let file = segment::open_log_file(&paths.log, false).await?;
     let file_size = file.file_size().await.map_err(|e| LogError::io("stat", &paths.log, e))?;
@@ -1393,10 +1435,23 @@ async fn recover_tail_segment(
         .await?;
     let size = end.end;
     let tail = segment::read_tail(&file, &paths.log, size).await?;
-    if let Some(damage) = &end.damage {
-        tracing::warn!(path = %paths.log.display(), position = size, cut_bytes = file_size - size, %damage,
-            "recovery cut a torn or corrupt tail");
+    // Zeroes where the next batch should be are the normal end of a log only if nothing was
+    // written after them: a zeroed block followed by data is a block the device lost.
+    let damage = match end.damage {
+        Some(damage) => Some(damage),
+        None => written_after(&file, &paths.log, round_up(size), file_size).await?.map(|at| {
+            format!("zeroed bytes at {size} followed by written data at {at}: a lost block")
+        }),
+    };
+    // Zero padding after a clean end is not data; after damage, everything past it is cut.
+    let cut_bytes = if damage.is_some() { file_size.saturating_sub(size) } else { 0 };
+    let report = RecoveryReport { cut_bytes, damage };
+    if let Some(damage) = &report.damage {
+        tracing::error!(path = %paths.log.display(), position = size, next_offset = end.next_offset,
+            cut_bytes = report.cut_bytes, %damage,
+            "recovery cut a damaged tail: any acknowledged data in it is lost");
     }
+    let end = segment::ScanEnd { damage: report.damage.clone(), ..end };
     if file_size > round_up(size) || end.damage.is_some() {
         file.truncate(round_up(size)).await.map_err(|e| LogError::io("truncate", &paths.log, e))?;
     }
@@ -1407,7 +1462,7 @@ async fn recover_tail_segment(
     // write and its fdatasync). Make it durable before anyone reads it, so that a later power
     // loss cannot take back what a consumer already saw.
     fdatasync(&file, &paths.log, faults).await?;
-    Ok(Segment {
+    let segment = Segment {
         base_offset: base,
         file: Rc::new(file),
         paths,
@@ -1416,7 +1471,8 @@ async fn recover_tail_segment(
         index,
         tail,
         created_ms: now_ms,
-    })
+    };
+    Ok((segment, report))
 }
 
 fn check_continuity(segments: &BTreeMap<i64, Segment>) {

@@ -36,6 +36,53 @@ fn flip(path: &Path, at: u64) {
 }
 
 #[test]
+fn a_lost_block_is_reported_as_damage_not_taken_for_a_clean_end() {
+    let dir = temp_dir();
+    let segment = dir.path().join(format!("{:020}.log", 0));
+    let batches = run({
+        let dir = dir.path().to_path_buf();
+        async move {
+            let log = Log::open(&dir, config(), LogOptions::default()).await.unwrap();
+            let batches = fill(&log, 12, 1_000).await;
+            log.close().await.unwrap();
+            batches
+        }
+    });
+    // A clean end: nothing cut, nothing reported.
+    let clean = run({
+        let dir = dir.path().to_path_buf();
+        async move {
+            let log = Log::open(&dir, config(), LogOptions::default()).await.unwrap();
+            let report = log.recovery();
+            log.close().await.unwrap();
+            report
+        }
+    });
+    assert_eq!(clean, spate_storage::RecoveryReport::default());
+    // The device loses what was written from batch 4 to the end of the next block (it reads
+    // back as zeroes); later blocks keep their data. Scanning stops at the zeroes, which look
+    // like the end of the log: recovery must say that data followed.
+    let lost_from: usize = batches[..4].iter().map(|(_, b)| b.len()).sum();
+    let lost_to = lost_from.div_ceil(4096) * 4096 + 4096;
+    let mut bytes = std::fs::read(&segment).unwrap();
+    assert!(bytes.len() > lost_to + 4096, "data follows the lost range");
+    bytes[lost_from..lost_to].fill(0);
+    std::fs::write(&segment, &bytes).unwrap();
+    let (report, end) = run({
+        let dir = dir.path().to_path_buf();
+        async move {
+            let log = Log::open(&dir, config(), LogOptions::default()).await.unwrap();
+            (log.recovery(), log.offsets().high_watermark)
+        }
+    });
+    let damage = report.damage.expect("a lost block is damage, not a clean end");
+    assert!(damage.contains("lost block"), "{damage}");
+    assert!(report.cut_bytes > 0);
+    // What survives is the batches before the lost range.
+    assert_eq!(end, batches[4].0);
+}
+
+#[test]
 fn flipped_bytes_in_the_tail_are_cut_on_recovery() {
     let dir = temp_dir();
     run(async {

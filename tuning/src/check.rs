@@ -149,6 +149,22 @@ pub fn checks(machine: &Machine) -> Vec<Row> {
             if p { "poll queues" } else { "no poll queues" }.into()
         });
         rows.push(row(&format!("disk.{name}.io_poll"), Status::Ok, poll, "either", "Without poll queues Glommio uses interrupt-driven IO; Spate primes Glommio's probe so reads work either way."));
+        let status = if disk.atomic_write_bytes.is_some_and(|b| b < 4096) {
+            Status::Warn
+        } else {
+            Status::Ok
+        };
+        let mut atomic = row(
+            &format!("disk.{name}.atomic_write"),
+            status,
+            disk.atomic_write_bytes.map_or("unknown".into(), |b| format!("{b} bytes")),
+            ">= 4096 bytes",
+            "Each write round rewrites the log's last partial 4 KiB block, which holds acknowledged bytes: only a device that writes 4 KiB atomically (or keeps its cache through a power cut) guarantees a power cut cannot tear them. Recovery reports a torn block; replication keeps the data on other brokers.",
+        );
+        if status != Status::Ok {
+            atomic.fix = "use a device with power-loss protection for flush=always data, or replicate the topic".into();
+        }
+        rows.push(atomic);
     }
     // io_uring and limits.
     let status = match machine.io_uring_disabled {

@@ -24,6 +24,9 @@ pub struct BlockDevice {
     pub write_cache: Option<String>,
     pub io_poll: Option<bool>,
     pub max_sectors_kb: Option<u64>,
+    /// Largest write the device promises to apply whole or not at all across a power cut
+    /// (`queue/atomic_write_unit_max_bytes`; 0 = no promise; absent before Linux 6.11).
+    pub atomic_write_bytes: Option<u64>,
     pub node: Option<usize>,
 }
 
@@ -206,6 +209,7 @@ pub fn read_machine(root: &Path) -> Machine {
                 write_cache: read(root, &format!("{queue}/write_cache")),
                 io_poll: read_u64(root, &format!("{queue}/io_poll")).map(|p| p == 1),
                 max_sectors_kb: read_u64(root, &format!("{queue}/max_sectors_kb")),
+                atomic_write_bytes: read_u64(root, &format!("{queue}/atomic_write_unit_max_bytes")),
                 node: read(root, &format!("/sys/block/{name}/device/numa_node"))
                     .and_then(|n| n.parse::<i64>().ok())
                     .filter(|n| *n >= 0)
