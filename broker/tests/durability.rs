@@ -444,3 +444,50 @@ fn many_connections_sending_large_produces_stay_within_the_request_budget() {
     // grew by 5 MiB and more per connection.
     assert!(grown < 100 << 20, "broker memory grew by {} MiB", grown >> 20);
 }
+
+#[test]
+fn one_produce_request_per_shard_carries_the_batches_of_many_partitions() {
+    use std::io::{Read, Write};
+    let dir = temp_dir();
+    let port = free_ports();
+    let metrics = format!("127.0.0.1:{}", port + 3);
+    let broker = Broker::start_on(dir.path(), port, &["--metrics-listen", &metrics]);
+    broker.ok(&["topic", "create", "wide", "--partitions", "6"]);
+    let address = broker.address();
+    let results = run(async move {
+        let client = Client::connect(client_config(&address)).await.unwrap();
+        let batches: Vec<_> = (0..6u8)
+            .map(|p| {
+                let mut builder = spate_protocol::batch::BatchBuilder::new();
+                builder.push(&spate_protocol::batch::NewRecord {
+                    value: Some(Bytes::from(vec![p; 10])),
+                    ..Default::default()
+                });
+                builder.finish().unwrap()
+            })
+            .collect();
+        let parts: Vec<spate_client::PartitionBatch<'_>> = batches
+            .iter()
+            .enumerate()
+            .map(|(p, b)| spate_client::PartitionBatch {
+                topic: "wide",
+                partition: p as u32,
+                records: b,
+            })
+            .collect();
+        client.produce_many(&parts, Acks::All, Duration::from_secs(5)).await
+    });
+    assert_eq!(results.len(), 6);
+    assert!(results.iter().all(|r| *r.as_ref().unwrap() == Some(0)), "{results:?}");
+    // Six partitions over two shards: two produce requests, not six.
+    let mut stream = std::net::TcpStream::connect(&metrics).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let produces: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("spate_requests_total{") && l.contains("api=\"Produce\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(produces, 2, "{text}");
+}

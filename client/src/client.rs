@@ -18,6 +18,7 @@ use spate_protocol::wire::{self, ErrorCode, RequestBodyT, RequestT, ResponseBody
 
 use crate::connection::Connection;
 use crate::error::{ClientError, Result};
+use crate::limits;
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -61,6 +62,36 @@ pub struct FetchedPartition {
     pub high_watermark: i64,
     pub log_start_offset: i64,
     pub records: Bytes,
+}
+
+/// One partition's batch in a multi-partition produce.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionBatch<'a> {
+    pub topic: &'a str,
+    pub partition: u32,
+    /// One whole record batch.
+    pub records: &'a [u8],
+}
+
+/// Splits one address's batches (indices into `batches`) into requests within the limits on a
+/// request's bytes and partitions.
+fn split_produce(batches: &[PartitionBatch<'_>], indices: &[usize]) -> Vec<Vec<usize>> {
+    let mut requests: Vec<Vec<usize>> = Vec::new();
+    let mut bytes = 0usize;
+    for &i in indices {
+        let size = batches[i].records.len();
+        let full = requests.last().is_none_or(|r| {
+            r.len() >= limits::PRODUCE_REQUEST_PARTITIONS_MAX
+                || bytes + size > limits::PRODUCE_REQUEST_BYTES_MAX
+        });
+        if full {
+            requests.push(Vec::new());
+            bytes = 0;
+        }
+        requests.last_mut().expect("pushed above").push(i);
+        bytes += size;
+    }
+    requests
 }
 
 /// One partition to fetch.
@@ -294,8 +325,8 @@ impl Client {
 
     // ---- Produce / fetch --------------------------------------------------------------------
 
-    /// Sends whole batches to one partition. Returns the base offset given to the first record
-    /// (or `None` with `acks=none`, which gets no response).
+    /// Sends one batch to one partition. Returns the base offset given to its first record (or
+    /// `None` with `acks=none`, which gets no response).
     pub async fn produce(
         &self,
         topic: &str,
@@ -304,45 +335,142 @@ impl Client {
         acks: wire::Acks,
         timeout: Duration,
     ) -> Result<Option<i64>> {
-        let address = self.route(topic, partition).await?;
+        let batch = PartitionBatch { topic, partition, records };
+        self.produce_many(&[batch], acks, timeout).await.pop().expect("one result per batch")
+    }
+
+    /// Sends one batch to each of many partitions: one request per owning address holding all
+    /// of that address's batches (as Kafka's producer sends one request per broker), within
+    /// the request limits, the requests to different addresses in flight at once. Returns each
+    /// batch's result in the order given: its base offset, `None` with `acks=none`, or why it
+    /// failed (a lost connection fails every batch that request carried).
+    pub async fn produce_many(
+        &self,
+        batches: &[PartitionBatch<'_>],
+        acks: wire::Acks,
+        timeout: Duration,
+    ) -> Vec<Result<Option<i64>>> {
+        let mut results: Vec<Option<Result<Option<i64>>>> = batches.iter().map(|_| None).collect();
+        let mut by_address: Vec<(SocketAddr, Vec<usize>)> = Vec::new();
+        for (i, batch) in batches.iter().enumerate() {
+            match self.route(batch.topic, batch.partition).await {
+                Ok(address) => match by_address.iter_mut().find(|(a, _)| *a == address) {
+                    Some((_, indices)) => indices.push(i),
+                    None => by_address.push((address, vec![i])),
+                },
+                Err(error) => results[i] = Some(Err(error)),
+            }
+        }
+        let wait = self.inner.config.request_timeout.max(timeout);
+        let mut in_flight = Vec::new();
+        for (address, indices) in by_address {
+            for request in split_produce(batches, &indices) {
+                let sent = self.send_produce(address, batches, &request, acks, timeout).await;
+                match sent {
+                    Ok(None) => request.iter().for_each(|&i| results[i] = Some(Ok(None))),
+                    Ok(Some((connection, correlation_id, frame))) => {
+                        let answer = glommio::spawn_local(async move {
+                            connection.request(correlation_id, &frame, wait).await
+                        });
+                        in_flight.push((request, answer));
+                    }
+                    Err(error) => {
+                        request.iter().for_each(|&i| results[i] = Some(Err(error.clone())))
+                    }
+                }
+            }
+        }
+        // Bounded by the requests sent above.
+        for (request, answer) in in_flight {
+            match answer.await.and_then(|frame| self.produce_results(&frame, batches, &request)) {
+                Ok(answers) => {
+                    for (i, result) in request.iter().zip(answers) {
+                        results[*i] = Some(result);
+                    }
+                }
+                Err(error) => request.iter().for_each(|&i| results[i] = Some(Err(error.clone()))),
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(ClientError::UnexpectedResponse("no result".into()))))
+            .collect()
+    }
+
+    /// Encodes one produce request for `request` (indices into `batches`) and sends it on the
+    /// address's connection. Returns what to await the answer with, or `None` for `acks=none`.
+    async fn send_produce(
+        &self,
+        address: SocketAddr,
+        batches: &[PartitionBatch<'_>],
+        request: &[usize],
+        acks: wire::Acks,
+        timeout: Duration,
+    ) -> Result<Option<(Connection, u32, bytes::BytesMut)>> {
         let connection = self.connection(address).await?;
         let correlation_id = connection.next_correlation_id();
-        let input = vec![ProducePartitionInput { partition: partition as i32, records }];
+        let mut topics: Vec<(&str, Vec<ProducePartitionInput<'_>>)> = Vec::new();
+        for &i in request {
+            let batch = &batches[i];
+            let input =
+                ProducePartitionInput { partition: batch.partition as i32, records: batch.records };
+            match topics.iter_mut().find(|(name, _)| *name == batch.topic) {
+                Some((_, partitions)) => partitions.push(input),
+                None => topics.push((batch.topic, vec![input])),
+            }
+        }
         let frame = codec::encode_produce(
             correlation_id,
             &self.inner.config.client_id,
             acks,
             timeout.as_millis() as u32,
-            &[(topic, input)],
+            &topics,
         )?;
         if acks == wire::Acks::None {
             connection.send(&frame).await?;
             return Ok(None);
         }
-        let response = connection
-            .request(correlation_id, &frame, self.inner.config.request_timeout.max(timeout))
-            .await?;
-        let response = codec::decode_response(&response.header)?;
+        Ok(Some((connection, correlation_id, frame)))
+    }
+
+    /// Each batch's result in a produce response, in `request` order.
+    fn produce_results(
+        &self,
+        frame: &Frame,
+        batches: &[PartitionBatch<'_>],
+        request: &[usize],
+    ) -> Result<Vec<Result<Option<i64>>>> {
+        let response = codec::decode_response(&frame.header)?;
         if response.error_code() != ErrorCode::None {
             return Err(ClientError::broker(response.error_code(), response.error_message()));
         }
         let produce = response
             .body_as_produce_response()
             .ok_or_else(|| ClientError::UnexpectedResponse("produce".into()))?;
-        let result = produce
-            .topics()
-            .iter()
-            .flatten()
-            .flat_map(|t| t.partitions().into_iter().flatten())
-            .find(|p| p.partition() == partition as i32)
-            .ok_or_else(|| {
-                ClientError::UnexpectedResponse("produce response without the partition".into())
-            })?;
-        if result.error_code() != ErrorCode::None {
-            self.note_error(topic, result.error_code());
-            return Err(ClientError::broker(result.error_code(), result.error_message()));
+        let mut answers: HashMap<(&str, i32), Result<Option<i64>>> = HashMap::new();
+        for topic in produce.topics().iter().flatten() {
+            let name = topic.name().unwrap_or_default();
+            for partition in topic.partitions().iter().flatten() {
+                let answer = if partition.error_code() == ErrorCode::None {
+                    Ok(Some(partition.base_offset()))
+                } else {
+                    self.note_error(name, partition.error_code());
+                    Err(ClientError::broker(partition.error_code(), partition.error_message()))
+                };
+                answers.insert((name, partition.partition()), answer);
+            }
         }
-        Ok(Some(result.base_offset()))
+        Ok(request
+            .iter()
+            .map(|&i| {
+                let key = (batches[i].topic, batches[i].partition as i32);
+                answers.remove(&key).unwrap_or_else(|| {
+                    Err(ClientError::UnexpectedResponse(
+                        "produce response without the partition".into(),
+                    ))
+                })
+            })
+            .collect())
     }
 
     /// Fetches from several partitions, one request per owning address. Waits up to `max_wait`

@@ -51,7 +51,7 @@ pub mod partitioner;
 pub mod producer;
 
 pub use accumulator::TopicPartition;
-pub use client::{Client, ClientConfig, EARLIEST, LATEST};
+pub use client::{Client, ClientConfig, PartitionBatch, EARLIEST, LATEST};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, Seek};
 pub use error::{ClientError, Result};
 pub use group::{GroupConfig, GroupConsumer};

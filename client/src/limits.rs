@@ -3,6 +3,17 @@
 /// Requests one connection may have awaiting responses. Further requests wait.
 pub const IN_FLIGHT_PER_CONNECTION_MAX: usize = 64;
 
+/// Bytes of batches one produce request carries at most: half the broker's request limit
+/// (16 MiB), so a request of many partitions' batches is never refused for its size. A batch
+/// larger than this still goes, alone in its request.
+pub const PRODUCE_REQUEST_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Partitions one produce request carries at most (the protocol's per-request limit).
+pub const PRODUCE_REQUEST_PARTITIONS_MAX: usize =
+    spate_protocol::limits::PARTITIONS_PER_REQUEST_MAX;
+
+const _: () = assert!(PRODUCER_BATCH_BYTES_MAX <= PRODUCE_REQUEST_BYTES_MAX);
+
 /// Bytes the read buffer of one connection grows to at most (one frame plus a little).
 pub const READ_BUFFER_BYTES_MAX: usize = spate_protocol::limits::FRAME_BYTES_MAX + 64 * 1024;
 

@@ -22,7 +22,7 @@ use spate_protocol::batch::{Header, NewRecord};
 use spate_protocol::wire::Acks;
 
 use crate::accumulator::{AccumulateError, Accumulator, ClosedBatch, TopicPartition};
-use crate::client::Client;
+use crate::client::{Client, PartitionBatch};
 use crate::error::{ClientError, Result};
 use crate::limits;
 use crate::partitioner::{DefaultPartitioner, Partitioner};
@@ -338,8 +338,9 @@ async fn drive(inner: std::rc::Weak<Inner>, wakeups: LocalReceiver<()>) {
             if failed_overdue {
                 wake_waiters(&inner);
             }
-            for batch in ready {
-                glommio::spawn_local(send_batch(inner.clone(), batch)).detach();
+            if !ready.is_empty() {
+                // Every ready batch in one go: the client sends one request per broker shard.
+                glommio::spawn_local(send_batches(inner.clone(), ready)).detach();
             }
             deadline
         };
@@ -360,13 +361,33 @@ async fn drive(inner: std::rc::Weak<Inner>, wakeups: LocalReceiver<()>) {
     }
 }
 
-async fn send_batch(inner: Rc<Inner>, mut batch: ClosedBatch<Reply>) {
+/// Sends ready batches of many partitions together (one request per destination shard), then
+/// settles each: acknowledged, retried after a backoff, or failed.
+async fn send_batches(inner: Rc<Inner>, batches: Vec<ClosedBatch<Reply>>) {
+    let config = &inner.config;
+    let results = {
+        let parts: Vec<PartitionBatch<'_>> = batches
+            .iter()
+            .map(|b| PartitionBatch {
+                topic: &b.target.topic,
+                partition: b.target.partition,
+                records: &b.bytes,
+            })
+            .collect();
+        inner.client.produce_many(&parts, config.acks, config.request_timeout).await
+    };
+    for (batch, result) in batches.into_iter().zip(results) {
+        settle(&inner, batch, result);
+    }
+    wake_waiters(&inner);
+    let _ = inner.wake.try_send(());
+}
+
+/// Completes one sent batch: its deliveries on success or a final error; back into its queue
+/// after a backoff on a retriable error within the delivery timeout.
+fn settle(inner: &Rc<Inner>, mut batch: ClosedBatch<Reply>, result: Result<Option<i64>>) {
     let config = &inner.config;
     let target = batch.target.clone();
-    let result = inner
-        .client
-        .produce(&target.topic, target.partition, &batch.bytes, config.acks, config.request_timeout)
-        .await;
     match result {
         Ok(base_offset) => {
             let record_bytes = batch.record_bytes;
@@ -380,23 +401,26 @@ async fn send_batch(inner: Rc<Inner>, mut batch: ClosedBatch<Reply>) {
             let backoff = retry_backoff(config, batch.attempts);
             let retry_at = Instant::now() + backoff;
             if batch.attempts > config.retries {
-                fail_batch(&inner, batch, error);
+                fail_batch(inner, batch, error);
             } else if retry_at >= batch.opened_at + config.delivery_timeout {
-                fail_batch(&inner, batch, delivery_timeout(config, Some(error)));
+                fail_batch(inner, batch, delivery_timeout(config, Some(error)));
             } else {
                 tracing::debug!(topic = %target.topic, partition = target.partition, attempt = batch.attempts, %error, "retrying batch");
                 if let Some(observer) = inner.on_retry.borrow().as_ref() {
                     observer(&target, &error);
                 }
                 batch.last_error = Some(error);
-                glommio::timer::sleep(backoff).await;
-                inner.accumulator.borrow_mut().retry(batch);
+                let inner = inner.clone();
+                glommio::spawn_local(async move {
+                    glommio::timer::sleep(backoff).await;
+                    inner.accumulator.borrow_mut().retry(batch);
+                    let _ = inner.wake.try_send(());
+                })
+                .detach();
             }
         }
-        Err(error) => fail_batch(&inner, batch, error),
+        Err(error) => fail_batch(inner, batch, error),
     }
-    wake_waiters(&inner);
-    let _ = inner.wake.try_send(());
 }
 
 /// Exponential backoff: `retry_backoff` after the first attempt, doubling, capped.
