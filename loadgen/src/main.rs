@@ -96,6 +96,13 @@ struct Options {
     /// Write an SVG of latency by percentile and throughput over time here.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Produce only: run once per partition count (a topic TOPIC-<N>p each) and print the
+    /// curve, e.g. 1,100,1000,5000; --json then holds one entry per count.
+    #[arg(long, value_delimiter = ',')]
+    sweep_partitions: Vec<u32>,
+    /// A separate broker's process id, to report its resident memory after each sweep step.
+    #[arg(long)]
+    broker_pid: Option<u32>,
     /// Ceilings JSON from `spate-loadgen ceiling --json` to compare against (else measured now, briefly).
     #[arg(long)]
     ceiling_json: Option<PathBuf>,
@@ -129,9 +136,12 @@ fn main() {
     spate_broker::logging::init("warn");
     let cli = Cli::parse();
     let result = match cli.scenario {
-        ScenarioCommand::Produce(options) => scenario(Scenario::Produce, options),
-        ScenarioCommand::Consume(options) => scenario(Scenario::Consume, options),
-        ScenarioCommand::E2e(options) => scenario(Scenario::E2e, options),
+        ScenarioCommand::Produce(options) if !options.sweep_partitions.is_empty() => {
+            sweep_partitions(options)
+        }
+        ScenarioCommand::Produce(options) => scenario(Scenario::Produce, options).map(drop),
+        ScenarioCommand::Consume(options) => scenario(Scenario::Consume, options).map(drop),
+        ScenarioCommand::E2e(options) => scenario(Scenario::E2e, options).map(drop),
         ScenarioCommand::Ceiling(options) => ceiling_command(options),
     };
     if let Err(message) = result {
@@ -264,7 +274,69 @@ fn parse_cpus(options: &Options) -> Result<Vec<usize>, String> {
     Ok(cpus)
 }
 
-fn scenario(scenario: Scenario, mut options: Options) -> Result<(), String> {
+/// The produce scenario once per partition count; prints throughput, latency and (with
+/// `--broker-pid`) the broker's memory for each.
+fn sweep_partitions(options: Options) -> Result<(), String> {
+    let mut rows = Vec::new();
+    for &partitions in &options.sweep_partitions {
+        let step = Options {
+            partitions,
+            topic: format!("{}-{partitions}p", options.topic),
+            json: None,
+            hdr: None,
+            plot: None,
+            sweep_partitions: Vec::new(),
+            ..options.clone()
+        };
+        eprintln!("== {partitions} partitions");
+        let outcome = scenario(Scenario::Produce, step)?;
+        let rss_mb = options.broker_pid.map(|pid| resident_bytes(pid) as f64 / 1e6);
+        rows.push((partitions, outcome, rss_mb));
+    }
+    println!(
+        "\npartition sweep ({} producers, {} B messages, keys {:?})",
+        options.producers, options.message_size.max, options.keys
+    );
+    println!(
+        "{:>10} {:>12} {:>9} {:>10} {:>10} {:>8} {:>12}",
+        "partitions", "msgs/s", "MB/s", "p50 ms", "p99 ms", "errors", "broker RSS MB"
+    );
+    let mut entries = Vec::new();
+    for (partitions, outcome, rss_mb) in &rows {
+        println!(
+            "{partitions:>10} {:>12.0} {:>9.1} {:>10.2} {:>10.2} {:>8} {:>12}",
+            outcome.msgs_per_sec(),
+            outcome.mb_per_sec(),
+            outcome.produce_latency.p50 as f64 / 1e3,
+            outcome.produce_latency.p99 as f64 / 1e3,
+            outcome.errors,
+            rss_mb.map_or("-".into(), |m| format!("{m:.0}"))
+        );
+        entries.push(json!({
+            "partitions": partitions, "msgs_per_sec": outcome.msgs_per_sec(),
+            "mb_per_sec": outcome.mb_per_sec(), "errors": outcome.errors,
+            "produce_latency_us": outcome.produce_latency, "broker_rss_mb": rss_mb,
+        }));
+    }
+    if let Some(path) = &options.json {
+        let value = json!({ "scenario": "produce-sweep", "steps": entries });
+        std::fs::write(path, serde_json::to_string_pretty(&value).expect("serializable"))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A process's resident memory (VmRSS) in bytes; 0 if it cannot be read.
+fn resident_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn scenario(scenario: Scenario, mut options: Options) -> Result<Outcome, String> {
     options.data_dir = options.data_dir.as_deref().map(absolute).transpose()?;
     let acks = match options.acks.as_str() {
         "none" | "0" => Acks::None,
@@ -458,7 +530,7 @@ fn scenario(scenario: Scenario, mut options: Options) -> Result<(), String> {
         std::fs::write(path, percentile_distribution(histogram))
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    Ok(())
+    Ok(outcome)
 }
 
 #[cfg(feature = "nats")]

@@ -151,3 +151,35 @@ fn ceiling_reports_its_keys() {
     assert!(value["fdatasync_latency_us"]["p50"].as_u64().unwrap() > 0);
     assert!(value["fdatasync_latency_us"].get("p99").is_some());
 }
+
+#[test]
+fn a_partition_sweep_runs_each_count_and_reports_the_curve() {
+    let dir = temp();
+    let json = dir.path().join("sweep.json");
+    let data = dir.path().join("data");
+    let value = run_json(
+        &[
+            "produce",
+            "--embedded",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--sweep-partitions",
+            "1,4",
+            "--messages",
+            "500",
+            "--keys",
+            "uniform:100",
+            "--message-size",
+            "200",
+            "--no-ceiling",
+        ],
+        &json,
+    );
+    let steps = value["steps"].as_array().expect("one entry per count");
+    assert_eq!(steps.len(), 2);
+    for (step, partitions) in steps.iter().zip([1, 4]) {
+        assert_eq!(step["partitions"], partitions);
+        assert_eq!(step["errors"], 0);
+        assert!(step["msgs_per_sec"].as_f64().unwrap() > 0.0, "{step}");
+    }
+}
