@@ -8,6 +8,8 @@
 //! - [`index`]: sparse offset and time indexes, and their file format.
 //! - [`scan`]: walking batches in a window of bytes, without IO (recovery's pure core).
 //! - [`cache`]: the bounded in-memory cache of recent batches.
+//! - [`journal`]: unwritten batches kept on a tmpfs, so `flush=never` can acknowledge before the
+//!   device write and still survive a process crash (not wired into the log yet).
 //! - [`faults`]: hooks under the log's fdatasyncs, for failure and power-loss tests.
 //! - [`config`], [`limits`], [`error`], [`clock`].
 //!
@@ -21,6 +23,7 @@ pub mod durable;
 pub mod error;
 pub mod faults;
 pub mod index;
+pub mod journal;
 pub mod limits;
 pub mod log;
 pub mod scan;

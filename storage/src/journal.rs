@@ -1,0 +1,362 @@
+//! The unwritten-batch journal: what will let a log acknowledge a `flush=never` append before
+//! its `O_DIRECT` write reaches the device, without losing it to a process crash.
+//!
+//! The device stalls for 100–450 ms at times (see the performance issue); an acknowledgement
+//! that waits for the device write inherits every stall. Kafka acknowledges once a batch is in
+//! the page cache, which outlives the process but not the machine. The journal gives Spate the
+//! same promise without giving up direct IO for the log itself: each batch is also copied into
+//! a file on a tmpfs (by default under `/dev/shm`), which is memory that the kernel keeps when
+//! the process dies and loses with the machine. Once the log has written a batch to its segment,
+//! the batch's journal copy is dropped; on restart, recovery replays what the journal holds past
+//! the segment's recovered end.
+//!
+//! What `flush=never` then promises: an acknowledged batch survives `kill -9` of the broker
+//! (replayed from the journal) but not a kernel crash or a power cut (the tmpfs is gone) unless
+//! it was written by then: the log writes continuously, so that window is one write round, or
+//! the length of a device stall, bounded by the unwritten-bytes budget.
+//!
+//! Not wired into the log yet: the log still acknowledges `flush=never` after its write.
+//!
+//! # Layout
+//!
+//! One directory per log, holding files named `journal-<generation>` (decimal, increasing).
+//! Each file starts with a 16-byte header and holds records back to back; integers are
+//! little-endian:
+//!
+//! ```text
+//! header:  magic    8 bytes  "SPJRNL01"
+//!          gen      u64      the generation in the file name
+//! record:  length   u32      bytes of the batch that follows
+//!          crc      u32      CRC-32 of base_offset (8 bytes LE) then the batch
+//!          base     i64      the batch's base offset
+//!          batch    length bytes, exactly as queued for the segment
+//! ```
+//!
+//! A record is written with one `pwrite` at the end of the current file; on a tmpfs that is a
+//! copy into memory the kernel owns, complete once the call returns. A process killed in the
+//! middle of a `pwrite` leaves a short or mismatching record, which replay stops at: that
+//! batch was never acknowledged. When the current file reaches [`ROTATE_BYTES`] a new
+//! generation starts; a file is deleted once every batch in it is written to the segment.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+const MAGIC: &[u8; 8] = b"SPJRNL01";
+const HEADER_BYTES: u64 = 16;
+const RECORD_HEADER_BYTES: usize = 16;
+
+/// A journal file starts a new generation past this size, so a log that never catches up
+/// completely still frees its journal file by file.
+pub const ROTATE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Journal files one log may hold at once: unwritten bytes are bounded by the log's pending
+/// budget, so more would mean a bug, not load.
+pub const FILES_MAX: usize = 64;
+
+const _: () = assert!(
+    ROTATE_BYTES * (FILES_MAX as u64 - 1) >= crate::limits::PENDING_BYTES_MAX as u64,
+    "the files must hold a full pending budget"
+);
+
+struct JournalFile {
+    generation: u64,
+    file: File,
+    path: PathBuf,
+    length: u64,
+    /// The offset just past the last batch in the file (`None` while empty).
+    end_offset: Option<i64>,
+}
+
+/// One log's journal. Synchronous: every call is a tmpfs operation (memory, no device).
+pub struct Journal {
+    dir: PathBuf,
+    files: VecDeque<JournalFile>,
+}
+
+/// A batch found in a journal, in offset order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Journaled {
+    pub base_offset: i64,
+    pub batch: Bytes,
+}
+
+fn record_crc(base_offset: i64, batch: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&base_offset.to_le_bytes());
+    hasher.update(batch);
+    hasher.finalize()
+}
+
+fn generation_of(name: &str) -> Option<u64> {
+    name.strip_prefix("journal-")?.parse().ok()
+}
+
+/// The journal files in `dir`, oldest first.
+fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut files = Vec::new();
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry?;
+                if let Some(generation) = entry.file_name().to_str().and_then(generation_of) {
+                    files.push((generation, entry.path()));
+                }
+            }
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads every whole, valid record of one file, stopping at the first short or bad one.
+fn read_records(path: &Path) -> io::Result<Vec<Journaled>> {
+    let bytes = std::fs::read(path)?;
+    let mut records = Vec::new();
+    if bytes.len() < HEADER_BYTES as usize || &bytes[..8] != MAGIC {
+        return Ok(records);
+    }
+    let bytes = Bytes::from(bytes);
+    let mut at = HEADER_BYTES as usize;
+    // Bounded: each step consumes at least a record header.
+    while bytes.len() - at >= RECORD_HEADER_BYTES {
+        let length = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+        let base_offset = i64::from_le_bytes(bytes[at + 8..at + 16].try_into().expect("8 bytes"));
+        let start = at + RECORD_HEADER_BYTES;
+        let Some(end) = start.checked_add(length).filter(|end| *end <= bytes.len()) else {
+            break;
+        };
+        let batch = bytes.slice(start..end);
+        if length == 0 || record_crc(base_offset, &batch) != crc {
+            break;
+        }
+        records.push(Journaled { base_offset, batch });
+        at = end;
+    }
+    Ok(records)
+}
+
+/// The batches a journal directory holds from `from_offset` on, contiguous: each starts where
+/// the previous one ended (by its header's record count), the first at `from_offset`. Batches
+/// below `from_offset` (already in the segment) are skipped; a gap ends the replay.
+pub fn replay(dir: &Path, from_offset: i64) -> io::Result<Vec<Journaled>> {
+    let mut next = from_offset;
+    let mut out = Vec::new();
+    for (_, path) in list(dir)? {
+        for record in read_records(&path)? {
+            let Ok(header) = spate_protocol::batch::BatchHeader::parse(&record.batch) else {
+                return Ok(out);
+            };
+            let record_next = record.base_offset.saturating_add(i64::from(header.record_count));
+            if record_next <= next {
+                continue;
+            }
+            if record.base_offset != next {
+                return Ok(out);
+            }
+            next = record_next;
+            out.push(record);
+        }
+    }
+    Ok(out)
+}
+
+impl Journal {
+    /// Opens the journal in `dir` for appending, deleting whatever it held: call [`replay`]
+    /// first.
+    pub fn create(dir: &Path) -> io::Result<Journal> {
+        std::fs::create_dir_all(dir)?;
+        let mut last = 0;
+        for (generation, path) in list(dir)? {
+            last = generation;
+            std::fs::remove_file(path)?;
+        }
+        let mut journal = Journal { dir: dir.to_path_buf(), files: VecDeque::new() };
+        journal.start_file(last + 1)?;
+        Ok(journal)
+    }
+
+    fn start_file(&mut self, generation: u64) -> io::Result<()> {
+        assert!(self.files.len() < FILES_MAX, "journal files past their limit");
+        let path = self.dir.join(format!("journal-{generation}"));
+        let file = OpenOptions::new().create_new(true).read(true).write(true).open(&path)?;
+        let mut header = [0u8; HEADER_BYTES as usize];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..].copy_from_slice(&generation.to_le_bytes());
+        file.write_all_at(&header, 0)?;
+        self.files.push_back(JournalFile {
+            generation,
+            file,
+            path,
+            length: HEADER_BYTES,
+            end_offset: None,
+        });
+        Ok(())
+    }
+
+    /// Records one batch queued for the segment at `base_offset`, ending before `next_offset`.
+    /// Once this returns, the batch survives the death of the process.
+    pub fn append(&mut self, base_offset: i64, next_offset: i64, batch: &[u8]) -> io::Result<()> {
+        assert!(base_offset < next_offset && !batch.is_empty());
+        let current = self.files.back().expect("a current file");
+        if current.length >= ROTATE_BYTES {
+            let generation = current.generation + 1;
+            self.start_file(generation)?;
+        }
+        let current = self.files.back_mut().expect("a current file");
+        let mut record = Vec::with_capacity(RECORD_HEADER_BYTES + batch.len());
+        record.extend_from_slice(&(batch.len() as u32).to_le_bytes());
+        record.extend_from_slice(&record_crc(base_offset, batch).to_le_bytes());
+        record.extend_from_slice(&base_offset.to_le_bytes());
+        record.extend_from_slice(batch);
+        current.file.write_all_at(&record, current.length)?;
+        current.length += record.len() as u64;
+        current.end_offset = Some(next_offset);
+        Ok(())
+    }
+
+    /// The segment now holds everything before `written_offset`: drop the files it covers
+    /// wholly (the current one is emptied instead, keeping its generation).
+    pub fn release(&mut self, written_offset: i64) -> io::Result<()> {
+        // Bounded by the file count.
+        while let Some(oldest) = self.files.front() {
+            let covered = oldest.end_offset.is_none_or(|end| end <= written_offset);
+            if !covered {
+                break;
+            }
+            if self.files.len() == 1 {
+                let current = self.files.front_mut().expect("checked");
+                if current.length > HEADER_BYTES {
+                    current.file.set_len(HEADER_BYTES)?;
+                    current.length = HEADER_BYTES;
+                    current.end_offset = None;
+                }
+                break;
+            }
+            let oldest = self.files.pop_front().expect("checked");
+            std::fs::remove_file(&oldest.path)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes the journal holds (memory on its tmpfs).
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.length).sum()
+    }
+
+    /// Removes the journal (a clean close: everything is in the segment).
+    pub fn remove(self) -> io::Result<()> {
+        for file in &self.files {
+            std::fs::remove_file(&file.path)?;
+        }
+        match std::fs::remove_dir(&self.dir) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spate_protocol::batch::{BatchBuilder, NewRecord};
+
+    fn batch(records: usize, fill: u8) -> Vec<u8> {
+        let mut builder = BatchBuilder::new();
+        for _ in 0..records {
+            builder.push(&NewRecord {
+                value: Some(Bytes::from(vec![fill; 300])),
+                ..Default::default()
+            });
+        }
+        builder.finish().unwrap().to_vec()
+    }
+
+    #[test]
+    fn replay_returns_the_unwritten_batches_contiguously() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::create(dir.path()).unwrap();
+        let mut offset = 0;
+        let mut batches = Vec::new();
+        for i in 0..10u8 {
+            let bytes = batch(1 + usize::from(i % 3), i);
+            let count = 1 + i64::from(i % 3);
+            journal.append(offset, offset + count, &bytes).unwrap();
+            batches.push((offset, bytes));
+            offset += count;
+        }
+        // The segment holds the first four: replay from there gives the other six.
+        let from = batches[4].0;
+        journal.release(from).unwrap();
+        let replayed = replay(dir.path(), from).unwrap();
+        let expected: Vec<_> = batches[4..]
+            .iter()
+            .map(|(base, b)| Journaled { base_offset: *base, batch: Bytes::from(b.clone()) })
+            .collect();
+        assert_eq!(replayed, expected);
+        // A gap (the segment ends earlier than the journal starts) replays nothing.
+        assert!(replay(dir.path(), from + 1).unwrap().is_empty());
+        // Everything written: the journal is empty.
+        journal.release(offset).unwrap();
+        assert!(replay(dir.path(), 0).unwrap().is_empty());
+        assert_eq!(journal.bytes(), HEADER_BYTES);
+    }
+
+    #[test]
+    fn a_torn_last_record_ends_the_replay_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::create(dir.path()).unwrap();
+        journal.append(0, 1, &batch(1, 1)).unwrap();
+        journal.append(1, 2, &batch(1, 2)).unwrap();
+        drop(journal);
+        let path = list(dir.path()).unwrap().pop().unwrap().1;
+        let length = std::fs::metadata(&path).unwrap().len();
+        // The process died in the middle of the second record's pwrite.
+        OpenOptions::new().write(true).open(&path).unwrap().set_len(length - 7).unwrap();
+        let replayed = replay(dir.path(), 0).unwrap();
+        assert_eq!(replayed.len(), 1);
+        // A flipped byte is caught by the CRC the same way.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(replay(dir.path(), 0).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn files_rotate_and_are_deleted_once_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::create(dir.path()).unwrap();
+        let big = batch(20, 7); // ~6 KB
+        let mut offset = 0;
+        // About 3 rotations' worth.
+        while journal.bytes() < 3 * ROTATE_BYTES {
+            journal.append(offset, offset + 20, &big).unwrap();
+            offset += 20;
+        }
+        let files = list(dir.path()).unwrap().len();
+        assert!(files >= 3, "{files} files");
+        // Half written: the files wholly below are gone, the rest replay from there.
+        let half = (offset / 2 / 20) * 20;
+        journal.release(half).unwrap();
+        assert!(list(dir.path()).unwrap().len() < files);
+        let replayed = replay(dir.path(), half).unwrap();
+        assert_eq!(replayed.first().map(|r| r.base_offset), Some(half));
+        assert_eq!(replayed.len() as i64, (offset - half) / 20);
+        journal.release(offset).unwrap();
+        assert_eq!(list(dir.path()).unwrap().len(), 1);
+        // A new journal in the same directory starts past the old generations.
+        drop(journal);
+        let journal = Journal::create(dir.path()).unwrap();
+        assert!(replay(dir.path(), 0).unwrap().is_empty());
+        journal.remove().unwrap();
+        assert!(!dir.path().exists());
+    }
+}
