@@ -10,6 +10,8 @@
 //! - [`cache`]: the bounded in-memory cache of recent batches.
 //! - [`journal`]: unwritten batches kept on a tmpfs, so `flush=never` can acknowledge before the
 //!   device write and still survive a process crash (not wired into the log yet).
+//! - [`producers`]: idempotent producers' sequences per partition (duplicates, gaps, fencing;
+//!   not wired into the log yet).
 //! - [`faults`]: hooks under the log's fdatasyncs, for failure and power-loss tests.
 //! - [`config`], [`limits`], [`error`], [`clock`].
 //!
@@ -26,6 +28,7 @@ pub mod index;
 pub mod journal;
 pub mod limits;
 pub mod log;
+pub mod producers;
 pub mod scan;
 pub mod segment;
 
