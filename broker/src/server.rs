@@ -108,6 +108,31 @@ fn adopt_orphaned_partitions(config: &BrokerConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// A test-only unsafe mode, so the fault-injection suite can prove its checker catches lost
+/// writes: with this variable set, every restart drops the last batch of each partition,
+/// acknowledged or not. Never set it anywhere else.
+pub const UNSAFE_LOSE_TAIL: &str = "SPATE_TEST_UNSAFE_LOSE_TAIL";
+
+async fn lose_last_batches(shard: &Shard) {
+    tracing::error!("{UNSAFE_LOSE_TAIL} is set: dropping the last batch of every partition");
+    for ((topic, partition), log) in shard.all_logs() {
+        let offsets = log.offsets();
+        if offsets.high_watermark <= offsets.start {
+            continue;
+        }
+        let Ok(read) = log.read(offsets.high_watermark - 1, 1).await else { continue };
+        let base = read
+            .chunks
+            .first()
+            .and_then(|c| spate_protocol::batch::BatchHeader::parse(c).ok().map(|h| h.base_offset));
+        if let Some(base) = base {
+            if let Err(error) = log.truncate_to(base).await {
+                tracing::error!(%topic, partition, %error, "could not drop the last batch");
+            }
+        }
+    }
+}
+
 fn pin_current_thread(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t with one CPU set, applied to this thread.
     unsafe {
@@ -221,6 +246,9 @@ async fn shard_main(
             return;
         }
     };
+    if std::env::var_os(UNSAFE_LOSE_TAIL).is_some() {
+        lose_last_batches(&shard).await;
+    }
     let listeners = [config.listen, config.shard_address(id)]
         .map(|address| listen(address).map_err(|e| format!("cannot listen on {address}: {e}")));
     let listeners: Vec<TcpListener> = match listeners.into_iter().collect::<Result<_, _>>() {

@@ -145,6 +145,9 @@ impl ProducerRecord {
 pub struct DeliveryReport {
     pub partition: u32,
     pub offset: i64,
+    /// Sends of the record's batch it took: above 1, an earlier attempt may also have been
+    /// written (without idempotence, a duplicate).
+    pub attempts: u32,
 }
 
 /// Resolves once the record is acknowledged or has failed for good.
@@ -393,7 +396,12 @@ fn settle(inner: &Rc<Inner>, mut batch: ClosedBatch<Reply>, result: Result<Optio
             let record_bytes = batch.record_bytes;
             for (i, reply) in batch.deliveries.into_iter().enumerate() {
                 let offset = base_offset.map_or(-1, |base| base + i as i64);
-                let _ = reply.send(Ok(DeliveryReport { partition: target.partition, offset }));
+                let report = DeliveryReport {
+                    partition: target.partition,
+                    offset,
+                    attempts: batch.attempts,
+                };
+                let _ = reply.send(Ok(report));
             }
             inner.accumulator.borrow_mut().complete(&target, record_bytes);
         }

@@ -1,0 +1,460 @@
+//! The fault-injection runner: a real `spate` broker under a seeded schedule of process faults
+//! (kill -9 and restart, SIGSTOP and SIGCONT) while producers and a consumer work against it.
+//! Every operation goes into a history; once the faults stop every partition is read back, and
+//! the [`checker`](crate::checker) judges the run. One broker for now: network partitions and
+//! several brokers come with the cluster.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use spate_client::{
+    Client, ClientConfig, ClientError, Consumer, ConsumerConfig, OffsetReset, Producer,
+    ProducerConfig, ProducerRecord, Seek, TopicPartition,
+};
+
+use crate::checker::{check, Report};
+use crate::history::{to_line, Event, Outcome, Stored};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub seconds: u64,
+    /// `kill`, `pause`.
+    pub faults: Vec<String>,
+    pub seed: u64,
+    pub partitions: u32,
+    pub producers: u32,
+    /// The topic's flush policy.
+    pub flush: String,
+    /// Where the history, the final read and the summary go.
+    pub out: PathBuf,
+    /// The `spate` binary.
+    pub spate: PathBuf,
+    /// The broker's client port (the next two, its shard ports, must be free too).
+    pub port: u16,
+    /// Extra environment for the broker (the test-only unsafe mode).
+    pub broker_env: Vec<(String, String)>,
+}
+
+/// A run's verdict.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub report: Report,
+    pub violations: usize,
+}
+
+/// Sends per producer per second at most, so a run is bounded in count as well as time.
+const SENDS_PER_SECOND_MAX: u64 = 2_000;
+/// How long a send may wait for its acknowledgement (retries included).
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+const TOPIC: &str = "chaos";
+
+type History = Arc<Mutex<Vec<Event>>>;
+
+fn now_ms(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
+struct Broker {
+    spate: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl Broker {
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn start(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.with_extension("log"))
+            .map_err(|e| e.to_string())?;
+        let child = Command::new(&self.spate)
+            .args(["serve", "--data-dir"])
+            .arg(&self.dir)
+            .args(["--listen", &self.address(), "--cores", "2"])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.spate.display()))?;
+        self.child = Some(child);
+        let address: SocketAddr = self.address().parse().expect("valid");
+        let started = Instant::now();
+        // Bounded: 20 s.
+        while TcpStream::connect_timeout(&address, Duration::from_millis(100)).is_err() {
+            if started.elapsed() > Duration::from_secs(20) {
+                return Err("the broker did not start".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The kernel releases a killed broker's sockets asynchronously; wait until it refuses.
+        let address: SocketAddr = self.address().parse().expect("valid");
+        let started = Instant::now();
+        while TcpStream::connect_timeout(&address, Duration::from_millis(50)).is_ok()
+            && started.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: a signal to our own child process.
+            unsafe {
+                libc::kill(child.id() as i32, signal);
+            }
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.kill();
+    }
+}
+
+/// A base port whose next three are free too, below the ephemeral range.
+pub fn free_port() -> u16 {
+    for base in (21_000u16..30_000).step_by(5) {
+        let base = base + (std::process::id() % 5) as u16;
+        if (0..=3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    29_000
+}
+
+fn client_config(bootstrap: &str) -> ClientConfig {
+    ClientConfig {
+        bootstrap: bootstrap.to_string(),
+        request_timeout: Duration::from_secs(3),
+        connect_timeout: Duration::from_secs(1),
+        ..ClientConfig::default()
+    }
+}
+
+/// Whether a failed send is known not to be in the log: the broker refused it outright.
+fn definitely_not_written(error: &ClientError) -> bool {
+    use spate_protocol::wire::ErrorCode;
+    const NOT_WRITTEN: [ErrorCode; 4] = [
+        ErrorCode::CorruptMessage,
+        ErrorCode::MessageTooLarge,
+        ErrorCode::InvalidRequest,
+        ErrorCode::DiskFull,
+    ];
+    matches!(error.code(), Some(code) if NOT_WRITTEN.contains(&code))
+}
+
+/// Producers and one consumer on one executor until `stop`; records everything.
+async fn workload(
+    args: RunOptions,
+    bootstrap: String,
+    history: History,
+    stop: Arc<AtomicBool>,
+    start: Instant,
+) {
+    let client = loop {
+        match Client::connect(client_config(&bootstrap)).await {
+            Ok(client) => break client,
+            Err(_) => glommio::timer::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let mut tasks = Vec::new();
+    for p in 0..args.producers {
+        let (client, history, stop, args) =
+            (client.clone(), history.clone(), stop.clone(), args.clone());
+        tasks.push(glommio::spawn_local(async move {
+            produce(p, client, args, history, stop, start).await
+        }));
+    }
+    let consumer = {
+        let (client, history, stop, partitions) =
+            (client.clone(), history.clone(), stop.clone(), args.partitions);
+        glommio::spawn_local(async move { consume(client, partitions, history, stop, start).await })
+    };
+    for task in tasks {
+        task.await;
+    }
+    consumer.await;
+}
+
+async fn produce(
+    index: u32,
+    client: Client,
+    args: RunOptions,
+    history: History,
+    stop: Arc<AtomicBool>,
+    start: Instant,
+) {
+    let config = ProducerConfig {
+        delivery_timeout: DELIVERY_TIMEOUT,
+        request_timeout: Duration::from_secs(3),
+        linger: Duration::from_millis(1),
+        ..ProducerConfig::default()
+    };
+    let Ok(producer) = Producer::new(client, config) else { return };
+    let producer_name = format!("p{index}");
+    let pending = Rc::new(RefCell::new(0usize));
+    let mut seq = 0u64;
+    let pace = Duration::from_micros(1_000_000 / SENDS_PER_SECOND_MAX);
+    // Bounded by `stop` (set after the run's duration) and the rate.
+    while !stop.load(Ordering::SeqCst) {
+        let partition = (seq % u64::from(args.partitions)) as u32;
+        let value = format!("{producer_name}-{seq}");
+        let invoke_ms = now_ms(start);
+        let record = ProducerRecord::new(TOPIC, value.clone()).with_partition(partition);
+        let sent = producer.send(record).await;
+        let (history, producer_name, pending) =
+            (history.clone(), producer_name.clone(), pending.clone());
+        *pending.borrow_mut() += 1;
+        glommio::spawn_local(async move {
+            let result = match sent {
+                Ok(delivery) => delivery.await,
+                Err(error) => Err(error),
+            };
+            let (outcome, offset, attempts) = match &result {
+                Ok(report) => (Outcome::Ack, Some(report.offset), report.attempts),
+                Err(error) if definitely_not_written(error) => (Outcome::Fail, None, 0),
+                Err(_) => (Outcome::Unknown, None, 0),
+            };
+            history.lock().expect("not poisoned").push(Event::Send {
+                producer: producer_name,
+                seq,
+                partition,
+                value,
+                invoke_ms,
+                complete_ms: now_ms(start),
+                outcome,
+                offset,
+                attempts,
+                error: result.err().map(|e| e.to_string()),
+            });
+            *pending.borrow_mut() -= 1;
+        })
+        .detach();
+        seq += 1;
+        glommio::timer::sleep(pace).await;
+    }
+    let _ = producer.flush().await;
+    // Every delivery has resolved after the flush; let the recording tasks run (bounded).
+    for _ in 0..=seq {
+        if *pending.borrow() == 0 {
+            break;
+        }
+        futures_lite::future::yield_now().await;
+    }
+}
+
+async fn consume(
+    client: Client,
+    partitions: u32,
+    history: History,
+    stop: Arc<AtomicBool>,
+    start: Instant,
+) {
+    let assigned: Vec<TopicPartition> = (0..partitions)
+        .map(|partition| TopicPartition { topic: TOPIC.into(), partition })
+        .collect();
+    let mut next: BTreeMap<u32, i64> = assigned.iter().map(|tp| (tp.partition, 0)).collect();
+    // Each pass (re)creates the consumer at the next unread offsets; bounded by `stop`.
+    while !stop.load(Ordering::SeqCst) {
+        let config = ConsumerConfig {
+            offset_reset: OffsetReset::Earliest,
+            fetch_max_wait: Duration::from_millis(200),
+            ..ConsumerConfig::default()
+        };
+        let mut consumer = Consumer::new(client.clone(), config);
+        if consumer.assign(&assigned).is_err() {
+            return;
+        }
+        for tp in &assigned {
+            let offset = next[&tp.partition];
+            let _ = consumer.seek(tp, Seek::Offset(offset));
+            history.lock().expect("not poisoned").push(Event::ConsumerStart {
+                consumer: "c0".into(),
+                partition: tp.partition,
+                offset,
+                t_ms: now_ms(start),
+            });
+        }
+        while !stop.load(Ordering::SeqCst) {
+            let Ok(records) = consumer.poll().await else {
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                break;
+            };
+            let t_ms = now_ms(start);
+            let mut history = history.lock().expect("not poisoned");
+            for record in records {
+                next.insert(record.partition, record.offset + 1);
+                history.push(Event::Read {
+                    consumer: "c0".into(),
+                    partition: record.partition,
+                    offset: record.offset,
+                    value: String::from_utf8_lossy(record.value.as_deref().unwrap_or_default())
+                        .into_owned(),
+                    t_ms,
+                });
+            }
+        }
+    }
+}
+
+/// Every record of every partition, from a healthy broker (bounded by the log ends).
+async fn final_read(bootstrap: &str, partitions: u32) -> Result<Vec<Stored>, String> {
+    let client = Client::connect(client_config(bootstrap)).await.map_err(|e| e.to_string())?;
+    let mut stored = Vec::new();
+    for partition in 0..partitions {
+        let end = client
+            .list_offset(TOPIC, partition, spate_client::LATEST)
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or(0);
+        let tp = TopicPartition { topic: TOPIC.into(), partition };
+        let mut consumer = Consumer::new(
+            client.clone(),
+            ConsumerConfig { offset_reset: OffsetReset::Earliest, ..ConsumerConfig::default() },
+        );
+        consumer.assign(std::slice::from_ref(&tp)).map_err(|e| e.to_string())?;
+        consumer.seek(&tp, Seek::Earliest).map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let mut offset = 0;
+        while offset < end {
+            if started.elapsed() > Duration::from_secs(60) {
+                return Err(format!("final read of partition {partition} stalled at {offset}"));
+            }
+            for record in consumer.poll().await.map_err(|e| e.to_string())? {
+                offset = record.offset + 1;
+                stored.push(Stored {
+                    partition,
+                    offset: record.offset,
+                    value: String::from_utf8_lossy(record.value.as_deref().unwrap_or_default())
+                        .into_owned(),
+                });
+            }
+        }
+    }
+    Ok(stored)
+}
+
+fn write_lines<T: serde::Serialize>(path: &Path, items: &[T]) -> Result<(), String> {
+    let mut file = std::fs::File::create(path).map_err(|e| e.to_string())?;
+    for item in items {
+        writeln!(file, "{}", to_line(item)).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Runs the workload under faults, reads everything back, writes `history.jsonl`,
+/// `final.jsonl` and `summary.json` to `options.out`, and checks the history.
+pub fn run(args: RunOptions) -> Result<RunResult, String> {
+    let seed = args.seed;
+    let faults: Vec<&str> = args.faults.iter().map(String::as_str).collect();
+    if let Some(bad) = faults.iter().find(|f| !["kill", "pause"].contains(f)) {
+        return Err(format!("unknown fault {bad:?}: this runner has kill and pause"));
+    }
+    println!("spate-chaos: seed {seed}, {} s, faults {faults:?}, 1 broker (process faults only: network faults need the cluster)", args.seconds);
+    let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let out = args.out.clone();
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    let mut broker = Broker {
+        spate: args.spate.clone(),
+        dir: scratch.path().join("data"),
+        port: args.port,
+        env: args.broker_env.clone(),
+        child: None,
+    };
+    broker.start()?;
+    let created = Command::new(&broker.spate)
+        .args(["topic", "create", TOPIC, "--partitions", &args.partitions.to_string()])
+        .args(["--config", &format!("flush={}", args.flush), "-b", &broker.address()])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !created.status.success() {
+        return Err(String::from_utf8_lossy(&created.stderr).into_owned());
+    }
+    let start = Instant::now();
+    let history: History = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (args, bootstrap, history, stop) =
+            (args.clone(), broker.address(), history.clone(), stop.clone());
+        std::thread::spawn(move || {
+            glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                .make()
+                .map_err(|e| e.to_string())
+                .map(|executor| executor.run(workload(args, bootstrap, history, stop, start)))
+        })
+    };
+    // The fault schedule: a fault every 2-5 s, from the seed.
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let deadline = start + Duration::from_secs(args.seconds);
+    while !faults.is_empty() && Instant::now() + Duration::from_secs(5) < deadline {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(2_000..5_000)));
+        let kind = faults[rng.gen_range(0..faults.len())];
+        let start_ms = now_ms(start);
+        match kind {
+            "kill" => {
+                broker.kill();
+                std::thread::sleep(Duration::from_millis(rng.gen_range(100..1_500)));
+                broker.start()?;
+            }
+            _ => {
+                broker.signal(libc::SIGSTOP);
+                std::thread::sleep(Duration::from_millis(rng.gen_range(200..3_000)));
+                broker.signal(libc::SIGCONT);
+            }
+        }
+        let event = Event::Fault {
+            kind: kind.into(),
+            target: "broker".into(),
+            start_ms,
+            end_ms: now_ms(start),
+        };
+        println!("  {}", to_line(&event));
+        history.lock().expect("not poisoned").push(event);
+    }
+    std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+    stop.store(true, Ordering::SeqCst);
+    worker.join().map_err(|_| "the workload panicked".to_string())??;
+    let bootstrap = broker.address();
+    let stored = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .map_err(|e| e.to_string())?
+        .run(async move { final_read(&bootstrap, args.partitions).await })?;
+    let events = std::mem::take(&mut *history.lock().expect("not poisoned"));
+    write_lines(&out.join("history.jsonl"), &events)?;
+    write_lines(&out.join("final.jsonl"), &stored)?;
+    let report = check(&events, &stored, 1_000);
+    let violations = report.violations(false);
+    let mut summary = serde_json::to_value(&report).expect("serializable");
+    summary["seed"] = serde_json::json!(seed);
+    summary["violations"] = serde_json::json!(violations);
+    std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary).expect("json"))
+        .map_err(|e| e.to_string())?;
+    Ok(RunResult { report, violations })
+}
