@@ -1,0 +1,38 @@
+//! Every maximum and default the replication core enforces, in one place, each with its reason.
+
+/// Most replicas (voters plus learners) in one group. Partitions are replicated 3 or 5 ways;
+/// 7 leaves room for one replica being added while another is removed. Quorum math and the
+/// per-follower progress table are sized by it.
+pub const REPLICAS_MAX: usize = 7;
+
+/// Most batches one `Append` message may describe. Bounds the work one inbound message costs
+/// (validation walks every batch) and the size of an `AppendToLog` effect.
+pub const APPEND_BATCHES_MAX: usize = 4096;
+
+/// Most entries in a replica's term history. One entry is added per term that wrote data while
+/// this replica followed or led; retention trims entries that only describe deleted records.
+/// A group that elects 64 Ki leaders without its log rolling once is broken in other ways.
+pub const TERM_HISTORY_ENTRIES_MAX: usize = 64 * 1024;
+
+/// Most membership entries a replica remembers (the newest is in force; older ones are kept so
+/// a truncation can fall back to the configuration that was in force before the cut).
+pub const MEMBERSHIP_HISTORY_MAX: usize = 64;
+
+/// Default lower bound of the randomized election timeout, in ticks. With a 10 ms driver tick
+/// this is 150 ms: several heartbeat rounds, so one lost heartbeat does not start an election.
+pub const ELECTION_TICKS_MIN_DEFAULT: u32 = 15;
+/// Default upper bound (exclusive) of the randomized election timeout, in ticks. The spread
+/// (2x) makes split votes rare.
+pub const ELECTION_TICKS_MAX_DEFAULT: u32 = 30;
+/// Default heartbeat interval, in ticks.
+pub const HEARTBEAT_TICKS_DEFAULT: u32 = 3;
+
+/// A leader resends an `Append` that got no answer after this many ticks (lost message). Must be
+/// shorter than an election timeout so a lossy link does not look like a dead leader.
+pub const APPEND_RESEND_TICKS: u32 = 4;
+
+const _: () = assert!(ELECTION_TICKS_MIN_DEFAULT < ELECTION_TICKS_MAX_DEFAULT);
+const _: () = assert!(HEARTBEAT_TICKS_DEFAULT * 3 <= ELECTION_TICKS_MIN_DEFAULT);
+const _: () = assert!(APPEND_RESEND_TICKS < ELECTION_TICKS_MIN_DEFAULT);
+const _: () = assert!(REPLICAS_MAX % 2 == 1);
+const _: () = assert!(MEMBERSHIP_HISTORY_MAX >= 2);

@@ -1,0 +1,277 @@
+//! Hand-driven scenarios on a 3-replica group over the in-memory driver.
+
+use crate::effect::Effect;
+use crate::message::{Dropped, Message};
+use crate::replica::Restored;
+use crate::replica::{Event, Role};
+use crate::testkit::MemCluster;
+use crate::types::{BatchMeta, MembershipChange};
+
+fn others(leader: u32, n: u32) -> Vec<u32> {
+    (1..=n).filter(|&i| i != leader).collect()
+}
+
+#[test]
+fn elects_one_leader_and_commits_its_marker() {
+    let mut c = MemCluster::new(3);
+    let leader = c.elect();
+    let leaders = c.nodes.iter().filter(|n| n.core.role() == Role::Leader).count();
+    assert_eq!(leaders, 1);
+    let l = &c.node(leader).core;
+    assert_eq!(l.high_watermark(), Some(1), "marker at offset 0 committed");
+    assert!(c
+        .node(leader)
+        .effects
+        .contains(&Effect::AppendLeaderMarker { offset: 0, term: l.term() }));
+    // Hard state is persisted before the vote request goes out.
+    let fx = &c.node(leader).effects;
+    let persist = fx
+        .iter()
+        .position(|e| matches!(e, Effect::PersistHardState(h) if h.voted_for == Some(leader)));
+    let vote = fx.iter().position(|e| matches!(e, Effect::Send { msg: Message::Vote { .. }, .. }));
+    assert!(persist.unwrap() < vote.unwrap());
+}
+
+#[test]
+fn replicates_and_commits_on_a_majority() {
+    let mut c = MemCluster::new(3);
+    let leader = c.elect();
+    for _ in 0..10 {
+        let meta = c.propose(leader, 5).unwrap();
+        assert_eq!(meta.term, c.node(leader).core.term());
+    }
+    c.run_until(20, MemCluster::converged);
+    assert_eq!(c.node(leader).core.high_watermark(), Some(51));
+    for n in &c.nodes {
+        assert_eq!(n.core.commit(), 51);
+    }
+    assert_eq!(
+        c.propose(others(leader, 3)[0], 1),
+        Err(crate::ProposeError::NotLeader(Some(leader)))
+    );
+}
+
+#[test]
+fn commit_counts_only_durable_offsets() {
+    let mut c = MemCluster::new(3);
+    let leader = c.elect();
+    let before = c.node(leader).core.commit();
+    for f in others(leader, 3) {
+        c.node_mut(f).auto_durable = false;
+    }
+    c.propose(leader, 4).unwrap();
+    c.tick();
+    c.tick();
+    assert_eq!(c.node(leader).core.commit(), before, "followers appended but nothing is durable");
+    let f = others(leader, 3)[0];
+    let end = c.node(f).log_end();
+    c.step(f, Event::LogDurable { end });
+    c.deliver_all();
+    assert_eq!(c.node(leader).core.commit(), end, "leader + one durable follower is a majority");
+}
+
+#[test]
+fn new_leader_truncates_old_leaders_divergent_tail() {
+    let mut c = MemCluster::new(3);
+    let old = c.elect();
+    c.propose(old, 2).unwrap();
+    c.run_until(10, MemCluster::converged);
+    let committed = c.node(old).core.commit();
+    // The old leader writes records nobody else gets.
+    c.isolate(old);
+    c.propose(old, 3).unwrap();
+    c.propose(old, 3).unwrap();
+    c.run_until(200, |c| c.leader().is_some_and(|l| l != old));
+    let new = c.leader().unwrap();
+    c.propose(new, 1).unwrap();
+    c.heal();
+    c.run_until(200, MemCluster::converged);
+    assert_eq!(c.leader(), Some(new), "pre-vote kept the old leader from disrupting");
+    let truncated = c.node(old).effects.contains(&Effect::Truncate { to_offset: committed });
+    assert!(truncated, "old leader cut its uncommitted tail at {committed}");
+    assert_eq!(c.node(old).record_terms(), c.node(new).record_terms());
+}
+
+#[test]
+fn isolated_follower_does_not_depose_a_healthy_leader() {
+    let mut c = MemCluster::new(3);
+    let leader = c.elect();
+    let term = c.node(leader).core.term();
+    let f = others(leader, 3)[0];
+    c.isolate(f);
+    for _ in 0..200 {
+        c.tick();
+    }
+    assert_eq!(c.node(f).core.term(), term, "pre-vote failed, so the term did not move");
+    c.heal();
+    for _ in 0..100 {
+        c.tick();
+    }
+    assert_eq!(c.leader(), Some(leader));
+    assert_eq!(c.node(leader).core.term(), term);
+}
+
+#[test]
+fn empty_follower_catches_up_from_leaders_log_start() {
+    let mut c = MemCluster::new(3);
+    let leader = c.elect();
+    let lagging = others(leader, 3)[0];
+    c.isolate(lagging);
+    let mut bases = Vec::new();
+    for _ in 0..20 {
+        bases.push(c.propose(leader, 10).unwrap().base_offset);
+        c.tick();
+    }
+    c.run_until(20, |c| c.node(leader).core.commit() == c.node(leader).log_end());
+    // Retention deletes on the leader what the lagging follower still needs.
+    let start = bases[10];
+    c.delete_before(leader, start);
+    // The lagging follower also lost its disk: it restarts empty.
+    let f = c.node_mut(lagging);
+    f.batches.clear();
+    f.log_start = 0;
+    c.restart(lagging);
+    c.heal();
+    c.run_until(100, MemCluster::converged);
+    let reset = c
+        .node(lagging)
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::ResetLog { log_start, .. } if *log_start == start));
+    assert!(reset, "follower reset its log to the leader's log start");
+    assert_eq!(c.node(lagging).core.log_start(), start);
+    assert_eq!(c.node(lagging).log_end(), c.node(leader).log_end());
+}
+
+#[test]
+fn follower_behind_catches_up_through_divergence_hints() {
+    let mut c = MemCluster::new(3);
+    let first = c.elect();
+    let f = others(first, 3)[0];
+    c.isolate(f);
+    for _ in 0..30 {
+        c.propose(first, 2).unwrap();
+        c.tick();
+    }
+    c.heal();
+    c.run_until(100, MemCluster::converged);
+    assert_eq!(c.node(f).log_end(), c.node(first).log_end());
+}
+
+#[test]
+fn leadership_transfer_hands_over_to_the_target() {
+    let mut c = MemCluster::new(3);
+    let leader = c.elect();
+    let term = c.node(leader).core.term();
+    c.propose(leader, 3).unwrap();
+    let target = others(leader, 3)[1];
+    c.transfer(leader, target).unwrap();
+    assert_eq!(c.propose(leader, 1), Err(crate::ProposeError::Transferring));
+    c.run_until(50, |c| c.leader() == Some(target));
+    assert!(c.node(target).core.term() > term);
+    c.run_until(50, MemCluster::converged);
+}
+
+#[test]
+fn replace_a_voter_one_step_at_a_time() {
+    let mut c = MemCluster::new(3);
+    let leader = c.elect();
+    c.propose(leader, 5).unwrap();
+    c.run_until(20, MemCluster::converged);
+    // Node 4 joins as a learner: it boots knowing the set that names it.
+    let mut with_learner = c.bootstrap_membership().apply(MembershipChange::AddLearner(4)).unwrap();
+    c.add_node(4, Restored { memberships: vec![(0, with_learner.clone())], ..Restored::default() });
+    c.change_membership(leader, MembershipChange::AddLearner(4)).unwrap();
+    assert_eq!(
+        c.change_membership(leader, MembershipChange::RemoveReplica(3)),
+        Err(crate::ProposeError::ChangePending)
+    );
+    c.run_until(50, MemCluster::converged);
+    assert!(!c.node(4).core.current_membership().is_voter(4));
+    c.change_membership(leader, MembershipChange::PromoteLearner(4)).unwrap();
+    c.run_until(50, MemCluster::converged);
+    with_learner = c.node(leader).core.current_membership().clone();
+    assert_eq!(with_learner.voters, vec![1, 2, 3, 4]);
+    let victim = others(leader, 3)[0];
+    c.change_membership(leader, MembershipChange::RemoveReplica(victim)).unwrap();
+    c.run_until(50, |c| c.node(leader).core.commit() == c.node(leader).log_end());
+    // The removed replica is gone: the others still commit without it.
+    c.node_mut(victim).up = false;
+    c.propose(leader, 2).unwrap();
+    c.run_until(50, |c| c.node(leader).core.commit() == c.node(leader).log_end());
+    assert_eq!(c.node(leader).core.current_membership().voters.len(), 3);
+    assert_eq!(
+        c.change_membership(leader, MembershipChange::RemoveReplica(leader)),
+        Err(crate::ProposeError::RemovingLeader)
+    );
+}
+
+#[test]
+fn malformed_and_stale_messages_are_dropped_not_panicked_on() {
+    let mut c = MemCluster::new(3);
+    let leader = c.elect();
+    let f = others(leader, 3)[0];
+    let term = c.node(leader).core.term();
+    let end = c.node(f).log_end();
+    let gap = Message::Append {
+        term,
+        prev_end: end,
+        prev_term: term,
+        commit: 0,
+        from_log_start: None,
+        batches: vec![BatchMeta::data(end + 5, end + 6, term)],
+        payload: (),
+    };
+    let mut out = Vec::new();
+    assert_eq!(
+        c.node_mut(f).core.step(Event::Message { from: leader, msg: gap }, &mut out),
+        Err(Dropped::MalformedBatches)
+    );
+    let future_term = Message::Append {
+        term,
+        prev_end: end,
+        prev_term: term,
+        commit: 0,
+        from_log_start: None,
+        batches: vec![BatchMeta::data(end, end, term + 9)],
+        payload: (),
+    };
+    assert_eq!(
+        c.node_mut(f).core.step(Event::Message { from: leader, msg: future_term }, &mut out),
+        Err(Dropped::MalformedBatches)
+    );
+    let stale = Message::Heartbeat { term: term - 1, commit: u64::MAX };
+    let r = c.node_mut(f).core.step(Event::Message { from: leader, msg: stale }, &mut out);
+    assert!(matches!(r, Err(Dropped::StaleTerm { .. } | Dropped::ZeroTerm)));
+    let absurd = Message::AppendReply {
+        term,
+        outcome: crate::AppendOutcome::Accepted { match_end: u64::MAX, durable_end: u64::MAX },
+    };
+    let r = c.node_mut(leader).core.step(Event::Message { from: f, msg: absurd }, &mut out);
+    assert_eq!(r, Err(Dropped::OffsetOutOfRange));
+    assert_eq!(
+        c.node_mut(f)
+            .core
+            .step(Event::Message { from: f, msg: Message::TimeoutNow { term } }, &mut out),
+        Err(Dropped::FromSelf)
+    );
+}
+
+#[test]
+fn a_vote_survives_a_restart() {
+    let mut c = MemCluster::new(3);
+    let mut out = Vec::new();
+    let vote =
+        |_candidate: u32| Message::Vote { term: 5, last_term: 0, log_end: 0, transfer: false };
+    c.node_mut(1).core.step(Event::Message { from: 2, msg: vote(2) }, &mut out).unwrap();
+    assert!(out
+        .iter()
+        .any(|e| matches!(e, Effect::Send { msg: Message::VoteReply { granted: true, .. }, .. })));
+    c.node_mut(1).hard_state = c.node(1).core.hard_state();
+    c.restart(1);
+    out.clear();
+    c.node_mut(1).core.step(Event::Message { from: 3, msg: vote(3) }, &mut out).unwrap();
+    assert!(out
+        .iter()
+        .any(|e| matches!(e, Effect::Send { msg: Message::VoteReply { granted: false, .. }, .. })));
+}

@@ -1,0 +1,323 @@
+//! A tiny in-memory driver for one group: logs are vectors of batch metadata, the network is a
+//! FIFO queue with cuttable links, durability is immediate unless turned off per node. Used by
+//! the hand-driven unit tests and the benches; the fault-injecting driver is [`crate::sim`].
+
+use std::collections::{BTreeSet, VecDeque};
+
+use crate::effect::Effect;
+use crate::message::{Dropped, Message};
+use crate::replica::{Config, Event, ProposeError, Replica, Restored, Role};
+use crate::types::{BatchMeta, GroupId, HardState, Membership, MembershipChange, NodeId, Offset};
+
+/// Payload of an in-memory `Append`: the batch metadata is all there is.
+pub type MemPayload = ();
+
+pub struct MemNode {
+    pub id: NodeId,
+    pub core: Replica<MemPayload>,
+    /// The log, as batches; `log_start` is the first offset still held.
+    pub batches: Vec<BatchMeta>,
+    pub log_start: Offset,
+    pub hard_state: HardState,
+    /// Report appends as durable at once.
+    pub auto_durable: bool,
+    pub up: bool,
+    /// Every effect this node produced, for assertions.
+    pub effects: Vec<Effect<MemPayload>>,
+    pub dropped: Vec<Dropped>,
+}
+
+impl MemNode {
+    pub fn log_end(&self) -> Offset {
+        self.batches.last().map_or(self.log_start, BatchMeta::end)
+    }
+
+    /// Terms of the records, one per offset from `log_start`.
+    pub fn record_terms(&self) -> Vec<u64> {
+        self.batches
+            .iter()
+            .flat_map(|b| (b.base_offset..=b.last_offset).map(move |_| b.term))
+            .collect()
+    }
+}
+
+pub struct MemCluster {
+    pub nodes: Vec<MemNode>,
+    queue: VecDeque<(NodeId, NodeId, Message<MemPayload>)>,
+    cut: BTreeSet<(NodeId, NodeId)>,
+    pub delivered: u64,
+    scratch: Vec<Effect<MemPayload>>,
+    /// Keep every effect in `MemNode::effects` (tests); off for benches.
+    pub record_effects: bool,
+}
+
+impl MemCluster {
+    pub fn new(replicas: u32) -> Self {
+        let ids: Vec<NodeId> = (1..=replicas).collect();
+        let mut c = MemCluster {
+            nodes: Vec::new(),
+            queue: VecDeque::new(),
+            cut: BTreeSet::new(),
+            delivered: 0,
+            scratch: Vec::new(),
+            record_effects: true,
+        };
+        for &id in &ids {
+            c.add_node(id, Restored::bootstrap(&ids));
+        }
+        c
+    }
+
+    /// Adds a node with an empty log (a new replica joins with the set that names it).
+    pub fn add_node(&mut self, id: NodeId, restored: Restored) {
+        assert_eq!(id as usize, self.nodes.len() + 1, "ids are 1..=n");
+        let core = Replica::new(Config::new(id, GroupId(7), u64::from(id) * 7919), restored);
+        self.nodes.push(MemNode {
+            id,
+            core,
+            batches: Vec::new(),
+            log_start: 0,
+            hard_state: HardState::default(),
+            auto_durable: true,
+            up: true,
+            effects: Vec::new(),
+            dropped: Vec::new(),
+        });
+    }
+
+    pub fn node(&self, id: NodeId) -> &MemNode {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    pub fn node_mut(&mut self, id: NodeId) -> &mut MemNode {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        let top = self
+            .nodes
+            .iter()
+            .filter(|n| n.up && n.core.role() == Role::Leader)
+            .max_by_key(|n| n.core.term())?;
+        Some(top.id)
+    }
+
+    pub fn isolate(&mut self, id: NodeId) {
+        for n in 1..=self.nodes.len() as NodeId {
+            if n != id {
+                self.cut.insert((id, n));
+                self.cut.insert((n, id));
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    pub fn step(&mut self, id: NodeId, event: Event<MemPayload>) {
+        let mut out = std::mem::take(&mut self.scratch);
+        let n = self.node_mut(id);
+        if !n.up {
+            self.scratch = out;
+            return;
+        }
+        if let Err(d) = n.core.step(event, &mut out) {
+            n.dropped.push(d);
+        }
+        self.apply(id, &mut out);
+        self.scratch = out;
+    }
+
+    fn apply(&mut self, id: NodeId, out: &mut Vec<Effect<MemPayload>>) {
+        for effect in out.drain(..) {
+            self.apply_one(id, &effect);
+            if self.record_effects {
+                self.node_mut(id).effects.push(effect);
+            }
+        }
+        let n = self.node_mut(id);
+        if n.auto_durable && n.core.durable_end() < n.log_end() {
+            let end = n.log_end();
+            self.step(id, Event::LogDurable { end });
+        }
+    }
+
+    fn apply_one(&mut self, id: NodeId, effect: &Effect<MemPayload>) {
+        let n = self.node_mut(id);
+        match effect {
+            Effect::PersistHardState(h) => n.hard_state = *h,
+            Effect::Send { to, msg } => {
+                if !self.cut.contains(&(id, *to)) {
+                    self.queue.push_back((id, *to, msg.clone()));
+                }
+            }
+            Effect::SendAppend { to, term, prev_end, prev_term, commit, from_log_start } => {
+                let batches: Vec<BatchMeta> =
+                    n.batches.iter().filter(|b| b.base_offset >= *prev_end).cloned().collect();
+                let msg = Message::Append {
+                    term: *term,
+                    prev_end: *prev_end,
+                    prev_term: *prev_term,
+                    commit: *commit,
+                    from_log_start: from_log_start.clone(),
+                    batches,
+                    payload: (),
+                };
+                if !self.cut.contains(&(id, *to)) {
+                    self.queue.push_back((id, *to, msg));
+                }
+            }
+            Effect::Truncate { to_offset } => n.batches.retain(|b| b.base_offset < *to_offset),
+            Effect::ResetLog { log_start, .. } => {
+                n.batches.clear();
+                n.log_start = *log_start;
+            }
+            Effect::AppendToLog { batches, .. } => n.batches.extend(batches.iter().cloned()),
+            Effect::AppendLeaderMarker { offset, term } => {
+                n.batches.push(BatchMeta::data(*offset, *offset, *term))
+            }
+            Effect::AppendMembership { offset, term, membership } => n.batches.push(BatchMeta {
+                base_offset: *offset,
+                last_offset: *offset,
+                term: *term,
+                membership: Some(membership.clone()),
+            }),
+            Effect::PersistTermStart { .. }
+            | Effect::CommitAdvanced { .. }
+            | Effect::BecameLeader { .. }
+            | Effect::SteppedDown { .. } => {}
+        }
+    }
+
+    /// Delivers queued messages until none are left (bounded).
+    pub fn deliver_all(&mut self) {
+        for _ in 0..1_000_000 {
+            let Some((from, to, msg)) = self.queue.pop_front() else { return };
+            if self.cut.contains(&(from, to)) {
+                continue;
+            }
+            self.delivered += 1;
+            self.step(to, Event::Message { from, msg });
+        }
+        panic!("messages never stop");
+    }
+
+    /// One tick on every node, then deliver everything.
+    pub fn tick(&mut self) {
+        for id in 1..=self.nodes.len() as NodeId {
+            self.step(id, Event::Tick);
+        }
+        self.deliver_all();
+    }
+
+    /// Ticks until `done` holds; panics after `ticks_max`.
+    pub fn run_until(&mut self, ticks_max: u32, mut done: impl FnMut(&MemCluster) -> bool) {
+        for _ in 0..ticks_max {
+            if done(self) {
+                return;
+            }
+            self.tick();
+        }
+        assert!(done(self), "condition not reached in {ticks_max} ticks");
+    }
+
+    /// Ticks until some node leads and its marker is committed.
+    pub fn elect(&mut self) -> NodeId {
+        self.run_until(500, |c| {
+            c.leader().is_some_and(|l| c.node(l).core.high_watermark().is_some())
+        });
+        self.leader().expect("elected")
+    }
+
+    /// Proposes a batch of `records` on `id` and writes it to its log (what a produce does).
+    pub fn propose(&mut self, id: NodeId, records: u64) -> Result<BatchMeta, ProposeError> {
+        let mut out = std::mem::take(&mut self.scratch);
+        let result = self.node_mut(id).core.propose(records, &mut out);
+        if let Ok(meta) = &result {
+            self.node_mut(id).batches.push(meta.clone());
+        }
+        self.apply(id, &mut out);
+        self.scratch = out;
+        result
+    }
+
+    pub fn transfer(&mut self, from: NodeId, to: NodeId) -> Result<(), ProposeError> {
+        let mut out = std::mem::take(&mut self.scratch);
+        let result = self.node_mut(from).core.transfer_leadership(to, &mut out);
+        self.apply(from, &mut out);
+        self.scratch = out;
+        result
+    }
+
+    pub fn change_membership(
+        &mut self,
+        leader: NodeId,
+        change: MembershipChange,
+    ) -> Result<Offset, ProposeError> {
+        let mut out = std::mem::take(&mut self.scratch);
+        let result = self.node_mut(leader).core.propose_membership(change, &mut out);
+        self.apply(leader, &mut out);
+        self.scratch = out;
+        result
+    }
+
+    /// Retention on one node: drop whole batches ending at or below `start`.
+    pub fn delete_before(&mut self, id: NodeId, start: Offset) {
+        let n = self.node_mut(id);
+        assert!(n.batches.iter().any(|b| b.base_offset == start), "retention at a batch boundary");
+        n.batches.retain(|b| b.base_offset >= start);
+        n.log_start = start;
+        self.step(id, Event::LogStartAdvanced { start });
+    }
+
+    /// Crash and restart a node from what it persisted (everything, here: durability is
+    /// immediate), keeping its log.
+    pub fn restart(&mut self, id: NodeId) {
+        let n = self.node_mut(id);
+        let mut history = Vec::new();
+        let mut last = 0;
+        for b in &n.batches {
+            if b.term != last {
+                history
+                    .push(crate::history::TermStart { term: b.term, start_offset: b.base_offset });
+                last = b.term;
+            }
+        }
+        let mut memberships = vec![(0, n.core.memberships().entries()[0].1.clone())];
+        for b in &n.batches {
+            if let Some(m) = &b.membership {
+                memberships.push((b.base_offset, m.clone()));
+            }
+        }
+        let restored = Restored {
+            hard_state: n.hard_state,
+            history,
+            memberships,
+            log_start: n.log_start,
+            log_end: n.log_end(),
+            commit: n.core.commit(),
+        };
+        n.core = Replica::new(Config::new(id, GroupId(7), u64::from(id) * 104_729), restored);
+    }
+
+    /// All up nodes hold the same log and commit point, and follow one leader.
+    pub fn converged(&self) -> bool {
+        let Some(l) = self.leader() else { return false };
+        let leader = self.node(l);
+        self.nodes.iter().filter(|n| n.up).all(|n| {
+            n.log_end() == leader.log_end()
+                && n.core.commit() == leader.log_end()
+                && n.core.leader() == Some(l)
+                && n.record_terms()
+                    .iter()
+                    .rev()
+                    .zip(leader.record_terms().iter().rev())
+                    .all(|(a, b)| a == b)
+        })
+    }
+
+    pub fn bootstrap_membership(&self) -> Membership {
+        self.node(1).core.memberships().entries()[0].1.clone()
+    }
+}
