@@ -54,6 +54,29 @@ impl<P> Outbox<P> {
 mod tests {
     use super::*;
 
+    /// 10,000 partitions over 3 brokers: one heartbeat round is 20,000 heartbeats (and as many
+    /// replies), but only one envelope per broker pair and direction.
+    #[test]
+    fn heartbeat_round_of_10k_partitions_coalesces_to_a_few_envelopes() {
+        let mut mg = crate::testkit::MultiGroup::new(3, 10_000);
+        assert!(mg.elect_all(200), "every group elects a leader");
+        // A heartbeat interval is `HEARTBEAT_TICKS_DEFAULT` timer rounds; groups elected at
+        // different times heartbeat in different rounds of it.
+        let (mut messages, mut envelopes) = (0, 0);
+        for _ in 0..crate::limits::HEARTBEAT_TICKS_DEFAULT {
+            mg.round();
+            messages += mg.messages_last_round;
+            envelopes += mg.envelopes_last_round;
+        }
+        println!(
+            "heartbeat interval, 10000 partitions x 3 brokers: {messages} messages uncoalesced, {envelopes} envelopes coalesced"
+        );
+        assert_eq!(messages, 10_000 * 2 * 2, "every leader heartbeats 2 followers, who reply");
+        // Per timer round: 3 brokers x 2 destinations for heartbeats, and again for replies.
+        let rounds = crate::limits::HEARTBEAT_TICKS_DEFAULT as usize;
+        assert!(envelopes <= 12 * rounds, "{envelopes} envelopes");
+    }
+
     #[test]
     fn groups_by_destination_in_order() {
         let mut outbox: Outbox<()> = Outbox::default();

@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use crate::effect::Effect;
 use crate::message::{Dropped, Message};
+use crate::outbox::Outbox;
 use crate::replica::{Config, Event, ProposeError, Replica, Restored, Role};
 use crate::types::{BatchMeta, GroupId, HardState, Membership, MembershipChange, NodeId, Offset};
 
@@ -168,7 +169,7 @@ impl MemCluster {
                     self.queue.push_back((id, *to, msg));
                 }
             }
-            Effect::Truncate { to_offset } => n.batches.retain(|b| b.base_offset < *to_offset),
+            Effect::Truncate { to_offset } => truncate(&mut n.batches, *to_offset),
             Effect::ResetLog { log_start, .. } => {
                 n.batches.clear();
                 n.log_start = *log_start;
@@ -271,6 +272,19 @@ impl MemCluster {
         self.step(id, Event::LogStartAdvanced { start });
     }
 
+    /// Retention everywhere: keep about the last `keep` batches below each node's commit point
+    /// (benches run long; the logs must not grow without bound).
+    pub fn trim(&mut self, keep: usize) {
+        for id in 1..=self.nodes.len() as NodeId {
+            let n = self.node(id);
+            let committed = n.batches.partition_point(|b| b.end() <= n.core.commit());
+            if committed > 2 * keep {
+                let start = n.batches[committed - keep].base_offset;
+                self.delete_before(id, start);
+            }
+        }
+    }
+
     /// Crash and restart a node from what it persisted (everything, here: durability is
     /// immediate), keeping its log.
     pub fn restart(&mut self, id: NodeId) {
@@ -319,5 +333,157 @@ impl MemCluster {
 
     pub fn bootstrap_membership(&self) -> Membership {
         self.node(1).core.memberships().entries()[0].1.clone()
+    }
+}
+
+/// Whole batches from `from` on (the log is sorted by offset).
+fn batches_from(batches: &[BatchMeta], from: Offset) -> Vec<BatchMeta> {
+    let i = batches.partition_point(|b| b.base_offset < from);
+    batches[i..].to_vec()
+}
+
+fn truncate(batches: &mut Vec<BatchMeta>, to: Offset) {
+    let keep = batches.partition_point(|b| b.base_offset < to);
+    batches.truncate(keep);
+}
+
+/// Many groups over a few brokers, with one `Outbox` per broker: what one timer round and one
+/// coalesced send per destination cost when thousands of partitions are idle.
+pub struct MultiGroup {
+    pub brokers: u32,
+    /// `replicas[broker - 1][group]`.
+    replicas: Vec<Vec<GroupReplica>>,
+    outboxes: Vec<Outbox<MemPayload>>,
+    scratch: Vec<Effect<MemPayload>>,
+    /// Messages sent and envelopes (one per destination per flush) in the last round.
+    pub messages_last_round: usize,
+    pub envelopes_last_round: usize,
+}
+
+struct GroupReplica {
+    core: Replica<MemPayload>,
+    batches: Vec<BatchMeta>,
+}
+
+impl MultiGroup {
+    pub fn new(brokers: u32, groups: u64) -> Self {
+        let ids: Vec<NodeId> = (1..=brokers).collect();
+        let replicas = ids
+            .iter()
+            .map(|&b| {
+                (0..groups)
+                    .map(|g| {
+                        let cfg = Config::new(b, GroupId(g), g * 31 + u64::from(b));
+                        GroupReplica {
+                            core: Replica::new(cfg, Restored::bootstrap(&ids)),
+                            batches: Vec::new(),
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let outboxes = ids.iter().map(|_| Outbox::default()).collect();
+        MultiGroup {
+            brokers,
+            replicas,
+            outboxes,
+            scratch: Vec::new(),
+            messages_last_round: 0,
+            envelopes_last_round: 0,
+        }
+    }
+
+    fn step(&mut self, broker: NodeId, group: u64, event: Event<MemPayload>) {
+        let mut out = std::mem::take(&mut self.scratch);
+        let r = &mut self.replicas[(broker - 1) as usize][group as usize];
+        // Dropped messages (stale terms during elections) are fine here.
+        let _ = r.core.step(event, &mut out);
+        let outbox = &mut self.outboxes[(broker - 1) as usize];
+        for effect in out.drain(..) {
+            match effect {
+                Effect::Send { to, msg } => outbox.push(to, GroupId(group), msg),
+                Effect::SendAppend { to, term, prev_end, prev_term, commit, from_log_start } => {
+                    let batches = batches_from(&r.batches, prev_end);
+                    let msg = Message::Append {
+                        term,
+                        prev_end,
+                        prev_term,
+                        commit,
+                        from_log_start,
+                        batches,
+                        payload: (),
+                    };
+                    outbox.push(to, GroupId(group), msg);
+                }
+                Effect::Truncate { to_offset } => truncate(&mut r.batches, to_offset),
+                Effect::AppendToLog { batches, .. } => r.batches.extend(batches),
+                Effect::AppendLeaderMarker { offset, term } => {
+                    r.batches.push(BatchMeta::data(offset, offset, term))
+                }
+                _ => {}
+            }
+        }
+        let end = r.batches.last().map_or(0, BatchMeta::end);
+        if r.core.durable_end() < end {
+            let _ = r.core.step(Event::LogDurable { end }, &mut out);
+            for effect in out.drain(..) {
+                if let Effect::Send { to, msg } = effect {
+                    outbox.push(to, GroupId(group), msg);
+                }
+            }
+        }
+        self.scratch = out;
+    }
+
+    /// One timer round: tick every replica of every group on every broker, then deliver the
+    /// coalesced envelopes until none are left (replies included).
+    pub fn round(&mut self) {
+        let groups = self.replicas[0].len() as u64;
+        for b in 1..=self.brokers {
+            for g in 0..groups {
+                self.step(b, g, Event::Tick);
+            }
+        }
+        self.messages_last_round = 0;
+        self.envelopes_last_round = 0;
+        for _ in 0..64 {
+            let mut envelopes = Vec::new();
+            for (i, outbox) in self.outboxes.iter_mut().enumerate() {
+                self.messages_last_round += outbox.len();
+                for (to, envelope) in outbox.drain() {
+                    envelopes.push((i as NodeId + 1, to, envelope));
+                }
+            }
+            if envelopes.is_empty() {
+                return;
+            }
+            self.envelopes_last_round += envelopes.len();
+            for (from, to, envelope) in envelopes {
+                for (group, msg) in envelope {
+                    self.step(to, group.0, Event::Message { from, msg });
+                }
+            }
+        }
+    }
+
+    /// Rounds until every group has a leader that committed its marker.
+    pub fn elect_all(&mut self, rounds_max: u32) -> bool {
+        for _ in 0..rounds_max {
+            if self.all_led() {
+                return true;
+            }
+            self.round();
+        }
+        self.all_led()
+    }
+
+    fn all_led(&self) -> bool {
+        let groups = self.replicas[0].len();
+        (0..groups).all(|g| self.replicas.iter().any(|b| b[g].core.high_watermark().is_some()))
+    }
+
+    /// Replicas in all groups on all brokers.
+    pub fn replica_count(&self) -> usize {
+        self.replicas.iter().map(Vec::len).sum()
     }
 }

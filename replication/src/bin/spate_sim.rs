@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use spate_replication::sim::{run_seed, SimOptions};
+use spate_replication::sim::{run_seed, SimOptions, SimStats};
 use spate_replication::Plant;
 
 #[derive(Parser)]
@@ -24,7 +24,7 @@ struct Args {
     #[arg(long)]
     plant: Option<String>,
     /// Ticks of faults and load per seed.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 600)]
     fault_ticks: u64,
     /// Events shown for a failing seed.
     #[arg(long, default_value_t = 120)]
@@ -64,9 +64,13 @@ fn main() -> ExitCode {
     opts.trace_lines = args.trace_lines;
     let started = Instant::now();
     let (mut passed, mut failed) = (0u64, 0u64);
+    let mut totals = SimStats::default();
     for seed in args.from..args.from + args.seeds {
         match run_seed(seed, &opts) {
-            Ok(_) => passed += 1,
+            Ok(stats) => {
+                passed += 1;
+                totals.add(&stats);
+            }
             Err(failure) => {
                 failed += 1;
                 println!("{failure}");
@@ -84,6 +88,21 @@ fn main() -> ExitCode {
         plant.name(),
         ran as f64 / secs.max(1e-9)
     );
+    if passed > 0 {
+        let per = |x: u64| x as f64 / passed as f64;
+        println!(
+            "per passing seed: {:.0} ticks, {:.0} messages, {:.1} elections, {:.1} crashes, {:.1} truncations, {:.2} log resets, {:.0} committed records, {:.0} acknowledged writes; highest term {}",
+            per(totals.ticks),
+            per(totals.messages),
+            per(totals.elections),
+            per(totals.crashes),
+            per(totals.truncations),
+            per(totals.resets),
+            per(totals.committed as u64),
+            per(totals.acked as u64),
+            totals.max_term
+        );
+    }
     if failed == 0 {
         ExitCode::SUCCESS
     } else {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use super::{Replica, Role};
 use crate::effect::Effect;
-use crate::limits::APPEND_RESEND_TICKS;
+use crate::limits::{APPEND_RESEND_TICKS, REPLICAS_MAX};
 use crate::message::{AppendOutcome, Dropped, Message};
 use crate::types::{BatchMeta, MembershipChange, MembershipError, NodeId, Offset, Plant};
 
@@ -262,12 +262,15 @@ impl<P> Replica<P> {
         }
         p.active = true;
         // A follower only acknowledges what it verified to match us in this term.
+        let moved = durable_end > p.durable_end;
         p.durable_end = p.durable_end.max(durable_end);
         let behind = heartbeat.is_some() && durable_end < log_end && p.inflight_ticks.is_none();
         if behind {
             self.send_append(from, out);
         }
-        self.maybe_commit(out);
+        if moved {
+            self.maybe_commit(out);
+        }
         Ok(())
     }
 
@@ -275,16 +278,17 @@ impl<P> Replica<P> {
     pub(super) fn maybe_commit(&mut self, out: &mut Vec<Effect<P>>) {
         let membership = self.memberships.current();
         let ls = self.leader.as_ref().expect("leader");
-        let mut durable: Vec<Offset> = Vec::with_capacity(membership.voters.len());
-        for &v in &membership.voters {
-            if v == self.cfg.id {
-                durable.push(self.durable_end);
-            } else if let Some(p) = ls.progress.get(&v) {
-                durable.push(p.durable_end);
+        // No allocation: this runs on every acknowledgement of every group.
+        let mut durable = [0; REPLICAS_MAX];
+        let voters = membership.voters.len();
+        for (slot, &v) in durable.iter_mut().zip(&membership.voters) {
+            *slot = if v == self.cfg.id {
+                self.durable_end
             } else {
-                durable.push(0);
-            }
+                ls.progress.get(&v).map_or(0, |p| p.durable_end)
+            };
         }
+        let durable = &mut durable[..voters];
         durable.sort_unstable_by(|a, b| b.cmp(a));
         let needed = if self.cfg.plant == Plant::CommitOnMinority {
             (membership.quorum() - 1).max(1)
@@ -292,10 +296,7 @@ impl<P> Replica<P> {
             membership.quorum()
         };
         let candidate = durable[needed - 1];
-        if candidate <= self.commit {
-            return;
-        }
-        if self.history.term_before(candidate) == self.hard.term {
+        if candidate > self.commit && self.history.term_before(candidate) == self.hard.term {
             self.set_commit(candidate, out);
         }
     }

@@ -73,6 +73,23 @@ pub struct SimStats {
     pub committed: usize,
     pub acked: usize,
     pub crashes: u64,
+    pub elections: u64,
+    pub truncations: u64,
+    pub resets: u64,
+}
+
+impl SimStats {
+    pub fn add(&mut self, other: &SimStats) {
+        self.ticks += other.ticks;
+        self.messages += other.messages;
+        self.max_term = self.max_term.max(other.max_term);
+        self.committed += other.committed;
+        self.acked += other.acked;
+        self.crashes += other.crashes;
+        self.elections += other.elections;
+        self.truncations += other.truncations;
+        self.resets += other.resets;
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -130,6 +147,33 @@ fn run_catching(
     }
 }
 
+/// How often each fault and client action happens, per tick, drawn per seed ("swarm testing":
+/// some seeds crash a lot, some partition a lot, some barely fault at all).
+#[derive(Clone, Copy, Debug)]
+struct FaultRates {
+    propose: f64,
+    crash: f64,
+    cut_link: f64,
+    isolate: f64,
+    heal: f64,
+    retention: f64,
+    transfer: f64,
+}
+
+impl FaultRates {
+    fn draw(rng: &mut SmallRng) -> Self {
+        FaultRates {
+            propose: rng.gen_range(0.1..0.9),
+            crash: rng.gen_range(0.0..0.04),
+            cut_link: rng.gen_range(0.0..0.02),
+            isolate: rng.gen_range(0.0..0.01),
+            heal: rng.gen_range(0.005..0.05),
+            retention: rng.gen_range(0.0..0.02),
+            transfer: rng.gen_range(0.0..0.01),
+        }
+    }
+}
+
 struct SimNode {
     id: NodeId,
     core: Option<Replica<SimPayload>>,
@@ -161,7 +205,11 @@ pub struct Sim {
     trace: VecDeque<String>,
     scratch: Vec<Effect<SimPayload>>,
     crashes: u64,
+    elections: u64,
+    truncations: u64,
+    resets: u64,
     faults: bool,
+    rates: FaultRates,
 }
 
 impl Sim {
@@ -175,6 +223,7 @@ impl Sim {
             delay_ticks_min: 1,
             delay_ticks_max: rng.gen_range(1..=4),
         };
+        let rates = FaultRates::draw(&mut rng);
         let ids: Vec<NodeId> = (1..=opts.replicas as NodeId).collect();
         let membership = Membership::new(&ids);
         let mut sim = Sim {
@@ -191,7 +240,11 @@ impl Sim {
             trace: VecDeque::new(),
             scratch: Vec::new(),
             crashes: 0,
+            elections: 0,
+            truncations: 0,
+            resets: 0,
             faults: true,
+            rates,
         };
         for &id in &ids {
             let disk = SimDisk::new(flush, membership.clone());
@@ -243,6 +296,9 @@ impl Sim {
             committed: self.checker.committed_len(),
             acked: self.checker.acked_count(),
             crashes: self.crashes,
+            elections: self.elections,
+            truncations: self.truncations,
+            resets: self.resets,
         }
     }
 
@@ -276,22 +332,39 @@ impl Sim {
             self.tick()?;
         }
         self.calm();
-        let deadline = self.now + self.opts.converge_ticks_max;
-        while !self.converged() {
-            if self.now >= deadline {
-                return Err(format!(
-                    "no convergence {} ticks after faults stopped: {}",
-                    self.opts.converge_ticks_max,
-                    self.describe_nodes()
-                ));
-            }
-            self.tick()?;
-        }
+        self.converge()?;
         self.note(format!("converged: {}", self.describe_nodes()));
         if self.opts.disruption_probe {
             self.disruption_probe()?;
         }
         Ok(())
+    }
+
+    /// Waits until the group converged and stays so, with the same leader and term, for two
+    /// election timeouts (a leader whose check-quorum window still covers a fault may yet step
+    /// down; that is not a disruption).
+    fn converge(&mut self) -> Result<(), Violation> {
+        let deadline = self.now + self.opts.converge_ticks_max;
+        loop {
+            while !self.converged() {
+                if self.now >= deadline {
+                    return Err(format!(
+                        "no convergence {} ticks after faults stopped: {}",
+                        self.opts.converge_ticks_max,
+                        self.describe_nodes()
+                    ));
+                }
+                self.tick()?;
+            }
+            let leader = self.leader();
+            let stable_until = self.now + 2 * u64::from(ELECTION_TICKS_MAX);
+            while self.now < stable_until {
+                self.tick()?;
+            }
+            if self.converged() && self.leader() == leader {
+                return Ok(());
+            }
+        }
     }
 
     /// Faults stop: links heal, the network turns reliable, every crashed node restarts.
@@ -453,12 +526,14 @@ impl Sim {
             }
             Effect::Truncate { to_offset } => {
                 self.note(format!("n{id} truncate to {to_offset}"));
+                self.truncations += 1;
                 let n = self.node(id);
                 n.disk.truncate(to_offset);
                 n.reported_durable = n.reported_durable.min(to_offset);
             }
             Effect::ResetLog { log_start, term_before_start, membership } => {
                 self.note(format!("n{id} reset log to start at {log_start}"));
+                self.resets += 1;
                 let n = self.node(id);
                 n.disk.reset(log_start, term_before_start, membership);
                 n.reported_durable = log_start;
@@ -493,6 +568,7 @@ impl Sim {
             }
             Effect::BecameLeader { term } => {
                 self.note(format!("n{id} became leader of term {term}"));
+                self.elections += 1;
                 let n = &self.nodes[(id - 1) as usize];
                 self.checker.on_leader(id, term, &n.disk)?;
             }
@@ -565,7 +641,7 @@ impl Sim {
     }
 
     fn workload(&mut self) -> Result<(), Violation> {
-        if !self.rng.gen_bool(0.4) {
+        if !self.rng.gen_bool(self.rates.propose) {
             return Ok(());
         }
         let id = self.rng.gen_range(1..=self.nodes.len() as NodeId);
@@ -630,7 +706,7 @@ impl Sim {
         let ids = self.ids();
         let pick = |rng: &mut SmallRng| ids[rng.gen_range(0..ids.len())];
         // Crash.
-        if self.rng.gen_bool(0.02) {
+        if self.rng.gen_bool(self.rates.crash) {
             let id = pick(&mut self.rng);
             if self.node(id).core.is_some() {
                 self.crash(id);
@@ -644,29 +720,31 @@ impl Sim {
             }
         }
         // Partitions.
-        let r = self.rng.gen_range(0..1000);
-        if r < 5 {
+        let rates = self.rates;
+        if self.rng.gen_bool(rates.cut_link) {
             let a = pick(&mut self.rng);
             let b = pick(&mut self.rng);
             if a != b {
                 self.net.cut(a, b);
                 self.note(format!("cut link n{a} -> n{b}"));
             }
-        } else if r < 9 {
+        }
+        if self.rng.gen_bool(rates.isolate) {
             let a = pick(&mut self.rng);
             self.net.isolate(a, &ids);
             self.note(format!("isolate n{a}"));
-        } else if r < 20 {
+        }
+        if self.rng.gen_bool(rates.heal) {
             self.net.heal();
             self.note("heal network".to_string());
         }
         // Retention on one replica.
-        if self.rng.gen_bool(0.01) {
+        if self.rng.gen_bool(rates.retention) {
             let id = pick(&mut self.rng);
             self.retention(id)?;
         }
         // Leadership transfer.
-        if self.rng.gen_bool(0.005) {
+        if self.rng.gen_bool(rates.transfer) {
             let id = pick(&mut self.rng);
             let to = pick(&mut self.rng);
             let mut out = std::mem::take(&mut self.scratch);
