@@ -89,8 +89,9 @@ impl<P> Replica<P> {
             return;
         }
         if !self.membership().is_voter(self.cfg.id) {
-            // Learners and removed replicas never campaign; they wait for a leader.
-            self.election_elapsed = 0;
+            // Learners and removed replicas never campaign; they wait for a leader. The timer
+            // keeps running: a learner may be a voter in the leader's newer set and must grant
+            // pre-votes once the leader is gone.
             return;
         }
         if self.cfg.plant == Plant::NoPrevote {

@@ -66,7 +66,9 @@ pub struct Restored {
     /// log (initially the bootstrap set); then one per membership record, by offset.
     pub memberships: Vec<(Offset, Membership)>,
     pub log_start: Offset,
-    /// Recovered log end. Everything below it is durable after recovery.
+    /// Recovered log end. Everything below it must be durable by the flush policy before the
+    /// core starts (under flush=always the driver fsyncs what recovery found: a process crash
+    /// can leave written but unsynced records, which a later power loss would take away).
     pub log_end: Offset,
     /// Last persisted commit point; may be older than the real one.
     pub commit: Offset,

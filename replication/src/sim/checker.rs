@@ -7,7 +7,9 @@
 //!   log, and every new leader holds all of it (from its log start);
 //! - every write acknowledged to a client is in every later leader's log at its offset;
 //! - the high watermark a client sees never goes backwards (clients fence by term, like Kafka
-//!   clients fence by leader epoch).
+//!   clients fence by leader epoch);
+//! - (in `Sim::check_durable_majority`, which needs every disk) everything below a leader's
+//!   commit point is durable by the flush policy on a majority of its voters.
 
 use std::collections::BTreeMap;
 

@@ -119,13 +119,15 @@ impl SimDisk {
     }
 
     /// Background IO: the OS writes some buffered records, the device syncs some written ones.
-    pub fn background_io(&mut self, rng: &mut SmallRng) {
+    /// `write` and `sync` are the chances per tick that the OS writes buffered records and that
+    /// the device syncs written ones (a slow disk leaves a long non-durable tail).
+    pub fn background_io(&mut self, rng: &mut SmallRng, write: f64, sync: f64) {
         let end = self.log_end();
-        if self.written_end < end && rng.gen_bool(0.5) {
+        if self.written_end < end && rng.gen_bool(write) {
             let target = rng.gen_range(self.written_end..end);
             self.written_end = self.batch_end(target);
         }
-        if self.synced_end < self.written_end && rng.gen_bool(0.3) {
+        if self.synced_end < self.written_end && rng.gen_bool(sync) {
             self.synced_end = self.written_end;
         }
     }

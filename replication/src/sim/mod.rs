@@ -20,7 +20,9 @@ use rand::{Rng, SeedableRng};
 use crate::effect::Effect;
 use crate::message::Message;
 use crate::replica::{Config, Event, Replica, Restored};
-use crate::types::{BatchMeta, FlushPolicy, GroupId, Membership, NodeId, Offset, Plant, Term};
+use crate::types::{
+    BatchMeta, FlushPolicy, GroupId, Membership, MembershipChange, NodeId, Offset, Plant, Term,
+};
 use checker::{Checker, Violation};
 use disk::{CrashKind, SimDisk, SimRecord};
 use network::{NetworkFaults, SimNetwork};
@@ -76,6 +78,7 @@ pub struct SimStats {
     pub elections: u64,
     pub truncations: u64,
     pub resets: u64,
+    pub membership_changes: u64,
 }
 
 impl SimStats {
@@ -89,6 +92,7 @@ impl SimStats {
         self.elections += other.elections;
         self.truncations += other.truncations;
         self.resets += other.resets;
+        self.membership_changes += other.membership_changes;
     }
 }
 
@@ -158,6 +162,12 @@ struct FaultRates {
     heal: f64,
     retention: f64,
     transfer: f64,
+    membership: f64,
+    /// Disk speed: chance per tick of an OS write-back and of a device sync.
+    write: f64,
+    sync: f64,
+    /// Share of crashes under flush=always that are power losses.
+    power_loss: f64,
 }
 
 impl FaultRates {
@@ -170,12 +180,18 @@ impl FaultRates {
             heal: rng.gen_range(0.005..0.05),
             retention: rng.gen_range(0.0..0.02),
             transfer: rng.gen_range(0.0..0.01),
+            membership: rng.gen_range(0.0..0.03),
+            write: rng.gen_range(0.1..0.9),
+            sync: rng.gen_range(0.05..0.6),
+            power_loss: rng.gen_range(0.0..1.0),
         }
     }
 }
 
 struct SimNode {
     id: NodeId,
+    /// Started at least once: the initial replicas, and the spare once it was added.
+    joined: bool,
     core: Option<Replica<SimPayload>>,
     disk: SimDisk,
     /// Durable end last reported to the core.
@@ -208,6 +224,7 @@ pub struct Sim {
     elections: u64,
     truncations: u64,
     resets: u64,
+    membership_changes: u64,
     faults: bool,
     rates: FaultRates,
 }
@@ -243,20 +260,27 @@ impl Sim {
             elections: 0,
             truncations: 0,
             resets: 0,
+            membership_changes: 0,
             faults: true,
             rates,
         };
-        for &id in &ids {
+        // One spare node beyond the replica set: the workload may replace a replica with it
+        // (add as learner, promote, remove another voter).
+        let spare = opts.replicas as NodeId + 1;
+        for id in ids.iter().copied().chain([spare]) {
             let disk = SimDisk::new(flush, membership.clone());
             sim.nodes.push(SimNode {
                 id,
+                joined: id != spare,
                 core: None,
                 disk,
                 reported_durable: 0,
                 down_until: 0,
                 restarts: 0,
             });
-            sim.start_node(id);
+            if id != spare {
+                sim.start_node(id);
+            }
         }
         sim.note(format!(
             "seed {seed}: {} replicas, flush {flush:?}, network {faults:?}",
@@ -299,6 +323,7 @@ impl Sim {
             elections: self.elections,
             truncations: self.truncations,
             resets: self.resets,
+            membership_changes: self.membership_changes,
         }
     }
 
@@ -373,7 +398,7 @@ impl Sim {
         self.net.heal();
         self.net.faults = NetworkFaults::CALM;
         for id in self.ids() {
-            if self.node(id).core.is_none() {
+            if self.node(id).joined && self.node(id).core.is_none() {
                 self.restart(id);
             }
         }
@@ -394,9 +419,11 @@ impl Sim {
         let Some((leader, term)) = self.leader() else { return false };
         let l = self.nodes[(leader - 1) as usize].core.as_ref().expect("leader is up");
         let end = l.log_end();
+        let members = l.current_membership();
+        // Replicas removed from the group (and a spare never added) are not expected to follow.
         l.high_watermark() == Some(end)
             && l.transfer_target().is_none()
-            && self.nodes.iter().all(|n| {
+            && self.nodes.iter().filter(|n| members.contains(n.id)).all(|n| {
                 n.core.as_ref().is_some_and(|c| {
                     c.term() == term
                         && c.leader() == Some(leader)
@@ -429,7 +456,12 @@ impl Sim {
 
     fn disruption_probe(&mut self) -> Result<(), Violation> {
         let Some((leader, term)) = self.leader() else { return Ok(()) };
-        let followers: Vec<NodeId> = self.ids().into_iter().filter(|&n| n != leader).collect();
+        let members =
+            self.node(leader).core.as_ref().expect("leader is up").current_membership().clone();
+        if members.voters.len() < 3 {
+            return Ok(()); // Cutting off any voter of a 2-voter group stops it: nothing to probe.
+        }
+        let followers: Vec<NodeId> = members.others(leader).collect();
         if followers.is_empty() {
             return Ok(());
         }
@@ -626,12 +658,45 @@ impl Sim {
             let term = core.term();
             self.checker.on_client_read(term, hw)?;
         }
+        if core.is_leader() {
+            self.check_durable_majority(id)?;
+        }
+        Ok(())
+    }
+
+    /// Everything below a leader's commit point is durable, by the flush policy, on a majority
+    /// of its voters (retention counts as held: it deletes only committed records).
+    fn check_durable_majority(&self, leader: NodeId) -> Result<(), Violation> {
+        let l = &self.nodes[(leader - 1) as usize];
+        let core = l.core.as_ref().expect("leader is up");
+        let commit = core.commit();
+        if commit == 0 || commit <= l.disk.log_start {
+            return Ok(());
+        }
+        let last = l.disk.get(commit - 1).map(|r| (r.term, r.id));
+        let members = core.current_membership();
+        let holding = members
+            .voters
+            .iter()
+            .filter(|&&v| {
+                let d = &self.nodes[(v - 1) as usize].disk;
+                let same =
+                    commit - 1 < d.log_start || d.get(commit - 1).map(|r| (r.term, r.id)) == last;
+                same && d.durable_end() >= commit
+            })
+            .count();
+        if holding < members.quorum() {
+            return Err(format!(
+                "leader n{leader} commits {commit} but only {holding} of voters {:?} hold it durably",
+                members.voters
+            ));
+        }
         Ok(())
     }
 
     fn background_io(&mut self, id: NodeId) -> Result<(), Violation> {
         let n = &mut self.nodes[(id - 1) as usize];
-        n.disk.background_io(&mut self.rng);
+        n.disk.background_io(&mut self.rng, self.rates.write, self.rates.sync);
         let durable = n.disk.durable_end();
         if durable > n.reported_durable {
             n.reported_durable = durable;
@@ -715,7 +780,7 @@ impl Sim {
         // Restart crashed nodes whose downtime is over.
         for &id in &ids {
             let n = self.node(id);
-            if n.core.is_none() && n.down_until <= self.now {
+            if n.joined && n.core.is_none() && n.down_until <= self.now {
                 self.restart(id);
             }
         }
@@ -743,6 +808,9 @@ impl Sim {
             let id = pick(&mut self.rng);
             self.retention(id)?;
         }
+        if self.rng.gen_bool(rates.membership) {
+            self.membership_step()?;
+        }
         // Leadership transfer.
         if self.rng.gen_bool(rates.transfer) {
             let id = pick(&mut self.rng);
@@ -760,12 +828,69 @@ impl Sim {
         Ok(())
     }
 
+    /// One step of replacing a replica with the spare node: add it as a learner, promote it once
+    /// caught up, then remove another voter. The core refuses steps that are not allowed yet
+    /// (change pending, learner behind, leader not ready); we just try again later.
+    fn membership_step(&mut self) -> Result<(), Violation> {
+        let Some((leader, _)) = self.leader() else { return Ok(()) };
+        let spare = self.nodes.len() as NodeId;
+        let current =
+            self.node(leader).core.as_ref().expect("leader is up").current_membership().clone();
+        let change = if !current.contains(spare) {
+            if current.voters.len() > self.opts.replicas {
+                return Ok(()); // The replacement is done.
+            }
+            MembershipChange::AddLearner(spare)
+        } else if !current.is_voter(spare) {
+            MembershipChange::PromoteLearner(spare)
+        } else if current.voters.len() > self.opts.replicas {
+            let victims: Vec<NodeId> =
+                current.voters.iter().copied().filter(|&v| v != leader && v != spare).collect();
+            if victims.is_empty() {
+                return Ok(());
+            }
+            MembershipChange::RemoveReplica(victims[self.rng.gen_range(0..victims.len())])
+        } else {
+            return Ok(());
+        };
+        let mut out = std::mem::take(&mut self.scratch);
+        let result = self
+            .node(leader)
+            .core
+            .as_mut()
+            .expect("leader is up")
+            .propose_membership(change, &mut out);
+        if result.is_ok() {
+            self.note(format!("n{leader} proposes {change:?}: {result:?}"));
+            self.membership_changes += 1;
+            if let MembershipChange::AddLearner(n) = change {
+                if !self.node(n).joined {
+                    // The new replica boots knowing the set that names it.
+                    let joining = current.apply(change).expect("leader accepted it");
+                    let flush = self.node(leader).disk.flush;
+                    let n = self.node(n);
+                    n.disk = SimDisk::new(flush, joining);
+                    n.joined = true;
+                }
+            }
+        }
+        let applied = self.apply(leader, &mut out);
+        self.scratch = out;
+        applied?;
+        if let MembershipChange::AddLearner(n) = change {
+            if result.is_ok() && self.node(n).core.is_none() {
+                self.start_node(n);
+            }
+        }
+        self.check_node(leader)
+    }
+
     fn crash(&mut self, id: NodeId) {
         let flush = self.node(id).disk.flush;
         let kind = match flush {
             // flush=never promises nothing across a power loss: only process crashes there.
             FlushPolicy::Never => CrashKind::Process,
-            FlushPolicy::Always if self.rng.gen_bool(0.5) => CrashKind::Power,
+            FlushPolicy::Always if self.rng.gen_bool(self.rates.power_loss) => CrashKind::Power,
             FlushPolicy::Always => CrashKind::Process,
         };
         let down = self.rng.gen_range(1..40);
@@ -782,6 +907,12 @@ impl Sim {
     }
 
     fn restart(&mut self, id: NodeId) {
+        // Recovery fsyncs the log it found before the core starts: `Restored::log_end` promises
+        // that everything below it is durable (a process crash under flush=always can leave
+        // written but unsynced records behind).
+        let disk = &mut self.node(id).disk;
+        disk.written_end = disk.log_end();
+        disk.synced_end = disk.log_end();
         self.start_node(id);
         self.note(format!("n{id} restarts"));
     }

@@ -16,17 +16,17 @@ fn assert_all_pass(replicas: usize, seeds: std::ops::Range<u64>) {
 
 #[test]
 fn seeds_pass_with_3_replicas() {
-    assert_all_pass(3, 0..2000);
+    assert_all_pass(3, 0..2500);
 }
 
 #[test]
 fn seeds_pass_with_5_replicas() {
-    assert_all_pass(5, 0..1000);
+    assert_all_pass(5, 0..1200);
 }
 
 #[test]
 fn seeds_pass_with_1_replica() {
-    assert_all_pass(1, 0..200);
+    assert_all_pass(1, 0..500);
 }
 
 /// The seeds-to-catch budgets are recorded in PROTOCOL.md; this fails if a checker stops
@@ -44,18 +44,20 @@ fn assert_caught(plant: Plant, replicas: usize, seeds_max: u64) {
 
 #[test]
 fn catches_commit_on_minority() {
-    assert_caught(Plant::CommitOnMinority, 3, 50);
+    assert_caught(Plant::CommitOnMinority, 3, 10);
+    assert_caught(Plant::CommitOnMinority, 5, 10);
 }
 
 #[test]
 fn catches_skip_truncation() {
     assert_caught(Plant::SkipTruncation, 3, 50);
-    assert_caught(Plant::SkipTruncation, 5, 200);
+    assert_caught(Plant::SkipTruncation, 5, 50);
 }
 
 #[test]
 fn catches_count_nondurable_as_durable() {
-    assert_caught(Plant::CountNondurableAsDurable, 3, 200);
+    assert_caught(Plant::CountNondurableAsDurable, 3, 10);
+    assert_caught(Plant::CountNondurableAsDurable, 5, 10);
 }
 
 #[test]
