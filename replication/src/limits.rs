@@ -18,6 +18,11 @@ pub const TERM_HISTORY_ENTRIES_MAX: usize = 64 * 1024;
 /// a truncation can fall back to the configuration that was in force before the cut).
 pub const MEMBERSHIP_HISTORY_MAX: usize = 64;
 
+/// Largest term accepted from the network. No honest group gets near it (a term per
+/// millisecond lasts 146 million years); refusing more keeps `term + 1` from overflowing when a
+/// corrupt or hostile message names a huge term.
+pub const TERM_MAX: u64 = u64::MAX / 2;
+
 /// Default lower bound of the randomized election timeout, in ticks. With a 10 ms driver tick
 /// this is 150 ms: several heartbeat rounds, so one lost heartbeat does not start an election.
 pub const ELECTION_TICKS_MIN_DEFAULT: u32 = 15;

@@ -122,6 +122,10 @@ pub enum Dropped {
     FromSelf,
     #[error("term 0 is never sent")]
     ZeroTerm,
+    #[error("term beyond TERM_MAX")]
+    TermOutOfRange,
+    #[error("the append would make us drop or rewrite committed records")]
+    BelowCommit,
     #[error("stale term {msg} < {ours}")]
     StaleTerm { msg: Term, ours: Term },
     #[error("append batches are not contiguous from prev_end or have bad terms")]

@@ -115,6 +115,11 @@ impl<P> Replica<P> {
         if !self.prefix_matches(append.prev_end, append.prev_term) {
             match &append.from_log_start {
                 Some(floor) if append.prev_end >= self.log_start => {
+                    if append.prev_end < self.commit {
+                        // Our committed prefix matches every leader's; a reset below it is a
+                        // corrupt message, not a leader's request.
+                        return Err(Dropped::BelowCommit);
+                    }
                     self.reset_log(append.prev_end, append.prev_term, floor.clone(), out)
                 }
                 _ => {
@@ -129,8 +134,8 @@ impl<P> Replica<P> {
                 }
             }
         }
-        self.append_matching(append.batches, payload, out);
-        self.verified_end = self.verified_end.max(end);
+        self.append_matching(append.batches, payload, out)?;
+        self.verified_end = self.verified_end.max(end.min(self.log_end));
         self.follow_commit(append.commit, out);
         let outcome = AppendOutcome::Accepted {
             match_end: self.verified_end,
@@ -183,10 +188,20 @@ impl<P> Replica<P> {
 
     /// Appends what we do not have yet, cutting our log first at the first batch whose term
     /// differs from ours (an uncommitted tail of an old term).
-    fn append_matching(&mut self, batches: Vec<BatchMeta>, payload: P, out: &mut Vec<Effect<P>>) {
+    fn append_matching(
+        &mut self,
+        batches: Vec<BatchMeta>,
+        payload: P,
+        out: &mut Vec<Effect<P>>,
+    ) -> Result<(), Dropped> {
         let first_new = batches.iter().position(|b| !self.holds(b));
-        let Some(first_new) = first_new else { return };
+        let Some(first_new) = first_new else { return Ok(()) };
         let cut = batches[first_new].base_offset;
+        if cut < self.commit {
+            // Committed records are the same in every leader's log: a conflict below our commit
+            // point is a corrupt message.
+            return Err(Dropped::BelowCommit);
+        }
         let mut batches = batches;
         if cut < self.log_end {
             if self.cfg.plant == Plant::SkipTruncation {
@@ -194,7 +209,7 @@ impl<P> Replica<P> {
                 let log_end = self.log_end;
                 batches.retain(|b| b.base_offset >= log_end);
                 if batches.first().map(|b| b.base_offset) != Some(log_end) {
-                    return;
+                    return Ok(());
                 }
             } else {
                 self.truncate(cut, out);
@@ -215,6 +230,7 @@ impl<P> Replica<P> {
             self.log_end = b.end();
         }
         out.push(Effect::AppendToLog { first_offset, batches, payload });
+        Ok(())
     }
 
     /// Whether our log already holds batch `b` (same term at its last offset means the same

@@ -215,6 +215,9 @@ impl<P> Replica<P> {
         if msg.term() == 0 {
             return Err(Dropped::ZeroTerm);
         }
+        if msg.term() > limits::TERM_MAX {
+            return Err(Dropped::TermOutOfRange);
+        }
         if !self.observe_term(from, &msg, out)? {
             return Ok(());
         }

@@ -275,3 +275,39 @@ fn a_vote_survives_a_restart() {
         .iter()
         .any(|e| matches!(e, Effect::Send { msg: Message::VoteReply { granted: false, .. }, .. })));
 }
+
+#[test]
+fn hostile_terms_and_rewrites_of_committed_records_are_dropped() {
+    let mut c = MemCluster::new(3);
+    let leader = c.elect();
+    c.run_until(20, MemCluster::converged);
+    let f = others(leader, 3)[0];
+    let term = c.node(leader).core.term();
+    let mut out = Vec::new();
+    let huge = Message::Heartbeat { term: u64::MAX, commit: 0 };
+    let r = c.node_mut(f).core.step(Event::Message { from: leader, msg: huge }, &mut out);
+    assert_eq!(r, Err(Dropped::TermOutOfRange));
+    // A "leader" of a later term rewriting a committed record is refused.
+    let commit = c.node(f).core.commit();
+    assert!(commit >= 1);
+    let t0 = c.node(f).core.history().term_at(0);
+    let append = |batch_term| Message::Append {
+        term: term + 1,
+        prev_end: 0,
+        prev_term: 0,
+        commit: 0,
+        from_log_start: None,
+        batches: vec![BatchMeta::data(0, 0, batch_term)],
+        payload: (),
+    };
+    let r =
+        c.node_mut(f).core.step(Event::Message { from: leader, msg: append(term + 1) }, &mut out);
+    assert_eq!(r, Err(Dropped::BelowCommit));
+    out.clear();
+    c.node_mut(f).core.step(Event::Message { from: leader, msg: append(t0) }, &mut out).unwrap();
+    assert!(
+        !out.iter().any(|e| matches!(e, Effect::Truncate { .. })),
+        "same record: nothing to cut"
+    );
+    assert_eq!(c.node(f).core.commit(), commit);
+}
