@@ -14,6 +14,30 @@
 //!   `spate-sim` binary runs it over ranges of seeds.
 //! - [`testkit`]: a minimal in-memory driver for unit tests and benches.
 //! - [`limits`].
+//!
+//! A driver, in outline (the in-memory one in [`testkit`] is a complete example):
+//!
+//! ```
+//! use spate_replication::{Config, Effect, Event, GroupId, Replica, Restored};
+//!
+//! // One replica of partition 7 on node 1, in a group of nodes 1, 2, 3.
+//! let restored = Restored::bootstrap(&[1, 2, 3]);
+//! let mut replica: Replica<Vec<u8>> = Replica::new(Config::new(1, GroupId(7), 42), restored);
+//! let mut out = Vec::new();
+//! for _ in 0..100 {
+//!     replica.step(Event::Tick, &mut out).unwrap();
+//! }
+//! // Alone, it times out and asks the others for pre-votes, changing no persisted state yet.
+//! assert!(out.iter().any(|e| matches!(e, Effect::Send { to: 2, .. })));
+//! assert!(!out.iter().any(|e| matches!(e, Effect::PersistHardState(_))));
+//! for effect in out.drain(..) {
+//!     match effect {
+//!         Effect::PersistHardState(_) | Effect::PersistTermStart { .. } => { /* fsync first */ }
+//!         Effect::Send { .. } | Effect::SendAppend { .. } => { /* to the Outbox */ }
+//!         _ => { /* log commands, in order */ }
+//!     }
+//! }
+//! ```
 
 pub mod effect;
 pub mod history;

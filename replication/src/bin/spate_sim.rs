@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use spate_replication::sim::{run_seed, SimOptions, SimStats};
-use spate_replication::Plant;
+use spate_replication::{FlushPolicy, Plant};
 
 #[derive(Parser)]
 #[command(about = "Deterministic simulation of Spate's replication core")]
@@ -26,6 +26,12 @@ struct Args {
     /// Ticks of faults and load per seed.
     #[arg(long, default_value_t = 600)]
     fault_ticks: u64,
+    /// Force the flush policy (`always` or `never`) instead of drawing it per seed.
+    #[arg(long)]
+    flush: Option<String>,
+    /// Also cut the power of a majority at once now and then.
+    #[arg(long)]
+    majority_power_loss: bool,
     /// Events shown for a failing seed.
     #[arg(long, default_value_t = 120)]
     trace_lines: usize,
@@ -58,7 +64,18 @@ fn main() -> ExitCode {
     }
     // Core assertions are reported as failures of their seed; keep the default hook quiet.
     std::panic::set_hook(Box::new(|_| {}));
+    let flush = match args.flush.as_deref() {
+        None => None,
+        Some("always") => Some(FlushPolicy::Always),
+        Some("never") => Some(FlushPolicy::Never),
+        Some(other) => {
+            eprintln!("--flush must be always or never, not {other:?}");
+            return ExitCode::from(2);
+        }
+    };
     let mut opts = SimOptions::new(args.replicas);
+    opts.flush = flush;
+    opts.majority_power_loss = args.majority_power_loss;
     opts.plant = plant;
     opts.fault_ticks = args.fault_ticks;
     opts.trace_lines = args.trace_lines;

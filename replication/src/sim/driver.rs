@@ -166,14 +166,23 @@ impl Sim {
             let term = core.term();
             self.checker.on_client_read(term, hw)?;
         }
-        if core.is_leader() {
-            self.check_durable_majority(id)?;
+        let leading = core.is_leader().then(|| (core.term(), commit));
+        if let Some((term, commit)) = leading {
+            // Only a commit point this leader moved in this term: the one it was elected with
+            // was decided earlier, maybe under another replica set.
+            let known = self.leader_commits.insert(id, (term, commit));
+            if known.is_some_and(|(t, c)| t == term && c < commit) {
+                self.check_durable_majority(id)?;
+            }
         }
         Ok(())
     }
 
-    /// Everything below a leader's commit point is durable, by the flush policy, on a majority
-    /// of its voters (retention counts as held: it deletes only committed records).
+    /// When a leader moves its commit point, everything below it is durable, by the flush
+    /// policy, on a majority of its voters (retention counts as held: it deletes only committed
+    /// records). Checked when the commit point moves, not later: after a truncation reverts a
+    /// membership change, the holders may be a majority of the newer set only, which is safe
+    /// (Raft single-server changes: majorities of the two sets overlap).
     fn check_durable_majority(&self, leader: NodeId) -> Result<(), Violation> {
         let l = &self.nodes[(leader - 1) as usize];
         let core = l.core.as_ref().expect("leader is up");

@@ -120,6 +120,9 @@ impl Sim {
                 self.crash(id);
             }
         }
+        if self.opts.majority_power_loss && self.rng.gen_bool(0.01) {
+            self.power_loss_majority();
+        }
         // Restart crashed nodes whose downtime is over.
         for &id in &ids {
             let n = self.node(id);
@@ -228,6 +231,22 @@ impl Sim {
         self.check_node(leader)
     }
 
+    /// A power cut on a majority of the replicas at once (a rack or a data center).
+    fn power_loss_majority(&mut self) {
+        let mut live: Vec<NodeId> =
+            self.ids().into_iter().filter(|&id| self.node(id).core.is_some()).collect();
+        let joined = self.nodes.iter().filter(|n| n.joined).count();
+        let majority = joined / 2 + 1;
+        for i in (1..live.len()).rev() {
+            let j = self.rng.gen_range(0..=i);
+            live.swap(i, j);
+        }
+        self.note(format!("power loss on {:?}", &live[..majority.min(live.len())]));
+        for &id in live.iter().take(majority) {
+            self.crash_with(id, CrashKind::Power);
+        }
+    }
+
     fn crash(&mut self, id: NodeId) {
         let flush = self.node(id).disk.flush;
         let kind = match flush {
@@ -236,6 +255,10 @@ impl Sim {
             FlushPolicy::Always if self.rng.gen_bool(self.rates.power_loss) => CrashKind::Power,
             FlushPolicy::Always => CrashKind::Process,
         };
+        self.crash_with(id, kind);
+    }
+
+    fn crash_with(&mut self, id: NodeId, kind: CrashKind) {
         let down = self.rng.gen_range(1..40);
         let now = self.now;
         let n = &mut self.nodes[(id - 1) as usize];

@@ -13,7 +13,7 @@ mod driver;
 mod faults;
 pub mod network;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use rand::rngs::SmallRng;
@@ -53,6 +53,11 @@ pub struct SimOptions {
     pub disruption_probe: bool,
     /// Trace lines kept for a failure report.
     pub trace_lines: usize,
+    /// Force one flush policy instead of drawing it per seed.
+    pub flush: Option<FlushPolicy>,
+    /// Also cut the power of a majority at once, under either policy (flush=never does not
+    /// promise to survive that; the tests show it is needed and sufficient).
+    pub majority_power_loss: bool,
 }
 
 impl SimOptions {
@@ -64,6 +69,8 @@ impl SimOptions {
             converge_ticks_max: 400,
             disruption_probe: true,
             trace_lines: 120,
+            flush: None,
+            majority_power_loss: false,
         }
     }
 }
@@ -189,6 +196,8 @@ pub struct Sim {
     truncations: u64,
     resets: u64,
     membership_changes: u64,
+    /// Per leader: the `(term, commit)` last checked by `check_durable_majority`.
+    leader_commits: BTreeMap<NodeId, (Term, Offset)>,
     faults: bool,
     rates: FaultRates,
 }
@@ -197,7 +206,8 @@ impl Sim {
     pub fn new(seed: u64, opts: &SimOptions, tracing: bool) -> Self {
         assert!((1..=5).contains(&opts.replicas));
         let mut rng = SmallRng::seed_from_u64(seed);
-        let flush = if rng.gen_bool(0.5) { FlushPolicy::Always } else { FlushPolicy::Never };
+        let drawn = if rng.gen_bool(0.5) { FlushPolicy::Always } else { FlushPolicy::Never };
+        let flush = opts.flush.unwrap_or(drawn);
         let faults = NetworkFaults {
             loss: rng.gen_range(0.0..0.15),
             duplicate: rng.gen_range(0.0..0.05),
@@ -225,6 +235,7 @@ impl Sim {
             truncations: 0,
             resets: 0,
             membership_changes: 0,
+            leader_commits: BTreeMap::new(),
             faults: true,
             rates,
         };

@@ -81,3 +81,25 @@ fn failing_seed_replays_identically() {
     assert_eq!((a.tick, &a.violation, &a.trace), (b.tick, &b.violation, &b.trace));
     assert!(!a.trace.is_empty());
 }
+
+/// The flush=never promise is exactly "survives process crashes": add simultaneous power losses
+/// of a majority and acknowledged writes are lost; under flush=always the same faults are safe.
+#[test]
+fn flush_never_does_not_survive_a_majority_power_loss() {
+    let mut opts = SimOptions::new(3);
+    opts.flush = Some(crate::types::FlushPolicy::Never);
+    opts.majority_power_loss = true;
+    let caught = first_failing_seed(0..50, &opts).expect("flush=never loses acknowledged writes");
+    assert!(!caught.violation.contains("assertion"), "{caught}");
+}
+
+#[test]
+fn flush_always_survives_a_majority_power_loss() {
+    for replicas in [3, 5] {
+        let mut opts = SimOptions::new(replicas);
+        opts.flush = Some(crate::types::FlushPolicy::Always);
+        opts.majority_power_loss = true;
+        let failures = run_seeds(0..300, &opts);
+        assert!(failures.is_empty(), "{}", failures[0]);
+    }
+}
