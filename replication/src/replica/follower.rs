@@ -134,7 +134,7 @@ impl<P> Replica<P> {
                 }
             }
         }
-        self.append_matching(append.batches, payload, out)?;
+        self.append_matching(append.commit, append.batches, payload, out)?;
         self.verified_end = self.verified_end.max(end.min(self.log_end));
         self.follow_commit(append.commit, out);
         let outcome = AppendOutcome::Accepted {
@@ -190,6 +190,7 @@ impl<P> Replica<P> {
     /// differs from ours (an uncommitted tail of an old term).
     fn append_matching(
         &mut self,
+        leader_commit: Offset,
         batches: Vec<BatchMeta>,
         payload: P,
         out: &mut Vec<Effect<P>>,
@@ -225,6 +226,9 @@ impl<P> Replica<P> {
                 out.push(Effect::PersistTermStart { term: b.term, start_offset: b.base_offset });
             }
             if let Some(m) = &b.membership {
+                // Sets older than the leader's commit point can no longer come back: a
+                // follower catching up through many changes keeps only the newest ones.
+                self.memberships.compact(leader_commit.min(b.base_offset).max(self.commit));
                 self.memberships.push(b.base_offset, m.clone());
             }
             self.log_end = b.end();
