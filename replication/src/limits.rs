@@ -23,6 +23,10 @@ pub const MEMBERSHIP_HISTORY_MAX: usize = 64;
 /// corrupt or hostile message names a huge term.
 pub const TERM_MAX: u64 = u64::MAX / 2;
 
+/// Largest offset the core accepts. Kafka offsets are signed 64-bit on the wire, so nothing
+/// honest goes past `i64::MAX`; the headroom above it keeps `offset + n` from overflowing.
+pub const OFFSET_MAX: u64 = i64::MAX as u64;
+
 /// Default lower bound of the randomized election timeout, in ticks. With a 10 ms driver tick
 /// this is 150 ms: several heartbeat rounds, so one lost heartbeat does not start an election.
 pub const ELECTION_TICKS_MIN_DEFAULT: u32 = 15;
@@ -36,7 +40,14 @@ pub const HEARTBEAT_TICKS_DEFAULT: u32 = 3;
 /// shorter than an election timeout so a lossy link does not look like a dead leader.
 pub const APPEND_RESEND_TICKS: u32 = 4;
 
+/// Divergence-search rounds (mismatch → resend) a leader runs back to back for one follower;
+/// beyond it, one per `APPEND_RESEND_TICKS`. Each honest round drops to a lower term, so this
+/// covers a divergent tail spanning 16 terms at full speed and bounds the work a corrupt follower
+/// can cause.
+pub const PROBES_BACK_TO_BACK_MAX: u32 = 16;
+
 const _: () = assert!(ELECTION_TICKS_MIN_DEFAULT < ELECTION_TICKS_MAX_DEFAULT);
+const _: () = assert!(OFFSET_MAX <= u64::MAX / 2);
 const _: () = assert!(HEARTBEAT_TICKS_DEFAULT * 3 <= ELECTION_TICKS_MIN_DEFAULT);
 const _: () = assert!(APPEND_RESEND_TICKS < ELECTION_TICKS_MIN_DEFAULT);
 const _: () = assert!(REPLICAS_MAX % 2 == 1);

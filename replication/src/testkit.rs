@@ -117,6 +117,9 @@ impl MemCluster {
     }
 
     pub fn step(&mut self, id: NodeId, event: Event<MemPayload>) {
+        if id == 0 || id as usize > self.nodes.len() {
+            return; // No such node (yet): the message is lost.
+        }
         let mut out = std::mem::take(&mut self.scratch);
         let n = self.node_mut(id);
         if !n.up {

@@ -5,7 +5,7 @@
 
 use super::{Replica, Role};
 use crate::effect::Effect;
-use crate::limits::APPEND_BATCHES_MAX;
+use crate::limits::{APPEND_BATCHES_MAX, OFFSET_MAX};
 use crate::message::{AppendOutcome, Dropped, Message};
 use crate::types::{BatchMeta, Membership, NodeId, Offset, Plant, Term};
 
@@ -30,7 +30,7 @@ impl Append {
         for b in &self.batches {
             let ok = b.base_offset == end
                 && b.last_offset >= b.base_offset
-                && b.last_offset < Offset::MAX
+                && b.last_offset < OFFSET_MAX
                 && b.term >= term
                 && b.term >= 1
                 && b.term <= leader_term
@@ -43,7 +43,7 @@ impl Append {
             end = b.end();
             term = b.term;
         }
-        if self.prev_term > leader_term {
+        if self.prev_term > leader_term || self.prev_end > OFFSET_MAX {
             return Err(Dropped::MalformedBatches);
         }
         if self.from_log_start.as_ref().is_some_and(|m| !m.is_valid()) {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use super::{Replica, Role};
 use crate::effect::Effect;
-use crate::limits::{APPEND_RESEND_TICKS, REPLICAS_MAX};
+use crate::limits::{APPEND_RESEND_TICKS, OFFSET_MAX, PROBES_BACK_TO_BACK_MAX, REPLICAS_MAX};
 use crate::message::{AppendOutcome, Dropped, Message};
 use crate::types::{BatchMeta, MembershipChange, MembershipError, NodeId, Offset, Plant};
 
@@ -26,11 +26,20 @@ pub struct Progress {
     inflight_ticks: Option<u32>,
     /// Heard from since the last quorum check.
     active: bool,
+    /// Mismatches since the last accepted append (divergence search rounds).
+    probes: u32,
 }
 
 impl Progress {
     fn new(next: Offset) -> Self {
-        Progress { next, match_end: 0, durable_end: 0, inflight_ticks: None, active: true }
+        Progress {
+            next,
+            match_end: 0,
+            durable_end: 0,
+            inflight_ticks: None,
+            active: true,
+            probes: 0,
+        }
     }
 }
 
@@ -53,6 +62,8 @@ pub enum ProposeError {
     Transferring,
     #[error("a batch holds at least one record")]
     Empty,
+    #[error("the log would pass the largest offset")]
+    OffsetsExhausted,
     #[error("the leader has not committed its first record of this term yet")]
     NotReady,
     #[error("a replica-set change is not committed yet")]
@@ -214,6 +225,7 @@ impl<P> Replica<P> {
         let mut p = p;
         p.active = true;
         p.inflight_ticks = None;
+        let mut send_now = true;
         match outcome {
             AppendOutcome::Accepted { match_end, durable_end } => {
                 if match_end > log_end || durable_end > match_end {
@@ -221,6 +233,7 @@ impl<P> Replica<P> {
                 }
                 p.match_end = p.match_end.max(match_end);
                 p.next = p.next.max(match_end);
+                p.probes = 0;
                 p.durable_end = p.durable_end.max(durable_end);
             }
             AppendOutcome::Mismatch { hint_term, hint_end } => {
@@ -230,10 +243,18 @@ impl<P> Replica<P> {
                 // is kept). A stale hint only costs a resend.
                 p.next = our_end.min(hint_end);
                 p.match_end = p.match_end.min(p.next);
+                // An honest search ends in a few rounds (each one drops to a lower term); a
+                // corrupt follower could keep it going forever, so past a bound the probes go at
+                // the resend timer's pace instead of back to back.
+                p.probes = p.probes.saturating_add(1);
+                if p.probes > PROBES_BACK_TO_BACK_MAX {
+                    send_now = false;
+                    p.inflight_ticks = Some(0);
+                }
             }
         }
         self.leader_state().progress.insert(from, p);
-        if p.next < log_end {
+        if send_now && p.next < log_end {
             self.send_append(from, out);
         }
         self.maybe_commit(out);
@@ -312,6 +333,9 @@ impl<P> Replica<P> {
         self.check_can_propose()?;
         if records == 0 {
             return Err(ProposeError::Empty);
+        }
+        if self.log_end.saturating_add(records) > OFFSET_MAX {
+            return Err(ProposeError::OffsetsExhausted);
         }
         let base_offset = self.log_end;
         self.log_end = base_offset + records;

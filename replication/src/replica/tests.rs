@@ -311,3 +311,93 @@ fn hostile_terms_and_rewrites_of_committed_records_are_dropped() {
     );
     assert_eq!(c.node(f).core.commit(), commit);
 }
+
+/// Random, mostly nonsensical messages from any node, in every role: the core may drop or act
+/// on them (they can be forged: safety is not checked here), but never panics.
+#[test]
+fn random_messages_never_panic() {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    let mut rng = SmallRng::seed_from_u64(7);
+    for round in 0..300 {
+        let mut c = MemCluster::new(3);
+        c.record_effects = false;
+        let leader = c.elect();
+        for _ in 0..rng.gen_range(0..5) {
+            c.propose(leader, rng.gen_range(1..4)).unwrap();
+            c.tick();
+        }
+        for i in 0..2_000 {
+            let to = rng.gen_range(1..=3);
+            let from = rng.gen_range(1..=4);
+            let node = &c.node(to).core;
+            let (term, end) = (node.term(), node.log_end());
+            let msg = random_message(&mut rng, term, end);
+            c.step(to, Event::Message { from, msg });
+            if i % 50 == 0 {
+                c.tick();
+            }
+        }
+        assert!(round < 300);
+    }
+}
+
+fn random_message(rng: &mut rand::rngs::SmallRng, term: u64, end: u64) -> Message<()> {
+    use rand::Rng;
+    let t = |rng: &mut rand::rngs::SmallRng| match rng.gen_range(0..6) {
+        0 => 0,
+        1 => u64::MAX,
+        _ => term.saturating_sub(1) + rng.gen_range(0..3),
+    };
+    let o = |rng: &mut rand::rngs::SmallRng| match rng.gen_range(0..8) {
+        0 => u64::MAX,
+        1 => u64::MAX - 1,
+        _ => rng.gen_range(0..end.saturating_add(3)),
+    };
+    match rng.gen_range(0..10) {
+        0 => Message::PreVote { term: t(rng), last_term: t(rng), log_end: o(rng) },
+        1 => Message::PreVoteReply { term: t(rng), granted: rng.gen() },
+        2 => {
+            Message::Vote { term: t(rng), last_term: t(rng), log_end: o(rng), transfer: rng.gen() }
+        }
+        3 => Message::VoteReply { term: t(rng), granted: rng.gen() },
+        4 => {
+            let prev_end = o(rng);
+            let mut base = if rng.gen_bool(0.8) { prev_end } else { o(rng) };
+            let mut batches = Vec::new();
+            for _ in 0..rng.gen_range(0..4) {
+                let last = base.saturating_add(rng.gen_range(0..3));
+                let mut b = BatchMeta::data(base, last, t(rng));
+                if rng.gen_bool(0.1) {
+                    b.membership =
+                        Some(crate::types::Membership::new(&[1, 2, 3, 4][..rng.gen_range(1..5)]));
+                }
+                batches.push(b);
+                base = last.saturating_add(1);
+            }
+            let from_log_start =
+                rng.gen_bool(0.2).then(|| crate::types::Membership::new(&[1, 2, 3]));
+            Message::Append {
+                term: t(rng),
+                prev_end,
+                prev_term: t(rng),
+                commit: o(rng),
+                from_log_start,
+                batches,
+                payload: (),
+            }
+        }
+        5 => {
+            let outcome = if rng.gen() {
+                crate::AppendOutcome::Accepted { match_end: o(rng), durable_end: o(rng) }
+            } else {
+                crate::AppendOutcome::Mismatch { hint_term: t(rng), hint_end: o(rng) }
+            };
+            Message::AppendReply { term: t(rng), outcome }
+        }
+        6 => Message::DurableAck { term: t(rng), durable_end: o(rng) },
+        7 => Message::Heartbeat { term: t(rng), commit: o(rng) },
+        8 => Message::HeartbeatReply { term: t(rng), durable_end: o(rng) },
+        _ => Message::TimeoutNow { term: t(rng) },
+    }
+}
