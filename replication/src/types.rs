@@ -170,15 +170,18 @@ pub enum Plant {
     GrantTwoVotesInATerm,
     /// Candidates skip pre-vote: a replica that was cut off deposes a healthy leader on return.
     NoPrevote,
+    /// A candidate sends its vote requests before its own vote is persisted.
+    VoteBeforePersist,
 }
 
 impl Plant {
-    pub const ALL: [(&'static str, Plant); 5] = [
+    pub const ALL: [(&'static str, Plant); 6] = [
         ("commit-on-minority", Plant::CommitOnMinority),
         ("skip-truncation", Plant::SkipTruncation),
         ("count-nondurable-as-durable", Plant::CountNondurableAsDurable),
         ("grant-two-votes-in-a-term", Plant::GrantTwoVotesInATerm),
         ("no-prevote", Plant::NoPrevote),
+        ("vote-before-persist", Plant::VoteBeforePersist),
     ];
 
     pub fn from_name(name: &str) -> Option<Plant> {

@@ -119,7 +119,10 @@ impl<P> Replica<P> {
     pub(super) fn start_election(&mut self, transfer: bool, out: &mut Vec<Effect<P>>) {
         self.hard.term += 1;
         self.hard.voted_for = Some(self.cfg.id);
-        self.persist_hard_state(out);
+        let persist_late = self.cfg.plant == Plant::VoteBeforePersist;
+        if !persist_late {
+            self.persist_hard_state(out);
+        }
         self.role = Role::Candidate;
         self.leader_id = None;
         self.verified_end = 0;
@@ -128,11 +131,18 @@ impl<P> Replica<P> {
         self.election_elapsed = 0;
         self.election_timeout = self.random_election_timeout();
         if self.votes.len() >= self.membership().quorum() {
+            if persist_late {
+                self.persist_hard_state(out);
+            }
             self.become_leader(out);
             return;
         }
         let (term, last_term, log_end) = (self.hard.term, self.last_term(), self.log_end);
         self.send_to_voters(|| Message::Vote { term, last_term, log_end, transfer }, out);
+        if persist_late {
+            // The planted bug: the vote requests are out before our own vote is on disk.
+            self.persist_hard_state(out);
+        }
     }
 
     fn send_to_voters(&self, msg: impl Fn() -> Message<P>, out: &mut Vec<Effect<P>>) {

@@ -50,7 +50,10 @@ impl Sim {
             Effect::PersistTermStart { term, start_offset } => {
                 self.node(id).disk.history.push(crate::history::TermStart { term, start_offset })
             }
-            Effect::Send { to, msg } => self.net.send(now, id, to, msg, &mut self.rng),
+            Effect::Send { to, msg } => {
+                self.check_persisted_before_send(id, to, &msg)?;
+                self.net.send(now, id, to, msg, &mut self.rng);
+            }
             Effect::SendAppend { to, term, prev_end, prev_term, commit, from_log_start } => {
                 let (batches, payload) = self.read_batches(id, prev_end);
                 let msg = Message::Append {
@@ -119,9 +122,46 @@ impl Sim {
         Ok(())
     }
 
+    /// The effect order promises that votes and terms are on disk before the messages that
+    /// depend on them leave: a vote request or grant names exactly the persisted hard state.
+    fn check_persisted_before_send(
+        &self,
+        id: NodeId,
+        to: NodeId,
+        msg: &Message<SimPayload>,
+    ) -> Result<(), Violation> {
+        let hard = self.nodes[(id - 1) as usize].disk.hard_state;
+        let ok = match msg {
+            Message::Vote { term, .. } => hard.term == *term && hard.voted_for == Some(id),
+            Message::VoteReply { term, granted: true } => {
+                hard.term == *term && hard.voted_for == Some(to)
+            }
+            _ => {
+                hard.term >= msg.term()
+                    || matches!(msg, Message::PreVote { .. } | Message::PreVoteReply { .. })
+            }
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "n{id} sends {} to n{to} before persisting its hard state {hard:?}",
+                msg.kind()
+            ))
+        }
+    }
+
     pub(super) fn append_record(&mut self, id: NodeId, r: SimRecord) -> Result<(), Violation> {
         let n = &mut self.nodes[(id - 1) as usize];
         let offset = n.disk.log_end();
+        // The term history is persisted before the first batch of its term.
+        let named = n.disk.history.iter().rev().find(|e| e.start_offset <= offset).map(|e| e.term);
+        if named != Some(r.term) {
+            return Err(format!(
+                "n{id} writes a term-{} record at {offset} but its persisted history names {named:?}",
+                r.term
+            ));
+        }
         n.disk.push(r);
         self.checker.on_append(id, offset, &n.disk)
     }

@@ -103,3 +103,9 @@ fn flush_always_survives_a_majority_power_loss() {
         assert!(failures.is_empty(), "{}", failures[0]);
     }
 }
+
+#[test]
+fn catches_vote_before_persist() {
+    assert_caught(Plant::VoteBeforePersist, 3, 10);
+    assert_caught(Plant::VoteBeforePersist, 5, 10);
+}
