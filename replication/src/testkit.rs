@@ -135,10 +135,10 @@ impl MemCluster {
 
     fn apply(&mut self, id: NodeId, out: &mut Vec<Effect<MemPayload>>) {
         for effect in out.drain(..) {
-            self.apply_one(id, &effect);
             if self.record_effects {
-                self.node_mut(id).effects.push(effect);
+                self.node_mut(id).effects.push(effect.clone());
             }
+            self.apply_one(id, effect);
         }
         let n = self.node_mut(id);
         if n.auto_durable && n.core.durable_end() < n.log_end() {
@@ -147,45 +147,44 @@ impl MemCluster {
         }
     }
 
-    fn apply_one(&mut self, id: NodeId, effect: &Effect<MemPayload>) {
+    fn apply_one(&mut self, id: NodeId, effect: Effect<MemPayload>) {
         let n = self.node_mut(id);
         match effect {
-            Effect::PersistHardState(h) => n.hard_state = *h,
+            Effect::PersistHardState(h) => n.hard_state = h,
             Effect::Send { to, msg } => {
-                if !self.cut.contains(&(id, *to)) {
-                    self.queue.push_back((id, *to, msg.clone()));
+                if !self.cut.contains(&(id, to)) {
+                    self.queue.push_back((id, to, msg));
                 }
             }
             Effect::SendAppend { to, term, prev_end, prev_term, commit, from_log_start } => {
-                let batches: Vec<BatchMeta> =
-                    n.batches.iter().filter(|b| b.base_offset >= *prev_end).cloned().collect();
+                let batches = batches_from(&n.batches, prev_end);
                 let msg = Message::Append {
-                    term: *term,
-                    prev_end: *prev_end,
-                    prev_term: *prev_term,
-                    commit: *commit,
-                    from_log_start: from_log_start.clone(),
+                    term,
+                    prev_end,
+                    prev_term,
+                    commit,
+                    from_log_start,
                     batches,
                     payload: (),
                 };
-                if !self.cut.contains(&(id, *to)) {
-                    self.queue.push_back((id, *to, msg));
+                if !self.cut.contains(&(id, to)) {
+                    self.queue.push_back((id, to, msg));
                 }
             }
-            Effect::Truncate { to_offset } => truncate(&mut n.batches, *to_offset),
+            Effect::Truncate { to_offset } => truncate(&mut n.batches, to_offset),
             Effect::ResetLog { log_start, .. } => {
                 n.batches.clear();
-                n.log_start = *log_start;
+                n.log_start = log_start;
             }
-            Effect::AppendToLog { batches, .. } => n.batches.extend(batches.iter().cloned()),
+            Effect::AppendToLog { batches, .. } => n.batches.extend(batches),
             Effect::AppendLeaderMarker { offset, term } => {
-                n.batches.push(BatchMeta::data(*offset, *offset, *term))
+                n.batches.push(BatchMeta::data(offset, offset, term))
             }
             Effect::AppendMembership { offset, term, membership } => n.batches.push(BatchMeta {
-                base_offset: *offset,
-                last_offset: *offset,
-                term: *term,
-                membership: Some(membership.clone()),
+                base_offset: offset,
+                last_offset: offset,
+                term,
+                membership: Some(membership),
             }),
             Effect::PersistTermStart { .. }
             | Effect::CommitAdvanced { .. }
