@@ -5,7 +5,8 @@
 //!   proposed, then every message delivered until the group is quiet).
 //! - `idle_round_10k_partitions`: one timer round (tick every replica, deliver the coalesced
 //!   heartbeats and replies) of 10,000 idle partitions x 3 brokers; elements are replicas, so
-//!   time per element is the cost of one idle replica per tick, heartbeats included.
+//!   time per element is the cost of one idle replica per tick: `heartbeating` with quiescence
+//!   off (heartbeats and replies every 3 ticks), `quiesced` with it on (the steady state).
 //! - `tick_10k_idle_followers`: the timer alone, no heartbeat due.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -40,12 +41,17 @@ fn append_3_replicas(c: &mut Criterion) {
 }
 
 fn idle_round_10k_partitions(c: &mut Criterion) {
-    let mut mg = MultiGroup::new(3, 10_000);
-    assert!(mg.elect_all(300));
     let mut g = c.benchmark_group("idle_round_10k_partitions");
-    g.throughput(Throughput::Elements(mg.replica_count() as u64));
     g.sample_size(20);
-    g.bench_function("replicas", |b| b.iter(|| mg.round()));
+    for (name, quiesce) in [("heartbeating", false), ("quiesced", true)] {
+        let mut mg = MultiGroup::new(3, 10_000, quiesce);
+        assert!(mg.elect_all(300));
+        for _ in 0..10 {
+            mg.round(); // Let quiesced groups settle.
+        }
+        g.throughput(Throughput::Elements(mg.replica_count() as u64));
+        g.bench_function(name, |b| b.iter(|| mg.round()));
+    }
     g.finish();
 }
 

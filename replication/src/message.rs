@@ -55,14 +55,20 @@ pub enum Message<P> {
         term: Term,
         durable_end: Offset,
     },
-    /// Liveness and commit point only: 3 integers, cheap to coalesce by the thousand.
+    /// Liveness and commit point only: a few integers, cheap to coalesce by the thousand.
+    /// `quiesce`: the group is idle and every replica holds everything; a follower that does
+    /// too stops its election timer (and answers nothing) until something wakes it.
     Heartbeat {
         term: Term,
         commit: Offset,
+        quiesce: bool,
     },
+    /// `quiesced`: the follower went quiet on a quiesce heartbeat (the leader goes quiet once
+    /// every replica has said so).
     HeartbeatReply {
         term: Term,
         durable_end: Offset,
+        quiesced: bool,
     },
     /// Leadership transfer: "start an election now, skipping pre-vote".
     TimeoutNow {

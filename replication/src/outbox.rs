@@ -58,7 +58,7 @@ mod tests {
     /// replies), but only one envelope per broker pair and direction.
     #[test]
     fn heartbeat_round_of_10k_partitions_coalesces_to_a_few_envelopes() {
-        let mut mg = crate::testkit::MultiGroup::new(3, 10_000);
+        let mut mg = crate::testkit::MultiGroup::new(3, 10_000, false);
         assert!(mg.elect_all(200), "every group elects a leader");
         // A heartbeat interval is `HEARTBEAT_TICKS_DEFAULT` timer rounds; groups elected at
         // different times heartbeat in different rounds of it.
@@ -75,6 +75,13 @@ mod tests {
         // Per timer round: 3 brokers x 2 destinations for heartbeats, and again for replies.
         let rounds = crate::limits::HEARTBEAT_TICKS_DEFAULT as usize;
         assert!(envelopes <= 12 * rounds, "{envelopes} envelopes");
+        // With quiescence, idle groups send nothing at all once they are quiet.
+        let mut quiet = crate::testkit::MultiGroup::new(3, 1_000, true);
+        assert!(quiet.elect_all(200));
+        for _ in 0..10 {
+            quiet.round();
+        }
+        assert_eq!(quiet.messages_last_round, 0);
     }
 
     #[test]
@@ -82,7 +89,11 @@ mod tests {
         let mut outbox: Outbox<()> = Outbox::default();
         for g in 0..1000u64 {
             for to in [2, 3] {
-                outbox.push(to, GroupId(g), Message::Heartbeat { term: 1, commit: g });
+                outbox.push(
+                    to,
+                    GroupId(g),
+                    Message::Heartbeat { term: 1, commit: g, quiesce: false },
+                );
             }
         }
         assert_eq!(outbox.len(), 2000);

@@ -103,11 +103,14 @@ impl MemCluster {
         Some(top.id)
     }
 
+    /// Cuts `id` off; the failure detectors on both sides notice (`Event::PeerDown`).
     pub fn isolate(&mut self, id: NodeId) {
         for n in 1..=self.nodes.len() as NodeId {
             if n != id {
                 self.cut.insert((id, n));
                 self.cut.insert((n, id));
+                self.step(n, Event::PeerDown { node: id });
+                self.step(id, Event::PeerDown { node: n });
             }
         }
     }
@@ -368,14 +371,16 @@ struct GroupReplica {
 }
 
 impl MultiGroup {
-    pub fn new(brokers: u32, groups: u64) -> Self {
+    /// `quiesce`: let idle groups go quiet (`Config::quiesce`).
+    pub fn new(brokers: u32, groups: u64, quiesce: bool) -> Self {
         let ids: Vec<NodeId> = (1..=brokers).collect();
         let replicas = ids
             .iter()
             .map(|&b| {
                 (0..groups)
                     .map(|g| {
-                        let cfg = Config::new(b, GroupId(g), g * 31 + u64::from(b));
+                        let mut cfg = Config::new(b, GroupId(g), g * 31 + u64::from(b));
+                        cfg.quiesce = quiesce;
                         GroupReplica {
                             core: Replica::new(cfg, Restored::bootstrap(&ids)),
                             batches: Vec::new(),

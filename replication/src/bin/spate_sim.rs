@@ -108,7 +108,7 @@ fn main() -> ExitCode {
     if passed > 0 {
         let per = |x: u64| x as f64 / passed as f64;
         println!(
-            "per passing seed: {:.0} ticks, {:.0} messages, {:.1} elections, {:.1} crashes, {:.1} truncations, {:.2} log resets, {:.2} membership changes, {:.0} committed records, {:.0} acknowledged writes; highest term {}",
+            "per passing seed: {:.0} ticks, {:.0} messages, {:.1} elections, {:.1} crashes, {:.1} truncations, {:.2} log resets, {:.2} membership changes, {:.0} quiet leader ticks, {:.0} committed records, {:.0} acknowledged writes; highest term {}",
             per(totals.ticks),
             per(totals.messages),
             per(totals.elections),
@@ -116,6 +116,7 @@ fn main() -> ExitCode {
             per(totals.truncations),
             per(totals.resets),
             per(totals.membership_changes),
+            per(totals.quiet_ticks),
             per(totals.committed as u64),
             per(totals.acked as u64),
             totals.max_term

@@ -50,7 +50,7 @@ impl<P> Replica<P> {
         let term = self.hard.term;
         let reply = match msg {
             Message::Append { .. } | Message::Heartbeat { .. } => {
-                Message::HeartbeatReply { term, durable_end: 0 }
+                Message::HeartbeatReply { term, durable_end: 0, quiesced: false }
             }
             Message::Vote { .. } => Message::VoteReply { term, granted: false },
             _ => return,
@@ -74,12 +74,22 @@ impl<P> Replica<P> {
         }
         self.role = Role::Follower;
         self.leader = None;
+        self.quiesced = false;
         self.leader_id = leader;
         self.votes.clear();
         self.election_elapsed = 0;
         self.election_timeout = self.random_election_timeout();
         if was_leader {
             out.push(Effect::SteppedDown { term, leader });
+        }
+    }
+
+    /// The driver's failure detector lost `node`. A follower of it wakes and, its timer
+    /// already past the minimum, grants pre-votes and campaigns at its next timeout.
+    pub(super) fn peer_down(&mut self, node: NodeId) {
+        if self.role != Role::Leader && self.leader_id == Some(node) {
+            self.quiesced = false;
+            self.election_elapsed = self.election_elapsed.max(self.cfg.election_ticks_min);
         }
     }
 
@@ -91,7 +101,13 @@ impl<P> Replica<P> {
         if !self.membership().is_voter(self.cfg.id) {
             // Learners and removed replicas never campaign; they wait for a leader. The timer
             // keeps running: a learner may be a voter in the leader's newer set and must grant
-            // pre-votes once the leader is gone.
+            // pre-votes once the leader is gone. Once per timeout it asks the voters (a
+            // pre-vote it will not act on): a live but quiesced leader wakes and answers.
+            if self.election_elapsed.is_multiple_of(self.election_timeout) {
+                let (term, last_term, log_end) =
+                    (self.hard.term + 1, self.last_term(), self.log_end);
+                self.send_to_voters(|| Message::PreVote { term, last_term, log_end }, out);
+            }
             return;
         }
         if self.cfg.plant == Plant::NoPrevote {
@@ -164,6 +180,17 @@ impl<P> Replica<P> {
         log_end: Offset,
         out: &mut Vec<Effect<P>>,
     ) {
+        if self.role == Role::Leader && self.membership().contains(from) {
+            // A replica of ours wants a new leader: it lost us (a heartbeat, or its failure
+            // detector gave up on our node). Wake up so it hears from us again.
+            self.wake(out);
+        }
+        if self.role != Role::Leader && self.leader_id == Some(from) {
+            // Our leader campaigns: it restarted and leads no more (a quiesced follower would
+            // otherwise refuse it forever, its node being alive).
+            self.leader_id = None;
+            self.quiesced = false;
+        }
         let leader_alive = self.role == Role::Leader
             || (self.leader_id.is_some() && self.election_elapsed < self.cfg.election_ticks_min);
         let granted =

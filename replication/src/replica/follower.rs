@@ -81,6 +81,7 @@ impl<P> Replica<P> {
         }
         self.leader_id = Some(from);
         self.election_elapsed = 0;
+        self.quiesced = false;
         Ok(())
     }
 
@@ -88,12 +89,23 @@ impl<P> Replica<P> {
         &mut self,
         from: NodeId,
         commit: Offset,
+        quiesce: bool,
         out: &mut Vec<Effect<P>>,
     ) -> Result<(), Dropped> {
         self.accept_leader(from)?;
         self.follow_commit(commit, out);
-        let msg =
-            Message::HeartbeatReply { term: self.hard.term, durable_end: self.acked_durable_end() };
+        let holds_all = self.commit == commit
+            && self.log_end == commit
+            && self.verified_end == commit
+            && self.durable_end == commit;
+        // We hold everything the leader does: go quiet, and say so (the leader goes quiet once
+        // every replica has, so a lost quiesce heartbeat only delays it).
+        self.quiesced = quiesce && holds_all;
+        let msg = Message::HeartbeatReply {
+            term: self.hard.term,
+            durable_end: self.acked_durable_end(),
+            quiesced: self.quiesced,
+        };
         out.push(Effect::Send { to: from, msg });
         Ok(())
     }

@@ -28,6 +28,8 @@ pub struct Progress {
     active: bool,
     /// Mismatches since the last accepted append (divergence search rounds).
     probes: u32,
+    /// Went quiet on our last quiesce heartbeat, and nothing happened since.
+    quiet: bool,
 }
 
 impl Progress {
@@ -39,6 +41,7 @@ impl Progress {
             inflight_ticks: None,
             active: true,
             probes: 0,
+            quiet: false,
         }
     }
 }
@@ -146,8 +149,51 @@ impl<P> Replica<P> {
         }
         if self.leader_state().heartbeat_elapsed >= heartbeat_ticks {
             self.leader_state().heartbeat_elapsed = 0;
-            self.send_heartbeats(out);
+            let idle = self.cfg.quiesce && self.is_idle();
+            let all_quiet = self.leader_state().progress.values().all(|p| p.quiet);
+            if idle && all_quiet {
+                self.quiesced = true;
+            } else {
+                self.send_heartbeats(idle, out);
+            }
         }
+    }
+
+    /// Nothing to do until a proposal: every replica holds the whole log durably, it is all
+    /// committed in our term, nothing is in flight or being handed over.
+    fn is_idle(&self) -> bool {
+        let ls = self.leader.as_ref().expect("leader");
+        let end = self.log_end;
+        ls.transfer.is_none()
+            && self.commit == end
+            && self.durable_end == end
+            && ls.marker_offset < end
+            && ls
+                .progress
+                .values()
+                .all(|p| p.inflight_ticks.is_none() && p.match_end == end && p.durable_end == end)
+    }
+
+    /// Something happened: followers' consent to go quiet is void, and a quiesced leader
+    /// resumes heartbeats (and check-quorum) now, from a clean slate.
+    pub(super) fn wake(&mut self, out: &mut Vec<Effect<P>>) {
+        if self.role != Role::Leader {
+            return;
+        }
+        for p in self.leader_state().progress.values_mut() {
+            p.quiet = false;
+        }
+        if !self.quiesced {
+            return;
+        }
+        self.quiesced = false;
+        let ls = self.leader_state();
+        ls.heartbeat_elapsed = 0;
+        ls.quorum_elapsed = 0;
+        for p in ls.progress.values_mut() {
+            p.active = true;
+        }
+        self.send_heartbeats(false, out);
     }
 
     /// A leader that has not heard from a majority for an election timeout steps down, so a
@@ -167,11 +213,11 @@ impl<P> Replica<P> {
         active >= membership.quorum()
     }
 
-    fn send_heartbeats(&mut self, out: &mut Vec<Effect<P>>) {
+    fn send_heartbeats(&mut self, quiesce: bool, out: &mut Vec<Effect<P>>) {
         let (term, commit) = (self.hard.term, self.commit);
         let ls = self.leader.as_ref().expect("leader");
         for &to in ls.progress.keys() {
-            out.push(Effect::Send { to, msg: Message::Heartbeat { term, commit } });
+            out.push(Effect::Send { to, msg: Message::Heartbeat { term, commit, quiesce } });
         }
     }
 
@@ -218,6 +264,7 @@ impl<P> Replica<P> {
         if self.role != Role::Leader {
             return Err(Dropped::UnexpectedForRole);
         }
+        self.wake(out);
         let log_end = self.log_end;
         let Some(p) = self.leader_state().progress.get(&from).copied() else {
             return Err(Dropped::UnknownSender(from));
@@ -262,17 +309,22 @@ impl<P> Replica<P> {
         Ok(())
     }
 
-    /// A `DurableAck`, or a `HeartbeatReply` (`heartbeat` is Some) that also restarts
-    /// replication to a follower that fell behind (e.g. restarted and lost its unsynced tail).
+    /// A `DurableAck`, or a `HeartbeatReply` (`heartbeat` is `Some(quiesced)`) that also
+    /// restarts replication to a follower that fell behind (e.g. restarted and lost its unsynced
+    /// tail) and collects the follower's consent to go quiet.
     pub(super) fn on_durable_ack(
         &mut self,
         from: NodeId,
         durable_end: Offset,
-        heartbeat: Option<()>,
+        heartbeat: Option<bool>,
         out: &mut Vec<Effect<P>>,
     ) -> Result<(), Dropped> {
         if self.role != Role::Leader {
             return Err(Dropped::UnexpectedForRole);
+        }
+        let quiet = heartbeat == Some(true);
+        if !quiet {
+            self.wake(out);
         }
         let log_end = self.log_end;
         let Some(p) = self.leader_state().progress.get_mut(&from) else {
@@ -282,6 +334,7 @@ impl<P> Replica<P> {
             return Err(Dropped::OffsetOutOfRange);
         }
         p.active = true;
+        p.quiet = quiet;
         // A follower only acknowledges what it verified to match us in this term.
         let moved = durable_end > p.durable_end;
         p.durable_end = p.durable_end.max(durable_end);
@@ -337,6 +390,7 @@ impl<P> Replica<P> {
         if self.log_end.saturating_add(records) > OFFSET_MAX {
             return Err(ProposeError::OffsetsExhausted);
         }
+        self.wake(out);
         let base_offset = self.log_end;
         self.log_end = base_offset + records;
         self.replicate_all(out);
@@ -364,6 +418,7 @@ impl<P> Replica<P> {
         if to == self.cfg.id || !self.membership().is_voter(to) {
             return Err(ProposeError::NotAVoter(to));
         }
+        self.wake(out);
         self.leader_state().transfer = Some((to, 0, false));
         self.maybe_finish_transfer(out);
         if self.leader.as_ref().is_some_and(|ls| ls.transfer.is_some()) {
@@ -417,6 +472,7 @@ impl<P> Replica<P> {
             _ => {}
         }
         let next = self.membership().apply(change)?;
+        self.wake(out);
         let (offset, term) = (self.log_end, self.hard.term);
         self.memberships.push(offset, next.clone());
         self.log_end = offset + 1;

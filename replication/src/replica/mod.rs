@@ -36,6 +36,9 @@ pub struct Config {
     /// Exclusive upper bound of the randomized election timeout.
     pub election_ticks_max: u32,
     pub heartbeat_ticks: u32,
+    /// Let idle groups go quiet (no heartbeats, frozen election timers) while the driver's
+    /// node-level failure detector vouches for the leader's node (`Event::PeerDown`).
+    pub quiesce: bool,
     /// Seeds the election-timeout randomization (the driver derives it, e.g. from node and
     /// group id, so a simulation replays exactly).
     pub rng_seed: u64,
@@ -51,6 +54,7 @@ impl Config {
             election_ticks_min: limits::ELECTION_TICKS_MIN_DEFAULT,
             election_ticks_max: limits::ELECTION_TICKS_MAX_DEFAULT,
             heartbeat_ticks: limits::HEARTBEAT_TICKS_DEFAULT,
+            quiesce: true,
             rng_seed,
             plant: Plant::None,
         }
@@ -107,6 +111,11 @@ pub enum Event<P> {
     LogDurable {
         end: Offset,
     },
+    /// The driver's node-level failure detector lost contact with `node` (no envelope or
+    /// keepalive from it for a while). Wakes quiesced replicas that follow it.
+    PeerDown {
+        node: NodeId,
+    },
     /// Retention deleted records below `start`. Must not pass the commit point.
     LogStartAdvanced {
         start: Offset,
@@ -133,6 +142,8 @@ pub struct Replica<P> {
     /// Ticks since we last heard from a leader (or since we started an election).
     election_elapsed: u32,
     election_timeout: u32,
+    /// Idle and quiet: a leader sends no heartbeats, a follower's election timer is frozen.
+    quiesced: bool,
     votes: BTreeSet<NodeId>,
     leader: Option<LeaderState>,
     _payload: PhantomData<P>,
@@ -164,6 +175,7 @@ impl<P> Replica<P> {
             verified_end: 0,
             election_elapsed: 0,
             election_timeout,
+            quiesced: false,
             votes: BTreeSet::new(),
             leader: None,
             rng,
@@ -192,10 +204,17 @@ impl<P> Replica<P> {
                 self.advance_log_start(start);
                 Ok(())
             }
+            Event::PeerDown { node } => {
+                self.peer_down(node);
+                Ok(())
+            }
         }
     }
 
     fn tick(&mut self, out: &mut Vec<Effect<P>>) {
+        if self.quiesced {
+            return; // An idle group costs one branch per tick.
+        }
         if self.role == Role::Leader {
             self.tick_leader(out);
         } else {
@@ -251,9 +270,11 @@ impl<P> Replica<P> {
             Message::DurableAck { durable_end, .. } => {
                 self.on_durable_ack(from, durable_end, None, out)
             }
-            Message::Heartbeat { commit, .. } => self.on_heartbeat(from, commit, out),
-            Message::HeartbeatReply { durable_end, .. } => {
-                self.on_durable_ack(from, durable_end, Some(()), out)
+            Message::Heartbeat { commit, quiesce, .. } => {
+                self.on_heartbeat(from, commit, quiesce, out)
+            }
+            Message::HeartbeatReply { durable_end, quiesced, .. } => {
+                self.on_durable_ack(from, durable_end, Some(quiesced), out)
             }
             Message::TimeoutNow { .. } => self.on_timeout_now(from, out),
         }
@@ -334,6 +355,9 @@ impl<P> Replica<P> {
     }
     pub fn leader(&self) -> Option<NodeId> {
         self.leader_id
+    }
+    pub fn is_quiesced(&self) -> bool {
+        self.quiesced
     }
     pub fn is_leader(&self) -> bool {
         self.role == Role::Leader

@@ -240,7 +240,7 @@ fn malformed_and_stale_messages_are_dropped_not_panicked_on() {
         c.node_mut(f).core.step(Event::Message { from: leader, msg: future_term }, &mut out),
         Err(Dropped::MalformedBatches)
     );
-    let stale = Message::Heartbeat { term: term - 1, commit: u64::MAX };
+    let stale = Message::Heartbeat { term: term - 1, commit: u64::MAX, quiesce: false };
     let r = c.node_mut(f).core.step(Event::Message { from: leader, msg: stale }, &mut out);
     assert!(matches!(r, Err(Dropped::StaleTerm { .. } | Dropped::ZeroTerm)));
     let absurd = Message::AppendReply {
@@ -284,7 +284,7 @@ fn hostile_terms_and_rewrites_of_committed_records_are_dropped() {
     let f = others(leader, 3)[0];
     let term = c.node(leader).core.term();
     let mut out = Vec::new();
-    let huge = Message::Heartbeat { term: u64::MAX, commit: 0 };
+    let huge = Message::Heartbeat { term: u64::MAX, commit: 0, quiesce: false };
     let r = c.node_mut(f).core.step(Event::Message { from: leader, msg: huge }, &mut out);
     assert_eq!(r, Err(Dropped::TermOutOfRange));
     // A "leader" of a later term rewriting a committed record is refused.
@@ -396,8 +396,28 @@ fn random_message(rng: &mut rand::rngs::SmallRng, term: u64, end: u64) -> Messag
             Message::AppendReply { term: t(rng), outcome }
         }
         6 => Message::DurableAck { term: t(rng), durable_end: o(rng) },
-        7 => Message::Heartbeat { term: t(rng), commit: o(rng) },
-        8 => Message::HeartbeatReply { term: t(rng), durable_end: o(rng) },
+        7 => Message::Heartbeat { term: t(rng), commit: o(rng), quiesce: rng.gen() },
+        8 => Message::HeartbeatReply { term: t(rng), durable_end: o(rng), quiesced: rng.gen() },
         _ => Message::TimeoutNow { term: t(rng) },
     }
+}
+
+#[test]
+fn idle_group_goes_quiet_and_wakes_on_demand() {
+    let mut c = MemCluster::new(3);
+    let leader = c.elect();
+    c.propose(leader, 3).unwrap();
+    c.run_until(50, |c| c.nodes.iter().all(|n| n.core.is_quiesced()));
+    let before = c.delivered;
+    for _ in 0..100 {
+        c.tick();
+    }
+    assert_eq!(c.delivered, before, "a quiet group sends nothing");
+    // A proposal wakes it, and it commits as usual.
+    let meta = c.propose(leader, 2).unwrap();
+    c.run_until(20, |c| c.node(leader).core.commit() > meta.last_offset);
+    // The leader's node dies: followers hear it from their failure detector and elect.
+    c.run_until(50, |c| c.nodes.iter().all(|n| n.core.is_quiesced()));
+    c.isolate(leader);
+    c.run_until(100, |c| c.leader().is_some_and(|l| l != leader));
 }

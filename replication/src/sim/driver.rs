@@ -6,7 +6,8 @@ use rand::Rng;
 use super::checker::Violation;
 use super::disk::SimRecord;
 use super::{
-    Sim, SimPayload, APPEND_RECORDS_MAX, ELECTION_TICKS_MAX, ELECTION_TICKS_MIN, HEARTBEAT_TICKS,
+    Datagram, Sim, SimPayload, APPEND_RECORDS_MAX, ELECTION_TICKS_MAX, ELECTION_TICKS_MIN,
+    HEARTBEAT_TICKS, KEEPALIVE_TICKS, PEER_DOWN_TICKS,
 };
 use crate::effect::Effect;
 use crate::message::Message;
@@ -52,7 +53,7 @@ impl Sim {
             }
             Effect::Send { to, msg } => {
                 self.check_persisted_before_send(id, to, &msg)?;
-                self.net.send(now, id, to, msg, &mut self.rng);
+                self.net.send(now, id, to, Datagram::Group(msg), &mut self.rng);
             }
             Effect::SendAppend { to, term, prev_end, prev_term, commit, from_log_start } => {
                 let (batches, payload) = self.read_batches(id, prev_end);
@@ -65,7 +66,7 @@ impl Sim {
                     batches,
                     payload,
                 };
-                self.net.send(now, id, to, msg, &mut self.rng);
+                self.net.send(now, id, to, Datagram::Group(msg), &mut self.rng);
             }
             Effect::Truncate { to_offset } => {
                 self.note(format!("n{id} truncate to {to_offset}"));
@@ -251,6 +252,36 @@ impl Sim {
         Ok(())
     }
 
+    /// Any datagram from `from` proves its node is up.
+    pub(super) fn heard(&mut self, id: NodeId, from: NodeId) {
+        let now = self.now;
+        let n = self.node(id);
+        n.last_heard.insert(from, now);
+        n.suspected.remove(&from);
+    }
+
+    /// The driver's node-level liveness: keepalives out, and `PeerDown` for peers silent for
+    /// `PEER_DOWN_TICKS` (reported once until heard from again).
+    pub(super) fn failure_detector(&mut self, id: NodeId) -> Result<(), Violation> {
+        let now = self.now;
+        let peers: Vec<NodeId> =
+            self.nodes.iter().filter(|n| n.joined && n.id != id).map(|n| n.id).collect();
+        if now.is_multiple_of(KEEPALIVE_TICKS) {
+            for &peer in &peers {
+                self.net.send(now, id, peer, Datagram::Keepalive, &mut self.rng);
+            }
+        }
+        for peer in peers {
+            let n = self.node(id);
+            let last = *n.last_heard.entry(peer).or_insert(now);
+            if now - last >= PEER_DOWN_TICKS && n.suspected.insert(peer) {
+                self.note(format!("n{id} suspects n{peer}"));
+                self.step(id, Event::PeerDown { node: peer })?;
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn background_io(&mut self, id: NodeId) -> Result<(), Violation> {
         let n = &mut self.nodes[(id - 1) as usize];
         n.disk.background_io(&mut self.rng, self.rates.write, self.rates.sync);
@@ -267,6 +298,8 @@ impl Sim {
         let seed = self.seed;
         let plant = self.opts.plant;
         let n = self.node(id);
+        n.last_heard.clear();
+        n.suspected.clear();
         let restored = Restored {
             hard_state: n.disk.hard_state,
             history: n.disk.history.clone(),

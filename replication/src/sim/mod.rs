@@ -35,6 +35,19 @@ pub struct SimPayload {
     pub records: Vec<SimRecord>,
 }
 
+/// What travels between simulated nodes: a group's message, or the driver's node-level
+/// keepalive that feeds the failure detector (and lets idle groups stay quiesced).
+#[derive(Clone, Debug)]
+pub enum Datagram {
+    Group(Message<SimPayload>),
+    Keepalive,
+}
+
+/// Ticks between keepalives from each node to each peer.
+const KEEPALIVE_TICKS: u64 = 2;
+/// A peer not heard from (group message or keepalive) for this long is reported down.
+const PEER_DOWN_TICKS: u64 = ELECTION_TICKS_MIN as u64;
+
 /// Most records the simulated driver packs into one `Append` (a byte budget, in records).
 const APPEND_RECORDS_MAX: usize = 64;
 const ELECTION_TICKS_MIN: u32 = 8;
@@ -87,6 +100,8 @@ pub struct SimStats {
     pub truncations: u64,
     pub resets: u64,
     pub membership_changes: u64,
+    /// Ticks on which the leader was quiesced (idle group, no heartbeats).
+    pub quiet_ticks: u64,
 }
 
 impl SimStats {
@@ -101,6 +116,7 @@ impl SimStats {
         self.truncations += other.truncations;
         self.resets += other.resets;
         self.membership_changes += other.membership_changes;
+        self.quiet_ticks += other.quiet_ticks;
     }
 }
 
@@ -161,6 +177,9 @@ fn run_catching(
 
 struct SimNode {
     id: NodeId,
+    /// Failure detector: when each peer was last heard from, and the peers reported down.
+    last_heard: BTreeMap<NodeId, u64>,
+    suspected: std::collections::BTreeSet<NodeId>,
     /// Started at least once: the initial replicas, and the spare once it was added.
     joined: bool,
     core: Option<Replica<SimPayload>>,
@@ -184,7 +203,7 @@ pub struct Sim {
     rng: SmallRng,
     now: u64,
     nodes: Vec<SimNode>,
-    net: SimNetwork<SimPayload>,
+    net: SimNetwork<Datagram>,
     checker: Checker,
     pending: Vec<Pending>,
     next_write_id: u64,
@@ -196,6 +215,7 @@ pub struct Sim {
     truncations: u64,
     resets: u64,
     membership_changes: u64,
+    quiet_ticks: u64,
     /// Per leader: the `(term, commit)` last checked by `check_durable_majority`.
     leader_commits: BTreeMap<NodeId, (Term, Offset)>,
     faults: bool,
@@ -235,6 +255,7 @@ impl Sim {
             truncations: 0,
             resets: 0,
             membership_changes: 0,
+            quiet_ticks: 0,
             leader_commits: BTreeMap::new(),
             faults: true,
             rates,
@@ -246,6 +267,8 @@ impl Sim {
             let disk = SimDisk::new(flush, membership.clone());
             sim.nodes.push(SimNode {
                 id,
+                last_heard: BTreeMap::new(),
+                suspected: std::collections::BTreeSet::new(),
                 joined: id != spare,
                 core: None,
                 disk,
@@ -299,6 +322,7 @@ impl Sim {
             truncations: self.truncations,
             resets: self.resets,
             membership_changes: self.membership_changes,
+            quiet_ticks: self.quiet_ticks,
         }
     }
 
@@ -440,17 +464,28 @@ impl Sim {
     fn tick(&mut self) -> Result<(), Violation> {
         self.now += 1;
         for p in self.net.due(self.now, &mut self.rng) {
-            if self.node(p.to).core.is_some() {
+            if self.node(p.to).core.is_none() {
+                continue;
+            }
+            self.heard(p.to, p.from);
+            if let Datagram::Group(msg) = p.msg {
                 if self.tracing {
-                    self.note(format!("n{} <- n{} {}", p.to, p.from, describe(&p.msg)));
+                    self.note(format!("n{} <- n{} {}", p.to, p.from, describe(&msg)));
                 }
-                self.step(p.to, Event::Message { from: p.from, msg: p.msg })?;
+                self.step(p.to, Event::Message { from: p.from, msg })?;
             }
         }
+        let quiet = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref())
+            .any(|c| c.is_leader() && c.is_quiesced());
+        self.quiet_ticks += u64::from(quiet);
         for id in self.ids() {
             if self.node(id).core.is_some() {
                 self.step(id, Event::Tick)?;
                 self.background_io(id)?;
+                self.failure_detector(id)?;
             }
         }
         if self.faults {

@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use rand::rngs::SmallRng;
 use rand::Rng;
 
-use crate::message::Message;
 use crate::types::NodeId;
 
 #[derive(Clone, Copy, Debug)]
@@ -23,34 +22,27 @@ impl NetworkFaults {
         NetworkFaults { loss: 0.0, duplicate: 0.0, delay_ticks_min: 1, delay_ticks_max: 1 };
 }
 
-pub struct Packet<P> {
+pub struct Packet<M> {
     pub deliver_at: u64,
     pub from: NodeId,
     pub to: NodeId,
-    pub msg: Message<P>,
+    pub msg: M,
 }
 
-pub struct SimNetwork<P> {
+pub struct SimNetwork<M> {
     pub faults: NetworkFaults,
-    in_flight: Vec<Packet<P>>,
+    in_flight: Vec<Packet<M>>,
     /// Cut links, `(from, to)`.
     cut: BTreeSet<(NodeId, NodeId)>,
     pub sent: u64,
 }
 
-impl<P: Clone> SimNetwork<P> {
+impl<M: Clone> SimNetwork<M> {
     pub fn new(faults: NetworkFaults) -> Self {
         SimNetwork { faults, in_flight: Vec::new(), cut: BTreeSet::new(), sent: 0 }
     }
 
-    pub fn send(
-        &mut self,
-        now: u64,
-        from: NodeId,
-        to: NodeId,
-        msg: Message<P>,
-        rng: &mut SmallRng,
-    ) {
+    pub fn send(&mut self, now: u64, from: NodeId, to: NodeId, msg: M, rng: &mut SmallRng) {
         self.sent += 1;
         if self.cut.contains(&(from, to)) || rng.gen_bool(self.faults.loss) {
             return;
@@ -66,7 +58,7 @@ impl<P: Clone> SimNetwork<P> {
     }
 
     /// Takes the packets due at `now`, in a random order.
-    pub fn due(&mut self, now: u64, rng: &mut SmallRng) -> Vec<Packet<P>> {
+    pub fn due(&mut self, now: u64, rng: &mut SmallRng) -> Vec<Packet<M>> {
         let mut due = Vec::new();
         let mut i = 0;
         while i < self.in_flight.len() {
