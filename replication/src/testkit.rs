@@ -406,7 +406,11 @@ impl MultiGroup {
         // Dropped messages (stale terms during elections) are fine here.
         let _ = r.core.step(event, &mut out);
         let outbox = &mut self.outboxes[(broker - 1) as usize];
+        // Touch the log only when the core wrote to it: an idle tick stays in the core.
+        let mut wrote = false;
         for effect in out.drain(..) {
+            wrote |=
+                matches!(effect, Effect::AppendToLog { .. } | Effect::AppendLeaderMarker { .. });
             match effect {
                 Effect::Send { to, msg } => outbox.push(to, GroupId(group), msg),
                 Effect::SendAppend { to, term, prev_end, prev_term, commit, from_log_start } => {
@@ -430,7 +434,7 @@ impl MultiGroup {
                 _ => {}
             }
         }
-        let end = r.batches.last().map_or(0, BatchMeta::end);
+        let end = if wrote { r.batches.last().map_or(0, BatchMeta::end) } else { 0 };
         if r.core.durable_end() < end {
             let _ = r.core.step(Event::LogDurable { end }, &mut out);
             for effect in out.drain(..) {
