@@ -133,6 +133,8 @@ impl<P> Replica<P> {
     }
 
     pub(super) fn start_election(&mut self, transfer: bool, out: &mut Vec<Effect<P>>) {
+        assert_ne!(self.role, Role::Leader, "a leader does not campaign");
+        assert!(self.membership().is_voter(self.cfg.id), "only voters campaign");
         self.hard.term += 1;
         self.hard.voted_for = Some(self.cfg.id);
         let persist_late = self.cfg.plant == Plant::VoteBeforePersist;
@@ -240,6 +242,10 @@ impl<P> Replica<P> {
         };
         let granted = free && self.role != Role::Leader && self.log_up_to_date(last_term, log_end);
         if granted {
+            assert!(
+                self.hard.voted_for.is_none_or(|v| v == from)
+                    || self.cfg.plant == Plant::GrantTwoVotesInATerm
+            );
             self.hard.voted_for = Some(from);
             self.persist_hard_state(out);
             // Granting a vote counts as hearing from a would-be leader: do not compete with it.

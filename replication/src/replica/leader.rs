@@ -119,19 +119,38 @@ impl<P> Replica<P> {
     }
 
     pub(super) fn tick_leader(&mut self, out: &mut Vec<Effect<P>>) {
-        let heartbeat_ticks = self.cfg.heartbeat_ticks;
-        let quorum_ticks = self.election_timeout;
         let ls = self.leader_state();
         ls.heartbeat_elapsed += 1;
         ls.quorum_elapsed += 1;
+        self.tick_transfer();
+        self.resend_unanswered_appends(out);
+        if self.leader_state().quorum_elapsed >= self.election_timeout && !self.check_quorum() {
+            let term = self.hard.term;
+            self.become_follower(term, None, out);
+            return;
+        }
+        if self.leader_state().heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+            self.leader_state().heartbeat_elapsed = 0;
+            self.heartbeat_round(out);
+        }
+    }
+
+    /// A transfer whose target did not take over within an election timeout is abandoned: lead on.
+    fn tick_transfer(&mut self) {
+        let timeout = self.election_timeout;
+        let ls = self.leader_state();
         if let Some((_, elapsed, _)) = ls.transfer.as_mut() {
             *elapsed += 1;
-            if *elapsed >= quorum_ticks {
-                ls.transfer = None; // The target did not take over in time: lead on.
+            if *elapsed >= timeout {
+                ls.transfer = None;
             }
         }
-        let mut resend = Vec::new();
-        for (&node, p) in ls.progress.iter_mut() {
+    }
+
+    /// An `Append` unanswered for `APPEND_RESEND_TICKS` was lost (or its answer was): resend.
+    fn resend_unanswered_appends(&mut self, out: &mut Vec<Effect<P>>) {
+        let mut resend = Vec::new(); // Allocates only when something is due.
+        for (&node, p) in self.leader_state().progress.iter_mut() {
             if let Some(t) = p.inflight_ticks.as_mut() {
                 *t += 1;
                 if *t >= APPEND_RESEND_TICKS {
@@ -142,20 +161,17 @@ impl<P> Replica<P> {
         for node in resend {
             self.send_append(node, out);
         }
-        if self.leader_state().quorum_elapsed >= quorum_ticks && !self.check_quorum() {
-            let term = self.hard.term;
-            self.become_follower(term, None, out);
-            return;
-        }
-        if self.leader_state().heartbeat_elapsed >= heartbeat_ticks {
-            self.leader_state().heartbeat_elapsed = 0;
-            let idle = self.cfg.quiesce && self.is_idle();
-            let all_quiet = self.leader_state().progress.values().all(|p| p.quiet);
-            if idle && all_quiet {
-                self.quiesced = true;
-            } else {
-                self.send_heartbeats(idle, out);
-            }
+    }
+
+    /// Heartbeats, asking followers to go quiet if the group is idle; once all of them have, go
+    /// quiet ourselves instead.
+    fn heartbeat_round(&mut self, out: &mut Vec<Effect<P>>) {
+        let idle = self.cfg.quiesce && self.is_idle();
+        let all_quiet = self.leader_state().progress.values().all(|p| p.quiet);
+        if idle && all_quiet {
+            self.quiesced = true;
+        } else {
+            self.send_heartbeats(idle, out);
         }
     }
 
@@ -238,12 +254,19 @@ impl<P> Replica<P> {
     /// if we no longer have that).
     fn send_append(&mut self, node: NodeId, out: &mut Vec<Effect<P>>) {
         let log_start = self.log_start;
-        let floor = self.memberships.at(log_start).clone();
         let (term, commit) = (self.hard.term, self.commit);
         let p = self.leader_state().progress.get_mut(&node).expect("progress for every replica");
         p.inflight_ticks = Some(0);
-        let (prev_end, from_log_start) =
-            if p.next <= log_start { (log_start, Some(floor)) } else { (p.next, None) };
+        let next = p.next;
+        let (prev_end, from_log_start) = if next <= log_start {
+            (log_start, Some(self.memberships.at(log_start).clone()))
+        } else {
+            (next, None)
+        };
+        assert!(
+            prev_end >= self.log_start && prev_end <= self.log_end,
+            "append from outside the log"
+        );
         let prev_term = self.history.term_before(prev_end);
         out.push(Effect::SendAppend {
             to: node,
@@ -370,6 +393,7 @@ impl<P> Replica<P> {
             membership.quorum()
         };
         let candidate = durable[needed - 1];
+        assert!(candidate <= self.log_end, "a durable end past our log end was accepted");
         if candidate > self.commit && self.history.term_before(candidate) == self.hard.term {
             self.set_commit(candidate, out);
         }
@@ -391,6 +415,7 @@ impl<P> Replica<P> {
             return Err(ProposeError::OffsetsExhausted);
         }
         self.wake(out);
+        assert_eq!(self.history.last_term(), self.hard.term, "a leader's log ends in its term");
         let base_offset = self.log_end;
         self.log_end = base_offset + records;
         self.replicate_all(out);
