@@ -138,6 +138,8 @@ pub enum Dropped {
     MalformedBatches,
     #[error("too many batches in one append")]
     TooManyBatches,
+    #[error("the append starts more terms than the term history can hold")]
+    TooManyTerms,
     #[error("reply or request does not fit our role")]
     UnexpectedForRole,
     #[error("offset beyond anything we sent")]

@@ -5,7 +5,7 @@
 
 use super::{Replica, Role};
 use crate::effect::Effect;
-use crate::limits::{APPEND_BATCHES_MAX, OFFSET_MAX};
+use crate::limits::{APPEND_BATCHES_MAX, OFFSET_MAX, TERM_HISTORY_ENTRIES_MAX};
 use crate::message::{AppendOutcome, Dropped, Message};
 use crate::types::{BatchMeta, Membership, NodeId, Offset, Plant, Term};
 
@@ -123,6 +123,12 @@ impl<P> Replica<P> {
         out: &mut Vec<Effect<P>>,
     ) -> Result<(), Dropped> {
         let end = append.validate(self.hard.term)?;
+        // Bounded memory on network input: a message may not start more terms than our history
+        // has room for (an honest one starts a handful).
+        let terms_new = append.batches.windows(2).filter(|w| w[0].term != w[1].term).count() + 1;
+        if self.history.entries().len() + terms_new > TERM_HISTORY_ENTRIES_MAX {
+            return Err(Dropped::TooManyTerms);
+        }
         self.accept_leader(from)?;
         if !self.prefix_matches(append.prev_end, append.prev_term) {
             match &append.from_log_start {
