@@ -5,6 +5,11 @@
 //! batch header's `leader_term`, and the record bytes never pass through the core. See
 //! `PROTOCOL.md` next to this crate for the protocol, its invariants and what is persisted when.
 //!
+//! Built for thousands of groups per broker: one timer ticks every local replica, messages of
+//! all groups are coalesced per destination node ([`Outbox`]), and idle groups quiesce (no
+//! heartbeats, frozen timers) while the driver's node-level failure detector vouches for the
+//! leader's node (`Event::PeerDown` when it stops doing so).
+//!
 //! Layout of this crate:
 //! - [`replica`]: the core ([`Replica`]): events in, effects out.
 //! - [`message`], [`effect`], [`types`]: what goes in and out.
