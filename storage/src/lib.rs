@@ -26,7 +26,7 @@ pub mod log;
 pub mod scan;
 pub mod segment;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{wall_clock_ms, Clock, ManualClock, SystemClock};
 pub use config::{FlushPolicy, LogConfig};
 pub use error::{LogError, Result};
 pub use log::{

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use clap::Args;
 use spate_client::{Client, Consumer, ConsumerConfig, OffsetReset, Seek, TopicPartition};
 
-use super::Bootstrap;
+use super::{parse_seek, Bootstrap};
 
 #[derive(Args)]
 pub(crate) struct ConsumeArgs {
@@ -88,16 +88,7 @@ fn render(format: &str, record: &spate_client::ConsumerRecord) -> String {
 }
 
 pub(crate) async fn consume(client: Client, args: ConsumeArgs) -> Result<(), String> {
-    let seek = match args.from.as_str() {
-        "earliest" => Seek::Earliest,
-        "latest" => Seek::Latest,
-        text if text.starts_with('@') => {
-            Seek::Timestamp(text[1..].parse().map_err(|_| format!("bad --from {text:?}"))?)
-        }
-        text => Seek::Offset(text.parse().map_err(|_| {
-            format!("bad --from {text:?}: expected earliest, latest, OFFSET or @UNIX_MS")
-        })?),
-    };
+    let seek = parse_seek(&args.from, "--from")?;
     let partitions = client
         .partitions(&args.topic)
         .await

@@ -1,7 +1,9 @@
 //! `spate group`: list, describe and delete consumer groups; reset their committed offsets.
 
 use clap::Subcommand;
-use spate_client::Client;
+use spate_client::{Client, Seek};
+
+use super::parse_seek;
 
 #[derive(Subcommand)]
 pub(crate) enum GroupCommand {
@@ -136,18 +138,11 @@ pub(crate) async fn group(client: Client, command: GroupCommand) -> Result<(), S
                 .map_err(|e| format!("cannot reset offsets of {topic:?}: {e}"))?;
             let mut offsets = Vec::new();
             for partition in partitions {
-                let target = match to.as_str() {
-                    "earliest" => spate_client::EARLIEST,
-                    "latest" => spate_client::LATEST,
-                    text if text.starts_with('@') => {
-                        text[1..].parse().map_err(|_| format!("bad --to {text:?}"))?
-                    }
-                    text => {
-                        let offset: i64 = text.parse().map_err(|_| {
-                            format!(
-                                "bad --to {text:?}: expected earliest, latest, OFFSET or @UNIX_MS"
-                            )
-                        })?;
+                let target = match parse_seek(&to, "--to")? {
+                    Seek::Earliest => spate_client::EARLIEST,
+                    Seek::Latest => spate_client::LATEST,
+                    Seek::Timestamp(timestamp_ms) => timestamp_ms,
+                    Seek::Offset(offset) => {
                         offsets.push((topic.clone(), partition.partition, offset));
                         continue;
                     }

@@ -10,7 +10,7 @@ pub(crate) mod serve;
 pub(crate) mod topic;
 
 use clap::Args;
-use spate_client::{Client, ClientConfig};
+use spate_client::{Client, ClientConfig, Seek};
 
 #[derive(Args, Clone)]
 pub(crate) struct Bootstrap {
@@ -64,4 +64,36 @@ pub(crate) fn parse_pairs(pairs: &[String], what: &str) -> Result<Vec<(String, S
                 .ok_or_else(|| format!("bad {what} {pair:?}: expected key=value"))
         })
         .collect()
+}
+
+/// A position named on the command line (`--from`, `--to`): `earliest`, `latest`, an offset, or
+/// `@UNIX_MS`.
+pub(crate) fn parse_seek(text: &str, flag: &str) -> Result<Seek, String> {
+    Ok(match text {
+        "earliest" => Seek::Earliest,
+        "latest" => Seek::Latest,
+        text if text.starts_with('@') => {
+            Seek::Timestamp(text[1..].parse().map_err(|_| format!("bad {flag} {text:?}"))?)
+        }
+        text => Seek::Offset(text.parse().map_err(|_| {
+            format!("bad {flag} {text:?}: expected earliest, latest, OFFSET or @UNIX_MS")
+        })?),
+    })
+}
+
+/// A partition's earliest and latest offsets (0 for what the broker does not report).
+pub(crate) async fn offset_range(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+) -> Result<(i64, i64), String> {
+    let earliest = client
+        .list_offset(topic, partition, spate_client::EARLIEST)
+        .await
+        .map_err(|e| e.to_string())?;
+    let latest = client
+        .list_offset(topic, partition, spate_client::LATEST)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((earliest.unwrap_or(0), latest.unwrap_or(0)))
 }

@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use spate_client::Client;
 
-use super::parse_pairs;
+use super::{offset_range, parse_pairs};
 
 #[derive(Subcommand)]
 pub(crate) enum TopicCommand {
@@ -58,20 +58,10 @@ pub(crate) async fn topic(client: Client, command: TopicCommand) -> Result<(), S
                 configs.iter().map(|(k, v, _)| format!("{k}={v}")).collect();
             println!("topic {name}\t{}", settings.join(" "));
             for partition in partitions {
-                let start = client
-                    .list_offset(&name, partition.partition, spate_client::EARLIEST)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let end = client
-                    .list_offset(&name, partition.partition, spate_client::LATEST)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (start, end) = offset_range(&client, &name, partition.partition).await?;
                 println!(
                     "partition {}\tshard {}\tstart {}\tend {}",
-                    partition.partition,
-                    partition.shard,
-                    start.unwrap_or(0),
-                    end.unwrap_or(0)
+                    partition.partition, partition.shard, start, end
                 );
             }
         }

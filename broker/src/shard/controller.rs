@@ -19,12 +19,7 @@ impl Shard {
                 let mut results = Vec::new();
                 for topic in request.topics.into_iter().flatten() {
                     let name = topic.name.unwrap_or_default();
-                    let configs: BTreeMap<String, String> = topic
-                        .configs
-                        .into_iter()
-                        .flatten()
-                        .map(|c| (c.name.unwrap_or_default(), c.value.unwrap_or_default()))
-                        .collect();
+                    let configs: BTreeMap<String, String> = config_pairs(topic.configs).collect();
                     let layout = self.config.layout.topics.get(&name).map(|t| t.shards.clone());
                     let mut catalog = self.catalog.borrow().clone();
                     let created = catalog
@@ -66,12 +61,7 @@ impl Shard {
                 let mut results = Vec::new();
                 for topic in request.topics.into_iter().flatten() {
                     let name = topic.name.unwrap_or_default();
-                    let updates: Vec<(String, String)> = topic
-                        .configs
-                        .into_iter()
-                        .flatten()
-                        .map(|c| (c.name.unwrap_or_default(), c.value.unwrap_or_default()))
-                        .collect();
+                    let updates: Vec<(String, String)> = config_pairs(topic.configs).collect();
                     let mut catalog = self.catalog.borrow().clone();
                     let result = match catalog.alter(&name, &updates, &self.config.log_defaults) {
                         Ok(()) if request.validate_only => Ok(()),
@@ -138,4 +128,11 @@ fn topic_result(name: String, result: Result<(), CatalogError>) -> wire::TopicRe
             }
         }
     }
+}
+
+/// A request's topic configs as (name, value) pairs; a missing name or value is empty.
+fn config_pairs(
+    configs: Option<Vec<wire::ConfigEntryT>>,
+) -> impl Iterator<Item = (String, String)> {
+    configs.into_iter().flatten().map(|c| (c.name.unwrap_or_default(), c.value.unwrap_or_default()))
 }

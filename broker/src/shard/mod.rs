@@ -174,10 +174,6 @@ pub struct Shard {
     groups: RefCell<crate::group::Coordinator>,
 }
 
-pub(crate) fn now_ms() -> i64 {
-    spate_storage::Clock::now_ms(&spate_storage::SystemClock)
-}
-
 impl Shard {
     /// Opens this shard's partitions (recovering each log) and, on shard 0, the offset store.
     pub async fn open(
