@@ -18,11 +18,11 @@
 //!
 //! Layout of this module:
 //! - this file: the log's handle ([`Log`]), its shared state, opening, offsets and config;
-//! - [`write`]: appends, the flush task and its rounds, fdatasync, rolls, and what a failed
+//! - `write`: appends, the flush task and its rounds, fdatasync, rolls, and what a failed
 //!   write or fdatasync leaves behind;
-//! - [`read`]: reads and the search by timestamp;
-//! - [`recovery`]: what opening does to each segment (index load or rebuild, tail validation);
-//! - [`maintenance`]: truncation, the start offset, retention, close and flush.
+//! - `read`: reads and the search by timestamp;
+//! - `recovery`: what opening does to each segment (index load or rebuild, tail validation);
+//! - `maintenance`: truncation, the start offset, retention, close and flush.
 
 mod maintenance;
 mod read;
