@@ -10,7 +10,8 @@
 //! - [`limits`]: every maximum the broker enforces.
 //! - [`logging`]: log output that survives a full disk.
 //!
-//! The `spate` binary (`src/main.rs`) runs a broker (`spate serve`) or acts as a client.
+//! The `spate` binary (`src/main.rs`, its commands in `src/cli/`, a module of the binary only)
+//! runs a broker (`spate serve`) or acts as a client.
 
 pub mod catalog;
 pub mod config;

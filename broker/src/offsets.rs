@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use bytes::Bytes;
-use spate_protocol::batch::{BatchBuilder, BatchHeader, NewRecord, Records};
+use spate_protocol::batch::{BatchBuilder, NewRecord, Records};
 use spate_storage::{FlushPolicy, Log, LogConfig, LogError, LogOptions};
 
 use crate::limits;
@@ -112,10 +112,8 @@ impl OffsetStore {
             let read = log.read(offset, 4 << 20).await?;
             let mut advanced = false;
             for chunk in &read.chunks {
-                let mut rest: &[u8] = chunk;
-                while let Ok(header) = BatchHeader::parse(rest) {
-                    let length = header.batch_length as usize;
-                    for record in Records::new(&rest[..length], header).flatten() {
+                for (header, batch) in spate_storage::scan::batches(chunk) {
+                    for record in Records::new(batch, header).flatten() {
                         let key = record.key.and_then(decode_key);
                         let value =
                             record.value.and_then(|v| v.try_into().ok()).map(i64::from_le_bytes);
@@ -132,7 +130,6 @@ impl OffsetStore {
                     }
                     offset = header.next_offset();
                     advanced = true;
-                    rest = &rest[length..];
                 }
             }
             if !advanced {
@@ -180,7 +177,7 @@ impl OffsetStore {
         let before = self.log.size_bytes();
         self.log.roll().await?;
         let start = self.log.offsets().next;
-        let now = spate_storage::Clock::now_ms(&spate_storage::SystemClock);
+        let now = spate_storage::wall_clock_ms();
         let live = self.all();
         let mut builder = BatchBuilder::new();
         for (key, offset) in &live {
@@ -223,7 +220,7 @@ impl OffsetStore {
         if records.is_empty() {
             return Ok(());
         }
-        let now = spate_storage::Clock::now_ms(&spate_storage::SystemClock);
+        let now = spate_storage::wall_clock_ms();
         let mut builder = BatchBuilder::new();
         for (key, offset) in records {
             builder.push(&match offset {

@@ -32,7 +32,7 @@ pub mod producers;
 pub mod scan;
 pub mod segment;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{wall_clock_ms, Clock, ManualClock, SystemClock};
 pub use config::{FlushPolicy, LogConfig};
 pub use error::{LogError, Result};
 pub use log::{

@@ -1,5 +1,5 @@
 //! Walking the batches in a window of segment bytes, without IO: the pure core of recovery, index
-//! rebuilds, reads and timestamp search.
+//! rebuilds, reads and timestamp search; and walking the whole batches a log read returned.
 
 use spate_protocol::batch::{self, BatchHeader, HEADER_LEN};
 
@@ -85,6 +85,34 @@ pub fn scan_window(
     }
 }
 
+/// The batches in `bytes`, which hold whole batches back to back as [`crate::Log::read`] returns
+/// them (checked when they were read): each header with the batch's bytes. Ends at the end of
+/// `bytes`, or before anything that is not a whole batch.
+pub fn batches(bytes: &[u8]) -> Batches<'_> {
+    Batches { rest: bytes }
+}
+
+/// See [`batches`].
+#[derive(Debug, Clone)]
+pub struct Batches<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Batches<'a> {
+    type Item = (BatchHeader, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let header = BatchHeader::parse(self.rest).ok()?;
+        let length = header.batch_length as usize;
+        if !(HEADER_LEN..=self.rest.len()).contains(&length) {
+            return None;
+        }
+        let (batch, rest) = self.rest.split_at(length);
+        self.rest = rest;
+        Some((header, batch))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +173,16 @@ mod tests {
         // Offset discontinuity.
         let stop = scan_window(&bytes, 0, Some(5), Check::Crc, |_, _| true);
         assert!(matches!(stop, Stop::Invalid { position: 0, .. }));
+    }
+
+    #[test]
+    fn batches_walks_whole_batches_and_stops_at_a_partial_one() {
+        let bytes = log_bytes(3);
+        let walked: Vec<_> = batches(&bytes).map(|(h, b)| (h.base_offset, b.len())).collect();
+        assert_eq!(walked.len(), 3);
+        assert_eq!(walked.iter().map(|(_, length)| length).sum::<usize>(), bytes.len());
+        assert_eq!(walked[1].0, 1);
+        assert_eq!(batches(&bytes[..bytes.len() - 1]).count(), 2);
+        assert_eq!(batches(&[]).count(), 0);
     }
 }

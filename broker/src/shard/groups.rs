@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use spate_protocol::wire::{self, ErrorCode, RequestBodyT, ResponseBodyT};
+use spate_storage::wall_clock_ms;
 
-use super::{now_ms, Failure, Shard, ShardMsg};
+use super::{Failure, Shard, ShardMsg};
 use crate::group::assign::Assignor;
 use crate::group::{GroupError, GroupState, JoinRequest};
 
@@ -82,7 +83,7 @@ impl Shard {
     /// Expires members and completes rebalances (called every 100 ms).
     pub fn tick_groups(&self) {
         let counts = self.partition_counts();
-        self.groups.borrow_mut().tick(now_ms(), &counts);
+        self.groups.borrow_mut().tick(wall_clock_ms(), &counts);
     }
 
     /// Answers FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, ListGroups and
@@ -172,7 +173,7 @@ impl Shard {
 
     /// Join, sync, heartbeat and leave, on the coordinating shard.
     pub fn group_local(&self, body: RequestBodyT) -> Result<ResponseBodyT, Failure> {
-        let now = now_ms();
+        let now = wall_clock_ms();
         let mut groups = self.groups.borrow_mut();
         match body {
             RequestBodyT::JoinGroupRequest(request) => {

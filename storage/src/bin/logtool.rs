@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use spate_protocol::batch::{BatchBuilder, BatchHeader, Header, NewRecord};
+use spate_protocol::batch::{BatchBuilder, Header, NewRecord};
 use spate_storage::{FlushPolicy, Log, LogConfig, LogOptions};
 
 #[derive(Parser)]
@@ -203,7 +203,7 @@ async fn bench(
 /// Deterministic content per tag, so a reader can tell batches apart.
 fn synthetic_batch(tag: u64, records: usize, value_bytes: usize) -> bytes::BytesMut {
     let mut builder = BatchBuilder::with_capacity(records * (value_bytes + 40) + 128);
-    let now_ms = spate_storage::Clock::now_ms(&spate_storage::SystemClock);
+    let now_ms = spate_storage::wall_clock_ms();
     for i in 0..records {
         builder.push(&NewRecord {
             key: Some(Bytes::from(format!("key-{tag}-{i}"))),
@@ -238,8 +238,7 @@ async fn dump(dir: PathBuf) -> spate_storage::Result<()> {
         };
         let mut progressed = false;
         for chunk in &read.chunks {
-            let mut rest: &[u8] = chunk;
-            while let Ok(header) = BatchHeader::parse(rest) {
+            for (header, _) in spate_storage::scan::batches(chunk) {
                 println!(
                     "  batch {}..={} bytes {} records {} term {} max_ts {}",
                     header.base_offset,
@@ -251,7 +250,6 @@ async fn dump(dir: PathBuf) -> spate_storage::Result<()> {
                 );
                 offset = header.next_offset();
                 progressed = true;
-                rest = &rest[header.batch_length as usize..];
             }
         }
         if !progressed {

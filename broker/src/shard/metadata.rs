@@ -1,0 +1,234 @@
+//! Metadata and describe requests, list offsets, partition stats, and the metrics scrape.
+
+use spate_protocol::wire::{self, ErrorCode, ResponseBodyT};
+
+use super::{Failure, PartitionStats, Shard, ShardMsg};
+use crate::catalog;
+
+impl Shard {
+    pub(super) async fn list_offset_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<i64, Failure> {
+        let log = self.log(topic, partition).ok_or_else(|| Failure::unknown(topic, partition))?;
+        match timestamp {
+            -1 => Ok(log.offsets().high_watermark),
+            -2 => Ok(log.offsets().start),
+            ts => Ok(log.offset_for_timestamp(ts).await?.unwrap_or(-1)),
+        }
+    }
+
+    pub(super) async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<i64, Failure> {
+        match self.owner(topic, partition) {
+            None => Err(Failure::unknown(topic, partition)),
+            Some(owner) if owner == self.id => {
+                self.list_offset_local(topic, partition, timestamp).await
+            }
+            Some(owner) => {
+                self.call(owner, |reply| ShardMsg::ListOffset {
+                    topic: topic.to_string(),
+                    partition,
+                    timestamp,
+                    reply,
+                })
+                .await?
+            }
+        }
+    }
+
+    pub(super) fn stats_local(&self, topic: &str, partition: u32) -> Option<PartitionStats> {
+        let log = self.log(topic, partition)?;
+        let offsets = log.offsets();
+        Some(PartitionStats {
+            start: offsets.start,
+            end: offsets.high_watermark,
+            bytes: log.size_bytes(),
+        })
+    }
+
+    pub async fn stats(&self, topic: &str, partition: u32) -> Option<PartitionStats> {
+        match self.owner(topic, partition)? {
+            owner if owner == self.id => self.stats_local(topic, partition),
+            owner => self
+                .call(owner, |reply| ShardMsg::Describe {
+                    topic: topic.to_string(),
+                    partition,
+                    reply,
+                })
+                .await
+                .ok()?,
+        }
+    }
+
+    /// This shard's metric samples.
+    pub fn render_metrics(&self) -> String {
+        let mut partitions: Vec<(String, u32, i64, u64, u64)> = self
+            .all_logs()
+            .into_iter()
+            .map(|((topic, partition), log)| {
+                let cut = log.recovery().cut_bytes;
+                (topic, partition, log.offsets().high_watermark, log.size_bytes(), cut)
+            })
+            .collect();
+        partitions.sort();
+        self.metrics.render(self.id, &partitions)
+    }
+
+    /// Every shard's samples, with HELP/TYPE lines: one Prometheus scrape.
+    pub async fn scrape(&self) -> String {
+        let mut out = crate::metrics::header();
+        for shard in 0..self.config.shard_count() {
+            if shard == self.id {
+                out.push_str(&self.render_metrics());
+            } else if let Ok(samples) = self.call(shard, |reply| ShardMsg::Metrics { reply }).await
+            {
+                out.push_str(&samples);
+            }
+        }
+        // Consumer lag: the committed offsets live on this shard (0), the log ends on the owners.
+        let committed = match &self.offsets {
+            Some(store) => store.read().await.map(|s| s.all()).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        for ((group, topic, partition), offset) in committed {
+            if let Some(stats) = self.stats(&topic, partition).await {
+                let lag = (stats.end - offset).max(0);
+                out.push_str(&format!(
+                    "spate_consumer_lag{{group=\"{}\",topic=\"{}\",partition=\"{partition}\"}} {lag}\n",
+                    crate::metrics::label(&group),
+                    crate::metrics::label(&topic)
+                ));
+            }
+        }
+        out
+    }
+
+    pub(super) fn metadata(&self, topics: Option<Vec<String>>) -> ResponseBodyT {
+        let catalog = self.catalog.borrow();
+        let names: Vec<String> = topics.unwrap_or_else(|| catalog.topics.keys().cloned().collect());
+        let listen = self.config.listen;
+        let topics = names
+            .into_iter()
+            .map(|name| match catalog.topics.get(&name) {
+                None => wire::TopicMetadataT {
+                    name: Some(name),
+                    error_code: ErrorCode::UnknownTopicOrPartition,
+                    partitions: None,
+                },
+                Some(topic) => wire::TopicMetadataT {
+                    name: Some(name),
+                    error_code: ErrorCode::None,
+                    partitions: Some(
+                        topic
+                            .shards
+                            .iter()
+                            .enumerate()
+                            .map(|(partition, shard)| {
+                                let address = self.config.shard_address(*shard as usize);
+                                wire::PartitionMetadataT {
+                                    partition: partition as i32,
+                                    error_code: ErrorCode::None,
+                                    leader_broker: 0,
+                                    leader_term: 0,
+                                    shard: *shard,
+                                    shard_host: Some(address.ip().to_string()),
+                                    shard_port: address.port(),
+                                    replicas: Some(vec![0]),
+                                }
+                            })
+                            .collect(),
+                    ),
+                },
+            })
+            .collect();
+        ResponseBodyT::MetadataResponse(Box::new(wire::MetadataResponseT {
+            brokers: Some(vec![wire::BrokerInfoT {
+                broker_id: 0,
+                host: Some(listen.ip().to_string()),
+                port: listen.port(),
+            }]),
+            controller_id: 0,
+            topics: Some(topics),
+        }))
+    }
+
+    pub(super) fn describe_configs(&self, topics: Vec<String>) -> ResponseBodyT {
+        let catalog = self.catalog.borrow();
+        let topics = topics
+            .into_iter()
+            .map(|name| match catalog.topics.get(&name) {
+                None => wire::TopicConfigsT {
+                    name: Some(name.clone()),
+                    error_code: ErrorCode::UnknownTopicOrPartition,
+                    error_message: Some(format!("topic {name:?} does not exist")),
+                    configs: None,
+                },
+                Some(topic) => {
+                    let mut configs: Vec<wire::DescribedConfigT> = vec![wire::DescribedConfigT {
+                        name: Some("partitions".into()),
+                        value: Some(topic.partition_count().to_string()),
+                        is_default: false,
+                    }];
+                    configs.extend(
+                        catalog::describe(&self.config.log_defaults, topic).into_iter().map(
+                            |(name, value, is_default)| wire::DescribedConfigT {
+                                name: Some(name),
+                                value: Some(value),
+                                is_default,
+                            },
+                        ),
+                    );
+                    wire::TopicConfigsT {
+                        name: Some(name),
+                        error_code: ErrorCode::None,
+                        error_message: None,
+                        configs: Some(configs),
+                    }
+                }
+            })
+            .collect();
+        ResponseBodyT::DescribeConfigsResponse(Box::new(wire::DescribeConfigsResponseT {
+            topics: Some(topics),
+        }))
+    }
+
+    pub(super) async fn list_offsets(&self, request: wire::ListOffsetsRequestT) -> ResponseBodyT {
+        let mut topics = Vec::new();
+        for topic in request.topics.into_iter().flatten() {
+            let name = topic.name.unwrap_or_default();
+            let mut partitions = Vec::new();
+            for partition in topic.partitions.into_iter().flatten() {
+                let result =
+                    self.list_offset(&name, partition.partition as u32, partition.timestamp).await;
+                partitions.push(match result {
+                    Ok(offset) => wire::ListOffsetsPartitionResponseT {
+                        partition: partition.partition,
+                        error_code: ErrorCode::None,
+                        error_message: None,
+                        offset,
+                    },
+                    Err(failure) => wire::ListOffsetsPartitionResponseT {
+                        partition: partition.partition,
+                        error_code: failure.code,
+                        error_message: Some(failure.message),
+                        offset: -1,
+                    },
+                });
+            }
+            topics.push(wire::ListOffsetsTopicResponseT {
+                name: Some(name),
+                partitions: Some(partitions),
+            });
+        }
+        ResponseBodyT::ListOffsetsResponse(Box::new(wire::ListOffsetsResponseT {
+            topics: Some(topics),
+        }))
+    }
+}

@@ -1,0 +1,491 @@
+//! The partition log: appends with group commit, zero-copy reads, recovery, truncation and
+//! retention, for one partition, on the Glommio executor that owns it.
+//!
+//! Directory layout: `<data>/<topic>/<partition>/` holds the segments (see [`crate::segment`])
+//! and an optional `start-offset` checkpoint (decimal text) written when the start offset is
+//! advanced inside a segment.
+//!
+//! Write path: `append` validates the batch, stamps its offset, and queues it (no IO, no copy).
+//! One flush task per log, started on demand, drains the queue: it copies the queued batches
+//! behind the in-memory partial tail block into one aligned DMA buffer (the only user-space copy
+//! of record bytes), writes it with `O_DIRECT`, and, under `flush=always`, issues one
+//! `fdatasync` for everything it wrote. Appends that arrive during a write are written, and
+//! synced, together by the next round: that is the group commit.
+//!
+//! Offsets: `next` (assigned) ≥ `written` (in the file) ≥ `durable` (fdatasync'd). Readers see
+//! batches up to the high watermark: `durable` under `flush=always`, `written` otherwise, so a
+//! consumer never reads a batch a crash could take back under `always`.
+//!
+//! Layout of this module:
+//! - this file: the log's handle ([`Log`]), its shared state, opening, offsets and config;
+//! - `write`: appends, the flush task and its rounds, fdatasync, rolls, and what a failed
+//!   write or fdatasync leaves behind;
+//! - `read`: reads and the search by timestamp;
+//! - `recovery`: what opening does to each segment (index load or rebuild, tail validation);
+//! - `maintenance`: truncation, the start offset, retention, close and flush.
+
+mod maintenance;
+mod read;
+mod recovery;
+mod write;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use futures_channel::oneshot;
+use glommio::io::{DmaFile, ReadResult};
+use glommio::sync::Semaphore;
+use glommio::TaskQueueHandle;
+use spate_protocol::batch::{self, BatchHeader};
+
+use crate::cache::{CachedBatch, TailCache};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{FlushPolicy, LogConfig};
+use crate::error::{LogError, Result};
+use crate::faults::StorageFaults;
+use crate::limits;
+use crate::segment::{self, Segment, SegmentPaths};
+use recovery::{open_sealed_segment, recover_tail_segment};
+
+const START_OFFSET_FILE: &str = "start-offset";
+
+/// Where a successful append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: i64,
+    pub last_offset: i64,
+}
+
+/// Bytes returned by a read: whole batches, back to back, without a user-space copy.
+#[derive(Debug, Clone)]
+pub enum LogBytes {
+    /// From the tail cache: the very buffer the batch was appended with.
+    Memory(Bytes),
+    /// From disk: a slice of Glommio's DMA read buffer.
+    Disk(ReadResult),
+}
+
+impl std::ops::Deref for LogBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            LogBytes::Memory(bytes) => bytes,
+            LogBytes::Disk(read) => read,
+        }
+    }
+}
+
+/// The result of a read.
+#[derive(Debug, Clone, Default)]
+pub struct LogRead {
+    /// Whole batches in offset order. Empty when the read is at the high watermark.
+    pub chunks: Vec<LogBytes>,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+}
+
+impl LogRead {
+    pub fn bytes(&self) -> usize {
+        self.chunks.iter().map(|c| c.len()).sum()
+    }
+}
+
+/// A snapshot of the log's offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOffsets {
+    pub start: i64,
+    /// Next offset to be assigned.
+    pub next: i64,
+    pub written: i64,
+    pub durable: i64,
+    /// What readers can see.
+    pub high_watermark: i64,
+}
+
+/// What recovery found at the end of the last segment when the log was opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Bytes past the last valid batch that recovery cut because they were damaged (0 when the
+    /// log ended cleanly in zero padding).
+    pub cut_bytes: u64,
+    /// Why the end was not clean: a torn or corrupt batch, or a zeroed block followed by
+    /// written data (a block the device lost). `None` when the log ended in zero padding.
+    pub damage: Option<String>,
+}
+
+/// What a retention pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+}
+
+/// How a log is driven: its clock, the task queue its background IO runs in, and (in tests)
+/// hooks under its fdatasyncs.
+#[derive(Clone)]
+pub struct LogOptions {
+    pub clock: Rc<dyn Clock>,
+    pub task_queue: Option<TaskQueueHandle>,
+    pub faults: Option<Rc<dyn StorageFaults>>,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions { clock: Rc::new(SystemClock), task_queue: None, faults: None }
+    }
+}
+
+/// fdatasyncs a segment file, through the fault hooks if there are any.
+async fn fdatasync(
+    file: &DmaFile,
+    path: &Path,
+    faults: Option<&Rc<dyn StorageFaults>>,
+) -> Result<()> {
+    if let Some(faults) = faults {
+        faults.before_sync(path).map_err(|e| LogError::io("fdatasync", path, e))?;
+    }
+    file.fdatasync().await.map_err(|e| LogError::io("fdatasync", path, e))?;
+    if let Some(faults) = faults {
+        faults.after_sync(path);
+    }
+    Ok(())
+}
+
+/// A partition log. Cheap to clone; all clones share the same log. Not `Send`: it lives on the
+/// executor that owns the partition.
+#[derive(Clone)]
+pub struct Log {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    options: LogOptions,
+    state: RefCell<State>,
+    /// Serializes everything that writes files: flush rounds, rolls, truncation, retention.
+    io_lock: Semaphore,
+    /// Bytes of queued batches; appenders wait for room (backpressure), strictly first come,
+    /// first served, so that appends take offsets in the order they were called.
+    pending_budget: tokio::sync::Semaphore,
+}
+
+struct Pending {
+    base_offset: i64,
+    next_offset: i64,
+    max_timestamp: i64,
+    bytes: Bytes,
+}
+
+struct Waiter {
+    next_offset: i64,
+    durable: bool,
+    reply: oneshot::Sender<Result<()>>,
+}
+
+struct State {
+    config: LogConfig,
+    segments: BTreeMap<i64, Segment>,
+    start_offset: i64,
+    next_offset: i64,
+    written_offset: i64,
+    durable_offset: i64,
+    pending: VecDeque<Pending>,
+    pending_bytes: usize,
+    cache: TailCache,
+    waiters: VecDeque<Waiter>,
+    flush_task_running: bool,
+    sync_timer_armed: bool,
+    last_sync_ms: i64,
+    roll_requested: bool,
+    closed: bool,
+    /// Set by a failed fdatasync: the log refuses every read and append from then on.
+    offline: Option<String>,
+    recovery: RecoveryReport,
+}
+
+impl State {
+    fn high_watermark(&self) -> i64 {
+        match self.config.flush {
+            FlushPolicy::Always => self.durable_offset,
+            _ => self.written_offset,
+        }
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments.values().next_back().expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments.values_mut().next_back().expect("a log always has an active segment")
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.size).sum()
+    }
+
+    /// Stamps a validated batch with the next offset and `leader_term`, and queues it for the
+    /// flush task (and the tail cache). Returns what completes once it is written (or durable).
+    fn queue(
+        &mut self,
+        mut batch: BytesMut,
+        header: &BatchHeader,
+        leader_term: u64,
+    ) -> oneshot::Receiver<Result<()>> {
+        let base_offset = self.next_offset;
+        batch::stamp(&mut batch, base_offset, leader_term);
+        let length = batch.len();
+        let bytes = batch.freeze();
+        let next_offset = header.next_offset() - header.base_offset + base_offset;
+        self.next_offset = next_offset;
+        self.cache.push(CachedBatch { base_offset, next_offset, bytes: bytes.clone() });
+        self.pending.push_back(Pending {
+            base_offset,
+            next_offset,
+            max_timestamp: header.max_timestamp,
+            bytes,
+        });
+        self.pending_bytes += length;
+        let (tx, rx) = oneshot::channel();
+        let durable = self.config.flush == FlushPolicy::Always;
+        self.waiters.push_back(Waiter { next_offset, durable, reply: tx });
+        rx
+    }
+
+    /// Completes every waiter the offsets now satisfy.
+    fn wake_waiters(&mut self) {
+        while let Some(waiter) = self.waiters.front() {
+            let reached = if waiter.durable { self.durable_offset } else { self.written_offset };
+            if waiter.next_offset > reached {
+                break;
+            }
+            let waiter = self.waiters.pop_front().expect("checked");
+            let _ = waiter.reply.send(Ok(()));
+        }
+    }
+
+    /// Fails every waiter not yet satisfied.
+    fn fail_waiters(&mut self, error: &LogError) {
+        self.wake_waiters();
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.reply.send(Err(error.duplicate()));
+        }
+    }
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, recovering it first: sealed segments load their
+    /// indexes (rebuilding damaged ones), and the last segment is validated batch by batch, its
+    /// torn or corrupt tail cut off.
+    pub async fn open(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        options: LogOptions,
+    ) -> Result<Log> {
+        // Absolute, because Glommio opens directories with no base descriptor (a relative path
+        // fails with EBADF), and so that every error and log line names the full path.
+        let dir = std::path::absolute(dir.as_ref())
+            .map_err(|e| LogError::io("resolve", dir.as_ref(), e))?;
+        config.validate().map_err(LogError::Config)?;
+        std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create", &dir, e))?;
+        segment::prime_dma_probe(&dir).await?;
+
+        let mut bases = list_segments(&dir)?;
+        let checkpoint = read_start_checkpoint(&dir)?;
+        let now_ms = options.clock.now_ms();
+        if bases.is_empty() {
+            let base = checkpoint.unwrap_or(0);
+            let paths = SegmentPaths::new(&dir, base);
+            let file = segment::open_log_file(&paths.log, true).await?;
+            file.close().await.map_err(|e| LogError::io("close", &paths.log, e))?;
+            segment::sync_dir(&dir).await?;
+            bases.push(base);
+        }
+        if bases.len() > limits::SEGMENTS_MAX {
+            return Err(LogError::TooManySegments(bases.len()));
+        }
+
+        let mut segments = BTreeMap::new();
+        let mut recovery = RecoveryReport::default();
+        let last = *bases.last().expect("at least one segment");
+        for base in bases {
+            let segment = if base == last {
+                let (segment, report) =
+                    recover_tail_segment(&dir, base, &config, now_ms, options.faults.as_ref())
+                        .await?;
+                recovery = report;
+                segment
+            } else {
+                open_sealed_segment(&dir, base, &config, now_ms).await?
+            };
+            segments.insert(base, segment);
+        }
+        check_continuity(&segments);
+
+        let first_base = *segments.keys().next().expect("non-empty");
+        let next_offset = segments.values().next_back().expect("non-empty").next_offset;
+        let start_offset = checkpoint.unwrap_or(first_base).clamp(first_base, next_offset);
+        if checkpoint.is_some_and(|c| c > next_offset) {
+            // Recovery cut the log below the checkpointed start. Persist the lower start now, or
+            // a later reopen, after new appends, would hide records it already exposed.
+            tracing::warn!(dir = %dir.display(), checkpoint = ?checkpoint, next_offset, "start offset above the recovered end; lowering it");
+            write_start_checkpoint(&dir, start_offset)?;
+        }
+        let cache = TailCache::new(config.cache_bytes);
+        let state = State {
+            config,
+            segments,
+            start_offset,
+            next_offset,
+            written_offset: next_offset,
+            durable_offset: next_offset,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            cache,
+            waiters: VecDeque::new(),
+            flush_task_running: false,
+            sync_timer_armed: false,
+            last_sync_ms: now_ms,
+            roll_requested: false,
+            closed: false,
+            offline: None,
+            recovery,
+        };
+        Ok(Log {
+            inner: Rc::new(Inner {
+                dir,
+                options,
+                state: RefCell::new(state),
+                io_lock: Semaphore::new(1),
+                pending_budget: tokio::sync::Semaphore::new(limits::PENDING_BYTES_MAX),
+            }),
+        })
+    }
+
+    fn ensure_open(&self) -> Result<()> {
+        let state = self.inner.state.borrow();
+        if let Some(reason) = &state.offline {
+            return Err(LogError::Offline(reason.clone()));
+        }
+        if state.closed {
+            return Err(LogError::Closed);
+        }
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.inner.state.borrow().config.clone()
+    }
+
+    /// Changes the configuration; takes effect for the next append, roll and retention pass.
+    pub fn set_config(&self, config: LogConfig) -> Result<()> {
+        config.validate().map_err(LogError::Config)?;
+        let mut state = self.inner.state.borrow_mut();
+        state.cache.set_capacity(config.cache_bytes);
+        state.config = config;
+        Ok(())
+    }
+
+    /// What recovery found at the end of the log when it was opened.
+    pub fn recovery(&self) -> RecoveryReport {
+        self.inner.state.borrow().recovery.clone()
+    }
+
+    pub fn offsets(&self) -> LogOffsets {
+        let state = self.inner.state.borrow();
+        LogOffsets {
+            start: state.start_offset,
+            next: state.next_offset,
+            written: state.written_offset,
+            durable: state.durable_offset,
+            high_watermark: state.high_watermark(),
+        }
+    }
+
+    /// Logical bytes in all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.inner.state.borrow().size_bytes()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.inner.state.borrow().segments.len()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_bases(&self) -> Vec<i64> {
+        self.inner.state.borrow().segments.keys().copied().collect()
+    }
+
+    fn spawn_background(&self, future: impl std::future::Future<Output = ()> + 'static) {
+        match self.inner.options.task_queue {
+            Some(queue) => match glommio::spawn_local_into(future, queue) {
+                Ok(task) => {
+                    task.detach();
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot spawn log task in its queue");
+                }
+            },
+            None => {
+                glommio::spawn_local(future).detach();
+            }
+        }
+    }
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<i64>> {
+    let mut bases = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| LogError::io("read dir", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| LogError::io("read dir", dir, e))?;
+        if let Some(base) = entry.file_name().to_str().and_then(segment::parse_segment_name) {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+fn read_start_checkpoint(dir: &Path) -> Result<Option<i64>> {
+    let path = dir.join(START_OFFSET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match text.trim().parse::<i64>() {
+            Ok(offset) if offset >= 0 => Ok(Some(offset)),
+            _ => {
+                tracing::warn!(path = %path.display(), "ignoring unreadable start-offset checkpoint");
+                Ok(None)
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(LogError::io("read", path, e)),
+    }
+}
+
+/// Writes the checkpoint atomically (see [`crate::durable::write_atomically`]).
+fn write_start_checkpoint(dir: &Path, offset: i64) -> Result<()> {
+    let path = dir.join(START_OFFSET_FILE);
+    crate::durable::write_atomically(&path, format!("{offset}\n").as_bytes())
+        .map_err(|e| LogError::io("write", &path, e))
+}
+
+fn check_continuity(segments: &BTreeMap<i64, Segment>) {
+    let mut previous: Option<&Segment> = None;
+    for segment in segments.values() {
+        if let Some(previous) = previous {
+            if previous.next_offset != segment.base_offset {
+                tracing::error!(
+                    previous = %previous.paths.log.display(), ends_at = previous.next_offset,
+                    next = %segment.paths.log.display(), "offset gap or overlap between segments"
+                );
+            }
+        }
+        previous = Some(segment);
+    }
+}
