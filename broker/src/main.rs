@@ -83,3 +83,36 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand and every flag says what it is for in `--help` (positional names such
+    /// as TOPIC speak for themselves).
+    #[test]
+    fn every_command_and_flag_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in command.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(name.clone());
+                }
+                walk(sub, &name, missing);
+            }
+            for arg in command.get_arguments() {
+                let builtin = ["help", "version"].contains(&arg.get_id().as_str());
+                if !arg.is_positional()
+                    && !builtin
+                    && !arg.is_hide_set()
+                    && arg.get_help().is_none()
+                {
+                    missing.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "spate", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:?}");
+    }
+}

@@ -12,6 +12,7 @@ use spate_tuning::{apply, check, layout, machine};
 pub enum TuneCommand {
     /// One row per check: status, current and recommended value, why, and the fix.
     Check {
+        /// One JSON array of rows instead of the table.
         #[arg(long)]
         json: bool,
         /// Read sysfs/procfs under this root instead of / (fixture trees).
@@ -20,8 +21,10 @@ pub enum TuneCommand {
     },
     /// Apply the fixes that are sysfs/procfs writes (as root), or write them to a script.
     Apply {
+        /// Print what would be written, change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Write the fixes to this shell script instead of applying them.
         #[arg(long)]
         output_script: Option<PathBuf>,
         #[arg(long, default_value = "/", hide = true)]

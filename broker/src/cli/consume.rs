@@ -12,11 +12,13 @@ use super::{parse_seek, Bootstrap};
 #[derive(Args)]
 pub(crate) struct ConsumeArgs {
     pub(crate) topic: String,
+    /// Read only this partition (default: all).
     #[arg(long)]
     pub(crate) partition: Option<u32>,
     /// earliest, latest, an offset, or @UNIX_MS.
     #[arg(long, default_value = "earliest")]
     pub(crate) from: String,
+    /// Stop after printing this many messages.
     #[arg(long)]
     pub(crate) count: Option<u64>,
     /// Start from the group's committed offsets (where it has them) and commit on exit.
@@ -37,6 +39,7 @@ pub(crate) struct ConsumeArgs {
     /// Group assignor: range, roundrobin or cooperative-sticky.
     #[arg(long, default_value = "range")]
     pub(crate) assignor: String,
+    /// Keep waiting for new messages instead of stopping after --timeout-ms.
     #[arg(long)]
     pub(crate) follow: bool,
     #[command(flatten)]

@@ -17,6 +17,7 @@ pub(crate) enum GroupCommand {
     /// Set the group's committed offsets for a topic (refused while the group has members).
     ResetOffsets {
         group: String,
+        /// The topic whose offsets to set (every partition of it).
         #[arg(long)]
         topic: String,
         /// earliest, latest, an offset, or @UNIX_MS.

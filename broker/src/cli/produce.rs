@@ -17,8 +17,10 @@ pub(crate) struct ProduceArgs {
     /// Split each line at the first SEP: key before, value after.
     #[arg(long)]
     pub(crate) key_separator: Option<String>,
+    /// Send every message to this partition (default: by key, or spread when unkeyed).
     #[arg(long)]
     pub(crate) partition: Option<u32>,
+    /// none, leader or all (with one broker, all = durable per the topic's flush policy).
     #[arg(long, default_value = "all")]
     pub(crate) acks: String,
     /// k=v, repeatable.

@@ -11,9 +11,10 @@ use spate_broker::limits;
 
 #[derive(Args)]
 pub(crate) struct ServeArgs {
+    /// Where the broker keeps its data (default ./spate-data; relative to the working directory).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Client address; shard i also listens on port + 1 + i.
+    /// Client address (default 127.0.0.1:9292); shard i also listens on port + 1 + i.
     #[arg(long)]
     listen: Option<String>,
     /// Number of shards (cores), taken from the start of the allowed CPUs.
@@ -22,6 +23,7 @@ pub(crate) struct ServeArgs {
     /// CPUs to run shards on, e.g. 0-3,6.
     #[arg(long)]
     cpuset: Option<String>,
+    /// TOML configuration file; flags override it (see README, Configuration).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Partition-to-shard layout file (TOML).

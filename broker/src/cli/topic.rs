@@ -7,26 +7,29 @@ use super::{offset_range, parse_pairs};
 
 #[derive(Subcommand)]
 pub(crate) enum TopicCommand {
+    /// Create a topic; its partitions are spread over the broker's shards.
     Create {
         name: String,
+        /// Number of partitions (1..10000).
         #[arg(long, default_value_t = 1)]
         partitions: u32,
         /// key=value, repeatable: retention.ms, retention.bytes, segment.bytes, segment.ms, flush.
         #[arg(long = "config")]
         configs: Vec<String>,
     },
+    /// One topic per line, name first.
     List,
-    Describe {
-        name: String,
-    },
+    /// Settings, then each partition with its shard, start and end offset.
+    Describe { name: String },
+    /// Change settings (an empty value resets one to the broker's default).
     Alter {
         name: String,
+        /// key=value, repeatable (as for create).
         #[arg(long = "config", required = true)]
         configs: Vec<String>,
     },
-    Delete {
-        name: String,
-    },
+    /// Delete the topic and its data.
+    Delete { name: String },
 }
 
 pub(crate) async fn topic(client: Client, command: TopicCommand) -> Result<(), String> {
