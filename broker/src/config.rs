@@ -8,6 +8,7 @@
 //! layout = "layout.toml"         # partition-to-shard overrides (spate tune layout writes these)
 //! log_level = "info"
 //! request_memory_bytes = 268435456   # request frames one shard holds at once (backpressure)
+//! journal_dir = "/dev/shm/spate-x"   # flush=never journal on a tmpfs; "none" to go without
 //! [defaults]                     # topic settings used when a topic does not override them
 //! flush = "never"                # always | never | interval:MS
 //! retention_ms = 604800000
@@ -42,6 +43,7 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub request_memory_bytes: Option<usize>,
     pub frame_read_timeout_ms: Option<u64>,
+    pub journal_dir: Option<String>,
     #[serde(default)]
     pub defaults: DefaultsConfig,
 }
@@ -68,6 +70,23 @@ pub struct Layout {
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct LayoutTopic {
     pub shards: Vec<u16>,
+}
+
+/// The journal directory: `--journal-dir DIR`, `none` to go without, or by default a directory
+/// under `/dev/shm` named after the data directory (a stable CRC of its absolute path, so a
+/// restarted broker, or a newer binary, finds its predecessor's journal), if `/dev/shm` exists.
+pub fn journal_dir(flag: Option<&str>, data_dir: &Path) -> Option<PathBuf> {
+    match flag {
+        Some("none") => None,
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => {
+            let shm = Path::new("/dev/shm");
+            shm.is_dir().then(|| {
+                let id = crc32fast::hash(data_dir.as_os_str().as_encoded_bytes());
+                shm.join(format!("spate-{id:08x}"))
+            })
+        }
+    }
 }
 
 /// Checks `--request-memory-bytes` against its limits.
@@ -102,6 +121,9 @@ pub struct BrokerConfig {
     /// A peer that started a frame must finish it within this long (see
     /// `limits::FRAME_READ_TIMEOUT_MS`, the default).
     pub frame_read_timeout: std::time::Duration,
+    /// Where `flush=never` partitions journal their unwritten batches (a directory on a tmpfs);
+    /// `None`: they are acknowledged after their device write.
+    pub journal_dir: Option<PathBuf>,
 }
 
 impl BrokerConfig {

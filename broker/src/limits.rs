@@ -13,11 +13,14 @@
 //! | replies queued per connection | `REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX` per connection, covered by the two budgets above |
 //! | each log's tail cache | P x `cache_bytes` (16 MiB by default) |
 //! | each log's write buffer while a round is written | P x `storage::limits::WRITE_BYTES_MAX` |
+//! | acknowledged (journaled) batches not yet written | P x `storage::limits::PENDING_BYTES_MAX` (64 MiB), plus the same bytes in the journal's tmpfs |
 //! | consumer groups | `GROUPS_PER_SHARD_MAX` x `MEMBERS_PER_GROUP_MAX` members of bounded strings |
 //! | Glommio's registered IO buffers | 3 rings x 10 MiB |
 //!
 //! Queued produce batches count against the request budget (they are slices of request
-//! frames) until they are written. The last per-partition terms still grow with P: a shard-wide
+//! frames) until they are acknowledged: written, or under `flush=never` with a journal,
+//! journaled; from then until written, against their log's pending budget
+//! (`storage::limits::PENDING_BYTES_MAX`, 64 MiB per log). The last per-partition terms still grow with P: a shard-wide
 //! cache budget is the next step (see the performance issue on many partitions).
 //! `broker/tests/durability.rs` checks that 32 connections offering ~300 MB of produces at once
 //! grow a broker with a 16 MiB request budget by well under 100 MiB.

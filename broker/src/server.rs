@@ -87,6 +87,9 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> Result<(), String
     if failed.load(Ordering::SeqCst) {
         return Err("a shard failed to start; see the log above".into());
     }
+    if let Some(root) = &config.journal_dir {
+        remove_empty_dirs(root);
+    }
     tracing::info!("spate stopped");
     Ok(())
 }
@@ -131,6 +134,19 @@ async fn lose_last_batches(shard: &Shard) {
             }
         }
     }
+}
+
+/// After a clean stop every log has removed its journal: remove the emptied directories too, so
+/// a tmpfs holds nothing of a broker that is not running. Bounded by the tree (topic, partition).
+fn remove_empty_dirs(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 fn pin_current_thread(cpu: usize) {

@@ -438,11 +438,13 @@ fn many_connections_sending_large_produces_stay_within_the_request_budget() {
     }
     let grown = peak.saturating_sub(before);
     println!("broker RSS {} MiB before, peak {} MiB", before >> 20, peak >> 20);
-    // Budget 16 MiB + read-ahead (64 KiB a connection) + the tail cache (16 MiB) + Glommio's IO
-    // buffers and allocator slack (measured: ~40 MiB). Before the request budget was taken ahead
-    // of the body, or while a waiting connection's buffer kept its previous frame alive, this
-    // grew by 5 MiB and more per connection.
-    assert!(grown < 100 << 20, "broker memory grew by {} MiB", grown >> 20);
+    // Budget 16 MiB + read-ahead (64 KiB a connection) + the tail cache (16 MiB) + the log's
+    // pending budget (64 MiB: under flush=never a journaled batch is acknowledged, and its
+    // request's budget released, before it is written) + Glommio's IO buffers and allocator
+    // slack. Measured: 50 MiB before the journal, ~145 MiB with it; before the request budget was
+    // taken ahead of the body, or while a waiting connection's buffer kept its previous frame
+    // alive, this grew by 5 MiB and more per connection (443 MiB here).
+    assert!(grown < 200 << 20, "broker memory grew by {} MiB", grown >> 20);
 }
 
 #[test]

@@ -88,6 +88,8 @@ impl Broker {
             .args(["serve", "--data-dir"])
             .arg(&self.dir)
             .args(["--listen", &self.address(), "--cores", "2"])
+            .arg("--journal-dir")
+            .arg(self.dir.with_extension("journal"))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)

@@ -251,6 +251,7 @@ fn start_embedded(
         log_defaults: Default::default(),
         request_memory_bytes: spate_broker::limits::REQUEST_MEMORY_PER_SHARD_BYTES_MAX,
         frame_read_timeout: Duration::from_millis(spate_broker::limits::FRAME_READ_TIMEOUT_MS),
+        journal_dir: spate_broker::config::journal_dir(None, &dir),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let broker_stop = stop.clone();

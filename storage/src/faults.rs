@@ -18,4 +18,10 @@ pub trait StorageFaults {
 
     /// Called after an fdatasync of `path` succeeded: its content up to now is durable.
     fn after_sync(&self, _path: &Path) {}
+
+    /// Called before a write round writes to `path`; an error fails the write as the device
+    /// would (nothing of it reaches the file).
+    fn before_write(&self, _path: &Path) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -24,6 +24,10 @@ pub const WRITE_ROUND_TARGET_BYTES: usize = 1024 * 1024;
 /// (backpressure) instead of growing memory.
 pub const PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// How long the flush task waits before writing again after a failed write that left
+/// acknowledged (journaled) batches queued: a full disk is retried a few times a second.
+pub const WRITE_RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Largest tail cache a log may be configured with.
 pub const CACHE_BYTES_MAX: usize = 256 * 1024 * 1024;
 

@@ -43,6 +43,11 @@ pub(crate) struct ServeArgs {
     /// (100..=30000, default 30000).
     #[arg(long, value_parser = clap::value_parser!(u64).range(100..=30_000))]
     frame_read_timeout_ms: Option<u64>,
+    /// Where flush=never partitions journal unwritten batches (a tmpfs directory), so they are
+    /// acknowledged before their device write and survive a broker crash; `none` to
+    /// acknowledge after the write (default: /dev/shm/spate-<id of the data dir>).
+    #[arg(long)]
+    journal_dir: Option<String>,
 }
 
 pub(crate) fn serve(args: ServeArgs) -> Result<(), String> {
@@ -97,6 +102,10 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let request_memory_bytes =
         config::request_memory_bytes(args.request_memory_bytes.or(file.request_memory_bytes))?;
+    let journal_dir = config::journal_dir(
+        args.journal_dir.as_deref().or(file.journal_dir.as_deref()),
+        &std::path::absolute(&data_dir).map_err(|e| e.to_string())?,
+    );
     let config = BrokerConfig {
         data_dir,
         listen,
@@ -105,6 +114,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), String> {
         layout,
         log_defaults,
         request_memory_bytes,
+        journal_dir,
         frame_read_timeout: Duration::from_millis(
             args.frame_read_timeout_ms
                 .or(file.frame_read_timeout_ms)

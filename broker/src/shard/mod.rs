@@ -265,8 +265,16 @@ impl Shard {
                 }
                 None => {
                     let dir = self.config.data_dir.join(&key.0).join(key.1.to_string());
-                    let options =
-                        LogOptions { task_queue: Some(self.background), ..LogOptions::default() };
+                    let journal_dir = self
+                        .config
+                        .journal_dir
+                        .as_ref()
+                        .map(|root| root.join(&key.0).join(key.1.to_string()));
+                    let options = LogOptions {
+                        task_queue: Some(self.background),
+                        journal_dir,
+                        ..LogOptions::default()
+                    };
                     let log = Log::open(&dir, config, options).await?;
                     tracing::debug!(topic = %key.0, partition = key.1, shard = self.id, "opened partition");
                     self.logs.borrow_mut().insert(key, log);

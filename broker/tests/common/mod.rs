@@ -47,6 +47,9 @@ impl Broker {
             .args(["serve", "--data-dir"])
             .arg(dir)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--cores", &cores.to_string()])
+            // Beside the data directory, so a killed test broker leaves nothing on /dev/shm.
+            .arg("--journal-dir")
+            .arg(dir.with_extension("journal"))
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -110,6 +110,8 @@ impl Log {
         state.next_offset = offset;
         state.written_offset = offset;
         state.durable_offset = offset;
+        // Everything was written before the cut, so the journal holds nothing past it.
+        state.acked_end = offset;
         state.cache.truncate(offset);
         tracing::info!(dir = %self.inner.dir.display(), offset, segments_removed = doomed.len(), "truncated log");
         Ok(())
@@ -194,6 +196,13 @@ impl Log {
         let synced = self.sync_active().await;
         let files: Vec<_> = {
             let mut state = self.inner.state.borrow_mut();
+            // Everything is in the segment: the journal has nothing left to keep. (After a
+            // failed drain it stays, and the next open replays it.)
+            if let (Ok(()), Some(journal)) = (&drained, state.journal.take()) {
+                if let Err(error) = journal.remove() {
+                    tracing::warn!(%error, "could not remove the journal");
+                }
+            }
             state.closed = true;
             state.fail_waiters(&LogError::Closed);
             state.cache.clear();

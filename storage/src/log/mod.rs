@@ -13,8 +13,17 @@
 //! synced, together by the next round: that is the group commit.
 //!
 //! Offsets: `next` (assigned) ≥ `written` (in the file) ≥ `durable` (fdatasync'd). Readers see
-//! batches up to the high watermark: `durable` under `flush=always`, `written` otherwise, so a
-//! consumer never reads a batch a crash could take back under `always`.
+//! batches up to the high watermark: `durable` under `flush=always`, so a consumer never reads a
+//! batch a crash could take back; under `never` and `interval`, `written`, or, with a journal,
+//! everything journaled.
+//!
+//! The journal (`LogOptions::journal_dir`, see [`crate::journal`]): under `flush=never` an
+//! append is copied into a file on a tmpfs when it is queued, and completes at once, before the
+//! device write; a device stall then delays the write, not the producer. A journaled batch
+//! survives the death of the process (recovery replays it) but not a kernel crash or a power
+//! cut before it is written; unwritten bytes are bounded by the pending budget. A write that
+//! fails after batches were acknowledged keeps them queued and retries; new appends fail with
+//! the write's error meanwhile.
 //!
 //! Layout of this module:
 //! - this file: the log's handle ([`Log`]), its shared state, opening, offsets and config;
@@ -46,6 +55,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{LogError, Result};
 use crate::faults::StorageFaults;
+use crate::journal::{self, Journal};
 use crate::limits;
 use crate::segment::{self, Segment, SegmentPaths};
 use recovery::{open_sealed_segment, recover_tail_segment};
@@ -131,11 +141,19 @@ pub struct LogOptions {
     pub clock: Rc<dyn Clock>,
     pub task_queue: Option<TaskQueueHandle>,
     pub faults: Option<Rc<dyn StorageFaults>>,
+    /// Where this log journals unwritten `flush=never` batches (a directory on a tmpfs, one
+    /// per log); `None`: `flush=never` appends complete after their device write.
+    pub journal_dir: Option<PathBuf>,
 }
 
 impl Default for LogOptions {
     fn default() -> Self {
-        LogOptions { clock: Rc::new(SystemClock), task_queue: None, faults: None }
+        LogOptions {
+            clock: Rc::new(SystemClock),
+            task_queue: None,
+            faults: None,
+            journal_dir: None,
+        }
     }
 }
 
@@ -173,6 +191,7 @@ struct Inner {
     pending_budget: tokio::sync::Semaphore,
 }
 
+#[derive(Clone)]
 struct Pending {
     base_offset: i64,
     next_offset: i64,
@@ -205,13 +224,49 @@ struct State {
     /// Set by a failed fdatasync: the log refuses every read and append from then on.
     offline: Option<String>,
     recovery: RecoveryReport,
+    /// The unwritten-batch journal, while it works.
+    journal: Option<Journal>,
+    /// Offsets below this are acknowledged and survive a process crash: written, or journaled.
+    acked_end: i64,
+    /// Set when a write failed while it held acknowledged (journaled) batches: they stay queued
+    /// and are retried, and new appends fail with this error until a write succeeds.
+    write_error: Option<LogError>,
 }
 
 impl State {
     fn high_watermark(&self) -> i64 {
         match self.config.flush {
             FlushPolicy::Always => self.durable_offset,
-            _ => self.written_offset,
+            _ => self.written_offset.max(self.acked_end),
+        }
+    }
+
+    /// Whether appends are acknowledged from the journal (before their write).
+    fn journaling(&self) -> bool {
+        self.config.flush == FlushPolicy::Never && self.journal.is_some()
+    }
+
+    /// Journals a queued batch; on success it counts as acknowledged. A journal that fails is
+    /// given up (logged): appends then complete after their write again.
+    fn journal_batch(
+        &mut self,
+        dir: &Path,
+        base_offset: i64,
+        next_offset: i64,
+        bytes: &[u8],
+    ) -> bool {
+        let Some(journal) = self.journal.as_mut() else { return false };
+        match journal.append(base_offset, next_offset, bytes) {
+            Ok(()) => {
+                self.acked_end = next_offset;
+                true
+            }
+            Err(error) => {
+                tracing::error!(dir = %dir.display(), %error,
+                    "the journal failed; flush=never appends now complete after their write");
+                self.journal = None;
+                false
+            }
         }
     }
 
@@ -253,6 +308,21 @@ impl State {
         let durable = self.config.flush == FlushPolicy::Always;
         self.waiters.push_back(Waiter { next_offset, durable, reply: tx });
         rx
+    }
+
+    /// Queues a batch that already carries its offsets and term (replayed from the journal).
+    fn queue_stamped(&mut self, bytes: Bytes, header: &BatchHeader) {
+        assert_eq!(header.base_offset, self.next_offset, "replayed batches are contiguous");
+        let (base_offset, next_offset) = (header.base_offset, header.next_offset());
+        self.next_offset = next_offset;
+        self.pending_bytes += bytes.len();
+        self.cache.push(CachedBatch { base_offset, next_offset, bytes: bytes.clone() });
+        self.pending.push_back(Pending {
+            base_offset,
+            next_offset,
+            max_timestamp: header.max_timestamp,
+            bytes,
+        });
     }
 
     /// Completes every waiter the offsets now satisfy.
@@ -353,8 +423,11 @@ impl Log {
             closed: false,
             offline: None,
             recovery,
+            journal: None,
+            acked_end: next_offset,
+            write_error: None,
         };
-        Ok(Log {
+        let log = Log {
             inner: Rc::new(Inner {
                 dir,
                 options,
@@ -362,7 +435,48 @@ impl Log {
                 io_lock: Semaphore::new(1),
                 pending_budget: tokio::sync::Semaphore::new(limits::PENDING_BYTES_MAX),
             }),
-        })
+        };
+        if let Some(journal_dir) = log.inner.options.journal_dir.clone() {
+            log.replay_journal(&journal_dir).await?;
+        }
+        Ok(log)
+    }
+
+    /// Writes (and syncs) what the journal holds past the recovered end, then starts a fresh
+    /// journal. A crash meanwhile leaves the old journal in place for the next attempt.
+    async fn replay_journal(&self, journal_dir: &Path) -> Result<()> {
+        let next = self.inner.state.borrow().next_offset;
+        let replayed = journal::replay(journal_dir, next)
+            .map_err(|e| LogError::io("replay", journal_dir, e))?;
+        let mut batches = 0usize;
+        let mut bytes = 0usize;
+        {
+            let mut state = self.inner.state.borrow_mut();
+            // Bounded by the journal's contents.
+            for record in replayed {
+                let Ok(header) = batch::validate(&record.batch) else { break };
+                if header.base_offset != state.next_offset {
+                    break;
+                }
+                bytes += record.batch.len();
+                batches += 1;
+                state.queue_stamped(record.batch, &header);
+            }
+        }
+        if batches > 0 {
+            // The replayed bytes hold their share of the pending budget until written.
+            let permits = self.inner.pending_budget.try_acquire_many(bytes as u32);
+            permits.expect("a journal holds at most one pending budget").forget();
+            tracing::warn!(dir = %self.inner.dir.display(), batches, bytes,
+                "replayed acknowledged batches the previous process had not written");
+            self.flush().await?;
+        }
+        let journal =
+            Journal::create(journal_dir).map_err(|e| LogError::io("create", journal_dir, e))?;
+        let mut state = self.inner.state.borrow_mut();
+        state.acked_end = state.next_offset;
+        state.journal = Some(journal);
+        Ok(())
     }
 
     fn ensure_open(&self) -> Result<()> {

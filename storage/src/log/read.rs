@@ -45,6 +45,22 @@ impl Log {
                     return Ok(result);
                 }
             }
+            if offset >= state.written_offset {
+                // Acknowledged from the journal, not yet in the segment, and evicted from the
+                // tail cache: the queued batch itself.
+                let first = state.pending.partition_point(|p| p.next_offset <= offset);
+                let mut total = 0usize;
+                for pending in state.pending.range(first..) {
+                    if pending.next_offset > high_watermark
+                        || (!result.chunks.is_empty() && total + pending.bytes.len() > bytes_max)
+                    {
+                        break;
+                    }
+                    total += pending.bytes.len();
+                    result.chunks.push(LogBytes::Memory(pending.bytes.clone()));
+                }
+                return Ok(result);
+            }
             let segment = state
                 .segments
                 .range(..=offset)

@@ -17,7 +17,8 @@ use crate::segment::{self, round_down, round_up, Segment, SegmentPaths};
 impl Log {
     /// Appends one batch (validated here: shape, CRC and records). Stamps its base offset and
     /// `leader_term` in place, and completes once the batch is written, or under
-    /// `flush=always` once it is durable.
+    /// `flush=always` once it is durable, or under `flush=never` with a journal once it is
+    /// journaled (see the module docs of `log`).
     pub async fn append(&self, batch: BytesMut, leader_term: u64) -> Result<Appended> {
         self.append_batches(vec![batch], leader_term).await
     }
@@ -40,6 +41,7 @@ impl Log {
         }
         assert!(length <= limits::PENDING_BYTES_MAX);
         self.ensure_open()?;
+        self.ensure_writable()?;
         // Queued in call order even when this waits: no later append can take offsets first.
         let permits = self
             .inner
@@ -58,8 +60,20 @@ impl Log {
             let mut state = self.inner.state.borrow_mut();
             let first_offset = state.next_offset;
             let mut replies = Vec::with_capacity(batches.len());
+            let mut journaled = state.journaling();
             for (batch, header) in batches.iter_mut().zip(&headers) {
+                let base_offset = state.next_offset;
                 replies.push(state.queue(std::mem::take(batch), header, leader_term));
+                if journaled {
+                    let queued = state.pending.back().expect("just queued");
+                    let (next_offset, bytes) = (queued.next_offset, queued.bytes.clone());
+                    journaled =
+                        state.journal_batch(&self.inner.dir, base_offset, next_offset, &bytes);
+                }
+            }
+            if journaled {
+                // Acknowledged now: the journal keeps them through a process crash.
+                replies.clear();
             }
             if let Some(segment_ms) = state.config.segment_ms {
                 let now_ms = self.inner.options.clock.now_ms();
@@ -92,15 +106,15 @@ impl Log {
     /// Writes one round of queued batches. Returns whether more are queued, or the error that
     /// failed (and rolled back) the round. Caller holds the IO lock.
     async fn flush_round(&self) -> Result<bool> {
+        // Copies of the handles: the batches stay queued (and readable) until written.
         let work: Vec<Pending> = {
-            let mut state = self.inner.state.borrow_mut();
+            let state = self.inner.state.borrow();
             let count = round_batch_count(state.pending.iter().map(|p| p.bytes.len()));
             if count == 0 {
                 return Ok(false);
             }
-            state.pending.drain(..count).collect()
+            state.pending.iter().take(count).cloned().collect()
         };
-        let released: usize = work.iter().map(|p| p.bytes.len()).sum();
         let result = self.write_batches(&work).await;
         let result = match result {
             Ok(()) => self.sync_after_write().await,
@@ -110,14 +124,38 @@ impl Log {
                 Err(error)
             }
         };
-        let offline = {
+        drop(work);
+        let (offline, released) = {
             let mut state = self.inner.state.borrow_mut();
+            let written = state.written_offset;
+            let mut released = 0usize;
+            // Bounded by the queue.
+            while state.pending.front().is_some_and(|p| p.next_offset <= written) {
+                released += state.pending.pop_front().expect("checked").bytes.len();
+            }
             state.pending_bytes -= released;
             match &result {
-                Ok(()) => state.wake_waiters(),
+                Ok(()) => {
+                    state.write_error = None;
+                    state.wake_waiters();
+                    if let Some(journal) = state.journal.as_mut() {
+                        if let Err(error) = journal.release(written) {
+                            tracing::warn!(%error, "could not release journal files");
+                        }
+                    }
+                }
+                Err(error) if state.acked_end > written && state.offline.is_none() => {
+                    // Acknowledged (journaled) batches must still be written: keep them queued,
+                    // ahead of the rest, and retry; refuse new appends until a write succeeds.
+                    if state.write_error.is_none() {
+                        tracing::warn!(dir = %self.inner.dir.display(), %error, written, acknowledged = state.acked_end,
+                            "write failed; keeping the acknowledged batches queued and retrying");
+                    }
+                    state.write_error = Some(error.duplicate());
+                }
                 Err(error) => self.roll_back_unwritten(&mut state, error),
             }
-            state.offline.is_some()
+            (state.offline.is_some(), released)
         };
         self.inner.pending_budget.add_permits(released);
         // An offline log touches its files no more: recovery on restart decides.
@@ -146,6 +184,14 @@ impl Log {
         state.written_offset = state.durable_offset;
         state.next_offset = state.durable_offset;
         state.fail_waiters(&offline);
+    }
+
+    /// Refuses appends while acknowledged batches wait for a write that keeps failing.
+    fn ensure_writable(&self) -> Result<()> {
+        match &self.inner.state.borrow().write_error {
+            Some(error) => Err(error.duplicate()),
+            None => Ok(()),
+        }
     }
 
     /// After a failed write: every batch past `written` is gone. Fail their appenders, release
@@ -217,6 +263,9 @@ impl Log {
                     end,
                 )
             };
+            if let Some(faults) = &self.inner.options.faults {
+                faults.before_write(&path).map_err(|e| LogError::io("write", &path, e))?;
+            }
             segment::write_all_at(&file, &path, buffer, position).await?;
             let mut state = self.inner.state.borrow_mut();
             let interval = state.config.index_interval_bytes;
@@ -410,12 +459,21 @@ impl Log {
 }
 
 async fn flush_task(log: Log) {
-    // Runs until the queue is empty; each round writes at least one batch.
+    // Runs until the queue is empty; each round writes at least one batch, or fails (and then,
+    // holding acknowledged batches, retries after a pause until a write succeeds).
     loop {
         let Ok(permit) = log.inner.io_lock.acquire_permit(1).await else { return };
         let outcome = log.flush_round().await;
         drop(permit);
         if let Ok(true) = outcome {
+            continue;
+        }
+        let retry = {
+            let state = log.inner.state.borrow();
+            state.write_error.is_some() && state.offline.is_none() && !state.closed
+        };
+        if retry {
+            glommio::timer::sleep(limits::WRITE_RETRY_BACKOFF).await;
             continue;
         }
         // Appends that arrived during the round see the flag set and rely on this task.

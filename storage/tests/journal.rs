@@ -1,0 +1,160 @@
+//! `flush=never` with a journal: appends complete before their device write, survive the death
+//! of the process, and a write that fails keeps them queued instead of dropping them.
+
+mod common;
+
+use std::cell::Cell;
+use std::path::Path;
+use std::rc::Rc;
+
+use common::*;
+use spate_storage::faults::StorageFaults;
+use spate_storage::{FlushPolicy, Log, LogConfig, LogError, LogOptions};
+
+/// Fails every segment write while `failing` is set (a stalled or full device).
+#[derive(Default)]
+struct FailingWrites {
+    failing: Cell<bool>,
+}
+
+impl StorageFaults for FailingWrites {
+    fn before_write(&self, _path: &Path) -> std::io::Result<()> {
+        if self.failing.get() {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
+    }
+}
+
+fn config() -> LogConfig {
+    LogConfig {
+        flush: FlushPolicy::Never,
+        segment_bytes: spate_storage::limits::SEGMENT_BYTES_MIN,
+        cache_bytes: 0,
+        ..LogConfig::default()
+    }
+}
+
+fn options(journal: &Path, faults: &Rc<FailingWrites>) -> LogOptions {
+    LogOptions {
+        journal_dir: Some(journal.to_path_buf()),
+        faults: Some(faults.clone() as Rc<dyn StorageFaults>),
+        ..LogOptions::default()
+    }
+}
+
+/// Every batch from the start, as (base offset, bytes).
+async fn read_all(log: &Log) -> Vec<(i64, Vec<u8>)> {
+    let end = log.offsets().high_watermark;
+    let mut offset = log.offsets().start;
+    let mut out = Vec::new();
+    // Each read returns at least one batch.
+    while offset < end {
+        let read = log.read(offset, 1 << 20).await.unwrap();
+        let batches = split_batches(&read_bytes(&read));
+        offset = spate_protocol::batch::BatchHeader::parse(&batches.last().unwrap().1)
+            .unwrap()
+            .next_offset();
+        out.extend(batches);
+    }
+    out
+}
+
+#[test]
+fn acknowledged_before_the_write_and_replayed_after_a_crash() {
+    let data = temp_dir();
+    let journal = temp_dir();
+    let faults = Rc::new(FailingWrites::default());
+    let acked = run({
+        let (data, journal, faults) =
+            (data.path().to_path_buf(), journal.path().to_path_buf(), faults.clone());
+        async move {
+            let log = Log::open(&data, config(), options(&journal, &faults)).await.unwrap();
+            let mut acked = Vec::new();
+            for tag in 0..5u64 {
+                let batch = make_batch(tag, 2, 500, 0);
+                let appended = log.append(batch.clone(), 1).await.unwrap();
+                acked.push((appended.base_offset, stamped(batch, appended.base_offset, 1)));
+            }
+            // The device refuses every write from here on (a full disk): appends are still
+            // acknowledged at once, from the journal, and readable.
+            faults.failing.set(true);
+            for tag in 5..12u64 {
+                let batch = make_batch(tag, 2, 500, 0);
+                let appended = log.append(batch.clone(), 1).await.unwrap();
+                acked.push((appended.base_offset, stamped(batch, appended.base_offset, 1)));
+            }
+            assert_eq!(log.offsets().high_watermark, 24, "acknowledged batches are visible");
+            assert!(read_all(&log).await == acked, "acknowledged batches read back");
+            // Once a write has failed with acknowledged batches queued, new appends fail with
+            // its error (bounded: the flush task retries every 200 ms).
+            let mut refused = None;
+            for _ in 0..100 {
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                if let Err(error) = log.append(make_batch(99, 1, 10, 0), 1).await {
+                    refused = Some(error);
+                    break;
+                }
+            }
+            assert!(matches!(refused, Some(LogError::DiskFull { .. })), "{refused:?}");
+            assert!(log.offsets().written < 24, "the failing device wrote nothing");
+            // The process dies here: nothing more is written.
+            acked
+        }
+    });
+    // Restarted with a working device: the journal replays what was never written.
+    faults.failing.set(false);
+    run({
+        let (data, journal, faults) =
+            (data.path().to_path_buf(), journal.path().to_path_buf(), faults.clone());
+        async move {
+            let log = Log::open(&data, config(), options(&journal, &faults)).await.unwrap();
+            assert_eq!(log.offsets().written, 24, "replayed and written before serving");
+            assert!(read_all(&log).await == acked, "replayed batches read back");
+            let next = log.append(make_batch(50, 1, 10, 0), 1).await.unwrap();
+            assert_eq!(next.base_offset, 24);
+            log.close().await.unwrap();
+        }
+    });
+    // A clean close leaves no journal behind.
+    assert!(!journal.path().exists() || std::fs::read_dir(journal.path()).unwrap().count() == 0);
+}
+
+#[test]
+fn a_full_device_that_recovers_writes_the_acknowledged_batches_and_accepts_appends_again() {
+    let data = temp_dir();
+    let journal = temp_dir();
+    let faults = Rc::new(FailingWrites::default());
+    run({
+        let (data, journal, faults) =
+            (data.path().to_path_buf(), journal.path().to_path_buf(), faults.clone());
+        async move {
+            let log = Log::open(&data, config(), options(&journal, &faults)).await.unwrap();
+            faults.failing.set(true);
+            // Acknowledged from the journal, then its write fails: appends are refused until a
+            // write succeeds (bounded wait: the flush task retries every 200 ms).
+            log.append(make_batch(0, 1, 100, 0), 1).await.unwrap();
+            let mut refused = false;
+            for _ in 0..100 {
+                if log.append(make_batch(1, 1, 100, 0), 1).await.is_err() {
+                    refused = true;
+                    break;
+                }
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert!(refused);
+            let acknowledged = log.offsets().high_watermark;
+            faults.failing.set(false);
+            // Bounded: the retry comes within a few backoffs.
+            for _ in 0..200 {
+                if log.offsets().written == acknowledged {
+                    break;
+                }
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_eq!(log.offsets().written, acknowledged);
+            let next = log.append(make_batch(9, 1, 100, 0), 1).await.unwrap();
+            assert_eq!(next.base_offset, acknowledged);
+        }
+    });
+}
