@@ -7,7 +7,7 @@ use std::rc::Rc;
 use glommio::io::DmaFile;
 
 use super::{fdatasync, RecoveryReport};
-use crate::config::LogConfig;
+use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{LogError, Result};
 use crate::faults::StorageFaults;
 use crate::index::{SegmentIndex, SegmentSummary};
@@ -143,8 +143,12 @@ pub(super) async fn recover_tail_segment(
     }
     // What recovery found may have been written but never synced (the process died between a
     // write and its fdatasync). Make it durable before anyone reads it, so that a later power
-    // loss cannot take back what a consumer already saw.
-    fdatasync(&file, &paths.log, faults).await?;
+    // loss cannot take back what a consumer already saw. Not for an empty segment (a new
+    // partition: nothing to keep), nor under flush=never, which promises nothing across a power
+    // loss (and thousands of partitions would each pay a sync at every start).
+    if size > 0 && config.flush != FlushPolicy::Never {
+        fdatasync(&file, &paths.log, faults).await?;
+    }
     let segment = Segment {
         base_offset: base,
         file: Rc::new(file),
