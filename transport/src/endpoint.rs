@@ -215,6 +215,9 @@ fn transport_config() -> Arc<quinn_proto::TransportConfig> {
         .max_idle_timeout(Some(VarInt::from_u32(IDLE_TIMEOUT_MS as u32).into()))
         .keep_alive_interval(Some(Duration::from_millis(KEEP_ALIVE_INTERVAL_MS)))
         .datagram_receive_buffer_size(None);
+    let mut mtu_discovery = quinn_proto::MtuDiscoveryConfig::default();
+    mtu_discovery.upper_bound(UDP_PAYLOAD_BYTES_MAX);
+    config.mtu_discovery_config(Some(mtu_discovery));
     Arc::new(config)
 }
 
@@ -243,8 +246,12 @@ impl Endpoint {
         server_config.transport_config(transport_config());
         let mut client_config = quinn_proto::ClientConfig::new(client_crypto);
         client_config.transport_config(transport_config());
+        let mut endpoint_config = quinn_proto::EndpointConfig::default();
+        endpoint_config
+            .max_udp_payload_size(UDP_PAYLOAD_BYTES_MAX)
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
         let endpoint = quinn_proto::Endpoint::new(
-            Arc::new(quinn_proto::EndpointConfig::default()),
+            Arc::new(endpoint_config),
             Some(Arc::new(server_config)),
             true,
             None,
@@ -350,6 +357,36 @@ impl Endpoint {
             Poll::Pending
         })
         .await
+    }
+
+    /// Closes every connection (queued data not yet sent is dropped; the peer sees a normal
+    /// close) and waits, at most [`CLOSE_WAIT_MS`], until QUIC has told the peers.
+    pub async fn close(&self) {
+        {
+            let mut state = self.shared.state.borrow_mut();
+            state.closed = true;
+            let now = Instant::now();
+            for conn in state.conns.values_mut() {
+                conn.fail(now, TransportError::EndpointClosed, close_code::NORMAL);
+            }
+            state.accept_wakers.wake_all();
+            state.wake_driver();
+        }
+        let drained = poll_fn(|cx| {
+            let mut state = self.shared.state.borrow_mut();
+            if state.conns.is_empty() {
+                return Poll::Ready(());
+            }
+            for conn in state.conns.values_mut() {
+                conn.wakers.register(cx.waker());
+            }
+            Poll::Pending
+        });
+        futures_lite::future::or(
+            drained,
+            glommio::timer::sleep(Duration::from_millis(CLOSE_WAIT_MS)),
+        )
+        .await;
     }
 
     /// Connections (any phase), for metrics and tests.
