@@ -189,3 +189,81 @@ fn a_large_transfer_arrives_intact() {
 fn pattern(index: usize, bytes: usize) -> Bytes {
     (0..bytes).map(|i| (i as u8).wrapping_mul(31).wrapping_add(index as u8)).collect()
 }
+
+#[test]
+fn a_reader_that_does_not_read_stops_the_sender() {
+    const MESSAGE_BYTES: usize = 1024 * 1024;
+    let cluster = generate_cluster(2).unwrap();
+    run(move || async move {
+        let a = Endpoint::bind(localhost(), &creds(&cluster, 1)).unwrap();
+        let b = Endpoint::bind(localhost(), &creds(&cluster, 2)).unwrap();
+        let b_addr = b.local_addr().unwrap();
+        let (ready_tx, ready_rx) = futures_channel_oneshot();
+        let receiver = glommio::spawn_local(async move {
+            let peer = b.accept().await.unwrap();
+            let stream = peer.accept_stream().await.unwrap();
+            ready_rx.await;
+            // Now read everything: the sender is released and nothing was lost.
+            let mut received = 0usize;
+            while let Some(message) = stream.recv().await.unwrap() {
+                assert_eq!(message.len(), MESSAGE_BYTES);
+                received += 1;
+            }
+            received
+        });
+        let peer = a.connect(b_addr, 2).await.unwrap();
+        let stream = peer.open_stream().await.unwrap();
+        let message = Bytes::from(vec![7u8; MESSAGE_BYTES]);
+        let mut sent = 0usize;
+        // Bounded: at most this many messages fit in the queues and windows on both sides.
+        let fits = (spate_transport::limits::CONNECTION_SEND_QUEUE_BYTES_MAX
+            + spate_transport::limits::STREAM_RECV_BUFFER_BYTES_MAX
+            + spate_transport::limits::CONNECTION_RECEIVE_WINDOW_BYTES as usize)
+            / MESSAGE_BYTES
+            + 1;
+        loop {
+            let send = async {
+                stream.send(message.clone()).await.unwrap();
+                true
+            };
+            let stall = async {
+                glommio::timer::sleep(Duration::from_millis(500)).await;
+                false
+            };
+            if !futures_lite::future::or(send, stall).await {
+                break;
+            }
+            sent += 1;
+            assert!(sent <= fits, "sent {sent} messages to a reader that reads nothing");
+        }
+        assert!(sent >= 16, "only {sent} messages before backpressure");
+        ready_tx.send();
+        stream.finish();
+        // The send that stalled was cancelled before queueing anything.
+        assert_eq!(receiver.await, sent);
+    });
+}
+
+/// A one-shot signal between two tasks of one executor.
+fn futures_channel_oneshot() -> (Signal, impl Future<Output = ()>) {
+    let flag = std::rc::Rc::new(std::cell::Cell::new(false));
+    let waiter = flag.clone();
+    let wait = async move {
+        for _ in 0..10_000 {
+            if waiter.get() {
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("never signalled");
+    };
+    (Signal(flag), wait)
+}
+
+struct Signal(std::rc::Rc<std::cell::Cell<bool>>);
+
+impl Signal {
+    fn send(self) {
+        self.0.set(true);
+    }
+}
