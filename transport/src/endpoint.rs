@@ -103,7 +103,8 @@ pub struct Endpoint {
 }
 
 /// A connection to another broker that passed mutual TLS and the hello. Dropping it closes the
-/// connection.
+/// connection at once: data still queued is discarded (QUIC's close is abrupt), so keep the
+/// peer until the application has its replies.
 pub struct Peer {
     shared: Rc<Shared>,
     handle: ConnectionHandle,
@@ -671,6 +672,8 @@ impl State {
         let mut deadline: Option<Instant> = None;
         let mut drained = Vec::new();
         let local_broker_id = self.local_broker_id;
+        let conn_budget = (DATAGRAMS_PER_PASS_MAX / self.conns.len().max(1))
+            .max(DATAGRAMS_PER_CONNECTION_PASS_MIN);
         for (&handle, conn) in self.conns.iter_mut() {
             if conn.timeout.is_some_and(|t| t <= now) {
                 conn.conn.handle_timeout(now);
@@ -704,13 +707,17 @@ impl State {
                 warn!(remote = %conn.conn.remote_address(), "no hello in time; closing");
                 conn.fail(now, TransportError::HelloTimeout, close_code::HELLO_TIMEOUT);
             }
-            while out.len() < DATAGRAMS_PER_PASS_MAX {
+            // Every connection gets a share of the pass, so one busy connection cannot starve
+            // the others' acknowledgements and keep-alives.
+            let mut emitted = 0;
+            while emitted < conn_budget {
                 let mut buf = self.spare_buffers.pop().unwrap_or_default();
                 buf.clear();
                 match conn.conn.poll_transmit(now, 1, &mut buf) {
                     Some(transmit) => {
                         buf.truncate(transmit.size);
                         out.push(Outgoing { destination: transmit.destination, data: buf });
+                        emitted += 1;
                     }
                     None => {
                         self.spare_buffers.push(buf);
@@ -718,7 +725,7 @@ impl State {
                     }
                 }
             }
-            if out.len() >= DATAGRAMS_PER_PASS_MAX {
+            if emitted >= conn_budget {
                 more = true;
             }
             exchange_endpoint_events(&mut self.endpoint, handle, conn);
@@ -900,7 +907,15 @@ impl Conn {
                 self.fail(now, error, close_code::BAD_HELLO);
                 return false;
             }
-            Ok(None) => return false,
+            Ok(None) => {
+                // Refuse a wrong length at the header instead of buffering its payload.
+                let header = stream.recv.get(..FRAME_HEADER_BYTES);
+                if header.is_some_and(|h| h != (frame::HELLO_BYTES as u32).to_be_bytes()) {
+                    let error = TransportError::BadHello("wrong length".into());
+                    self.fail(now, error, close_code::BAD_HELLO);
+                }
+                return false;
+            }
             Err(e) => {
                 self.fail(now, TransportError::Frame(e), close_code::BAD_HELLO);
                 return false;
@@ -1079,6 +1094,7 @@ async fn receive_task(shared: Rc<Shared>) {
 
 async fn driver_task(shared: Rc<Shared>) {
     let mut out = Vec::with_capacity(DATAGRAMS_PER_PASS_MAX + RESPONSES_QUEUED_MAX);
+    // Reused across passes: at most one pass's datagrams are in flight.
     loop {
         let (more, deadline) = shared.state.borrow_mut().drive(Instant::now(), &mut out);
         for outgoing in out.drain(..) {

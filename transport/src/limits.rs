@@ -49,6 +49,10 @@ pub const DATAGRAM_BYTES_MAX: usize = UDP_PAYLOAD_BYTES_MAX as usize;
 /// Datagrams the driver produces in one pass before it sends them and yields.
 pub const DATAGRAMS_PER_PASS_MAX: usize = 64;
 
+/// Datagrams each connection may produce in one pass however many connections there are (so
+/// a pass may produce up to this times [`CONNECTIONS_MAX`]).
+pub const DATAGRAMS_PER_CONNECTION_PASS_MIN: usize = 4;
+
 /// Datagrams the receive task takes in a row before it yields to the driver.
 pub const DATAGRAMS_PER_RECV_BURST_MAX: usize = 64;
 

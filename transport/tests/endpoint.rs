@@ -267,3 +267,53 @@ impl Signal {
         self.0.set(true);
     }
 }
+
+#[test]
+fn three_brokers_connect_to_each_other() {
+    let cluster = generate_cluster(3).unwrap();
+    run(move || async move {
+        let endpoints: Vec<Endpoint> =
+            (1..=3).map(|id| Endpoint::bind(localhost(), &creds(&cluster, id)).unwrap()).collect();
+        let addrs: Vec<SocketAddr> = endpoints.iter().map(|e| e.local_addr().unwrap()).collect();
+        let endpoints = std::rc::Rc::new(endpoints);
+        // Every broker accepts from the brokers with a lower id and echoes one message.
+        let mut servers = Vec::new();
+        for (index, lower) in [(1usize, 1usize), (2, 2)] {
+            let endpoints = endpoints.clone();
+            servers.push(glommio::spawn_local(async move {
+                let mut peers = Vec::new();
+                for _ in 0..lower {
+                    let peer = endpoints[index].accept().await.unwrap();
+                    let stream = peer.accept_stream().await.unwrap();
+                    let message = stream.recv().await.unwrap().unwrap();
+                    assert_eq!(
+                        message,
+                        Bytes::from(format!("{}->{}", peer.broker_id(), index + 1))
+                    );
+                    stream.send(message).await.unwrap();
+                    peers.push((peer, stream));
+                }
+                // Returned, not dropped: dropping a peer closes it at once.
+                peers
+            }));
+        }
+        let mut clients = Vec::new();
+        for from in 0..3usize {
+            for (to, &addr) in addrs.iter().enumerate().skip(from + 1) {
+                let peer = endpoints[from].connect(addr, to as BrokerId + 1).await.unwrap();
+                let stream = peer.open_stream().await.unwrap();
+                let message = Bytes::from(format!("{}->{}", from + 1, to + 1));
+                stream.send(message.clone()).await.unwrap();
+                assert_eq!(stream.recv().await.unwrap(), Some(message));
+                clients.push((peer, stream));
+            }
+        }
+        assert_eq!(clients.len(), 3);
+        let mut server_peers = Vec::new();
+        for server in servers {
+            server_peers.extend(server.await);
+        }
+        assert_eq!(server_peers.len(), 3);
+        assert_eq!(endpoints[0].connection_count(), 2);
+    });
+}
