@@ -742,6 +742,7 @@ impl State {
             }
         }
         for handle in drained {
+            self.accepted.retain(|&accepted| accepted != handle);
             if let Some(mut conn) = self.conns.remove(&handle) {
                 if !matches!(conn.phase, Phase::Failed(_)) {
                     conn.phase = Phase::Failed(TransportError::Closed);

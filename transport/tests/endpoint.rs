@@ -317,3 +317,38 @@ fn three_brokers_connect_to_each_other() {
         assert_eq!(endpoints[0].connection_count(), 2);
     });
 }
+
+#[test]
+fn connections_past_the_limit_are_refused() {
+    use spate_transport::limits::CONNECTIONS_MAX;
+    let cluster = generate_cluster(2).unwrap();
+    run(move || async move {
+        let server = Endpoint::bind(localhost(), &creds(&cluster, 2)).unwrap();
+        let server_addr = server.local_addr().unwrap();
+        let client_creds = creds(&cluster, 1);
+        let mut peers = Vec::new();
+        // One endpoint per connection, as separate brokers would have.
+        let mut clients = Vec::new();
+        for _ in 0..CONNECTIONS_MAX {
+            let client = Endpoint::bind(localhost(), &client_creds).unwrap();
+            peers.push(client.connect(server_addr, 2).await.unwrap());
+            clients.push(client);
+        }
+        assert_eq!(server.connection_count(), CONNECTIONS_MAX);
+        let extra = Endpoint::bind(localhost(), &client_creds).unwrap();
+        let result = extra.connect(server_addr, 2).await;
+        assert!(result.is_err(), "connection {} accepted", CONNECTIONS_MAX + 1);
+        assert_eq!(server.connection_count(), CONNECTIONS_MAX);
+        // A slot frees when a peer goes.
+        drop(peers.pop());
+        for _ in 0..200 {
+            if server.connection_count() < CONNECTIONS_MAX {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        let count = server.connection_count();
+        let again = extra.connect(server_addr, 2).await;
+        assert!(again.is_ok(), "{count} connections: {:?}", again.err());
+    });
+}
