@@ -850,6 +850,11 @@ impl Conn {
                     warn!(remote = %self.conn.remote_address(), %error, "refusing peer");
                     return self.fail(now, error, close_code::WRONG_BROKER);
                 }
+                #[cfg(test)]
+                if tests::SILENT_CLIENT.with(std::cell::Cell::get) {
+                    self.phase = Phase::Hello;
+                    return;
+                }
                 let Some(id) = self.conn.streams().open(Dir::Bi) else {
                     let error = TransportError::BadHello("peer allows no stream".into());
                     return self.fail(now, error, close_code::PROTOCOL);
@@ -1127,5 +1132,52 @@ async fn driver_task(shared: Rc<Shared>) {
             }
             None => woken.await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::generate_cluster;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Makes clients on this thread complete TLS but never send their hello.
+        pub(super) static SILENT_CLIENT: Cell<bool> = const { Cell::new(false) };
+    }
+
+    #[test]
+    fn a_peer_that_never_says_hello_is_dropped() {
+        let cluster = generate_cluster(2).unwrap();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                SILENT_CLIENT.with(|silent| silent.set(true));
+                let creds = |id: u32| {
+                    let b = &cluster.brokers[id as usize - 1];
+                    BrokerCredentials::from_pem(id, &cluster.ca_pem, &b.cert_pem, &b.key_pem)
+                        .unwrap()
+                };
+                let localhost: SocketAddr = "127.0.0.1:0".parse().unwrap();
+                let client = Endpoint::bind(localhost, &creds(1)).unwrap();
+                let server = Endpoint::bind(localhost, &creds(2)).unwrap();
+                let started = Instant::now();
+                let accepted = async { Some(server.accept().await) };
+                let connected = async {
+                    let result = client.connect(server.local_addr().unwrap(), 2).await;
+                    assert!(result.is_err(), "a silent client came up");
+                    // Let the server's own deadline pass too.
+                    glommio::timer::sleep(Duration::from_millis(200)).await;
+                    None
+                };
+                assert!(futures_lite::future::or(accepted, connected).await.is_none());
+                let waited = started.elapsed();
+                assert!(waited >= Duration::from_millis(HELLO_TIMEOUT_MS), "{waited:?}");
+                assert!(waited < Duration::from_millis(HELLO_TIMEOUT_MS * 3), "{waited:?}");
+                let state = server.shared.state.borrow();
+                assert!(state.conns.values().all(|c| matches!(c.phase, Phase::Failed(_))));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }
