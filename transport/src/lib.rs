@@ -46,13 +46,19 @@
 //! through e.g. `UdpSocket::peek_from` (an io_uring recvmsg with `MSG_PEEK`).
 //!
 //! # Measured (loopback, this 2-core VM, shared with other work; noise ±20%)
-//! `cargo build --release -p spate-transport && nice -n 10 target/release/spate-quic-bench`
-//! (1 GiB in 1 MiB messages, one stream, sender and receiver executors pinned to cores 0
-//! and 1):
-//! - UDP payloads up to 8972 bytes (the shipped setting): **570–615 MB/s**, the same as quinn
-//!   on tokio and the quinn-proto + quinn-udp (GSO/GRO) driver measured in `NOTES.md` (~600 MB/s).
+//! ```text
+//! cargo build --release -p spate-transport --bin spate-quic-bench
+//! nice -n 10 $CARGO_TARGET_DIR/release/spate-quic-bench      # --bytes N --message-bytes N
+//! ```
+//! 1 GiB in 1 MiB messages over one stream of one connection, sender and receiver executors
+//! pinned to cores 0 and 1, mutual TLS with `ring`, 2026-12-01:
+//! - UDP payloads up to 8972 bytes (the shipped setting): **median 604 MB/s** (5 runs:
+//!   562–634; other runs 478–785 while the machine was busy), the same as quinn on tokio and as
+//!   the quinn-proto + quinn-udp (GSO/GRO) driver measured in `NOTES.md` (~600 MB/s). Both
+//!   executors are CPU-bound (crypto, quinn-proto, one syscall per datagram); the receiver's
+//!   socket still drops ~1.4k datagrams per GiB (recovered by QUIC).
 //! - UDP payloads capped at 1472 (a 1500-byte MTU): 120–145 MB/s; GSO would be the lever there.
-//!
+
 //! # Security
 //! TLS 1.3 completes a client's handshake before the server has judged the client's
 //! certificate, so a client cannot learn from TLS alone that it was refused. [`Endpoint::connect`]
