@@ -521,6 +521,7 @@ impl Stream {
                 stream.send.push_back(message);
             }
             conn.send_queued_bytes += frame_bytes;
+            assert!(conn.send_queued_bytes <= CONNECTION_SEND_QUEUE_BYTES_MAX);
             state.wake_driver();
             Poll::Ready(Ok(()))
         })
@@ -666,6 +667,8 @@ impl State {
     /// One pass over every connection: returns the datagrams to send, whether the pass stopped
     /// early at the datagram budget, and the earliest deadline.
     fn drive(&mut self, now: Instant, out: &mut Vec<Outgoing>) -> (bool, Option<Instant>) {
+        assert!(self.conns.len() <= CONNECTIONS_MAX);
+        assert!(self.accepted.len() <= self.conns.len());
         self.dirty = false;
         out.extend(self.responses.drain(..));
         let mut more = false;
@@ -996,6 +999,7 @@ fn pump_send(
     while !stream.send.is_empty() {
         match conn.send_stream(id).write_chunks(stream.send.make_contiguous()) {
             Ok(written) => {
+                assert!(written.bytes <= *send_queued_bytes, "send queue accounting");
                 *send_queued_bytes -= written.bytes;
                 stream.send.drain(..written.chunks);
                 progress = true;
@@ -1073,6 +1077,7 @@ fn pump_recv(conn: &mut quinn_proto::Connection, id: StreamId, stream: &mut Stre
             }
         }
     }
+    assert!(stream.recv.len() <= STREAM_RECV_BUFFER_BYTES_MAX);
     // Whether a flow-control update is due is picked up by the next `poll_transmit`.
     let _ = chunks.finalize();
     progress
@@ -1089,8 +1094,10 @@ async fn receive_task(shared: Rc<Shared>) {
                     state.handle_datagram(Instant::now(), remote, &buf[..bytes]);
                 }
                 Err(e) => {
-                    // ICMP errors surface here on Linux (ECONNREFUSED); QUIC recovers.
+                    // ICMP errors surface here on Linux (ECONNREFUSED); QUIC recovers. A pause,
+                    // so a socket that keeps failing cannot spin the executor.
                     debug!(error = %e, "recv_from");
+                    glommio::timer::sleep(Duration::from_millis(RECV_ERROR_PAUSE_MS)).await;
                 }
             }
         }

@@ -56,6 +56,10 @@ pub const DATAGRAMS_PER_CONNECTION_PASS_MIN: usize = 4;
 /// Datagrams the receive task takes in a row before it yields to the driver.
 pub const DATAGRAMS_PER_RECV_BURST_MAX: usize = 64;
 
+/// Pause of the receive task after a socket error (an ICMP error or worse), so a socket that
+/// keeps failing cannot spin the executor.
+pub const RECV_ERROR_PAUSE_MS: u64 = 1;
+
 /// Stateless responses (version negotiation, refusals) waiting to be sent; more are dropped.
 pub const RESPONSES_QUEUED_MAX: usize = 64;
 
