@@ -418,7 +418,8 @@ impl Peer {
         self.remote
     }
 
-    /// Opens a bidirectional stream; waits while the peer allows no more streams.
+    /// Opens a bidirectional stream; waits while the peer allows no more streams. The peer
+    /// learns of the stream (and its `accept_stream` returns) with the first message sent on it.
     pub async fn open_stream(&self) -> Result<Stream, TransportError> {
         poll_fn(|cx| {
             let mut state = self.shared.state.borrow_mut();
