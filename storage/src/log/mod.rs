@@ -292,18 +292,8 @@ impl State {
     ) -> oneshot::Receiver<Result<()>> {
         let base_offset = self.next_offset;
         batch::stamp(&mut batch, base_offset, leader_term);
-        let length = batch.len();
-        let bytes = batch.freeze();
         let next_offset = header.next_offset() - header.base_offset + base_offset;
-        self.next_offset = next_offset;
-        self.cache.push(CachedBatch { base_offset, next_offset, bytes: bytes.clone() });
-        self.pending.push_back(Pending {
-            base_offset,
-            next_offset,
-            max_timestamp: header.max_timestamp,
-            bytes,
-        });
-        self.pending_bytes += length;
+        self.push_queued(batch.freeze(), base_offset, next_offset, header.max_timestamp);
         let (tx, rx) = oneshot::channel();
         let durable = self.config.flush == FlushPolicy::Always;
         self.waiters.push_back(Waiter { next_offset, durable, reply: tx });
@@ -313,16 +303,21 @@ impl State {
     /// Queues a batch that already carries its offsets and term (replayed from the journal).
     fn queue_stamped(&mut self, bytes: Bytes, header: &BatchHeader) {
         assert_eq!(header.base_offset, self.next_offset, "replayed batches are contiguous");
-        let (base_offset, next_offset) = (header.base_offset, header.next_offset());
+        self.push_queued(bytes, header.base_offset, header.next_offset(), header.max_timestamp);
+    }
+
+    /// Puts a stamped batch at the end of the queue and the tail cache.
+    fn push_queued(
+        &mut self,
+        bytes: Bytes,
+        base_offset: i64,
+        next_offset: i64,
+        max_timestamp: i64,
+    ) {
         self.next_offset = next_offset;
         self.pending_bytes += bytes.len();
         self.cache.push(CachedBatch { base_offset, next_offset, bytes: bytes.clone() });
-        self.pending.push_back(Pending {
-            base_offset,
-            next_offset,
-            max_timestamp: header.max_timestamp,
-            bytes,
-        });
+        self.pending.push_back(Pending { base_offset, next_offset, max_timestamp, bytes });
     }
 
     /// Completes every waiter the offsets now satisfy.
