@@ -44,11 +44,23 @@ fn readme_serve_args() -> Vec<String> {
     args.split_whitespace().map(str::to_string).collect()
 }
 
-/// A process killed when dropped.
+/// A process stopped when dropped: SIGTERM, so a broker stops cleanly (and removes its journal
+/// from /dev/shm), then SIGKILL if it has not exited within 10 s.
 struct Process(std::process::Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
+        // SAFETY: a signal to our own child process.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -126,7 +138,7 @@ fn readme_quick_start_works_literally_from_a_fresh_directory() {
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("in use by another spate process"), "{stderr}");
-    serve.0.kill().unwrap();
+    drop(serve);
 }
 
 #[test]
