@@ -365,12 +365,7 @@ impl Endpoint {
     pub async fn close(&self) {
         {
             let mut state = self.shared.state.borrow_mut();
-            state.closed = true;
-            let now = Instant::now();
-            for conn in state.conns.values_mut() {
-                conn.fail(now, TransportError::EndpointClosed, close_code::NORMAL);
-            }
-            state.accept_wakers.wake_all();
+            close_all(&mut state);
             state.wake_driver();
         }
         let drained = poll_fn(|cx| {
@@ -396,15 +391,20 @@ impl Endpoint {
     }
 }
 
+/// Marks the endpoint closed and fails every connection (the peers see a normal close); wakes
+/// whoever waits to accept. Shared by `close` and `Drop`.
+fn close_all(state: &mut State) {
+    state.closed = true;
+    let now = Instant::now();
+    for conn in state.conns.values_mut() {
+        conn.fail(now, TransportError::EndpointClosed, close_code::NORMAL);
+    }
+    state.accept_wakers.wake_all();
+}
+
 impl Drop for Endpoint {
     fn drop(&mut self) {
-        let mut state = self.shared.state.borrow_mut();
-        state.closed = true;
-        let now = Instant::now();
-        for conn in state.conns.values_mut() {
-            conn.fail(now, TransportError::EndpointClosed, close_code::NORMAL);
-        }
-        state.accept_wakers.wake_all();
+        close_all(&mut self.shared.state.borrow_mut());
     }
 }
 
