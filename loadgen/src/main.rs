@@ -239,7 +239,6 @@ fn start_embedded(
             (absolute(temp.path())?, Some(temp))
         }
     };
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let port = free_port();
     let listen: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("valid");
     let config = spate_broker::config::BrokerConfig {

@@ -89,8 +89,6 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), String> {
         cpus.truncate(cores);
     }
     let log_defaults = config::log_defaults(&file.defaults)?;
-    std::fs::create_dir_all(&data_dir)
-        .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
     let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
         Some(text) => Some(
             std::net::ToSocketAddrs::to_socket_addrs(&text)
