@@ -66,6 +66,8 @@ pub enum CatalogError {
     InvalidConfig { key: String, value: String, reason: String },
     #[error("too many topics (limit {})", limits::TOPICS_MAX)]
     TooManyTopics,
+    #[error("cannot save the catalog: {0}")]
+    Storage(String),
 }
 
 pub fn validate_name(name: &str) -> Result<(), CatalogError> {

@@ -11,17 +11,18 @@
 //! | fetch responses being read or written | `FETCH_MEMORY_PER_SHARD_BYTES_MAX` = 256 MiB |
 //! | connection read buffers between frames | C x 64 KiB (4096 x 64 KiB = 256 MiB) |
 //! | replies queued per connection | `REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX` per connection, covered by the two budgets above |
-//! | each log's tail cache | P x `cache_bytes` (16 MiB by default) |
-//! | each log's write buffer while a round is written | P x `storage::limits::WRITE_BYTES_MAX` |
-//! | acknowledged (journaled) batches not yet written | P x `storage::limits::PENDING_BYTES_MAX` (64 MiB), plus the same bytes in the journal's tmpfs |
+//! | tail caches, all logs | `LOG_CACHE_PER_SHARD_BYTES_MAX` = 256 MiB, or P x 16 KiB (`storage::limits::CACHE_BYTES_PER_LOG_MIN`) beyond 16,384 partitions |
+//! | batches appended but not yet written, all logs | `UNWRITTEN_PER_SHARD_BYTES_MAX` = 128 MiB, plus the same bytes in the journal's tmpfs |
+//! | write buffers of the rounds being written | one per log with unwritten batches, each at most `storage::limits::WRITE_ROUND_TARGET_BYTES` (1 MiB) plus one batch, copies of unwritten bytes: within twice the unwritten budget |
 //! | consumer groups | `GROUPS_PER_SHARD_MAX` x `MEMBERS_PER_GROUP_MAX` members of bounded strings |
 //! | Glommio's registered IO buffers | 3 rings x 10 MiB |
 //!
 //! Queued produce batches count against the request budget (they are slices of request
 //! frames) until they are acknowledged: written, or under `flush=never` with a journal,
 //! journaled; from then until written, against their log's pending budget
-//! (`storage::limits::PENDING_BYTES_MAX`, 64 MiB per log). The last per-partition terms still grow with P: a shard-wide
-//! cache budget is the next step (see the performance issue on many partitions).
+//! (`storage::limits::PENDING_BYTES_MAX`, 64 MiB per log) and the shard's unwritten budget
+//! (see `storage::memory`). Only the tail caches' floor still grows with P: 16 KiB per
+//! partition beyond 16,384 partitions on one shard.
 //! `broker/tests/durability.rs` checks that 32 connections offering ~300 MB of produces at once
 //! grow a broker with a 16 MiB request budget by well under 100 MiB.
 
@@ -54,6 +55,16 @@ pub const FETCH_MEMORY_PER_SHARD_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// A peer that started a frame must finish it within this long, or is disconnected (stalled,
 /// half-open connections).
 pub const FRAME_READ_TIMEOUT_MS: u64 = 30_000;
+
+/// Bytes of batches one shard's logs hold appended but not yet written to their segments
+/// (`storage::memory::ShardMemory`). Appends wait beyond it; past half of it, logs stop gathering
+/// small writes (write-behind) and write at once. Twice one log's own budget, so that one hot
+/// partition can ride out a device stall while the others keep appending.
+pub const UNWRITTEN_PER_SHARD_BYTES_MAX: usize = 2 * spate_storage::limits::PENDING_BYTES_MAX;
+
+/// Bytes of tail caches one shard's logs hold together: each log gets an equal share, within
+/// its topic's `cache_bytes` and at least `storage::limits::CACHE_BYTES_PER_LOG_MIN`.
+pub const LOG_CACHE_PER_SHARD_BYTES_MAX: usize = 256 * 1024 * 1024;
 
 /// Shortest frame read timeout a broker may be given (`--frame-read-timeout-ms`).
 pub const FRAME_READ_TIMEOUT_MS_MIN: u64 = 100;

@@ -37,6 +37,25 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs a broker until `stop` is set. Returns an error if a shard fails to start.
+/// Raises the soft limit on open files to the hard limit: each open partition holds a few
+/// descriptors (its active segment, its journal file), and the soft limit is often 1,024.
+/// What Go's runtime and many servers do at start; the hard limit stays the operator's.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            return;
+        }
+        let soft = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            tracing::debug!(from = soft, to = limit.rlim_max, "raised the open-files limit");
+        }
+    }
+}
+
 pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> Result<(), String> {
     // Every path below (logs, the catalog, errors) is absolute, whatever the caller passed.
     config.data_dir = std::path::absolute(&config.data_dir)
@@ -44,6 +63,7 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> Result<(), String
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
     let _lock = lock_data_dir(&config.data_dir)?;
+    raise_open_files_limit();
     check_ports_free(&config)?;
     adopt_orphaned_partitions(&config)?;
     let config = Arc::new(config);

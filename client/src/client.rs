@@ -309,12 +309,24 @@ impl Client {
     }
 
     async fn route(&self, topic: &str, partition: u32) -> Result<SocketAddr> {
-        let partitions = self.partitions(topic).await?;
-        partitions
-            .iter()
-            .find(|p| p.partition == partition)
-            .map(|p| p.address)
+        // The hot path of every batch sent: a lookup in the cache, no copy of the partition
+        // list (a topic may have thousands of partitions, and a request thousands of batches).
+        if let Some(address) = self.cached_route(topic, partition) {
+            return Ok(address);
+        }
+        self.partitions(topic).await?;
+        self.cached_route(topic, partition)
             .ok_or(ClientError::UnknownPartition { topic: topic.to_string(), partition })
+    }
+
+    fn cached_route(&self, topic: &str, partition: u32) -> Option<SocketAddr> {
+        let topics = self.inner.topics.borrow();
+        let partitions = topics.get(topic)?;
+        // Metadata lists partitions in order, so the index is the partition; search otherwise.
+        match partitions.get(partition as usize) {
+            Some(p) if p.partition == partition => Some(p.address),
+            _ => partitions.iter().find(|p| p.partition == partition).map(|p| p.address),
+        }
     }
 
     fn note_error(&self, topic: &str, code: ErrorCode) {

@@ -28,6 +28,7 @@ pub mod index;
 pub mod journal;
 pub mod limits;
 pub mod log;
+pub mod memory;
 pub mod producers;
 pub mod scan;
 pub mod segment;

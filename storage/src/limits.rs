@@ -24,6 +24,25 @@ pub const WRITE_ROUND_TARGET_BYTES: usize = 1024 * 1024;
 /// (backpressure) instead of growing memory.
 pub const PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Write-behind, for logs that acknowledge from the journal: a log gathers unwritten batches
+/// until it holds this many bytes (or [`WRITE_BEHIND`] passed since the oldest was queued,
+/// or its shard's unwritten budget is half taken) before it writes them. Many small batches of
+/// many partitions then cost a few large device writes instead of one 4 KiB-aligned write (and
+/// a rewrite of the partial tail block) each. 256 KiB writes run near the device's bandwidth
+/// here (see `../shared/NOTES.md`).
+pub const WRITE_BEHIND_BYTES: usize = 256 * 1024;
+
+/// The longest a journaled batch waits for its device write, unless the device stalls: what a
+/// power cut (not a process crash: the journal keeps it) can lose under `flush=never`. Kafka
+/// leaves dirty pages for up to 30 s; Redpanda's write caching flushes every 100 ms by default.
+/// 1 s keeps 5,000 slowly written partitions at about 5,000 writes per second in all.
+pub const WRITE_BEHIND: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// Smallest tail cache a log is given out of its shard's cache budget, however many logs the
+/// shard has: a few small batches. Small on purpose: beyond budget / this many logs, memory
+/// grows with the partition count again (by this much per partition).
+pub const CACHE_BYTES_PER_LOG_MIN: usize = 16 * 1024;
+
 /// How long the flush task waits before writing again after a failed write that left
 /// acknowledged (journaled) batches queued: a full disk is retried a few times a second.
 pub const WRITE_RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
@@ -51,6 +70,8 @@ pub const SEGMENTS_MAX: usize = 100_000;
 const _: () = assert!(BATCH_BYTES_MAX + BLOCK_BYTES <= WRITE_BYTES_MAX);
 const _: () = assert!(BATCH_BYTES_MAX < PENDING_BYTES_MAX);
 const _: () = assert!(WRITE_ROUND_TARGET_BYTES <= WRITE_BYTES_MAX);
+const _: () = assert!(WRITE_BEHIND_BYTES <= WRITE_ROUND_TARGET_BYTES);
+const _: () = assert!(WRITE_BEHIND_BYTES < PENDING_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MAX < u32::MAX as u64);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
 const _: () = assert!(BATCH_BYTES_MAX <= SCAN_CHUNK_BYTES);

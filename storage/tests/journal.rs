@@ -87,13 +87,20 @@ fn acknowledged_before_the_write_and_replayed_after_a_crash() {
             assert_eq!(log.offsets().high_watermark, 24, "acknowledged batches are visible");
             assert!(read_all(&log).await == acked, "acknowledged batches read back");
             // Once a write has failed with acknowledged batches queued, new appends fail with
-            // its error (bounded: the flush task retries every 200 ms).
+            // its error. The first write comes after at most the write-behind delay; bounded:
+            // the flush task retries every 200 ms. Appends until then are acknowledged too.
             let mut refused = None;
-            for _ in 0..100 {
+            for _ in 0..300 {
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
-                if let Err(error) = log.append(make_batch(99, 1, 10, 0), 1).await {
-                    refused = Some(error);
-                    break;
+                let batch = make_batch(99, 1, 10, 0);
+                match log.append(batch.clone(), 1).await {
+                    Ok(appended) => {
+                        acked.push((appended.base_offset, stamped(batch, appended.base_offset, 1)))
+                    }
+                    Err(error) => {
+                        refused = Some(error);
+                        break;
+                    }
                 }
             }
             assert!(matches!(refused, Some(LogError::DiskFull { .. })), "{refused:?}");
@@ -109,10 +116,11 @@ fn acknowledged_before_the_write_and_replayed_after_a_crash() {
             (data.path().to_path_buf(), journal.path().to_path_buf(), faults.clone());
         async move {
             let log = Log::open(&data, config(), options(&journal, &faults)).await.unwrap();
-            assert_eq!(log.offsets().written, 24, "replayed and written before serving");
+            let acked_end = acked.len() as i64 + 12;
+            assert_eq!(log.offsets().written, acked_end, "replayed and written before serving");
             assert!(read_all(&log).await == acked, "replayed batches read back");
             let next = log.append(make_batch(50, 1, 10, 0), 1).await.unwrap();
-            assert_eq!(next.base_offset, 24);
+            assert_eq!(next.base_offset, acked_end);
             log.close().await.unwrap();
         }
     });
@@ -155,6 +163,87 @@ fn a_full_device_that_recovers_writes_the_acknowledged_batches_and_accepts_appen
             assert_eq!(log.offsets().written, acknowledged);
             let next = log.append(make_batch(9, 1, 100, 0), 1).await.unwrap();
             assert_eq!(next.base_offset, acknowledged);
+        }
+    });
+}
+
+#[test]
+fn gathered_batches_are_written_without_further_appends() {
+    let data = temp_dir();
+    let journal = temp_dir();
+    let faults = Rc::new(FailingWrites::default());
+    run({
+        let (data, journal, faults) =
+            (data.path().to_path_buf(), journal.path().to_path_buf(), faults.clone());
+        async move {
+            let log = Log::open(&data, config(), options(&journal, &faults)).await.unwrap();
+            for tag in 0..5u64 {
+                log.append(make_batch(tag, 2, 100, 0), 1).await.unwrap();
+            }
+            assert_eq!(log.offsets().high_watermark, 10, "acknowledged from the journal");
+            // Written within the write-behind delay, with nothing else happening (bounded).
+            for _ in 0..1000 {
+                if log.offsets().written == 10 {
+                    break;
+                }
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_eq!(log.offsets().written, 10);
+            assert_eq!(log.memory_bytes().1, 0, "nothing left queued");
+            log.close().await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn logs_of_one_shard_share_its_memory_budget() {
+    use spate_storage::limits::{CACHE_BYTES_PER_LOG_MIN, PENDING_BYTES_MAX};
+    use spate_storage::memory::ShardMemory;
+
+    let data = temp_dir();
+    let journal = temp_dir();
+    let faults = Rc::new(FailingWrites::default());
+    run({
+        let (data, journal, faults) =
+            (data.path().to_path_buf(), journal.path().to_path_buf(), faults.clone());
+        async move {
+            let memory = ShardMemory::new(PENDING_BYTES_MAX, 4 * CACHE_BYTES_PER_LOG_MIN);
+            let config = LogConfig { cache_bytes: 16 << 20, ..config() };
+            let mut logs = Vec::new();
+            for i in 0..8 {
+                let options = LogOptions {
+                    memory: Some(memory.clone()),
+                    ..options(&journal.join(i.to_string()), &faults)
+                };
+                logs.push(
+                    Log::open(data.join(i.to_string()), config.clone(), options).await.unwrap(),
+                );
+            }
+            assert_eq!(memory.logs(), 8);
+            // Eight logs, a budget of four minimum shares: each gets the minimum.
+            for log in &logs {
+                for tag in 0..40u64 {
+                    log.append(make_batch(tag, 10, 1000, 0), 1).await.unwrap();
+                }
+                let (cache, pending) = log.memory_bytes();
+                assert!(cache <= CACHE_BYTES_PER_LOG_MIN, "{cache}");
+                assert!(pending > 0 && memory.pending_bytes() >= pending);
+            }
+            for log in &logs {
+                log.flush().await.unwrap();
+            }
+            assert_eq!(memory.pending_bytes(), 0, "written batches give their budget back");
+            // Half the logs close: the others may grow their caches again.
+            for log in logs.drain(4..) {
+                log.close().await.unwrap();
+            }
+            assert_eq!(memory.logs(), 4);
+            drop(logs.pop());
+            assert_eq!(memory.logs(), 3, "a log dropped without close leaves too");
+            for log in &logs {
+                log.close().await.unwrap();
+            }
+            assert_eq!(memory.logs(), 0);
         }
     });
 }

@@ -82,11 +82,7 @@ impl Shard {
 
     /// Persists a new catalog and waits until every shard runs with it.
     pub(super) async fn publish(&self, catalog: Catalog) -> Result<(), CatalogError> {
-        catalog.save(&self.config.data_dir).map_err(|e| CatalogError::InvalidConfig {
-            key: "catalog".into(),
-            value: String::new(),
-            reason: e.to_string(),
-        })?;
+        catalog.save(&self.config.data_dir).map_err(|e| CatalogError::Storage(e.to_string()))?;
         for shard in 0..self.config.shard_count() {
             if shard == self.id {
                 if let Err(error) = self.apply_catalog(catalog.clone()).await {
@@ -120,6 +116,7 @@ fn topic_result(name: String, result: Result<(), CatalogError>) -> wire::TopicRe
                 CatalogError::InvalidPartitions { .. } => ErrorCode::InvalidPartitions,
                 CatalogError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
                 CatalogError::TooManyTopics => ErrorCode::InvalidRequest,
+                CatalogError::Storage(_) => ErrorCode::StorageError,
             };
             wire::TopicResultT {
                 name: Some(name),

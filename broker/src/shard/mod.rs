@@ -32,6 +32,7 @@ use glommio::sync::{RwLock, Semaphore};
 use spate_protocol::codec;
 use spate_protocol::frame::Frame;
 use spate_protocol::wire::{self, ErrorCode, RequestBodyT, ResponseBodyT, ResponseT};
+use spate_storage::memory::ShardMemory;
 use spate_storage::{Log, LogBytes, LogError, LogOptions};
 
 use crate::catalog::{self, Catalog};
@@ -170,6 +171,8 @@ pub struct Shard {
     pub in_flight: Cell<usize>,
     pub background: glommio::TaskQueueHandle,
     pub metrics: crate::metrics::ShardMetrics,
+    /// The memory this shard's logs share: unwritten batches and tail caches.
+    pub log_memory: Rc<ShardMemory>,
     /// Groups this shard coordinates.
     groups: RefCell<crate::group::Coordinator>,
 }
@@ -209,6 +212,10 @@ impl Shard {
             in_flight: Cell::new(0),
             background,
             metrics: crate::metrics::ShardMetrics::default(),
+            log_memory: ShardMemory::new(
+                limits::UNWRITTEN_PER_SHARD_BYTES_MAX,
+                limits::LOG_CACHE_PER_SHARD_BYTES_MAX,
+            ),
             groups: RefCell::new(crate::group::Coordinator::default()),
         });
         shard.apply_catalog(catalog).await.map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -273,6 +280,7 @@ impl Shard {
                     let options = LogOptions {
                         task_queue: Some(self.background),
                         journal_dir,
+                        memory: Some(self.log_memory.clone()),
                         ..LogOptions::default()
                     };
                     let log = Log::open(&dir, config, options).await?;
@@ -280,6 +288,11 @@ impl Shard {
                     self.logs.borrow_mut().insert(key, log);
                 }
             }
+        }
+        // Logs opened or closed: every cache gets its new share of the shard's budget now,
+        // not at its next append, so the budget holds for idle partitions too.
+        for log in self.logs.borrow().values() {
+            log.fit_cache();
         }
         *self.catalog.borrow_mut() = catalog;
         Ok(())

@@ -204,6 +204,9 @@ impl Log {
                 }
             }
             state.closed = true;
+            if let Some(memory) = &self.inner.options.memory {
+                memory.log_closed();
+            }
             state.fail_waiters(&LogError::Closed);
             state.cache.clear();
             // Appenders waiting for room fail with `Closed` instead of waiting forever.

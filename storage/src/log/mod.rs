@@ -57,6 +57,7 @@ use crate::error::{LogError, Result};
 use crate::faults::StorageFaults;
 use crate::journal::{self, Journal};
 use crate::limits;
+use crate::memory::ShardMemory;
 use crate::segment::{self, Segment, SegmentPaths};
 use recovery::{open_sealed_segment, recover_tail_segment};
 
@@ -144,6 +145,9 @@ pub struct LogOptions {
     /// Where this log journals unwritten `flush=never` batches (a directory on a tmpfs, one
     /// per log); `None`: `flush=never` appends complete after their device write.
     pub journal_dir: Option<PathBuf>,
+    /// The shard's memory budget this log shares with its shard's other logs (see
+    /// [`crate::memory`]); `None`: only the log's own limits apply.
+    pub memory: Option<Rc<ShardMemory>>,
 }
 
 impl Default for LogOptions {
@@ -153,6 +157,7 @@ impl Default for LogOptions {
             task_queue: None,
             faults: None,
             journal_dir: None,
+            memory: None,
         }
     }
 }
@@ -189,6 +194,18 @@ struct Inner {
     /// Bytes of queued batches; appenders wait for room (backpressure), strictly first come,
     /// first served, so that appends take offsets in the order they were called.
     pending_budget: tokio::sync::Semaphore,
+    /// Wakes a flush task that is gathering batches (write-behind) to write now.
+    write_now: tokio::sync::Notify,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(memory) = &self.options.memory {
+            if !self.state.get_mut().closed {
+                memory.log_closed();
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -231,6 +248,11 @@ struct State {
     /// Set when a write failed while it held acknowledged (journaled) batches: they stay queued
     /// and are retried, and new appends fail with this error until a write succeeds.
     write_error: Option<LogError>,
+    /// When the oldest batch still queued was queued; write-behind counts from it. Real time,
+    /// not the log's clock: it schedules device writes.
+    pending_since: std::time::Instant,
+    /// The log's directory entries (its first segment, just created) are not yet durable.
+    dir_sync_due: bool,
 }
 
 impl State {
@@ -284,16 +306,19 @@ impl State {
 
     /// Stamps a validated batch with the next offset and `leader_term`, and queues it for the
     /// flush task (and the tail cache). Returns what completes once it is written (or durable).
-    fn queue(
-        &mut self,
-        mut batch: BytesMut,
-        header: &BatchHeader,
-        leader_term: u64,
-    ) -> oneshot::Receiver<Result<()>> {
+    /// Returns the batch's next offset; [`State::wait_for`] gives what completes once it is
+    /// written.
+    fn queue(&mut self, mut batch: BytesMut, header: &BatchHeader, leader_term: u64) -> i64 {
         let base_offset = self.next_offset;
         batch::stamp(&mut batch, base_offset, leader_term);
         let next_offset = header.next_offset() - header.base_offset + base_offset;
         self.push_queued(batch.freeze(), base_offset, next_offset, header.max_timestamp);
+        next_offset
+    }
+
+    /// What completes once everything before `next_offset` is written (or durable, under
+    /// `flush=always`). Called in offset order.
+    fn wait_for(&mut self, next_offset: i64) -> oneshot::Receiver<Result<()>> {
         let (tx, rx) = oneshot::channel();
         let durable = self.config.flush == FlushPolicy::Always;
         self.waiters.push_back(Waiter { next_offset, durable, reply: tx });
@@ -359,6 +384,7 @@ impl Log {
         segment::prime_dma_probe(&dir).await?;
 
         let mut bases = list_segments(&dir)?;
+        let mut dir_sync_due = false;
         let checkpoint = read_start_checkpoint(&dir)?;
         let now_ms = options.clock.now_ms();
         if bases.is_empty() {
@@ -366,7 +392,11 @@ impl Log {
             let paths = SegmentPaths::new(&dir, base);
             let file = segment::open_log_file(&paths.log, true).await?;
             file.close().await.map_err(|e| LogError::io("close", &paths.log, e))?;
-            segment::sync_dir(&dir).await?;
+            // The directory is synced before the first fdatasync that acknowledges anything
+            // (`sync_active`), not here: creating thousands of partitions costs one directory
+            // sync each only once they are written to. Lost in a crash before then, an empty
+            // segment is simply created again.
+            dir_sync_due = true;
             bases.push(base);
         }
         if bases.len() > limits::SEGMENTS_MAX {
@@ -399,7 +429,14 @@ impl Log {
             tracing::warn!(dir = %dir.display(), checkpoint = ?checkpoint, next_offset, "start offset above the recovered end; lowering it");
             write_start_checkpoint(&dir, start_offset)?;
         }
-        let cache = TailCache::new(config.cache_bytes);
+        if let Some(memory) = &options.memory {
+            memory.log_opened();
+        }
+        let cache_bytes = match &options.memory {
+            Some(memory) => memory.cache_share(config.cache_bytes),
+            None => config.cache_bytes,
+        };
+        let cache = TailCache::new(cache_bytes);
         let state = State {
             config,
             segments,
@@ -421,6 +458,8 @@ impl Log {
             journal: None,
             acked_end: next_offset,
             write_error: None,
+            pending_since: std::time::Instant::now(),
+            dir_sync_due,
         };
         let log = Log {
             inner: Rc::new(Inner {
@@ -429,6 +468,7 @@ impl Log {
                 state: RefCell::new(state),
                 io_lock: Semaphore::new(1),
                 pending_budget: tokio::sync::Semaphore::new(limits::PENDING_BYTES_MAX),
+                write_now: tokio::sync::Notify::new(),
             }),
         };
         if let Some(journal_dir) = log.inner.options.journal_dir.clone() {
@@ -462,6 +502,11 @@ impl Log {
             // The replayed bytes hold their share of the pending budget until written.
             let permits = self.inner.pending_budget.try_acquire_many(bytes as u32);
             permits.expect("a journal holds at most one pending budget").forget();
+            if let Some(memory) = &self.inner.options.memory {
+                // Logs open one at a time, each writing its replay before the next: the room
+                // comes, at the latest, as other logs' writes complete.
+                memory.acquire_pending(bytes).await;
+            }
             tracing::warn!(dir = %self.inner.dir.display(), batches, bytes,
                 "replayed acknowledged batches the previous process had not written");
             self.flush().await?;
@@ -497,9 +542,39 @@ impl Log {
     pub fn set_config(&self, config: LogConfig) -> Result<()> {
         config.validate().map_err(LogError::Config)?;
         let mut state = self.inner.state.borrow_mut();
-        state.cache.set_capacity(config.cache_bytes);
+        state.cache.set_capacity(self.cache_capacity(config.cache_bytes));
         state.config = config;
         Ok(())
+    }
+
+    /// Shrinks (or grows) the tail cache to this log's share of its shard's cache budget, which
+    /// changes as logs open and close on the shard.
+    pub fn fit_cache(&self) {
+        let mut state = self.inner.state.borrow_mut();
+        let capacity = self.cache_capacity(state.config.cache_bytes);
+        state.cache.set_capacity(capacity);
+    }
+
+    fn cache_capacity(&self, configured: usize) -> usize {
+        match &self.inner.options.memory {
+            Some(memory) => memory.cache_share(configured),
+            None => configured,
+        }
+    }
+
+    /// Gives back the budget of `bytes` of queued batches that were written or dropped.
+    fn release_pending(&self, bytes: usize) {
+        self.inner.pending_budget.add_permits(bytes);
+        if let Some(memory) = &self.inner.options.memory {
+            memory.release_pending(bytes);
+        }
+    }
+
+    /// Bytes this log holds in memory: its tail cache, and its queued (unwritten) batches.
+    /// A queued batch is usually in the cache too, so the two overlap.
+    pub fn memory_bytes(&self) -> (usize, usize) {
+        let state = self.inner.state.borrow();
+        (state.cache.bytes(), state.pending_bytes)
     }
 
     /// What recovery found at the end of the log when it was opened.

@@ -51,29 +51,38 @@ impl Log {
             .map_err(|_| LogError::Closed)?;
         // Released by the flush round that writes these bytes (or by a rollback).
         permits.forget();
+        if let Some(memory) = &self.inner.options.memory {
+            memory.acquire_pending(length).await;
+        }
 
         let (appended, replies, start_flush_task) = {
             if let Err(error) = self.ensure_open() {
-                self.inner.pending_budget.add_permits(length);
+                self.release_pending(length);
                 return Err(error);
             }
             let mut state = self.inner.state.borrow_mut();
+            if state.pending.is_empty() {
+                state.pending_since = std::time::Instant::now();
+            }
+            if let Some(memory) = &self.inner.options.memory {
+                let capacity = memory.cache_share(state.config.cache_bytes);
+                state.cache.set_capacity(capacity);
+            }
             let first_offset = state.next_offset;
-            let mut replies = Vec::with_capacity(batches.len());
+            let mut replies = Vec::new();
             let mut journaled = state.journaling();
             for (batch, header) in batches.iter_mut().zip(&headers) {
                 let base_offset = state.next_offset;
-                replies.push(state.queue(std::mem::take(batch), header, leader_term));
+                let next_offset = state.queue(std::mem::take(batch), header, leader_term);
                 if journaled {
-                    let queued = state.pending.back().expect("just queued");
-                    let (next_offset, bytes) = (queued.next_offset, queued.bytes.clone());
+                    // Acknowledged once journaled: the journal keeps it through a process crash.
+                    let bytes = state.pending.back().expect("just queued").bytes.clone();
                     journaled =
                         state.journal_batch(&self.inner.dir, base_offset, next_offset, &bytes);
                 }
-            }
-            if journaled {
-                // Acknowledged now: the journal keeps them through a process crash.
-                replies.clear();
+                if !journaled {
+                    replies.push(state.wait_for(next_offset));
+                }
             }
             if let Some(segment_ms) = state.config.segment_ms {
                 let now_ms = self.inner.options.clock.now_ms();
@@ -84,6 +93,10 @@ impl Log {
             }
             let start_flush_task = !state.flush_task_running;
             state.flush_task_running = true;
+            if !start_flush_task && self.write_behind_wait(&state).is_none() {
+                // A task gathering batches: these tipped the balance, write now.
+                self.inner.write_now.notify_one();
+            }
             let appended =
                 Appended { base_offset: first_offset, last_offset: state.next_offset - 1 };
             (appended, replies, start_flush_task)
@@ -157,7 +170,7 @@ impl Log {
             }
             (state.offline.is_some(), released)
         };
-        self.inner.pending_budget.add_permits(released);
+        self.release_pending(released);
         // An offline log touches its files no more: recovery on restart decides.
         if result.is_err() && !offline {
             self.repair_after_failed_write().await;
@@ -177,7 +190,7 @@ impl Log {
         }
         let queued: usize = state.pending.drain(..).map(|p| p.bytes.len()).sum();
         state.pending_bytes -= queued;
-        self.inner.pending_budget.add_permits(queued);
+        self.release_pending(queued);
         state.cache.clear();
         let offline = LogError::Offline(state.offline.clone().expect("set above"));
         // Only what an earlier fdatasync covered stays acknowledged.
@@ -201,7 +214,7 @@ impl Log {
             dropped = state.next_offset - state.written_offset, "append failed; rolling back unwritten batches");
         let queued: usize = state.pending.drain(..).map(|p| p.bytes.len()).sum();
         state.pending_bytes -= queued;
-        self.inner.pending_budget.add_permits(queued);
+        self.release_pending(queued);
         state.next_offset = state.written_offset;
         let written = state.written_offset;
         state.cache.truncate(written);
@@ -344,11 +357,27 @@ impl Log {
 
     /// fdatasyncs the active segment and advances `durable`. Caller holds the IO lock.
     pub(super) async fn sync_active(&self) -> Result<()> {
-        let (file, path, target) = {
+        let (file, path, target, dir_sync_due) = {
             let state = self.inner.state.borrow();
             let active = state.active();
-            (active.file.clone(), active.paths.log.clone(), state.written_offset)
+            (
+                active.file.clone(),
+                active.paths.log.clone(),
+                state.written_offset,
+                state.dir_sync_due,
+            )
         };
+        if dir_sync_due {
+            // The new segment's entry, the partition directory's and the topic directory's.
+            let dir = &self.inner.dir;
+            for dir in [Some(dir.as_path()), dir.parent(), dir.parent().and_then(|p| p.parent())]
+                .into_iter()
+                .flatten()
+            {
+                segment::sync_dir(dir).await?;
+            }
+            self.inner.state.borrow_mut().dir_sync_due = false;
+        }
         if let Err(error) = fdatasync(&file, &path, self.inner.options.faults.as_ref()).await {
             self.take_offline(&error);
             return Err(error);
@@ -438,6 +467,8 @@ impl Log {
     pub(super) async fn drain_locked(&self) -> Result<()> {
         // Each round takes at least one batch off the bounded queue, or fails and empties it.
         while self.flush_round().await? {}
+        // A flush task gathering batches has nothing left to wait for: let it finish now.
+        self.inner.write_now.notify_one();
         Ok(())
     }
 
@@ -460,8 +491,15 @@ impl Log {
 
 async fn flush_task(log: Log) {
     // Runs until the queue is empty; each round writes at least one batch, or fails (and then,
-    // holding acknowledged batches, retries after a pause until a write succeeds).
+    // holding acknowledged batches, retries after a pause until a write succeeds). Gathering
+    // (write-behind) ends within `limits::WRITE_BEHIND`.
     loop {
+        let wait = log.write_behind_wait(&log.inner.state.borrow());
+        if let Some(wait) = wait {
+            futures_lite::future::or(glommio::timer::sleep(wait), log.inner.write_now.notified())
+                .await;
+            continue;
+        }
         let Ok(permit) = log.inner.io_lock.acquire_permit(1).await else { return };
         let outcome = log.flush_round().await;
         drop(permit);
@@ -482,6 +520,28 @@ async fn flush_task(log: Log) {
             state.flush_task_running = false;
             return;
         }
+    }
+}
+
+impl Log {
+    /// How long the flush task may still gather journaled batches before it writes them
+    /// (write-behind, see [`limits::WRITE_BEHIND_BYTES`]); `None`: write now. Only batches that
+    /// are already acknowledged from the journal gather; nothing else waits for a write it
+    /// could have had.
+    fn write_behind_wait(&self, state: &State) -> Option<std::time::Duration> {
+        if !state.journaling()
+            || state.closed
+            || state.write_error.is_some()
+            || state.pending.is_empty()
+            || state.acked_end < state.next_offset
+            || state.pending_bytes >= limits::WRITE_BEHIND_BYTES
+            || self.inner.options.memory.as_ref().is_some_and(|m| m.under_pressure())
+        {
+            return None;
+        }
+        limits::WRITE_BEHIND
+            .checked_sub(state.pending_since.elapsed())
+            .filter(|left| !left.is_zero())
     }
 }
 
