@@ -12,10 +12,9 @@
 //!
 //! What `flush=never` then promises: an acknowledged batch survives `kill -9` of the broker
 //! (replayed from the journal) but not a kernel crash or a power cut (the tmpfs is gone) unless
-//! it was written by then: the log writes continuously, so that window is one write round, or
-//! the length of a device stall, bounded by the unwritten-bytes budget.
-//!
-//! Not wired into the log yet: the log still acknowledges `flush=never` after its write.
+//! it was written by then: the log gathers journaled batches for at most
+//! [`crate::limits::WRITE_BEHIND`] (1 s) or 256 KiB before it writes them, so that window is
+//! one second plus the length of any device stall, bounded by the unwritten-bytes budgets.
 //!
 //! # Layout
 //!

@@ -21,7 +21,10 @@
 //! append is copied into a file on a tmpfs when it is queued, and completes at once, before the
 //! device write; a device stall then delays the write, not the producer. A journaled batch
 //! survives the death of the process (recovery replays it) but not a kernel crash or a power
-//! cut before it is written; unwritten bytes are bounded by the pending budget. A write that
+//! cut before it is written. Journaled batches are written behind: the flush task gathers them
+//! until `limits::WRITE_BEHIND_BYTES` or `limits::WRITE_BEHIND` (or its shard's memory is under
+//! pressure), so many slow partitions make few large writes. Unwritten bytes are bounded by the
+//! log's pending budget and its shard's (`crate::memory`). A write that
 //! fails after batches were acknowledged keeps them queued and retries; new appends fail with
 //! the write's error meanwhile.
 //!
