@@ -66,6 +66,14 @@ pub const UNWRITTEN_PER_SHARD_BYTES_MAX: usize = 2 * spate_storage::limits::PEND
 /// its topic's `cache_bytes` and at least `storage::limits::CACHE_BYTES_PER_LOG_MIN`.
 pub const LOG_CACHE_PER_SHARD_BYTES_MAX: usize = 256 * 1024 * 1024;
 
+/// Descriptors a partition holds open: its active segment and its journal file (each sealed
+/// segment adds one more). Topic creation checks the open-files limit against it.
+pub const OPEN_FILES_PER_PARTITION: u64 = 2;
+
+/// Descriptors topic creation leaves free for everything else: connections, the catalog, index
+/// files being written, segments that roll.
+pub const OPEN_FILES_RESERVED: u64 = 1024;
+
 /// Shortest frame read timeout a broker may be given (`--frame-read-timeout-ms`).
 pub const FRAME_READ_TIMEOUT_MS_MIN: u64 = 100;
 

@@ -493,3 +493,32 @@ fn one_produce_request_per_shard_carries_the_batches_of_many_partitions() {
         .sum();
     assert_eq!(produces, 2, "{text}");
 }
+
+#[test]
+fn a_topic_that_would_exhaust_open_files_is_refused_and_the_broker_keeps_serving() {
+    let dir = temp_dir();
+    let broker = Broker::start_with_open_files_limit(&dir.path().join("data"), 2048);
+    let refused = broker.cli(&["topic", "create", "huge", "--partitions", "1500"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("open-files limit"), "{stderr}");
+    let topics = broker.ok(&["topic", "list"]);
+    assert!(!topics.contains("huge"), "a refused topic is not half created: {topics}");
+    broker.ok(&["topic", "create", "small", "--partitions", "10"]);
+    let produced =
+        broker.cli_with_input(&["produce", "small", "--partition", "9"], Some(b"still serving\n"));
+    assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
+    let consumed = broker.ok(&[
+        "consume",
+        "small",
+        "--partition",
+        "9",
+        "--from",
+        "earliest",
+        "--count",
+        "1",
+        "--timeout-ms",
+        "5000",
+    ]);
+    assert!(consumed.contains("still serving"), "{consumed}");
+}

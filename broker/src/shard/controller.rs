@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use spate_protocol::wire::{self, ErrorCode, RequestBodyT, ResponseBodyT};
 
 use super::{Shard, ShardMsg};
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::{self, Catalog, CatalogError};
 
 impl Shard {
     pub(super) async fn controller(&self, body: RequestBodyT) -> ResponseBodyT {
@@ -31,7 +31,8 @@ impl Shard {
                             self.config.shard_count(),
                             layout.as_deref(),
                         )
-                        .map(|_| ());
+                        .map(|_| ())
+                        .and_then(|()| catalog::check_open_files(topic.partitions.max(0) as u64));
                     let result = match created {
                         Ok(()) if request.validate_only => Ok(()),
                         Ok(()) => self.publish(catalog).await,
@@ -117,6 +118,7 @@ fn topic_result(name: String, result: Result<(), CatalogError>) -> wire::TopicRe
                 CatalogError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
                 CatalogError::TooManyTopics => ErrorCode::InvalidRequest,
                 CatalogError::Storage(_) => ErrorCode::StorageError,
+                CatalogError::OpenFilesLimit { .. } => ErrorCode::InvalidPartitions,
             };
             wire::TopicResultT {
                 name: Some(name),

@@ -41,9 +41,36 @@ impl Broker {
     }
 
     pub fn start_with_cores(dir: &Path, port: u16, cores: usize, extra: &[&str]) -> Broker {
+        Broker::start_with_command(dir, port, cores, extra, Command::new(SPATE))
+    }
+
+    /// A broker whose open-files limit (soft and hard) is `limit`.
+    pub fn start_with_open_files_limit(dir: &Path, limit: u64) -> Broker {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(SPATE);
+        // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+        unsafe {
+            command.pre_exec(move || {
+                let rlimit = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Broker::start_with_command(dir, free_ports(), 2, &[], command)
+    }
+
+    fn start_with_command(
+        dir: &Path,
+        port: u16,
+        cores: usize,
+        extra: &[&str],
+        mut command: Command,
+    ) -> Broker {
         let log = dir.with_extension(format!("broker-{port}.log"));
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let child = Command::new(SPATE)
+        let child = command
             .args(["serve", "--data-dir"])
             .arg(dir)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--cores", &cores.to_string()])
