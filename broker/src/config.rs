@@ -9,6 +9,12 @@
 //! log_level = "info"
 //! request_memory_bytes = 268435456   # request frames one shard holds at once (backpressure)
 //! journal_dir = "/dev/shm/spate-x"   # flush=never journal on a tmpfs; "none" to go without
+//! node_id = 1                    # cluster membership (all six, or none):
+//! replication_listen = "127.0.0.1:9500"
+//! peers = "1@127.0.0.1:9500,2@127.0.0.1:9501,3@127.0.0.1:9502"
+//! tls_ca = "certs/ca.pem"
+//! tls_cert = "certs/broker-1.pem"
+//! tls_key = "certs/broker-1.key"
 //! [defaults]                     # topic settings used when a topic does not override them
 //! flush = "never"                # always | never | interval:MS
 //! retention_ms = 604800000
@@ -44,6 +50,12 @@ pub struct FileConfig {
     pub request_memory_bytes: Option<usize>,
     pub frame_read_timeout_ms: Option<u64>,
     pub journal_dir: Option<String>,
+    pub node_id: Option<u32>,
+    pub replication_listen: Option<String>,
+    pub peers: Option<String>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     #[serde(default)]
     pub defaults: DefaultsConfig,
 }
@@ -105,6 +117,54 @@ pub fn request_memory_bytes(bytes: Option<usize>) -> Result<usize, String> {
     }
 }
 
+/// The cluster settings from flags and file: all of them, or none (a single broker).
+pub fn cluster(
+    node_id: Option<u32>,
+    replication_listen: Option<&str>,
+    peers: Option<&str>,
+    tls: [Option<PathBuf>; 3],
+) -> Result<Option<crate::cluster::ClusterConfig>, String> {
+    let [tls_ca, tls_cert, tls_key] = tls;
+    let given = [
+        node_id.is_some(),
+        replication_listen.is_some(),
+        peers.is_some(),
+        tls_ca.is_some(),
+        tls_cert.is_some(),
+        tls_key.is_some(),
+    ];
+    if given.iter().all(|g| !g) {
+        return Ok(None);
+    }
+    let (
+        Some(node_id),
+        Some(replication_listen),
+        Some(peers),
+        Some(tls_ca),
+        Some(tls_cert),
+        Some(tls_key),
+    ) = (node_id, replication_listen, peers, tls_ca, tls_cert, tls_key)
+    else {
+        return Err("a cluster broker needs all of --node-id, --replication-listen, --peers, \
+                    --tls-ca, --tls-cert and --tls-key"
+            .into());
+    };
+    let replication_listen = std::net::ToSocketAddrs::to_socket_addrs(replication_listen)
+        .map_err(|e| format!("bad --replication-listen {replication_listen:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("bad --replication-listen {replication_listen:?}"))?;
+    let config = crate::cluster::ClusterConfig {
+        node_id,
+        replication_listen,
+        peers: crate::cluster::parse_peers(peers)?,
+        tls_ca,
+        tls_cert,
+        tls_key,
+    };
+    config.validate()?;
+    Ok(Some(config))
+}
+
 /// The resolved configuration a broker runs with.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -124,6 +184,10 @@ pub struct BrokerConfig {
     /// Where `flush=never` partitions journal their unwritten batches (a directory on a tmpfs);
     /// `None`: they are acknowledged after their device write.
     pub journal_dir: Option<PathBuf>,
+    /// Set when the broker is one of a cluster (`--node-id` and the other cluster flags).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// The cluster's membership view, shared by every shard; made by `server::run`.
+    pub membership: Option<crate::cluster::SharedMembership>,
 }
 
 impl BrokerConfig {

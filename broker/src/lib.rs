@@ -14,6 +14,7 @@
 //! runs a broker (`spate serve`) or acts as a client.
 
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod group;
 pub mod limits;

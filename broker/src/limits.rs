@@ -74,6 +74,18 @@ pub const OPEN_FILES_PER_PARTITION: u64 = 2;
 /// files being written, segments that roll.
 pub const OPEN_FILES_RESERVED: u64 = 1024;
 
+/// Brokers one cluster may list in `--peers`.
+pub const CLUSTER_BROKERS_MAX: usize = 64;
+
+/// How often a broker sends each peer a heartbeat.
+pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A peer heard from less recently than this is dead: six missed heartbeats.
+pub const PEER_DEAD_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Pause before dialling a peer again after its connection failed.
+pub const PEER_RECONNECT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Shortest frame read timeout a broker may be given (`--frame-read-timeout-ms`).
 pub const FRAME_READ_TIMEOUT_MS_MIN: u64 = 100;
 

@@ -6,6 +6,7 @@ mod cli;
 
 use clap::{Parser, Subcommand};
 
+use cli::cluster::ClusterCommand;
 use cli::consume::ConsumeArgs;
 use cli::group::GroupCommand;
 use cli::produce::ProduceArgs;
@@ -47,6 +48,13 @@ enum Command {
         #[command(subcommand)]
         command: spate_broker::tune::TuneCommand,
     },
+    /// Cluster certificates and status.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+        #[command(flatten)]
+        bootstrap: Bootstrap,
+    },
     /// Print PARTITION<TAB>EARLIEST<TAB>LATEST for each partition of a topic.
     Offsets {
         topic: String,
@@ -73,6 +81,12 @@ fn main() {
         Command::Tune { command } => spate_broker::tune::run(command),
         Command::Group { command, bootstrap } => {
             run_client(&bootstrap.bootstrap, |client| cli::group::group(client, command))
+        }
+        Command::Cluster { command: ClusterCommand::Certs { out, brokers }, .. } => {
+            cli::cluster::certs(out, brokers)
+        }
+        Command::Cluster { command: ClusterCommand::Status, bootstrap } => {
+            run_client(&bootstrap.bootstrap, cli::cluster::status)
         }
         Command::Offsets { topic, bootstrap } => {
             run_client(&bootstrap.bootstrap, |client| cli::offsets::offsets(client, topic))

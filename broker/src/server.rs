@@ -66,6 +66,18 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> Result<(), String
     raise_open_files_limit();
     check_ports_free(&config)?;
     adopt_orphaned_partitions(&config)?;
+    if let Some(cluster) = &config.cluster {
+        // Refuse bad TLS files now, with their paths, rather than from a running shard.
+        spate_transport::BrokerCredentials::from_files(
+            cluster.node_id,
+            &cluster.tls_ca,
+            &cluster.tls_cert,
+            &cluster.tls_key,
+        )
+        .map_err(|e| format!("cluster TLS files: {e}"))?;
+        let membership = crate::cluster::Membership::new(cluster, config.listen.to_string());
+        config.membership = Some(Arc::new(std::sync::Mutex::new(membership)));
+    }
     let config = Arc::new(config);
     let shard_count = config.shard_count();
     let mesh = MeshBuilder::<ShardMsg, _>::full(shard_count, limits::CROSS_SHARD_QUEUE_MAX);
@@ -313,6 +325,23 @@ async fn shard_main(
     ready.wait();
     if failed.load(Ordering::SeqCst) {
         return;
+    }
+    if let (0, Some(cluster), Some(membership)) = (id, &config.cluster, &config.membership) {
+        let run = crate::cluster::run(
+            cluster.clone(),
+            config.listen.to_string(),
+            membership.clone(),
+            stop.clone(),
+        );
+        let (stop, failed) = (stop.clone(), failed.clone());
+        glommio::spawn_local(async move {
+            if let Err(error) = run.await {
+                tracing::error!(%error, "cluster membership failed; stopping");
+                failed.store(true, Ordering::SeqCst);
+                stop.store(true, Ordering::SeqCst);
+            }
+        })
+        .detach();
     }
     let connections = Rc::new(Semaphore::new(limits::CONNECTIONS_PER_SHARD_MAX as u64));
     let mut accept_tasks = Vec::new();

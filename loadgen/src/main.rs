@@ -251,6 +251,8 @@ fn start_embedded(
         request_memory_bytes: spate_broker::limits::REQUEST_MEMORY_PER_SHARD_BYTES_MAX,
         frame_read_timeout: Duration::from_millis(spate_broker::limits::FRAME_READ_TIMEOUT_MS),
         journal_dir: spate_broker::config::journal_dir(None, &dir),
+        cluster: None,
+        membership: None,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let broker_stop = stop.clone();

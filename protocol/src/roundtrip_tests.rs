@@ -175,7 +175,12 @@ fn sample_responses() -> Vec<ResponseBodyT> {
             cluster_id: s("c1"),
         })),
         ResponseBodyT::MetadataResponse(Box::new(MetadataResponseT {
-            brokers: Some(vec![BrokerInfoT { broker_id: 1, host: s("127.0.0.1"), port: 9292 }]),
+            brokers: Some(vec![BrokerInfoT {
+                broker_id: 1,
+                host: s("127.0.0.1"),
+                port: 9292,
+                alive: false,
+            }]),
             controller_id: 1,
             topics: Some(vec![TopicMetadataT {
                 name: s("orders"),

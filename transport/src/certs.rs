@@ -197,6 +197,25 @@ impl BrokerCredentials {
         })
     }
 
+    /// Credentials of broker `id` from three PEM files (`--tls-ca`, `--tls-cert`, `--tls-key`):
+    /// the cluster CA, this broker's certificate and its key, wherever the operator keeps them.
+    pub fn from_files(
+        broker_id: BrokerId,
+        ca_file: &Path,
+        cert_file: &Path,
+        key_file: &Path,
+    ) -> Result<Self, CertError> {
+        if broker_id == 0 {
+            return Err(CertError::BrokerIdZero);
+        }
+        let ca = CertificateDer::from_pem_file(ca_file).map_err(|e| pem_error(ca_file, "CA", e))?;
+        let cert = CertificateDer::from_pem_file(cert_file)
+            .map_err(|e| pem_error(cert_file, "certificate", e))?;
+        let key =
+            PrivateKeyDer::from_pem_file(key_file).map_err(|e| pem_error(key_file, "key", e))?;
+        Ok(Self { broker_id, ca, cert, key })
+    }
+
     /// Credentials of broker `id` from a certificate directory written by
     /// [`write_cluster_certs`].
     pub fn load(dir: &Path, broker_id: BrokerId) -> Result<Self, CertError> {

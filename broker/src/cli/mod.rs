@@ -2,6 +2,7 @@
 //! `group` and `offsets` are clients of one. This file holds what the client commands share.
 //! (A module of the binary only: the library crate `spate_broker` does not include it.)
 
+pub(crate) mod cluster;
 pub(crate) mod consume;
 pub(crate) mod group;
 pub(crate) mod offsets;

@@ -48,6 +48,24 @@ pub(crate) struct ServeArgs {
     /// acknowledge after the write (default: /dev/shm/spate-<id of the data dir>).
     #[arg(long)]
     journal_dir: Option<String>,
+    /// This broker's id in a cluster (1, 2, ...); must match its certificate.
+    #[arg(long)]
+    node_id: Option<u32>,
+    /// UDP address of this broker's QUIC endpoint for its peers, e.g. 127.0.0.1:9500.
+    #[arg(long)]
+    replication_listen: Option<String>,
+    /// Every broker of the cluster as ID@HOST:PORT (their --replication-listen), comma-separated.
+    #[arg(long)]
+    peers: Option<String>,
+    /// The cluster CA certificate (PEM); peers must present certificates it signed.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// This broker's certificate (PEM), naming its broker id (`spate cluster certs` makes them).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// This broker's private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
 }
 
 pub(crate) fn serve(args: ServeArgs) -> Result<(), String> {
@@ -104,7 +122,19 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), String> {
         args.journal_dir.as_deref().or(file.journal_dir.as_deref()),
         &std::path::absolute(&data_dir).map_err(|e| e.to_string())?,
     );
+    let cluster = config::cluster(
+        args.node_id.or(file.node_id),
+        args.replication_listen.as_deref().or(file.replication_listen.as_deref()),
+        args.peers.as_deref().or(file.peers.as_deref()),
+        [
+            args.tls_ca.or(file.tls_ca),
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ],
+    )?;
     let config = BrokerConfig {
+        cluster,
+        membership: None,
         data_dir,
         listen,
         cpus,

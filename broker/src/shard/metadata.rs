@@ -149,14 +149,35 @@ impl Shard {
             })
             .collect();
         ResponseBodyT::MetadataResponse(Box::new(wire::MetadataResponseT {
-            brokers: Some(vec![wire::BrokerInfoT {
-                broker_id: 0,
-                host: Some(listen.ip().to_string()),
-                port: listen.port(),
-            }]),
+            brokers: Some(self.brokers(listen)),
             controller_id: 0,
             topics: Some(topics),
         }))
+    }
+
+    /// This broker, and in a cluster every other one with whether it is alive.
+    fn brokers(&self, listen: std::net::SocketAddr) -> Vec<wire::BrokerInfoT> {
+        let this = |broker_id| wire::BrokerInfoT {
+            broker_id,
+            host: Some(listen.ip().to_string()),
+            port: listen.port(),
+            alive: true,
+        };
+        let Some(membership) = &self.config.membership else { return vec![this(0)] };
+        let statuses =
+            membership.lock().expect("membership lock").status(std::time::Instant::now());
+        statuses
+            .into_iter()
+            .map(|status| {
+                let address = status.address.parse::<std::net::SocketAddr>().ok();
+                wire::BrokerInfoT {
+                    broker_id: status.id as i32,
+                    host: Some(address.map_or(status.address.clone(), |a| a.ip().to_string())),
+                    port: address.map_or(0, |a| a.port()),
+                    alive: status.alive,
+                }
+            })
+            .collect()
     }
 
     pub(super) fn describe_configs(&self, topics: Vec<String>) -> ResponseBodyT {

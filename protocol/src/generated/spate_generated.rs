@@ -2534,6 +2534,7 @@ impl<'a> BrokerInfo<'a> {
   pub const VT_BROKER_ID: ::flatbuffers::VOffsetT = 4;
   pub const VT_HOST: ::flatbuffers::VOffsetT = 6;
   pub const VT_PORT: ::flatbuffers::VOffsetT = 8;
+  pub const VT_ALIVE: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2548,6 +2549,7 @@ impl<'a> BrokerInfo<'a> {
     if let Some(x) = args.host { builder.add_host(x); }
     builder.add_broker_id(args.broker_id);
     builder.add_port(args.port);
+    builder.add_alive(args.alive);
     builder.finish()
   }
 
@@ -2557,10 +2559,12 @@ impl<'a> BrokerInfo<'a> {
       alloc::string::ToString::to_string(x)
     });
     let port = self.port();
+    let alive = self.alive();
     BrokerInfoT {
       broker_id,
       host,
       port,
+      alive,
     }
   }
 
@@ -2585,6 +2589,15 @@ impl<'a> BrokerInfo<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u16>(BrokerInfo::VT_PORT, Some(0)).unwrap()}
   }
+  /// In a cluster: whether the answering broker hears this one's heartbeats (a dead broker is
+  /// listed too, so `spate cluster status` can show it). Always true for a single broker.
+  #[inline]
+  pub fn alive(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(BrokerInfo::VT_ALIVE, Some(true)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for BrokerInfo<'_> {
@@ -2596,6 +2609,7 @@ impl ::flatbuffers::Verifiable for BrokerInfo<'_> {
      .visit_field::<i32>("broker_id", Self::VT_BROKER_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("host", Self::VT_HOST, false)?
      .visit_field::<u16>("port", Self::VT_PORT, false)?
+     .visit_field::<bool>("alive", Self::VT_ALIVE, false)?
      .finish();
     Ok(())
   }
@@ -2604,6 +2618,7 @@ pub struct BrokerInfoArgs<'a> {
     pub broker_id: i32,
     pub host: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub port: u16,
+    pub alive: bool,
 }
 impl<'a> Default for BrokerInfoArgs<'a> {
   #[inline]
@@ -2612,6 +2627,7 @@ impl<'a> Default for BrokerInfoArgs<'a> {
       broker_id: 0,
       host: None,
       port: 0,
+      alive: true,
     }
   }
 }
@@ -2634,6 +2650,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BrokerInfoBuilder<'a, 'b, A> 
     self.fbb_.push_slot::<u16>(BrokerInfo::VT_PORT, port, 0);
   }
   #[inline]
+  pub fn add_alive(&mut self, alive: bool) {
+    self.fbb_.push_slot::<bool>(BrokerInfo::VT_ALIVE, alive, true);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BrokerInfoBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     BrokerInfoBuilder {
@@ -2654,6 +2674,7 @@ impl ::core::fmt::Debug for BrokerInfo<'_> {
       ds.field("broker_id", &self.broker_id());
       ds.field("host", &self.host());
       ds.field("port", &self.port());
+      ds.field("alive", &self.alive());
       ds.finish()
   }
 }
@@ -2662,6 +2683,7 @@ pub struct BrokerInfoT {
   pub broker_id: i32,
   pub host: Option<alloc::string::String>,
   pub port: u16,
+  pub alive: bool,
 }
 impl Default for BrokerInfoT {
   fn default() -> Self {
@@ -2669,6 +2691,7 @@ impl Default for BrokerInfoT {
       broker_id: 0,
       host: None,
       port: 0,
+      alive: true,
     }
   }
 }
@@ -2682,10 +2705,12 @@ impl BrokerInfoT {
       _fbb.create_string(x)
     });
     let port = self.port;
+    let alive = self.alive;
     BrokerInfo::create(_fbb, &BrokerInfoArgs{
       broker_id,
       host,
       port,
+      alive,
     })
   }
 }

@@ -1,0 +1,45 @@
+//! `spate cluster`: certificates for trying a cluster out, and the cluster's status.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use spate_client::Client;
+
+#[derive(Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Write a cluster CA and one certificate per broker: DIR/ca.pem, DIR/broker-I.pem and
+    /// DIR/broker-I.key for I = 1..N (for trying a cluster out; bring your own in production).
+    Certs {
+        /// Directory to write into (created if absent).
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of brokers (1..=64).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+        brokers: u32,
+    },
+    /// One line per broker: its id, its address, and `alive` or `dead`, as the broker asked
+    /// sees them.
+    Status,
+}
+
+pub(crate) fn certs(out: PathBuf, brokers: u32) -> Result<(), String> {
+    spate_transport::certs::write_cluster_certs(&out, brokers)
+        .map_err(|e| format!("cannot write certificates to {}: {e}", out.display()))?;
+    println!("wrote {} (CA) and broker-1..{brokers}.pem/.key", out.join("ca.pem").display());
+    Ok(())
+}
+
+pub(crate) async fn status(client: Client) -> Result<(), String> {
+    let metadata = client.metadata(Some(&[])).await.map_err(|e| e.to_string())?;
+    for broker in metadata.brokers.into_iter().flatten() {
+        let host = broker.host.unwrap_or_default();
+        let address = match broker.port {
+            0 => host,
+            port if host.contains(':') => format!("[{host}]:{port}"),
+            port => format!("{host}:{port}"),
+        };
+        let state = if broker.alive { "alive" } else { "dead" };
+        println!("{}\t{address}\t{state}", broker.broker_id);
+    }
+    Ok(())
+}

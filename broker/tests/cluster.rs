@@ -1,0 +1,157 @@
+//! Cluster membership through real `spate` processes on loopback: certificates from
+//! `spate cluster certs`, brokers that see each other over QUIC with mutual TLS, a dead broker
+//! shown dead, and a broker with a certificate from another CA kept out.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Node {
+    id: u32,
+    port: u16,
+    replication: String,
+}
+
+fn nodes(count: u32) -> Vec<Node> {
+    (1..=count)
+        .map(|id| {
+            let port = free_ports();
+            // The base's fourth port is free for TCP and unused by the broker: its UDP twin
+            // carries QUIC.
+            Node { id, port, replication: format!("127.0.0.1:{}", port + 3) }
+        })
+        .collect()
+}
+
+fn peers(nodes: &[Node]) -> String {
+    nodes.iter().map(|n| format!("{}@{}", n.id, n.replication)).collect::<Vec<_>>().join(",")
+}
+
+fn start(dir: &Path, node: &Node, peers: &str, certs: &Path) -> Broker {
+    let id = node.id.to_string();
+    let ca = certs.join("ca.pem");
+    let cert = certs.join(format!("broker-{}.pem", node.id));
+    let key = certs.join(format!("broker-{}.key", node.id));
+    Broker::start_on(
+        &dir.join(format!("broker-{}", node.id)),
+        node.port,
+        &[
+            "--node-id",
+            &id,
+            "--replication-listen",
+            &node.replication,
+            "--peers",
+            peers,
+            "--tls-ca",
+            ca.to_str().unwrap(),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    )
+}
+
+/// `spate cluster status` as (id, address, state) lines.
+fn status(broker: &Broker) -> Vec<(u32, String, String)> {
+    broker
+        .ok(&["cluster", "status"])
+        .lines()
+        .map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(words.len(), 3, "{line}");
+            (words[0].parse().unwrap(), words[1].to_string(), words[2].to_string())
+        })
+        .collect()
+}
+
+/// Polls `status` until `want` holds (bounded), and returns the last status.
+fn wait_for(broker: &Broker, what: &str, want: impl Fn(&[(u32, String, String)]) -> bool) {
+    let started = Instant::now();
+    let mut last = Vec::new();
+    while started.elapsed() < Duration::from_secs(30) {
+        last = status(broker);
+        if want(&last) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{what}: never happened; last status {last:?}");
+}
+
+fn state_of(status: &[(u32, String, String)], id: u32) -> &str {
+    &status.iter().find(|s| s.0 == id).expect("listed").2
+}
+
+#[test]
+fn brokers_see_each_other_and_a_killed_one_goes_dead() {
+    let dir = temp_dir();
+    let certs = dir.path().join("certs");
+    let made = std::process::Command::new(SPATE)
+        .args(["cluster", "certs", "--out", certs.to_str().unwrap(), "--brokers", "3"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    for file in ["ca.pem", "broker-1.pem", "broker-1.key", "broker-3.pem", "broker-3.key"] {
+        assert!(certs.join(file).is_file(), "{file} written");
+    }
+    let nodes = nodes(3);
+    let peers = peers(&nodes);
+    let mut brokers: Vec<Broker> =
+        nodes.iter().map(|node| start(dir.path(), node, &peers, &certs)).collect();
+    wait_for(&brokers[0], "all three alive", |s| {
+        s.len() == 3 && s.iter().all(|(_, _, state)| state == "alive")
+    });
+    // Each broker's client address, learnt from its heartbeats.
+    let seen = status(&brokers[0]);
+    for node in &nodes {
+        let address = &seen.iter().find(|s| s.0 == node.id).unwrap().1;
+        assert_eq!(address, &format!("127.0.0.1:{}", node.port));
+    }
+    // A single broker keeps working as before: produce and read back through broker 2.
+    brokers[1].ok(&["topic", "create", "t", "--partitions", "2"]);
+    let produced = brokers[1].cli_with_input(&["produce", "t", "--partition", "1"], Some(b"x\n"));
+    assert!(produced.status.success());
+    brokers[2].sigkill();
+    wait_for(&brokers[0], "broker 3 dead", |s| {
+        state_of(s, 3) == "dead" && state_of(s, 2) == "alive"
+    });
+    wait_for(&brokers[1], "broker 3 dead on broker 2", |s| state_of(s, 3) == "dead");
+}
+
+#[test]
+fn a_broker_with_a_certificate_from_another_ca_stays_out() {
+    let dir = temp_dir();
+    let certs = dir.path().join("certs");
+    let foreign = dir.path().join("foreign");
+    for (out, count) in [(&certs, "2"), (&foreign, "2")] {
+        let made = std::process::Command::new(SPATE)
+            .args(["cluster", "certs", "--out", out.to_str().unwrap(), "--brokers", count])
+            .output()
+            .unwrap();
+        assert!(made.status.success());
+    }
+    let nodes = nodes(2);
+    let peers = peers(&nodes);
+    let first = start(dir.path(), &nodes[0], &peers, &certs);
+    // Broker 2 holds a certificate for id 2, but from another CA.
+    let intruder = start(dir.path(), &nodes[1], &peers, &foreign);
+    // Long enough for many heartbeats and reconnects either way.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(state_of(&status(&first), 2), "dead", "broker 1 never accepts the intruder");
+    assert_eq!(state_of(&status(&intruder), 1), "dead", "nor does the intruder accept broker 1");
+}
+
+#[test]
+fn cluster_flags_come_all_together_or_not_at_all() {
+    let output = std::process::Command::new(SPATE)
+        .args(["serve", "--node-id", "1", "--data-dir", "/nonexistent/never-used"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--replication-listen"), "{stderr}");
+}
