@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use spate_transport::{BrokerCredentials, Endpoint, Peer};
@@ -305,9 +305,6 @@ async fn receive(peer: Peer, view: SharedMembership) {
         }
     }
 }
-
-/// How long to wait for a peer in tests and tools that poll the view.
-pub const STATUS_SETTLE: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

@@ -120,6 +120,14 @@ fn brokers_see_each_other_and_a_killed_one_goes_dead() {
         state_of(s, 3) == "dead" && state_of(s, 2) == "alive"
     });
     wait_for(&brokers[1], "broker 3 dead on broker 2", |s| state_of(s, 3) == "dead");
+    // -b takes a list and keeps working while any broker in it is up.
+    let bootstrap = format!("{},{}", brokers[2].address(), brokers[0].address());
+    let listed = std::process::Command::new(SPATE)
+        .args(["cluster", "status", "-b", &bootstrap])
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 3);
 }
 
 #[test]

@@ -110,7 +110,10 @@ pub struct Client {
 
 struct Inner {
     config: ClientConfig,
-    bootstrap: SocketAddr,
+    /// The bootstrap brokers, in the order given; requests that need no particular broker go
+    /// to `bootstrap[current]`, which moves on when that broker cannot be reached.
+    bootstrap: Vec<SocketAddr>,
+    current: Cell<usize>,
     connections: RefCell<HashMap<SocketAddr, Connection>>,
     brokers: RefCell<HashMap<i32, SocketAddr>>,
     topics: RefCell<HashMap<String, Vec<PartitionInfo>>>,
@@ -123,21 +126,58 @@ pub const LATEST: i64 = -1;
 pub const EARLIEST: i64 = -2;
 
 impl Client {
-    /// Resolves the bootstrap address, connects and handshakes.
+    /// Resolves the bootstrap addresses (comma-separated), connects to the first that answers
+    /// and handshakes.
     pub async fn connect(config: ClientConfig) -> Result<Client> {
-        let bootstrap = resolve(&config.bootstrap)?;
+        let bootstrap = config
+            .bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .take(limits::BOOTSTRAP_BROKERS_MAX)
+            .map(resolve)
+            .collect::<Result<Vec<_>>>()?;
+        if bootstrap.is_empty() {
+            return Err(ClientError::Connect {
+                address: config.bootstrap.clone(),
+                message: "no bootstrap address".into(),
+            });
+        }
         let client = Client {
             inner: Rc::new(Inner {
                 config,
                 bootstrap,
+                current: Cell::new(0),
                 connections: RefCell::new(HashMap::new()),
                 brokers: RefCell::new(HashMap::new()),
                 topics: RefCell::new(HashMap::new()),
                 closed: Cell::new(false),
             }),
         };
-        client.connection(bootstrap).await?;
+        client.bootstrap_connection().await?;
         Ok(client)
+    }
+
+    fn current_bootstrap(&self) -> SocketAddr {
+        self.inner.bootstrap[self.inner.current.get()]
+    }
+
+    /// A connection to a bootstrap broker: the current one, else the next that answers.
+    async fn bootstrap_connection(&self) -> Result<Connection> {
+        let count = self.inner.bootstrap.len();
+        let mut last_error = None;
+        // Bounded: each bootstrap address is tried once.
+        for _ in 0..count {
+            match self.connection(self.current_bootstrap()).await {
+                Ok(connection) => return Ok(connection),
+                Err(error @ (ClientError::Connect { .. } | ClientError::ConnectionLost { .. })) => {
+                    last_error = Some(error);
+                    self.inner.current.set((self.inner.current.get() + 1) % count);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error.expect("at least one bootstrap address"))
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -197,7 +237,7 @@ impl Client {
     /// Sends one request built with the object API and returns the response body, or the
     /// envelope's error.
     pub async fn call(&self, body: RequestBodyT) -> Result<ResponseBodyT> {
-        let connection = self.connection(self.inner.bootstrap).await?;
+        let connection = self.bootstrap_connection().await?;
         self.call_on(&connection, body).await
     }
 
@@ -267,7 +307,7 @@ impl Client {
                         .and_then(|h| resolve(&format!("{h}:{}", p.shard_port)).ok());
                     let address = shard_address
                         .or_else(|| brokers.get(&p.leader_broker).copied())
-                        .unwrap_or(self.inner.bootstrap);
+                        .unwrap_or_else(|| self.current_bootstrap());
                     Some(PartitionInfo {
                         partition: u32::try_from(p.partition).ok()?,
                         leader_broker: p.leader_broker,

@@ -42,3 +42,6 @@ pub const ASSIGNED_PARTITIONS_MAX: usize = 100_000;
 pub const SYNC_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 const _: () = assert!(PRODUCER_BATCH_BYTES_MAX < PRODUCER_BUFFER_BYTES_MAX);
+
+/// Bootstrap brokers one client takes from its comma-separated list.
+pub const BOOTSTRAP_BROKERS_MAX: usize = 64;

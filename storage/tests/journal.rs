@@ -247,3 +247,29 @@ fn logs_of_one_shard_share_its_memory_budget() {
         }
     });
 }
+
+#[test]
+fn a_search_by_time_finds_batches_not_yet_written() {
+    let data = temp_dir();
+    let journal = temp_dir();
+    let faults = Rc::new(FailingWrites::default());
+    run({
+        let (data, journal, faults) =
+            (data.path().to_path_buf(), journal.path().to_path_buf(), faults.clone());
+        async move {
+            let log = Log::open(&data, config(), options(&journal, &faults)).await.unwrap();
+            log.append(make_batch(0, 3, 10, 1_000), 1).await.unwrap();
+            log.flush().await.unwrap();
+            // The device refuses writes: these stay queued (and journaled) only.
+            faults.failing.set(true);
+            log.append(make_batch(1, 3, 10, 2_000), 1).await.unwrap();
+            assert_eq!(log.offsets().written, 3);
+            assert_eq!(log.offset_for_timestamp(1_001).await.unwrap(), Some(1), "in the segment");
+            assert_eq!(log.offset_for_timestamp(1_500).await.unwrap(), Some(3), "queued only");
+            assert_eq!(log.offset_for_timestamp(2_002).await.unwrap(), Some(5));
+            assert_eq!(log.offset_for_timestamp(2_003).await.unwrap(), None);
+            faults.failing.set(false);
+            log.close().await.unwrap();
+        }
+    });
+}

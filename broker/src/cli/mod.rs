@@ -15,7 +15,7 @@ use spate_client::{Client, ClientConfig, Seek};
 
 #[derive(Args, Clone)]
 pub(crate) struct Bootstrap {
-    /// Broker address.
+    /// Broker address, or several comma-separated (the first that answers is used).
     #[arg(
         short = 'b',
         long = "bootstrap",

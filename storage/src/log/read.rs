@@ -147,6 +147,25 @@ impl Log {
                 return Ok((offset < high_watermark).then_some(offset));
             }
         }
+        // Then the batches not yet in a segment (journaled, written behind), in memory.
+        let unwritten: Vec<bytes::Bytes> = {
+            let state = self.inner.state.borrow();
+            let newer_ones = state
+                .pending
+                .iter()
+                .filter(|p| p.max_timestamp >= timestamp_ms && p.next_offset > start);
+            newer_ones.map(|p| p.bytes.clone()).collect()
+        };
+        // Bounded by the queue, whose bytes passed validation when appended.
+        for bytes in unwritten {
+            let header = BatchHeader::parse(&bytes).map_err(LogError::InvalidBatch)?;
+            for record in Records::new(&bytes, header) {
+                let record = record.map_err(LogError::InvalidBatch)?;
+                if record.timestamp >= timestamp_ms && record.offset >= start {
+                    return Ok((record.offset < high_watermark).then_some(record.offset));
+                }
+            }
+        }
         Ok(None)
     }
 }
