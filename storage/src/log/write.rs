@@ -200,7 +200,7 @@ impl Log {
     }
 
     /// Refuses appends while acknowledged batches wait for a write that keeps failing.
-    fn ensure_writable(&self) -> Result<()> {
+    pub(super) fn ensure_writable(&self) -> Result<()> {
         match &self.inner.state.borrow().write_error {
             Some(error) => Err(error.duplicate()),
             None => Ok(()),
@@ -489,7 +489,7 @@ impl Log {
     }
 }
 
-async fn flush_task(log: Log) {
+pub(super) async fn flush_task(log: Log) {
     // Runs until the queue is empty; each round writes at least one batch, or fails (and then,
     // holding acknowledged batches, retries after a pause until a write succeeds). Gathering
     // (write-behind) ends within `limits::WRITE_BEHIND`.
