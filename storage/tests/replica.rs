@@ -386,3 +386,64 @@ fn the_replica_state_file_round_trips_and_refuses_damage() {
         assert!(matches!(replica_state::load(dir), Err(ReplicaStateError::Corrupt { .. })));
     });
 }
+
+/// Fails every segment write while set: journaled batches then live only in the journal.
+#[derive(Default)]
+struct StalledDevice {
+    failing: Cell<bool>,
+}
+
+impl StorageFaults for StalledDevice {
+    fn before_write(&self, _path: &Path) -> std::io::Result<()> {
+        if self.failing.get() {
+            return Err(std::io::Error::other("device stalled"));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn with_a_journal_follower_appends_survive_a_crash_and_cut_or_reset_batches_never_come_back() {
+    let root = temp_dir();
+    run(async move {
+        let dir = root.path().join("log");
+        let journal = root.path().join("journal");
+        let config = LogConfig { flush: FlushPolicy::Never, ..config() };
+        let device = Rc::new(StalledDevice::default());
+        let options = LogOptions {
+            journal_dir: Some(journal.clone()),
+            faults: Some(device.clone() as Rc<dyn StorageFaults>),
+            ..LogOptions::default()
+        };
+        // Acknowledged from the journal while the device refuses every write; then a crash.
+        let log = Log::open(&dir, config.clone(), options.clone()).await.unwrap();
+        device.failing.set(true);
+        let first = vec![leader_batch(1, 0, 3, 2), leader_batch(2, 3, 3, 2)];
+        log.append_replicated(first.clone()).await.unwrap();
+        assert_eq!(log.offsets().written, 0, "nothing reached the segment");
+        // The crashed log's flush task keeps retrying in this executor; its device stays
+        // stalled so it never writes again, as a dead process would not.
+        drop(log);
+        let options = LogOptions { faults: None, ..options };
+        let log = Log::open(&dir, config.clone(), options.clone()).await.unwrap();
+        let expected: Vec<(i64, Vec<u8>)> = vec![(0, first[0].to_vec()), (3, first[1].to_vec())];
+        assert_eq!(read_all(&log).await, expected, "replayed from the journal");
+
+        // Truncate below them, append a different batch, crash: the cut one stays cut.
+        log.truncate_to(3).await.unwrap();
+        let replacement = leader_batch(3, 3, 1, 4);
+        log.append_replicated(vec![replacement.clone()]).await.unwrap();
+        drop(log);
+        let log = Log::open(&dir, config.clone(), options.clone()).await.unwrap();
+        assert_eq!(read_all(&log).await, vec![expected[0].clone(), (3, replacement.to_vec())]);
+
+        // Reset, crash: empty at the new start, nothing replayed into it.
+        log.reset_to(3).await.unwrap();
+        drop(log);
+        let log = Log::open(&dir, config.clone(), options).await.unwrap();
+        let offsets = log.offsets();
+        assert_eq!((offsets.start, offsets.next), (3, 3));
+        assert!(read_all(&log).await.is_empty());
+        log.close().await.unwrap();
+    });
+}

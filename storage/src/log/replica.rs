@@ -185,11 +185,13 @@ impl Log {
     async fn reset_files(&self, start_offset: i64) -> Result<Segment> {
         let dir = &self.inner.dir;
         let faults = self.inner.options.faults.as_ref();
+        // Drained, so everything the journal held is in a segment; emptied before the intent,
+        // so the reset that open() may finish never meets an old batch in it.
+        self.restart_journal();
         before_step(faults, dir, Step::ResetWriteIntent)?;
         let intent = dir.join(RESET_INTENT_FILE);
         crate::durable::write_atomically(&intent, format!("{start_offset}\n").as_bytes())
             .map_err(|e| LogError::io("write", &intent, e))?;
-        self.restart_journal();
         let paths = finish_reset(dir, start_offset, faults).await?;
         let file = segment::open_log_file(&paths.log, false).await?;
         let now_ms = self.inner.options.clock.now_ms();
