@@ -447,3 +447,24 @@ fn with_a_journal_follower_appends_survive_a_crash_and_cut_or_reset_batches_neve
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn follower_appends_take_and_give_back_the_shards_memory_budget() {
+    let dir = temp_dir();
+    run(async {
+        let memory = spate_storage::memory::ShardMemory::new(
+            spate_storage::limits::PENDING_BYTES_MAX,
+            1 << 20,
+        );
+        let options = LogOptions { memory: Some(memory.clone()), ..LogOptions::default() };
+        let log = Log::open(dir.path(), config(), options).await.unwrap();
+        let batches: Vec<Bytes> = (0..4).map(|i| leader_batch(i, i as i64 * 3, 3, 1)).collect();
+        log.append_replicated(batches).await.unwrap();
+        log.flush().await.unwrap();
+        assert_eq!(memory.pending_bytes(), 0, "released once written");
+        // A refused append gives its share back too.
+        assert!(log.append_replicated(vec![leader_batch(9, 100, 1, 1)]).await.is_err());
+        assert_eq!(memory.pending_bytes(), 0);
+        log.close().await.unwrap();
+    });
+}

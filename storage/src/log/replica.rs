@@ -11,11 +11,9 @@ use std::path::Path;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use futures_channel::oneshot;
 use spate_protocol::batch::{self, BatchHeader};
 
-use super::{write, write_start_checkpoint, Appended, Log, LogRead, State, Waiter};
-use crate::config::FlushPolicy;
+use super::{write, write_start_checkpoint, Appended, Log, LogRead, State};
 use crate::error::{LogError, Result};
 use crate::faults::{Step, StorageFaults};
 use crate::index::SegmentIndex;
@@ -47,6 +45,8 @@ impl Log {
         }
         self.ensure_open()?;
         self.ensure_writable()?;
+        // The same budgets, in the same order, as `append_batches` (keep the two in step): the
+        // log's pending budget first come first served, then the shard's memory budget.
         let permits = self
             .inner
             .pending_budget
@@ -55,6 +55,9 @@ impl Log {
             .map_err(|_| LogError::Closed)?;
         // Released by the flush round that writes these bytes (or by a rollback).
         permits.forget();
+        if let Some(memory) = &self.inner.options.memory {
+            memory.acquire_pending(length).await;
+        }
 
         let (appended, replies, start_flush_task) = {
             let queued = self.ensure_open().and_then(|()| {
@@ -69,19 +72,26 @@ impl Log {
                 Ok(())
             });
             if let Err(error) = queued {
-                self.inner.pending_budget.add_permits(length);
+                self.release_pending(length);
                 return Err(error);
             }
             let mut state = self.inner.state.borrow_mut();
+            if state.pending.is_empty() {
+                state.pending_since = std::time::Instant::now();
+            }
+            if let Some(memory) = &self.inner.options.memory {
+                let capacity = memory.cache_share(state.config.cache_bytes);
+                state.cache.set_capacity(capacity);
+            }
             let first_offset = state.next_offset;
-            let mut replies = Vec::with_capacity(batches.len());
+            let mut replies = Vec::new();
             let mut journaled = state.journaling();
             // Bounded by the batches given.
             for (bytes, header) in batches.into_iter().zip(&headers) {
-                replies.push(state.queue_replicated(bytes, header));
+                let next_offset = state.queue_replicated(bytes, header);
                 if journaled {
-                    let queued = state.pending.back().expect("just queued");
-                    let (next_offset, bytes) = (queued.next_offset, queued.bytes.clone());
+                    // Acknowledged once journaled: the journal keeps it through a process crash.
+                    let bytes = state.pending.back().expect("just queued").bytes.clone();
                     journaled = state.journal_batch(
                         &self.inner.dir,
                         header.base_offset,
@@ -89,9 +99,9 @@ impl Log {
                         &bytes,
                     );
                 }
-            }
-            if journaled {
-                replies.clear();
+                if !journaled {
+                    replies.push(state.wait_for(next_offset));
+                }
             }
             if let Some(segment_ms) = state.config.segment_ms {
                 let now_ms = self.inner.options.clock.now_ms();
@@ -102,6 +112,10 @@ impl Log {
             }
             let start_flush_task = !state.flush_task_running;
             state.flush_task_running = true;
+            if !start_flush_task && self.write_behind_wait(&state).is_none() {
+                // A task gathering batches: these tipped the balance, write now.
+                self.inner.write_now.notify_one();
+            }
             let last_offset = state.next_offset - 1;
             assert_eq!(last_offset, headers.last().expect("non-empty").last_offset());
             (Appended { base_offset: first_offset, last_offset }, replies, start_flush_task)
@@ -236,18 +250,12 @@ impl Log {
 
 impl State {
     /// Queues a batch that carries its own offsets and term (a follower's append): no stamp.
-    fn queue_replicated(
-        &mut self,
-        bytes: Bytes,
-        header: &BatchHeader,
-    ) -> oneshot::Receiver<Result<()>> {
+    /// Returns the offset after it.
+    fn queue_replicated(&mut self, bytes: Bytes, header: &BatchHeader) -> i64 {
         assert_eq!(header.base_offset, self.next_offset, "checked by append_replicated");
         let next_offset = header.next_offset();
         self.push_queued(bytes, header.base_offset, next_offset, header.max_timestamp);
-        let (tx, rx) = oneshot::channel();
-        let durable = self.config.flush == FlushPolicy::Always;
-        self.waiters.push_back(Waiter { next_offset, durable, reply: tx });
-        rx
+        next_offset
     }
 }
 

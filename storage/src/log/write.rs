@@ -528,7 +528,7 @@ impl Log {
     /// (write-behind, see [`limits::WRITE_BEHIND_BYTES`]); `None`: write now. Only batches that
     /// are already acknowledged from the journal gather; nothing else waits for a write it
     /// could have had.
-    fn write_behind_wait(&self, state: &State) -> Option<std::time::Duration> {
+    pub(super) fn write_behind_wait(&self, state: &State) -> Option<std::time::Duration> {
         if !state.journaling()
             || state.closed
             || state.write_error.is_some()
