@@ -113,7 +113,10 @@ impl OffsetStore {
             let mut advanced = false;
             for chunk in &read.chunks {
                 for (header, batch) in spate_storage::scan::batches(chunk) {
-                    for record in Records::new(batch, header).flatten() {
+                    // Replication's control batches (leader markers, replica sets) are not
+                    // offset commits.
+                    let records = Records::new(batch, header).filter(|_| !header.is_control());
+                    for record in records.flatten() {
                         let key = record.key.and_then(decode_key);
                         let value =
                             record.value.and_then(|v| v.try_into().ok()).map(i64::from_le_bytes);

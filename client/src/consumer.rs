@@ -169,7 +169,7 @@ impl Positions {
 
     /// Decodes fetched batches into records at or after the position, advancing it. Stops
     /// after `max_records`; the rest is fetched again next time. A batch that fails its CRC is a
-    /// protocol error, never records.
+    /// protocol error, never records. Control batches are skipped (the position moves past them).
     pub fn absorb(
         &mut self,
         fetched: &FetchedPartition,
@@ -192,6 +192,13 @@ impl Positions {
             let batch_bytes = fetched.records.slice_ref(&rest[..length]);
             rest = &rest[length..];
             if header.next_offset() <= position {
+                continue;
+            }
+            if header.is_control() {
+                // Replication's leader markers and replica sets: not records for the
+                // application (Kafka's consumer hides control records the same way). The
+                // position moves past them so the next fetch does not return them again.
+                position = header.next_offset();
                 continue;
             }
             absorb_batch(&tp, &batch_bytes, header, &mut position, max_records, out)?;
@@ -458,6 +465,25 @@ mod tests {
         positions.absorb(&fetched(batches(10, &[5, 5])), 3, &mut out).unwrap();
         assert_eq!(out.len(), 3);
         assert_eq!(positions.position(&tp), Some(13));
+    }
+
+    #[test]
+    fn control_batches_are_skipped_and_the_position_moves_past_them() {
+        let tp = TopicPartition { topic: "t".into(), partition: 0 };
+        let mut positions = Positions::default();
+        positions.assign(std::slice::from_ref(&tp)).unwrap();
+        positions.seek(&tp, Seek::Offset(0)).unwrap();
+        // Records 0..3, a leader marker at 3, records 4..6, a membership record at 6.
+        let mut fetch = batches(0, &[3]).to_vec();
+        fetch.extend_from_slice(&spate_protocol::control::leader_marker(3, 2, 1));
+        fetch.extend_from_slice(&batches(4, &[2]));
+        let membership = spate_protocol::control::membership(6, 2, 1, &[1, 2, 3], &[]).unwrap();
+        fetch.extend_from_slice(&membership);
+        let mut out = Vec::new();
+        positions.absorb(&fetched(Bytes::from(fetch)), 100, &mut out).unwrap();
+        let offsets: Vec<i64> = out.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, vec![0, 1, 2, 4, 5]);
+        assert_eq!(positions.position(&tp), Some(7), "past the trailing control batch");
     }
 
     #[test]

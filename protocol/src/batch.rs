@@ -15,7 +15,9 @@
 //! ------ ----- CRC'd region starts here ----------------------------------------------------------
 //!     25    2  attributes    u16  bits 0-2 compression (0 = none; others reserved),
 //!                                 bit 3 timestamp type (0 = create time, 1 = log append time),
-//!                                 bits 4-15 reserved, must be 0
+//!                                 bit 4 control batch (1 = one control record written by the
+//!                                 replication layer, never by a client; see `control`),
+//!                                 bits 5-15 reserved, must be 0
 //!     27    4  last_offset_delta u32  offset of the last record minus base_offset
 //!     31    8  first_timestamp  i64  ms since the Unix epoch
 //!     39    8  max_timestamp    i64  largest record timestamp in the batch
@@ -75,7 +77,10 @@ const _: () = assert!(RECORD_COUNT + 4 == HEADER_LEN);
 const ATTR_COMPRESSION_MASK: u16 = 0b0111;
 /// Attribute bit: timestamps are the broker's append time rather than the producer's.
 pub const ATTR_LOG_APPEND_TIME: u16 = 0b1000;
-const ATTR_RESERVED_MASK: u16 = !(ATTR_COMPRESSION_MASK | ATTR_LOG_APPEND_TIME);
+/// Attribute bit: a control batch (leader marker, membership; see [`crate::control`]). Consumers
+/// skip it; the broker refuses it from producers.
+pub const ATTR_CONTROL: u16 = 0b1_0000;
+const ATTR_RESERVED_MASK: u16 = !(ATTR_COMPRESSION_MASK | ATTR_LOG_APPEND_TIME | ATTR_CONTROL);
 
 /// Why a batch was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -149,6 +154,11 @@ impl BatchHeader {
             base_sequence: u32_at(bytes, BASE_SEQUENCE) as i32,
             record_count: u32_at(bytes, RECORD_COUNT),
         })
+    }
+
+    /// Whether this is a control batch (replication metadata, hidden from consumers).
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTR_CONTROL != 0
     }
 
     /// Offset of the last record in the batch. Saturates rather than overflows on a header
@@ -487,7 +497,21 @@ impl BatchBuilder {
     }
 
     /// Like [`finish`](Self::finish), with idempotent-producer fields.
-    pub fn finish_with(mut self, identity: BatchIdentity) -> Result<BytesMut, BatchError> {
+    pub fn finish_with(self, identity: BatchIdentity) -> Result<BytesMut, BatchError> {
+        self.finish_with_attributes(identity, 0)
+    }
+
+    /// Like [`finish`](Self::finish), with the control attribute set (see [`crate::control`]).
+    pub(crate) fn finish_control(self) -> Result<BytesMut, BatchError> {
+        self.finish_with_attributes(BatchIdentity::default(), ATTR_CONTROL)
+    }
+
+    fn finish_with_attributes(
+        mut self,
+        identity: BatchIdentity,
+        attributes: u16,
+    ) -> Result<BytesMut, BatchError> {
+        assert_eq!(attributes & ATTR_RESERVED_MASK, 0, "only defined attribute bits");
         if self.record_count == 0 || self.record_count as usize > limits::BATCH_RECORDS_MAX {
             return Err(BatchError::BadRecordCount(self.record_count));
         }
@@ -498,7 +522,7 @@ impl BatchBuilder {
         let header = &mut self.buffer[..HEADER_LEN];
         header[BATCH_LENGTH..BATCH_LENGTH + 4].copy_from_slice(&length.to_le_bytes());
         header[VERSION_AT] = VERSION;
-        header[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&0u16.to_le_bytes());
+        header[ATTRIBUTES..ATTRIBUTES + 2].copy_from_slice(&attributes.to_le_bytes());
         header[LAST_OFFSET_DELTA..LAST_OFFSET_DELTA + 4]
             .copy_from_slice(&(self.record_count - 1).to_le_bytes());
         header[FIRST_TIMESTAMP..FIRST_TIMESTAMP + 8]

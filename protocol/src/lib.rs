@@ -1,6 +1,8 @@
 //! Spate's wire formats.
 //!
 //! - [`batch`]: the record batch, the unit that producers send, the log stores and fetches return.
+//! - [`control`]: control batches (leader markers, replica sets) that replication writes into a
+//!   partition log and consumers skip.
 //! - [`frame`]: length-prefixed frames on a byte stream (sans-IO).
 //! - [`codec`]: verified decoding and encoding of requests and responses.
 //! - [`wire`]: the flatbuffers types generated from `schema/spate.fbs` (regenerate with
@@ -13,6 +15,7 @@ extern crate alloc;
 
 pub mod batch;
 pub mod codec;
+pub mod control;
 pub mod frame;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;

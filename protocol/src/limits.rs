@@ -15,6 +15,11 @@ pub const OFFSET_MAX: i64 = 1 << 62;
 
 const _: () = assert!(OFFSET_MAX < i64::MAX - BATCH_RECORDS_MAX as i64);
 
+/// Most replicas (voters plus learners) one membership control record may name. Replication
+/// groups have at most 7 (`spate_replication::limits::REPLICAS_MAX`); the headroom lets that
+/// limit grow without a format change, and bounds what a damaged record can make us allocate.
+pub const CONTROL_REPLICAS_MAX: usize = 64;
+
 /// Most headers on one record.
 pub const RECORD_HEADERS_MAX: usize = 1024;
 

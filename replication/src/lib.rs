@@ -15,6 +15,8 @@
 //! - [`message`], [`effect`], [`types`]: what goes in and out.
 //! - [`history`]: the term → start-offset history (Kafka's leader-epoch cache).
 //! - [`outbox`]: groups outbound messages of many groups by destination node.
+//! - [`codec`]: the wire format of an outbox envelope (all messages for one node, payloads
+//!   zero-copy), and its limits.
 //! - [`sim`]: the deterministic simulator (network, disks, crashes, workload, checkers); the
 //!   `spate-sim` binary runs it over ranges of seeds.
 //! - [`testkit`]: a minimal in-memory driver for unit tests and benches.
@@ -44,6 +46,7 @@
 //! }
 //! ```
 
+pub mod codec;
 pub mod effect;
 pub mod history;
 pub mod limits;

@@ -46,9 +46,36 @@ pub const APPEND_RESEND_TICKS: u32 = 4;
 /// can cause.
 pub const PROBES_BACK_TO_BACK_MAX: u32 = 16;
 
+/// Largest encoded envelope (one frame of the wire codec, `codec.rs`): the transport's largest
+/// frame (`spate_transport::limits::FRAME_BYTES_MAX`, 16 MiB), so one envelope is one transport
+/// frame. Larger envelopes are split (`codec::encode_frames`); a received frame over it is
+/// refused before it is parsed.
+pub const ENVELOPE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Most messages in one encoded envelope. A heartbeat round of 10,000 partitions to one broker
+/// is 10,000 messages (~250 KiB); more are split over several frames. Bounds the message vector
+/// a received count can make us reserve.
+pub const ENVELOPE_MESSAGES_MAX: usize = 64 * 1024;
+
+/// Most record bytes one `Append` carries. The driver's read budget per append must stay under
+/// it; it holds two of the largest batches (4 MiB, `spate_protocol::limits::BATCH_BYTES_MAX`),
+/// so an append always carries at least one whole batch, and leaves room in an envelope for the
+/// metadata of `APPEND_BATCHES_MAX` batches and for other groups' small messages.
+pub const APPEND_PAYLOAD_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Bytes of an `Append` besides its payload, at most: the fixed fields and `APPEND_BATCHES_MAX`
+/// batch descriptions, each with a full replica set.
+pub const APPEND_OVERHEAD_BYTES_MAX: usize =
+    17 + 24 + 1 + 2 + 4 * REPLICAS_MAX + 4 + APPEND_BATCHES_MAX * (29 + 2 + 4 * REPLICAS_MAX);
+
 const _: () = assert!(ELECTION_TICKS_MIN_DEFAULT < ELECTION_TICKS_MAX_DEFAULT);
 const _: () = assert!(OFFSET_MAX <= u64::MAX / 2);
 const _: () = assert!(HEARTBEAT_TICKS_DEFAULT * 3 <= ELECTION_TICKS_MIN_DEFAULT);
 const _: () = assert!(APPEND_RESEND_TICKS < ELECTION_TICKS_MIN_DEFAULT);
 const _: () = assert!(REPLICAS_MAX % 2 == 1);
 const _: () = assert!(MEMBERSHIP_HISTORY_MAX >= 2);
+const _: () =
+    assert!(6 + APPEND_PAYLOAD_BYTES_MAX + APPEND_OVERHEAD_BYTES_MAX <= ENVELOPE_BYTES_MAX);
+const _: () = assert!(APPEND_PAYLOAD_BYTES_MAX <= u32::MAX as usize);
+const _: () = assert!(APPEND_BATCHES_MAX <= u32::MAX as usize);
+const _: () = assert!(REPLICAS_MAX <= u8::MAX as usize);

@@ -22,6 +22,16 @@ pub enum LogError {
     /// `truncate_to` must land on a batch boundary.
     #[error("offset {0} is not a batch boundary")]
     NotBatchBoundary(i64),
+    /// A replicated append (`append_replicated`) must start exactly at the log end.
+    #[error("replicated batch at offset {base_offset} does not start at the log end {log_end}")]
+    NotAtLogEnd { base_offset: i64, log_end: i64 },
+    /// Batches of one replicated append must follow each other without gap or overlap, with
+    /// non-decreasing leader terms.
+    #[error("replicated batch at offset {found} (term {term}) does not follow the previous one (expected offset {expected})")]
+    NotContiguous { expected: i64, found: i64, term: u64 },
+    /// One append larger than the log's pending budget could never be queued.
+    #[error("append of {0} bytes exceeds the pending budget")]
+    AppendTooLarge(usize),
     #[error("invalid log configuration: {0}")]
     Config(String),
     /// The log was closed, or an earlier IO failure made it refuse further work.
@@ -74,6 +84,13 @@ impl LogError {
             },
             LogError::DiskFull { path } => LogError::DiskFull { path: path.clone() },
             LogError::NotBatchBoundary(o) => LogError::NotBatchBoundary(*o),
+            LogError::NotAtLogEnd { base_offset, log_end } => {
+                LogError::NotAtLogEnd { base_offset: *base_offset, log_end: *log_end }
+            }
+            LogError::NotContiguous { expected, found, term } => {
+                LogError::NotContiguous { expected: *expected, found: *found, term: *term }
+            }
+            LogError::AppendTooLarge(n) => LogError::AppendTooLarge(*n),
             LogError::Config(c) => LogError::Config(c.clone()),
             LogError::Closed => LogError::Closed,
             LogError::Offline(reason) => LogError::Offline(reason.clone()),

@@ -12,7 +12,10 @@
 //!   device write and still survive a process crash (not wired into the log yet).
 //! - [`producers`]: idempotent producers' sequences per partition (duplicates, gaps, fencing;
 //!   not wired into the log yet).
-//! - [`faults`]: hooks under the log's fdatasyncs, for failure and power-loss tests.
+//! - [`replica_state`]: the small fsynced per-partition file of replication state (hard state,
+//!   term history, membership floor, commit point).
+//! - [`faults`]: hooks under the log's fdatasyncs and the steps of truncation and reset, for
+//!   failure, crash and power-loss tests.
 //! - [`config`], [`limits`], [`error`], [`clock`].
 //!
 //! The record batch format itself is `spate_protocol::batch`: clients build batches, the log
@@ -30,6 +33,7 @@ pub mod limits;
 pub mod log;
 pub mod memory;
 pub mod producers;
+pub mod replica_state;
 pub mod scan;
 pub mod segment;
 

@@ -67,6 +67,22 @@ pub const INDEX_INTERVAL_BYTES_MAX: u32 = 1024 * 1024;
 /// Most segments one log may have; bounds open file descriptors per partition.
 pub const SEGMENTS_MAX: usize = 100_000;
 
+/// Most term-history entries in a replica-state file. Equal to the replication core's
+/// `TERM_HISTORY_ENTRIES_MAX` (64 Ki; one entry per term that wrote data and is still in the
+/// log), so every history the core keeps can be persisted.
+pub const REPLICA_STATE_HISTORY_ENTRIES_MAX: usize = 64 * 1024;
+
+/// Most replicas in a replica-state file's membership floor: what a membership control record
+/// may name (the core itself allows 7).
+pub const REPLICA_STATE_REPLICAS_MAX: usize = spate_protocol::limits::CONTROL_REPLICAS_MAX;
+
+/// Largest replica-state file: header, the fixed fields, a full floor and a full history, CRC
+/// (about 1 MiB; a typical file is well under 100 bytes and is rewritten whole on each change).
+pub const REPLICA_STATE_BYTES_MAX: usize = 16
+    + (8 + 1 + 4 + 8 + 1 + 4 + 4 * REPLICA_STATE_REPLICAS_MAX + 4)
+    + 16 * REPLICA_STATE_HISTORY_ENTRIES_MAX
+    + 4;
+
 const _: () = assert!(BATCH_BYTES_MAX + BLOCK_BYTES <= WRITE_BYTES_MAX);
 const _: () = assert!(BATCH_BYTES_MAX < PENDING_BYTES_MAX);
 const _: () = assert!(WRITE_ROUND_TARGET_BYTES <= WRITE_BYTES_MAX);
@@ -76,3 +92,5 @@ const _: () = assert!(SEGMENT_BYTES_MAX < u32::MAX as u64);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
 const _: () = assert!(BATCH_BYTES_MAX <= SCAN_CHUNK_BYTES);
 const _: () = assert!(WRITE_BYTES_MAX.is_multiple_of(BLOCK_BYTES));
+const _: () = assert!(REPLICA_STATE_BYTES_MAX <= u32::MAX as usize);
+const _: () = assert!(REPLICA_STATE_REPLICAS_MAX <= u16::MAX as usize);

@@ -1,6 +1,6 @@
-//! Model-based test: random sequences of append, read, read-by-time, roll, truncate, retention,
-//! close/reopen and crash-with-torn-tail, checked after every step against a plain in-memory
-//! model of the log. Prints its seed; rerun a failure with `SPATE_SEED=<seed>`.
+//! Model-based test: random sequences of append, a follower's append (at the leader's offsets and
+//! terms), read, bounded read, read-by-time, roll, truncate, retention, reset, close/reopen and
+//! crash-with-torn-tail, checked after every step against a plain in-memory model of the log. Prints its seed; rerun a failure with `SPATE_SEED=<seed>`.
 
 mod common;
 
@@ -90,7 +90,43 @@ async fn drive(seed: u64, dir: std::path::PathBuf) {
     for step in 0..OPS {
         let op = rng.gen_range(0..100);
         match op {
-            0..=44 => {
+            40..=44 => {
+                // A follower's append: batches the leader stamped, kept byte for byte.
+                let mut batches = Vec::new();
+                let mut base = model.end();
+                let term = rng.gen_range(0..5);
+                for _ in 0..rng.gen_range(1..4) {
+                    tag += 1;
+                    timestamp += rng.gen_range(0..100);
+                    let count = rng.gen_range(1..6);
+                    let value_bytes = rng.gen_range(0..1500);
+                    let batch = make_batch(tag, count, value_bytes, timestamp);
+                    batches.push(bytes::Bytes::from(stamped(batch, base, term)));
+                    base += count as i64;
+                }
+                if rng.gen_bool(0.1) {
+                    // Not at the log end: refused, the log unchanged.
+                    let wrong = model.end() + rng.gen_range(1..3);
+                    let batch = stamped(make_batch(tag, 1, 10, timestamp), wrong, term);
+                    let result = log.append_replicated(vec![bytes::Bytes::from(batch)]).await;
+                    assert!(matches!(result, Err(LogError::NotAtLogEnd { .. })), "step {step}");
+                }
+                let appended = log.append_replicated(batches.clone()).await.unwrap();
+                assert_eq!(appended.base_offset, model.end(), "step {step}: follower append");
+                for bytes in batches {
+                    let header = BatchHeader::parse(&bytes).unwrap();
+                    let records = Records::new(&bytes, header)
+                        .map(|r| r.unwrap())
+                        .map(|r| (r.offset, r.timestamp))
+                        .collect();
+                    model.batches.push(ModelBatch {
+                        base: header.base_offset,
+                        bytes: bytes.to_vec(),
+                        records,
+                    });
+                }
+            }
+            0..=39 => {
                 tag += 1;
                 let count = rng.gen_range(1..6);
                 let value_bytes = if rng.gen_bool(0.03) {
@@ -112,10 +148,16 @@ async fn drive(seed: u64, dir: std::path::PathBuf) {
                     .collect();
                 model.batches.push(ModelBatch { base: appended.base_offset, bytes, records });
             }
-            45..=69 => {
+            45..=64 => {
                 let offset = rng.gen_range(model.start..=model.end());
                 let bytes_max = [1, 1000, 10_000, 1 << 20][rng.gen_range(0..4)];
                 check_read(&log, &model, offset, bytes_max, step).await;
+            }
+            65..=69 => {
+                let offset = rng.gen_range(model.start..=model.end());
+                let upper = rng.gen_range(model.start..=model.end() + 5);
+                let bytes_max = [1, 1000, 10_000, 1 << 20][rng.gen_range(0..4)];
+                check_bounded_read(&log, &model, offset, upper, bytes_max, step).await;
             }
             70..=76 => {
                 let target = timestamp + rng.gen_range(-3000..300);
@@ -156,10 +198,18 @@ async fn drive(seed: u64, dir: std::path::PathBuf) {
                     }
                 }
             }
-            85..=87 => {
+            85..=86 => {
                 let offset = rng.gen_range(model.start..=model.end());
                 log.advance_start_offset(offset).await.unwrap();
                 model.start = offset;
+            }
+            87 => {
+                // A reset, to anywhere (a replica restarting at its leader's log start).
+                let offset = rng.gen_range(0..=model.end() + 1000);
+                log.reset_to(offset).await.unwrap();
+                model.batches.clear();
+                model.start = offset;
+                model.empty_end = offset;
             }
             88..=89 => {
                 let mut config = log.config();
@@ -234,6 +284,36 @@ async fn check_read(log: &Log, model: &Model, offset: i64, bytes_max: usize, ste
         let expected = &model.batches[first + i];
         assert_eq!(*base, expected.base, "step {step}: batch {i} of read at {offset}");
         assert!(bytes == &expected.bytes, "step {step}: batch at {base} differs");
+    }
+}
+
+async fn check_bounded_read(
+    log: &Log,
+    model: &Model,
+    offset: i64,
+    upper: i64,
+    bytes_max: usize,
+    step: usize,
+) {
+    let read = log
+        .read_bounded(offset, bytes_max, upper)
+        .await
+        .unwrap_or_else(|e| panic!("step {step}: bounded read {offset} below {upper}: {e}"));
+    let bound = upper.min(model.end());
+    assert_eq!(read.high_watermark, bound, "step {step}");
+    let batches = split_batches(&read_bytes(&read));
+    let Some(first) = model.holding(offset) else {
+        assert!(batches.is_empty(), "step {step}: data at the end");
+        return;
+    };
+    // Whole batches from the one holding `offset`, none ending past the bound.
+    let expected_first = model.batches[first].next() <= bound;
+    assert_eq!(!batches.is_empty(), expected_first, "step {step}: read at {offset} below {bound}");
+    for (i, (base, bytes)) in batches.iter().enumerate() {
+        let expected = &model.batches[first + i];
+        assert_eq!(*base, expected.base, "step {step}: batch {i}");
+        assert!(bytes == &expected.bytes, "step {step}: batch at {base} differs");
+        assert!(expected.next() <= bound, "step {step}: batch at {base} ends past {bound}");
     }
 }
 

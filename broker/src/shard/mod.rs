@@ -82,7 +82,11 @@ impl From<LogError> for Failure {
             LogError::Corruption { .. } => ErrorCode::CorruptStorage,
             LogError::DiskFull { .. } => ErrorCode::DiskFull,
             LogError::Closed => ErrorCode::NotLeader,
-            LogError::NotBatchBoundary(_) | LogError::Config(_) => ErrorCode::InvalidRequest,
+            LogError::NotBatchBoundary(_)
+            | LogError::NotAtLogEnd { .. }
+            | LogError::NotContiguous { .. }
+            | LogError::AppendTooLarge(_)
+            | LogError::Config(_) => ErrorCode::InvalidRequest,
             LogError::TooManySegments(_) | LogError::Io { .. } | LogError::Offline(_) => {
                 ErrorCode::StorageError
             }

@@ -6,9 +6,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use spate_protocol::batch::BatchHeader;
+use spate_protocol::batch::{BatchError, BatchHeader};
 use spate_protocol::codec;
 use spate_protocol::wire::{self, ErrorCode, ResponseBodyT};
+use spate_storage::LogError;
 
 use super::{ok_reply, push_into, Failure, ProduceOutcome, Reply, Shard, ShardMsg};
 use crate::limits;
@@ -28,6 +29,17 @@ impl Shard {
         };
         if batches.is_empty() {
             return ProduceOutcome { result: Ok(-1), log_start_offset: log.offsets().start };
+        }
+        // Control batches are written by replication only; a producer's would be hidden from
+        // consumers and could forge a leader marker or a replica set.
+        if let Some(header) =
+            batches.iter().filter_map(|b| BatchHeader::parse(b).ok()).find(BatchHeader::is_control)
+        {
+            let refused = BatchError::BadAttributes(header.attributes);
+            return ProduceOutcome {
+                result: Err(Failure::from(LogError::InvalidBatch(refused))),
+                log_start_offset: log.offsets().start,
+            };
         }
         // One unit: the request's batches take consecutive offsets, and appends take offsets in
         // the order they are called, so pipelined produces to a partition keep their order.

@@ -5,12 +5,15 @@ use std::rc::Rc;
 use super::recovery::index_segment;
 use super::{fdatasync, write_start_checkpoint, Log, RetentionReport};
 use crate::error::{LogError, Result};
+use crate::faults::Step;
 use crate::scan::Check;
 use crate::segment::{self, round_up, Segment};
 
 impl Log {
     /// Removes every batch at or after `offset`, which must be a batch boundary in
-    /// `[start, next]`. Queued appends are written first.
+    /// `[start, next]`. Queued appends are written first. Crash-safe at every step (see
+    /// `cut_files`): a crash leaves a prefix of the old log holding everything below `offset`;
+    /// once this returns, the cut is durable. A failed step takes the log offline.
     pub async fn truncate_to(&self, offset: i64) -> Result<()> {
         self.ensure_open()?;
         let _permit = self.inner.io_lock.acquire_permit(1).await.map_err(|_| LogError::Closed)?;
@@ -73,32 +76,21 @@ impl Log {
             Some(cut) if !straddles => cut,
             _ => return Err(LogError::NotBatchBoundary(offset)),
         };
-
-        // Drop later segments, newest first.
-        let doomed: Vec<Segment> = {
-            let mut state = self.inner.state.borrow_mut();
-            let later: Vec<i64> = state.segments.range(base + 1..).map(|(b, _)| *b).collect();
-            later.into_iter().rev().filter_map(|b| state.segments.remove(&b)).collect()
-        };
-        for segment in &doomed {
-            segment::remove_segment_files(&segment.paths);
-        }
-
-        // Recompute the segment's running max timestamp and index for what remains.
+        // Recompute the segment's running max timestamp and index for what remains (reads only).
         let interval = self.inner.state.borrow().config.index_interval_bytes;
         let (index, _) =
             index_segment(&file, &paths.log, base, cut, Check::Structure, interval).await?;
         let tail = segment::read_tail(&file, &paths.log, cut).await?;
-        file.truncate(round_up(cut)).await.map_err(|e| LogError::io("truncate", &paths.log, e))?;
-        segment::rewrite_tail_block(&file, &paths.log, cut, &tail).await?;
-        if let Err(error) = fdatasync(&file, &paths.log, self.inner.options.faults.as_ref()).await {
-            self.take_offline(&error);
-            return Err(error);
-        }
-        for path in [&paths.index, &paths.time_index] {
-            let _ = std::fs::remove_file(path);
-        }
-        segment::sync_dir(&self.inner.dir).await?;
+
+        // From here on files change. A failed step leaves memory and files apart: the log goes
+        // offline and reopening recovers (see `cut_files` for what a crash at each step leaves).
+        let doomed = match self.cut_files(base, &file, &paths, cut, &tail).await {
+            Ok(doomed) => doomed,
+            Err(error) => {
+                self.take_offline(&error);
+                return Err(error);
+            }
+        };
 
         let mut state = self.inner.state.borrow_mut();
         let active = state.active_mut();
@@ -115,6 +107,59 @@ impl Log {
         state.cache.truncate(offset);
         tracing::info!(dir = %self.inner.dir.display(), offset, segments_removed = doomed.len(), "truncated log");
         Ok(())
+    }
+
+    /// The file-changing steps of `truncate_to`, in an order that keeps the log consistent if
+    /// the process dies (or the power goes) after any of them: recovery then finds a prefix of
+    /// the old log that still holds everything below the cut, and once this returns nothing at
+    /// or past the cut can come back.
+    /// 1. Restart the journal (after the drain it holds nothing that is not in a segment; a
+    ///    batch past the cut left in it would be replayed on open).
+    /// 2. Delete the segments wholly past the cut, newest first: a crash in between leaves a
+    ///    shorter but gap-free log.
+    /// 3. fsync the directory: those deletions are durable before the cut segment changes, so
+    ///    no later segment can reappear behind a cut (and later rewritten) segment.
+    /// 4. Cut the segment's file to the block holding the cut, rewrite that block zero-padded
+    ///    past the cut, fdatasync. Before the fdatasync, recovery scans the (now last) segment
+    ///    and stops at the cut or at an old batch after it (whole or torn): a prefix either way.
+    /// 5. Delete its stale index files (the last segment's indexes are rebuilt on open anyway),
+    ///    fsync the directory.
+    ///
+    /// Returns the deleted segments. Caller holds the IO lock and takes the log offline on error.
+    async fn cut_files(
+        &self,
+        base: i64,
+        file: &glommio::io::DmaFile,
+        paths: &crate::segment::SegmentPaths,
+        cut: u64,
+        tail: &[u8],
+    ) -> Result<Vec<Segment>> {
+        self.before_step(Step::TruncateRestartJournal)?;
+        self.restart_journal();
+        let doomed: Vec<Segment> = {
+            let mut state = self.inner.state.borrow_mut();
+            let later: Vec<i64> = state.segments.range(base + 1..).map(|(b, _)| *b).collect();
+            later.into_iter().rev().filter_map(|b| state.segments.remove(&b)).collect()
+        };
+        for segment in &doomed {
+            self.before_step(Step::TruncateRemoveSegment)?;
+            segment::remove_segment_files(&segment.paths);
+        }
+        if !doomed.is_empty() {
+            self.before_step(Step::TruncateSyncDir)?;
+            segment::sync_dir(&self.inner.dir).await?;
+        }
+        self.before_step(Step::TruncateCutFile)?;
+        file.truncate(round_up(cut)).await.map_err(|e| LogError::io("truncate", &paths.log, e))?;
+        self.before_step(Step::TruncateRewriteTail)?;
+        segment::rewrite_tail_block(file, &paths.log, cut, tail).await?;
+        fdatasync(file, &paths.log, self.inner.options.faults.as_ref()).await?;
+        self.before_step(Step::TruncateRemoveIndexes)?;
+        for path in [&paths.index, &paths.time_index] {
+            let _ = std::fs::remove_file(path);
+        }
+        segment::sync_dir(&self.inner.dir).await?;
+        Ok(doomed)
     }
 
     /// Moves the start offset forward (never past the high watermark): reads below it get

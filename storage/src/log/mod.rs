@@ -34,11 +34,14 @@
 //!   write or fdatasync leaves behind;
 //! - `read`: reads and the search by timestamp;
 //! - `recovery`: what opening does to each segment (index load or rebuild, tail validation);
-//! - `maintenance`: truncation, the start offset, retention, close and flush.
+//! - `maintenance`: truncation, the start offset, retention, close and flush;
+//! - `replica`: what replication needs: a follower's append at the leader's offsets and terms,
+//!   a crash-safe reset to an empty log at a given start, and reads bounded by the caller.
 
 mod maintenance;
 mod read;
 mod recovery;
+mod replica;
 mod write;
 
 use std::cell::RefCell;
@@ -266,6 +269,12 @@ impl State {
         }
     }
 
+    /// The end of what the log holds whatever the flush policy: written to a segment, or
+    /// journaled (and so replayed after a process crash). Bounded reads may go up to it.
+    fn readable_end(&self) -> i64 {
+        self.written_offset.max(self.acked_end)
+    }
+
     /// Whether appends are acknowledged from the journal (before their write).
     fn journaling(&self) -> bool {
         self.config.flush == FlushPolicy::Never && self.journal.is_some()
@@ -385,6 +394,7 @@ impl Log {
         config.validate().map_err(LogError::Config)?;
         std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create", &dir, e))?;
         segment::prime_dma_probe(&dir).await?;
+        replica::finish_interrupted_reset(&dir, options.faults.as_ref()).await?;
 
         let mut bases = list_segments(&dir)?;
         let mut dir_sync_due = false;

@@ -19,24 +19,37 @@ impl Log {
     /// returns no batches; below the start offset or past the high watermark is
     /// `OffsetOutOfRange`. A stored batch that fails its CRC is a `Corruption` error, never data.
     pub async fn read(&self, offset: i64, bytes_max: usize) -> Result<LogRead> {
+        self.read_within(offset, bytes_max, None).await
+    }
+
+    /// `read` up to the log's high watermark (`upper` = `None`), or up to `upper` within what
+    /// the log holds (see [`read_bounded`](Log::read_bounded)).
+    pub(super) async fn read_within(
+        &self,
+        offset: i64,
+        bytes_max: usize,
+        upper: Option<i64>,
+    ) -> Result<LogRead> {
         self.ensure_open()?;
         let bytes_max = bytes_max.clamp(1, limits::READ_BYTES_MAX);
         let plan = {
             let state = self.inner.state.borrow();
-            let high_watermark = state.high_watermark();
+            let log_end =
+                if upper.is_some() { state.readable_end() } else { state.high_watermark() };
+            let high_watermark = upper.map_or(log_end, |upper| upper.min(log_end));
             let mut result = LogRead {
                 chunks: Vec::new(),
                 high_watermark,
                 log_start_offset: state.start_offset,
             };
-            if offset < state.start_offset || offset > high_watermark {
+            if offset < state.start_offset || offset > log_end {
                 return Err(LogError::OffsetOutOfRange {
                     offset,
                     start: state.start_offset,
-                    end: high_watermark,
+                    end: log_end,
                 });
             }
-            if offset == high_watermark {
+            if offset >= high_watermark {
                 return Ok(result);
             }
             if let Some(chunks) = state.cache.read(offset, bytes_max, high_watermark) {

@@ -200,7 +200,7 @@ impl Log {
     }
 
     /// Refuses appends while acknowledged batches wait for a write that keeps failing.
-    fn ensure_writable(&self) -> Result<()> {
+    pub(super) fn ensure_writable(&self) -> Result<()> {
         match &self.inner.state.borrow().write_error {
             Some(error) => Err(error.duplicate()),
             None => Ok(()),
@@ -489,7 +489,7 @@ impl Log {
     }
 }
 
-async fn flush_task(log: Log) {
+pub(super) async fn flush_task(log: Log) {
     // Runs until the queue is empty; each round writes at least one batch, or fails (and then,
     // holding acknowledged batches, retries after a pause until a write succeeds). Gathering
     // (write-behind) ends within `limits::WRITE_BEHIND`.
@@ -528,7 +528,7 @@ impl Log {
     /// (write-behind, see [`limits::WRITE_BEHIND_BYTES`]); `None`: write now. Only batches that
     /// are already acknowledged from the journal gather; nothing else waits for a write it
     /// could have had.
-    fn write_behind_wait(&self, state: &State) -> Option<std::time::Duration> {
+    pub(super) fn write_behind_wait(&self, state: &State) -> Option<std::time::Duration> {
         if !state.journaling()
             || state.closed
             || state.write_error.is_some()
