@@ -41,15 +41,21 @@ fn sigkill_never_loses_an_acknowledged_batch() {
             .spawn()
             .expect("spawn spate-logtool");
         let stdout = child.stdout.take().unwrap();
+        let (first_line, first_line_seen) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             let mut lines = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if lines.is_empty() {
+                    let _ = first_line.send(());
+                }
                 lines.push(line);
             }
             lines
         });
-        // Let it run a random while (bounded), then kill it without warning.
+        // Wait for its first acknowledgement (a loaded machine may take a while to start it),
+        // let it run a random while more (bounded), then kill it without warning.
+        let _ = first_line_seen.recv_timeout(Duration::from_secs(30));
         let run_for = Duration::from_millis(rng.gen_range(100..700));
         let started = Instant::now();
         while started.elapsed() < run_for {
