@@ -360,11 +360,13 @@ impl Log {
         let (file, path, target, dir_sync_due) = {
             let state = self.inner.state.borrow();
             let active = state.active();
+            // An empty log needs no durable directory entry: recovery creates it again.
+            let holds_data = state.segments.len() > 1 || active.size > 0;
             (
                 active.file.clone(),
                 active.paths.log.clone(),
                 state.written_offset,
-                state.dir_sync_due,
+                state.dir_sync_due && holds_data,
             )
         };
         if dir_sync_due {
