@@ -31,9 +31,12 @@
 //!   write or fdatasync leaves behind;
 //! - `read`: reads and the search by timestamp;
 //! - `recovery`: what opening does to each segment (index load or rebuild, tail validation);
-//! - `maintenance`: truncation, the start offset, retention, close and flush.
+//! - `maintenance`: truncation, the start offset, retention, close and flush;
+//! - `producer_state`: idempotent producers' sequences, checked where appends take offsets and
+//!   rebuilt on open (see its module docs).
 
 mod maintenance;
+mod producer_state;
 mod read;
 mod recovery;
 mod write;
@@ -57,6 +60,7 @@ use crate::error::{LogError, Result};
 use crate::faults::StorageFaults;
 use crate::journal::{self, Journal};
 use crate::limits;
+use crate::producers::ProducerTable;
 use crate::segment::{self, Segment, SegmentPaths};
 use recovery::{open_sealed_segment, recover_tail_segment};
 
@@ -231,6 +235,10 @@ struct State {
     /// Set when a write failed while it held acknowledged (journaled) batches: they stay queued
     /// and are retried, and new appends fail with this error until a write succeeds.
     write_error: Option<LogError>,
+    /// Idempotent producers' last batches (see `producer_state`).
+    producers: ProducerTable,
+    /// When idle producers were last looked for.
+    producers_expired_ms: i64,
 }
 
 impl State {
@@ -421,6 +429,8 @@ impl Log {
             journal: None,
             acked_end: next_offset,
             write_error: None,
+            producers: ProducerTable::default(),
+            producers_expired_ms: now_ms,
         };
         let log = Log {
             inner: Rc::new(Inner {
@@ -434,6 +444,8 @@ impl Log {
         if let Some(journal_dir) = log.inner.options.journal_dir.clone() {
             log.replay_journal(&journal_dir).await?;
         }
+        // After the journal's batches are written, so they are replayed too.
+        log.rebuild_producers().await?;
         Ok(log)
     }
 
