@@ -781,6 +781,23 @@ impl Client {
         Ok(out)
     }
 
+    // ---- Idempotent producers -----------------------------------------------------------------
+
+    /// Gets an idempotent producer's id and epoch. With a `name` the broker has seen before, the
+    /// same id with a newer epoch, which fences whoever held it.
+    pub async fn init_producer_id(&self, name: Option<&str>) -> Result<(i64, i16)> {
+        let body = RequestBodyT::InitProducerIdRequest(Box::new(wire::InitProducerIdRequestT {
+            producer_name: name.map(str::to_string),
+        }));
+        let ResponseBodyT::InitProducerIdResponse(response) = self.call(body).await? else {
+            return Err(ClientError::UnexpectedResponse("init producer id".into()));
+        };
+        if response.producer_id < 0 || response.producer_epoch < 0 {
+            return Err(ClientError::UnexpectedResponse("no producer id".into()));
+        }
+        Ok((response.producer_id, response.producer_epoch))
+    }
+
     /// Closes every connection.
     pub fn close(&self) {
         self.inner.closed.set(true);
