@@ -12,7 +12,8 @@
 //! the broker then writes it once and refuses a batch that skips ahead, so several batches may
 //! be in flight per partition without duplicates or reordering. A partition's sequence starts
 //! over (its queued batches re-stamped from 0) when the broker has forgotten the producer there,
-//! and continues from the first dropped batch when never-sent batches time out.
+//! and continues from a dropped batch's sequence when never-sent batches time out or the broker
+//! refused a batch for good.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -84,9 +85,10 @@ struct PartitionQueue<D> {
     next_sequence: i32,
     /// Ordinals of closed batches not yet acknowledged or failed.
     unacked: BTreeSet<u64>,
-    /// The broker has forgotten the producer on this partition: once nothing is in flight,
-    /// the queued batches are re-stamped with sequences from 0.
-    restart_sequence: bool,
+    /// The sequence to continue from once nothing is in flight (the queued batches are then
+    /// re-stamped from it), with the ordinal of the batch it comes from: the first sequence of
+    /// a batch the broker refused for good, or 0 when the broker has forgotten the producer.
+    rewind: Option<(u64, i32)>,
 }
 
 impl<D> Default for PartitionQueue<D> {
@@ -100,7 +102,7 @@ impl<D> Default for PartitionQueue<D> {
             next_ordinal: 0,
             next_sequence: 0,
             unacked: BTreeSet::new(),
-            restart_sequence: false,
+            rewind: None,
         }
     }
 }
@@ -316,14 +318,14 @@ impl<D> Accumulator<D> {
             if queue.retrying > 0 {
                 continue;
             }
-            if queue.restart_sequence {
+            if let Some((_, from)) = queue.rewind {
                 if queue.in_flight > 0 {
                     continue;
                 }
                 if let Some(identity) = self.identity {
-                    queue.renumber(0, identity);
+                    queue.renumber(from, identity);
                 }
-                queue.restart_sequence = false;
+                queue.rewind = None;
             }
             // Bounded by the in-flight limit.
             while queue.in_flight < in_flight_max {
@@ -393,8 +395,27 @@ impl<D> Accumulator<D> {
     /// come back, its queued batches are re-stamped with sequences from 0.
     pub fn restart_sequence(&mut self, target: &TopicPartition) {
         if let Some(queue) = self.queues.get_mut(target) {
-            queue.restart_sequence = true;
+            queue.rewind = Some((0, 0));
         }
+    }
+
+    /// The broker refused `batch` for good and wrote nothing of it: once the partition's
+    /// in-flight batches have come back (refused as out of order after the gap), its queued
+    /// batches take over the sequences from that batch's on. The earliest such batch wins.
+    pub fn rewind_sequence(&mut self, batch: &ClosedBatch<D>) {
+        let (Some(queue), Some(sequence)) = (self.queues.get_mut(&batch.target), batch.sequence)
+        else {
+            return;
+        };
+        if queue.rewind.is_none_or(|(ordinal, _)| batch.ordinal < ordinal && ordinal != 0) {
+            queue.rewind = Some((batch.ordinal, sequence));
+        }
+    }
+
+    /// Whether the partition's sequence is about to continue from an earlier point, so that
+    /// out-of-order refusals of its in-flight batches are expected.
+    pub fn sequence_rewinding(&self, target: &TopicPartition) -> bool {
+        self.queues.get(target).is_some_and(|q| q.rewind.is_some())
     }
 
     /// Closes every open batch and takes every batch not in flight (the producer failed for
@@ -600,6 +621,28 @@ mod tests {
         let sequences: Vec<_> = again.iter().map(|b| sequence_of(b).2).collect();
         assert_eq!(sequences, vec![0, 2, 4, 6]);
         assert_eq!(again[0].deliveries, vec![0, 1]);
+    }
+
+    #[test]
+    fn a_batch_refused_for_good_hands_its_sequence_to_the_next_ones() {
+        let now = Instant::now();
+        let mut acc = idempotent_accumulator(now);
+        let mut sent = acc.drain_ready(3).into_iter();
+        let (first, refused, third) =
+            (sent.next().unwrap(), sent.next().unwrap(), sent.next().unwrap());
+        acc.complete(&tp(0), first.ordinal, first.record_bytes);
+        // The second is refused for good; the third, sent after it, comes back out of order.
+        acc.rewind_sequence(&refused);
+        acc.complete(&tp(0), refused.ordinal, refused.record_bytes);
+        assert!(acc.sequence_rewinding(&tp(0)));
+        assert!(!acc.earlier_unacked(&tp(0), third.ordinal));
+        acc.hold_for_retry(&tp(0));
+        acc.retry(third);
+        let again = acc.drain_ready(5);
+        let sequences: Vec<_> = again.iter().map(|b| sequence_of(b).2).collect();
+        assert_eq!(sequences, vec![2, 4], "the third and fourth batches, from the refused one's");
+        assert_eq!(again[0].deliveries, vec![4, 5]);
+        assert!(!acc.sequence_rewinding(&tp(0)));
     }
 
     #[test]

@@ -74,22 +74,38 @@ pub struct PartitionBatch<'a> {
 }
 
 /// Splits one address's batches (indices into `batches`) into requests within the limits on a
-/// request's bytes and partitions.
+/// request's bytes and partitions, with at most one batch per partition in a request (as Kafka
+/// sends them, so a partition's answer names exactly one batch): the k-th batch of each
+/// partition goes in the k-th layer of requests, and layers go out in order.
 fn split_produce(batches: &[PartitionBatch<'_>], indices: &[usize]) -> Vec<Vec<usize>> {
-    let mut requests: Vec<Vec<usize>> = Vec::new();
-    let mut bytes = 0usize;
+    let mut layers: Vec<Vec<usize>> = Vec::new();
+    let mut seen: HashMap<(&str, u32), usize> = HashMap::new();
     for &i in indices {
-        let size = batches[i].records.len();
-        let full = requests.last().is_none_or(|r| {
-            r.len() >= limits::PRODUCE_REQUEST_PARTITIONS_MAX
-                || bytes + size > limits::PRODUCE_REQUEST_BYTES_MAX
-        });
-        if full {
-            requests.push(Vec::new());
-            bytes = 0;
+        let layer = seen.entry((batches[i].topic, batches[i].partition)).or_insert(0);
+        if layers.len() <= *layer {
+            layers.push(Vec::new());
         }
-        requests.last_mut().expect("pushed above").push(i);
-        bytes += size;
+        layers[*layer].push(i);
+        *layer += 1;
+    }
+    let mut requests: Vec<Vec<usize>> = Vec::new();
+    for layer in layers {
+        let mut bytes = 0usize;
+        let first = requests.len();
+        for i in layer {
+            let size = batches[i].records.len();
+            let full = requests.len() == first
+                || requests.last().is_some_and(|r| {
+                    r.len() >= limits::PRODUCE_REQUEST_PARTITIONS_MAX
+                        || bytes + size > limits::PRODUCE_REQUEST_BYTES_MAX
+                });
+            if full {
+                requests.push(Vec::new());
+                bytes = 0;
+            }
+            requests.last_mut().expect("pushed above").push(i);
+            bytes += size;
+        }
     }
     requests
 }
@@ -826,4 +842,29 @@ fn resolve(address: &str) -> Result<SocketAddr> {
             address: address.to_string(),
             message: "no address".into(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_carries_at_most_one_batch_per_partition_and_keeps_their_order() {
+        let batch = |topic, partition| PartitionBatch { topic, partition, records: &[0u8; 10] };
+        let batches = [
+            batch("a", 0),
+            batch("a", 0),
+            batch("a", 1),
+            batch("a", 0),
+            batch("b", 0),
+            batch("a", 1),
+        ];
+        let requests = split_produce(&batches, &[0, 1, 2, 3, 4, 5]);
+        assert_eq!(requests, vec![vec![0, 2, 4], vec![1, 5], vec![3]]);
+        // Within the limits: a full request starts a new one in the same layer.
+        let big = vec![0u8; limits::PRODUCE_REQUEST_BYTES_MAX / 2 + 1];
+        let large = |partition| PartitionBatch { topic: "a", partition, records: &big };
+        let batches = [large(0), large(1), large(2)];
+        assert_eq!(split_produce(&batches, &[0, 1, 2]), vec![vec![0], vec![1], vec![2]]);
+    }
 }

@@ -15,9 +15,12 @@
 //! with them and a per-partition sequence number kept across retries. The broker writes a batch
 //! once and answers a retry of it with the original offsets, so up to 5 batches may be in flight
 //! per partition with retries on: when one fails, the ones after it come back refused as out of
-//! order (or fail themselves) and are re-sent after it, in order. `ProducerFenced` (another
-//! producer took over the name) fails the producer for good, as does `OutOfOrderSequence` with
-//! no earlier batch outstanding (the partition lost batches it had acknowledged). Without
+//! order (or fail themselves) and are re-sent after it, in order. A batch the broker refused for
+//! good (a full disk with no retries left, say) wrote nothing, so the batches after it take over
+//! its sequence numbers. `ProducerFenced` (another producer took over the name) fails the
+//! producer for good, as does `OutOfOrderSequence` with no earlier batch outstanding: the
+//! partition lost batches it had acknowledged, or a batch failed without an answer (its delivery
+//! timed out) and did not land; Kafka bumps the epoch there, this producer does not yet. Without
 //! idempotence, retries need one batch in flight per partition, and a retried batch whose first
 //! attempt did land is written twice (at-least-once).
 
@@ -344,6 +347,16 @@ impl Producer {
         self.inner.accumulator.borrow().identity()
     }
 
+    /// Gets the idempotent producer's id and epoch now, rather than at the first send (which
+    /// otherwise does it): a named producer fences its previous instance here, and the first
+    /// send then does not wait for it. Does nothing without idempotence or when done already.
+    pub async fn init(&self) -> Result<()> {
+        if self.inner.config.enable_idempotence && self.identity().is_none() {
+            self.init_identity().await?;
+        }
+        Ok(())
+    }
+
     /// Gets an id and epoch from the broker, retrying retriable errors a bounded number of
     /// times within the request timeout.
     async fn init_identity(&self) -> Result<()> {
@@ -539,10 +552,25 @@ fn is_fatal(inner: &Inner, batch: &ClosedBatch<Reply>, error: &ClientError) -> b
     match error.code() {
         Some(ErrorCode::ProducerFenced) => true,
         Some(ErrorCode::OutOfOrderSequence) => {
-            !inner.accumulator.borrow().earlier_unacked(&batch.target, batch.ordinal)
+            let accumulator = inner.accumulator.borrow();
+            !accumulator.earlier_unacked(&batch.target, batch.ordinal)
+                && !accumulator.sequence_rewinding(&batch.target)
         }
         _ => false,
     }
+}
+
+/// Whether the broker's answer says it wrote nothing of the batch: any refusal but a timeout
+/// (the append may still complete) or a storage failure (recovery may keep what was written).
+/// Client-side failures (lost connection, no answer in time) say nothing.
+fn refused_for_good(error: &ClientError) -> bool {
+    let error = match error {
+        ClientError::DeliveryTimeout { last_error: Some(last), .. } => last,
+        other => other,
+    };
+    error.code().is_some_and(|code| {
+        !matches!(code, ErrorCode::RequestTimedOut | ErrorCode::StorageError | ErrorCode::Unknown)
+    })
 }
 
 /// Whether a failed batch is sent again (within the retry limits). Beyond the retriable
@@ -574,6 +602,10 @@ fn delivery_timeout(config: &ProducerConfig, last_error: Option<ClientError>) ->
 
 /// Fails every record of an in-flight `batch` with `error` and releases its buffer space.
 fn fail_batch(inner: &Inner, batch: ClosedBatch<Reply>, error: ClientError) {
+    if refused_for_good(&error) {
+        // No gap for the broker to see: the next batches take over its sequence numbers.
+        inner.accumulator.borrow_mut().rewind_sequence(&batch);
+    }
     fail_deliveries(batch.deliveries, &error);
     inner.accumulator.borrow_mut().complete(&batch.target, batch.ordinal, batch.record_bytes);
 }
