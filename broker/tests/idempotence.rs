@@ -413,3 +413,27 @@ fn after_a_restart_a_retry_is_recognised_and_ids_stay_unique() {
     let values: Vec<_> = stored.into_iter().map(|(_, v)| v).collect();
     assert_eq!(values, vec!["a", "b", "c"]);
 }
+
+// ---- The command line ----------------------------------------------------------------------
+
+#[test]
+fn spate_produce_runs_as_a_named_producer_and_each_run_takes_the_next_epoch() {
+    let dir = temp_dir();
+    let broker = Broker::start(dir.path());
+    broker.ok(&["topic", "create", "t", "--partitions", "1"]);
+    let produce = ["produce", "t", "--producer-name", "nightly", "--print-offsets"];
+    for (run, expected) in [(0, "0\t0\n0\t1\n"), (1, "0\t2\n0\t3\n")] {
+        let output = broker.cli_with_input(&produce, Some(b"a\nb\n"));
+        assert!(output.status.success(), "run {run}: {}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(String::from_utf8_lossy(&output.stdout), expected);
+        // The name's epoch is durable before the run's first message.
+        let ids = std::fs::read_to_string(dir.path().join("meta/producer-ids.toml")).unwrap();
+        assert!(
+            ids.contains("[names.nightly]") && ids.contains(&format!("epoch = {run}")),
+            "{ids}"
+        );
+    }
+    let refused = broker.cli(&["produce", "t", "--producer-name", "x", "--acks", "none"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--producer-name"));
+}
