@@ -258,8 +258,11 @@ fn kill_9_with_batches_in_flight_loses_duplicates_and_reorders_nothing() {
     broker.ok(&["topic", "create", "t", "--partitions", "1", "--config", "flush=always"]);
     let address = broker.address();
     let acknowledged = Arc::new(AtomicU64::new(0));
+    // Shared, so whichever side drops it last (also while a failure unwinds) stops the broker.
+    let restarted: Arc<Mutex<Option<Broker>>> = Arc::new(Mutex::new(None));
     let killer = {
         let acknowledged = acknowledged.clone();
+        let restarted = restarted.clone();
         let dir = dir.path().to_path_buf();
         std::thread::spawn(move || {
             let started = Instant::now();
@@ -271,7 +274,8 @@ fn kill_9_with_batches_in_flight_loses_duplicates_and_reorders_nothing() {
             broker.sigkill();
             let at_kill = acknowledged.load(Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(300));
-            (Broker::start_on(&dir, port, &[]), at_kill)
+            *restarted.lock().unwrap() = Some(Broker::start_on(&dir, port, &[]));
+            at_kill
         })
     };
     let (results, retries) = run(async move {
@@ -305,7 +309,8 @@ fn kill_9_with_batches_in_flight_loses_duplicates_and_reorders_nothing() {
         }
         (results, retries.load(Ordering::SeqCst))
     });
-    let (broker, at_kill) = killer.join().unwrap();
+    let at_kill = killer.join().unwrap();
+    let broker = restarted.lock().unwrap().take().expect("restarted");
     assert!(at_kill < MESSAGES, "the kill came mid-stream");
     assert!(retries > 0, "the kill made batches fail and be retried");
     let stored = run(async move {
