@@ -1,14 +1,15 @@
 //! The cost of idempotence on the append path: one producer-table check (and record) per
 //! batch, as `Log::append_batches` does under its state borrow, for a partition with 1, 1,000
-//! and 10,000 (the limit) producers; a duplicate's lookup; and a non-idempotent batch, which
-//! is not checked at all.
+//! and 10,000 (the limit) producers; a duplicate's lookup; a non-idempotent batch, which is not
+//! checked at all; and, for scale, the validation every appended 64 KiB batch already gets.
 //!
 //! Run: `cargo bench -p spate-benches --bench producer_state`
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use spate_protocol::batch::BatchHeader;
+use spate_protocol::batch::{self, BatchBuilder, BatchHeader, NewRecord};
 use spate_storage::producers::{ProducerTable, Verdict};
 
 /// The header of a 64-record batch from `producer_id` starting at `sequence`.
@@ -30,6 +31,11 @@ fn header(producer_id: i64, sequence: i32) -> BatchHeader {
     }
 }
 
+/// `sequence + delta`, wrapping past `i32::MAX` to 0 as sequences do.
+fn advance(sequence: i32, delta: i64) -> i32 {
+    (i64::from(sequence) + delta).rem_euclid(i64::from(i32::MAX) + 1) as i32
+}
+
 fn producer_state(c: &mut Criterion) {
     let mut group = c.benchmark_group("producer_state");
     group
@@ -45,7 +51,7 @@ fn producer_state(c: &mut Criterion) {
             for id in 0..producers {
                 let h = header(id, next[id as usize]);
                 table.record(&h, offset, 0);
-                next[id as usize] += 64;
+                next[id as usize] = advance(next[id as usize], 64);
                 offset += 64;
             }
         }
@@ -57,7 +63,7 @@ fn producer_state(c: &mut Criterion) {
                 let h = header(id, next[id as usize]);
                 assert_eq!(table.check(black_box(&h)), Verdict::Append);
                 table.record(&h, offset, 0);
-                next[id as usize] += 64;
+                next[id as usize] = advance(next[id as usize], 64);
                 offset += 64;
             })
         });
@@ -66,7 +72,7 @@ fn producer_state(c: &mut Criterion) {
                 let id = turn % producers;
                 turn += 1;
                 // The oldest remembered batch: the longest search.
-                let h = header(id, next[id as usize] - 5 * 64);
+                let h = header(id, advance(next[id as usize], -5 * 64));
                 let verdict = table.check(black_box(&h));
                 assert!(matches!(verdict, Verdict::Duplicate { .. }));
             })
@@ -75,6 +81,15 @@ fn producer_state(c: &mut Criterion) {
     let table = ProducerTable::default();
     group.bench_function("check non-idempotent batch", |b| {
         b.iter(|| black_box(table.check(black_box(&header(-1, -1)))))
+    });
+    let mut builder = BatchBuilder::with_capacity(70 * 1024);
+    for _ in 0..64 {
+        builder
+            .push(&NewRecord { value: Some(Bytes::from(vec![7u8; 1000])), ..Default::default() });
+    }
+    let batch = builder.finish().unwrap();
+    group.bench_function("validate a 64 KiB batch (CRC and records), for scale", |b| {
+        b.iter(|| black_box(batch::validate(black_box(&batch)).unwrap()))
     });
     group.finish();
 }
