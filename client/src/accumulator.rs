@@ -391,9 +391,16 @@ impl<D> Accumulator<D> {
             .is_some_and(|first| *first < ordinal)
     }
 
-    /// The broker has forgotten the producer on this partition: once its in-flight batches have
-    /// come back, its queued batches are re-stamped with sequences from 0.
-    pub fn restart_sequence(&mut self, target: &TopicPartition) {
+    /// The broker does not know the producer on this partition and refused the batch with
+    /// `ordinal`. If no earlier batch is outstanding, the partition forgot the producer (idle,
+    /// evicted, or past what a restart replays): once its in-flight batches have come back, its
+    /// queued batches are re-stamped with sequences from 0. Otherwise the batch merely overtook
+    /// the partition's first one, which will introduce the producer; starting over then would
+    /// reuse that batch's sequence, and the broker would take a new batch for its duplicate.
+    pub fn unknown_producer(&mut self, target: &TopicPartition, ordinal: u64) {
+        if self.earlier_unacked(target, ordinal) {
+            return;
+        }
         if let Some(queue) = self.queues.get_mut(target) {
             queue.rewind = Some((0, 0));
         }
@@ -609,7 +616,13 @@ mod tests {
         let now = Instant::now();
         let mut acc = idempotent_accumulator(now);
         let mut sent = acc.drain_ready(2);
-        acc.restart_sequence(&tp(0));
+        // The second overtook the first (another connection, say): that is no reason to start
+        // over, since the first will introduce the producer.
+        acc.unknown_producer(&tp(0), sent[1].ordinal);
+        assert!(!acc.sequence_rewinding(&tp(0)));
+        // The first is refused too: nothing earlier is outstanding, so the partition forgot it.
+        acc.unknown_producer(&tp(0), sent[0].ordinal);
+        assert!(acc.sequence_rewinding(&tp(0)));
         let second = sent.pop().unwrap();
         acc.hold_for_retry(&tp(0));
         acc.retry(second);

@@ -128,6 +128,9 @@ struct Inner {
     config: ClientConfig,
     bootstrap: SocketAddr,
     connections: RefCell<HashMap<SocketAddr, Connection>>,
+    /// One connect at a time per address: concurrent callers then share one connection, so
+    /// requests sent in order to one address stay in order (one stream).
+    connecting: RefCell<HashMap<SocketAddr, Rc<glommio::sync::Semaphore>>>,
     brokers: RefCell<HashMap<i32, SocketAddr>>,
     topics: RefCell<HashMap<String, Vec<PartitionInfo>>>,
     closed: Cell<bool>,
@@ -147,6 +150,7 @@ impl Client {
                 config,
                 bootstrap,
                 connections: RefCell::new(HashMap::new()),
+                connecting: RefCell::new(HashMap::new()),
                 brokers: RefCell::new(HashMap::new()),
                 topics: RefCell::new(HashMap::new()),
                 closed: Cell::new(false),
@@ -165,6 +169,19 @@ impl Client {
         if self.inner.closed.get() {
             return Err(ClientError::Closed);
         }
+        let existing = self.inner.connections.borrow().get(&address).cloned();
+        if let Some(connection) = existing.filter(|c| !c.is_broken()) {
+            return Ok(connection);
+        }
+        let lock = self
+            .inner
+            .connecting
+            .borrow_mut()
+            .entry(address)
+            .or_insert_with(|| Rc::new(glommio::sync::Semaphore::new(1)))
+            .clone();
+        let _connecting = lock.acquire_permit(1).await.map_err(|_| ClientError::Closed)?;
+        // Another caller may have connected while this one waited.
         let existing = self.inner.connections.borrow().get(&address).cloned();
         if let Some(connection) = existing.filter(|c| !c.is_broken()) {
             return Ok(connection);

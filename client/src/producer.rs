@@ -575,12 +575,13 @@ fn refused_for_good(error: &ClientError) -> bool {
 
 /// Whether a failed batch is sent again (within the retry limits). Beyond the retriable
 /// errors: an out-of-order refusal while an earlier batch is still outstanding (it lands first
-/// on the retry), and an unknown producer (the partition forgot it; its sequence starts over).
+/// on the retry), and an unknown producer (see `Accumulator::unknown_producer`: the sequence
+/// may start over).
 fn should_retry(inner: &Inner, batch: &ClosedBatch<Reply>, error: &ClientError) -> bool {
     match error.code() {
         Some(ErrorCode::OutOfOrderSequence) => true,
         Some(ErrorCode::UnknownProducerId) => {
-            inner.accumulator.borrow_mut().restart_sequence(&batch.target);
+            inner.accumulator.borrow_mut().unknown_producer(&batch.target, batch.ordinal);
             true
         }
         _ => error.is_retriable(),
