@@ -6,6 +6,7 @@
 //! - [`shard`]: one shard's partitions and the handler of every request; cross-shard calls.
 //! - [`catalog`]: topics, configs and the partition-to-shard assignment (durable).
 //! - [`offsets`]: committed consumer offsets, durable in an internal log.
+//! - [`producer_ids`]: idempotent producers' ids and epochs, durable, unique across restarts.
 //! - [`config`]: configuration file, flags, layout file.
 //! - [`limits`]: every maximum the broker enforces.
 //! - [`logging`]: log output that survives a full disk.
@@ -21,6 +22,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod offsets;
+pub mod producer_ids;
 pub mod server;
 pub mod shard;
 pub mod tune;

@@ -122,6 +122,14 @@ pub const GROUPS_PER_SHARD_MAX: usize = 10_000;
 pub const MEMBERS_PER_GROUP_MAX: usize = 1_000;
 pub const MEMBER_TOPICS_MAX: usize = 1_000;
 
+/// Producer ids a broker hands out per write of `meta/producer-ids.toml`: an unnamed
+/// producer's init touches the disk once per block, and a restart skips at most one block.
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
+
+/// Named producers (`InitProducerId` with a `producer_name`) one broker remembers; the whole
+/// list is rewritten at each named init, so this bounds that write (~50 bytes a name).
+pub const PRODUCER_NAMES_MAX: usize = 10_000;
+
 /// Messages queued between two shards.
 pub const CROSS_SHARD_QUEUE_MAX: usize = 1024;
 

@@ -551,6 +551,9 @@ fn a_long_poll_through_one_shard_wakes_for_either_shards_partition() {
         };
         let client = Client::connect(config).await.unwrap();
         let producer = Producer::new(client.clone(), Default::default()).unwrap();
+        // Before the long poll: its InitProducerId would wait behind the poll on the one
+        // connection, and the poll for the record the producer cannot send yet.
+        producer.init().await.unwrap();
         // Whichever shard holds the connection, one of the two partitions is the other's.
         for written in 0..2u32 {
             let mut targets = Vec::new();

@@ -2,16 +2,24 @@
 //! per-partition in-flight limit, and retries that keep a partition's order. Sans-IO: time is
 //! passed in, closed batches come out; the producer's driver sends them.
 //!
-//! Ordering: a partition's batches leave in the order they were closed. A batch that fails with
-//! a retriable error goes back to the *front* of its partition's queue. With at most one batch
-//! in flight per partition (the default whenever retries are on), no later batch can overtake a
-//! retried one, so a partition is never reordered.
+//! Ordering: a partition's batches leave in the order they were closed (their *ordinal*). A
+//! batch that fails with a retriable error goes back into its partition's queue at its ordinal,
+//! ahead of every later batch, and nothing of that partition is sent while any of its batches
+//! waits out a retry backoff: the batches after a failed one are re-sent after it, in order.
+//!
+//! Idempotence: with a producer identity set, each batch is stamped when it is closed with the
+//! producer id, epoch and its partition's next sequence number, which it keeps across retries;
+//! the broker then writes it once and refuses a batch that skips ahead, so several batches may
+//! be in flight per partition without duplicates or reordering. A partition's sequence starts
+//! over (its queued batches re-stamped from 0) when the broker has forgotten the producer there,
+//! and continues from a dropped batch's sequence when never-sent batches time out or the broker
+//! refused a batch for good.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use spate_protocol::batch::{BatchBuilder, NewRecord, HEADER_LEN};
+use spate_protocol::batch::{self, BatchBuilder, BatchIdentity, NewRecord, HEADER_LEN};
 use spate_protocol::limits::{BATCH_BYTES_MAX, BATCH_RECORDS_MAX};
 
 use crate::error::ClientError;
@@ -21,6 +29,18 @@ use crate::error::ClientError;
 pub struct TopicPartition {
     pub topic: String,
     pub partition: u32,
+}
+
+/// An idempotent producer's identity, stamped on every batch it closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerIdentity {
+    pub id: i64,
+    pub epoch: i16,
+}
+
+/// Sequence numbers wrap past `i32::MAX` to 0 (as the broker counts them).
+fn add_sequence(sequence: i32, records: u32) -> i32 {
+    ((i64::from(sequence) + i64::from(records)) % (i64::from(i32::MAX) + 1)) as i32
 }
 
 /// A closed batch ready to be sent, with the delivery handles of its records in order.
@@ -37,6 +57,11 @@ pub struct ClosedBatch<D> {
     pub opened_at: Instant,
     /// The error of the last failed send, if any (reported when the batch times out).
     pub last_error: Option<ClientError>,
+    /// Its place among its partition's batches, in closing order.
+    pub ordinal: u64,
+    /// Its first sequence number, when the producer is idempotent.
+    pub sequence: Option<i32>,
+    pub record_count: u32,
 }
 
 struct OpenBatch<D> {
@@ -47,16 +72,60 @@ struct OpenBatch<D> {
 
 struct PartitionQueue<D> {
     open: Option<OpenBatch<D>>,
+    /// Closed batches waiting to be sent, in ordinal order.
     ready: VecDeque<ClosedBatch<D>>,
+    /// Batches sent and not yet settled, including those waiting out a retry backoff.
     in_flight: usize,
+    /// Of those, the ones waiting out a retry backoff: the partition sends nothing meanwhile.
+    retrying: usize,
     /// The last error a send to this partition failed with: a queued batch that times out
     /// before it was ever sent reports it, since it is why the batch waited.
     last_error: Option<ClientError>,
+    next_ordinal: u64,
+    next_sequence: i32,
+    /// Ordinals of closed batches not yet acknowledged or failed.
+    unacked: BTreeSet<u64>,
+    /// The sequence to continue from once nothing is in flight (the queued batches are then
+    /// re-stamped from it), with the ordinal of the batch it comes from: the first sequence of
+    /// a batch the broker refused for good, or 0 when the broker has forgotten the producer.
+    rewind: Option<(u64, i32)>,
 }
 
 impl<D> Default for PartitionQueue<D> {
     fn default() -> Self {
-        PartitionQueue { open: None, ready: VecDeque::new(), in_flight: 0, last_error: None }
+        PartitionQueue {
+            open: None,
+            ready: VecDeque::new(),
+            in_flight: 0,
+            retrying: 0,
+            last_error: None,
+            next_ordinal: 0,
+            next_sequence: 0,
+            unacked: BTreeSet::new(),
+            rewind: None,
+        }
+    }
+}
+
+impl<D> PartitionQueue<D> {
+    fn is_empty(&self) -> bool {
+        self.open.is_none() && self.ready.is_empty() && self.in_flight == 0
+    }
+
+    /// Re-stamps every queued batch with sequences from `from`, in order.
+    fn renumber(&mut self, from: i32, identity: ProducerIdentity) {
+        let mut sequence = from;
+        for batch in &mut self.ready {
+            let stamp = BatchIdentity {
+                producer_id: identity.id,
+                producer_epoch: identity.epoch,
+                base_sequence: sequence,
+            };
+            batch::restamp_identity(&mut batch.bytes, stamp);
+            batch.sequence = Some(sequence);
+            sequence = add_sequence(sequence, batch.record_count);
+        }
+        self.next_sequence = sequence;
     }
 }
 
@@ -69,6 +138,8 @@ pub enum AccumulateError {
 pub struct Accumulator<D> {
     batch_bytes: usize,
     linger: Duration,
+    /// Stamped on batches as they close; `None`: not idempotent.
+    identity: Option<ProducerIdentity>,
     queues: HashMap<TopicPartition, PartitionQueue<D>>,
     /// Bytes of records buffered and not yet acknowledged or failed.
     buffered_bytes: usize,
@@ -79,9 +150,19 @@ impl<D> Accumulator<D> {
         Accumulator {
             batch_bytes: batch_bytes.clamp(HEADER_LEN + 1, BATCH_BYTES_MAX),
             linger,
+            identity: None,
             queues: HashMap::new(),
             buffered_bytes: 0,
         }
+    }
+
+    /// Makes the batches closed from now on idempotent, with this identity.
+    pub fn set_identity(&mut self, identity: ProducerIdentity) {
+        self.identity = Some(identity);
+    }
+
+    pub fn identity(&self) -> Option<ProducerIdentity> {
+        self.identity
     }
 
     pub fn buffered_bytes(&self) -> usize {
@@ -108,7 +189,7 @@ impl<D> Accumulator<D> {
             let full = open.builder.len() + record_bytes > batch_bytes
                 || open.builder.record_count() as usize >= BATCH_RECORDS_MAX;
             if full {
-                Self::close(queue, target);
+                Self::close(queue, target, self.identity);
                 closed = true;
             }
         }
@@ -125,11 +206,33 @@ impl<D> Accumulator<D> {
         Ok(closed)
     }
 
-    fn close(queue: &mut PartitionQueue<D>, target: &TopicPartition) {
+    fn close(
+        queue: &mut PartitionQueue<D>,
+        target: &TopicPartition,
+        identity: Option<ProducerIdentity>,
+    ) {
         if let Some(open) = queue.open.take() {
             let record_bytes = open.builder.len() - HEADER_LEN;
-            let bytes =
-                open.builder.finish().expect("a batch within limits with at least one record");
+            let record_count = open.builder.record_count();
+            let sequence = identity.map(|_| queue.next_sequence);
+            let stamp = match identity {
+                Some(identity) => BatchIdentity {
+                    producer_id: identity.id,
+                    producer_epoch: identity.epoch,
+                    base_sequence: queue.next_sequence,
+                },
+                None => BatchIdentity::default(),
+            };
+            let bytes = open
+                .builder
+                .finish_with(stamp)
+                .expect("a batch within limits with at least one record");
+            if identity.is_some() {
+                queue.next_sequence = add_sequence(queue.next_sequence, record_count);
+            }
+            let ordinal = queue.next_ordinal;
+            queue.next_ordinal += 1;
+            queue.unacked.insert(ordinal);
             queue.ready.push_back(ClosedBatch {
                 target: target.clone(),
                 bytes,
@@ -138,6 +241,9 @@ impl<D> Accumulator<D> {
                 attempts: 0,
                 opened_at: open.opened_at,
                 last_error: None,
+                ordinal,
+                sequence,
+                record_count,
             });
         }
     }
@@ -148,7 +254,7 @@ impl<D> Accumulator<D> {
         let mut closed = Vec::new();
         for (target, queue) in &mut self.queues {
             if queue.open.as_ref().is_some_and(|o| now.duration_since(o.opened_at) >= linger) {
-                Self::close(queue, target);
+                Self::close(queue, target, self.identity);
                 closed.push(target.clone());
             }
         }
@@ -158,7 +264,7 @@ impl<D> Accumulator<D> {
     /// Closes every open batch now (flush).
     pub fn close_all(&mut self) {
         for (target, queue) in &mut self.queues {
-            Self::close(queue, target);
+            Self::close(queue, target, self.identity);
         }
     }
 
@@ -172,29 +278,55 @@ impl<D> Accumulator<D> {
     }
 
     /// Removes the batches waiting to be sent (not in flight) whose delivery timeout has passed,
-    /// releasing their bytes; the caller fails their deliveries.
+    /// releasing their bytes; the caller fails their deliveries. When an idempotent batch that
+    /// was never sent leaves, the queued batches after it (never sent either) take over its
+    /// sequence numbers, so the broker sees no gap.
     pub fn take_overdue(&mut self, now: Instant, timeout: Duration) -> Vec<ClosedBatch<D>> {
         let mut overdue = Vec::new();
         for queue in self.queues.values_mut() {
-            // A partition's batches are queued in the order they were opened (retried ones go
-            // back to the front, and are the oldest), so the overdue ones are a prefix.
+            let mut rewind_to = None;
+            // A partition's batches are queued in ordinal order, which is the order they were
+            // opened in, so the overdue ones are a prefix.
             while queue.ready.front().is_some_and(|b| now >= b.opened_at + timeout) {
                 let mut batch = queue.ready.pop_front().expect("checked");
                 if batch.last_error.is_none() {
                     batch.last_error.clone_from(&queue.last_error);
                 }
+                if batch.attempts == 0 && rewind_to.is_none() {
+                    rewind_to = batch.sequence;
+                }
+                queue.unacked.remove(&batch.ordinal);
                 self.buffered_bytes = self.buffered_bytes.saturating_sub(batch.record_bytes);
                 overdue.push(batch);
             }
+            if let (Some(from), Some(identity)) = (rewind_to, self.identity) {
+                // Batches are sent in order, so everything after a never-sent one is unsent too.
+                assert!(queue.ready.iter().all(|b| b.attempts == 0));
+                queue.renumber(from, identity);
+            }
         }
-        self.queues.retain(|_, q| q.open.is_some() || !q.ready.is_empty() || q.in_flight > 0);
+        self.forget_idle_queues();
         overdue
     }
 
     /// Takes the next batch of every partition below `in_flight_max`, counting it in flight.
+    /// Skips a partition while one of its batches waits out a retry backoff, or while its
+    /// sequence must start over and batches are still in flight.
     pub fn drain_ready(&mut self, in_flight_max: usize) -> Vec<ClosedBatch<D>> {
         let mut out = Vec::new();
         for queue in self.queues.values_mut() {
+            if queue.retrying > 0 {
+                continue;
+            }
+            if let Some((_, from)) = queue.rewind {
+                if queue.in_flight > 0 {
+                    continue;
+                }
+                if let Some(identity) = self.identity {
+                    queue.renumber(from, identity);
+                }
+                queue.rewind = None;
+            }
             // Bounded by the in-flight limit.
             while queue.in_flight < in_flight_max {
                 let Some(mut batch) = queue.ready.pop_front() else { break };
@@ -206,23 +338,107 @@ impl<D> Accumulator<D> {
         out
     }
 
-    /// The batch was acknowledged or failed for good: its records leave the buffer.
-    pub fn complete(&mut self, target: &TopicPartition, record_bytes: usize) {
+    /// An in-flight batch was acknowledged or failed for good: its records leave the buffer.
+    pub fn complete(&mut self, target: &TopicPartition, ordinal: u64, record_bytes: usize) {
         if let Some(queue) = self.queues.get_mut(target) {
             queue.in_flight = queue.in_flight.saturating_sub(1);
-            if queue.open.is_none() && queue.ready.is_empty() && queue.in_flight == 0 {
-                self.queues.remove(target);
-            }
+            queue.unacked.remove(&ordinal);
         }
+        self.forget_idle_queues_of(target);
         self.buffered_bytes = self.buffered_bytes.saturating_sub(record_bytes);
     }
 
-    /// The batch failed with a retriable error: it goes back to the front of its partition.
+    /// Drops the queues of partitions with nothing open, queued or in flight, unless the
+    /// producer is idempotent: a partition's queue then keeps its sequence for the next batch
+    /// (bounded by the partitions the producer writes to).
+    fn forget_idle_queues(&mut self) {
+        if self.identity.is_none() {
+            self.queues.retain(|_, q| !q.is_empty());
+        }
+    }
+
+    fn forget_idle_queues_of(&mut self, target: &TopicPartition) {
+        if self.identity.is_none() && self.queues.get(target).is_some_and(|q| q.is_empty()) {
+            self.queues.remove(target);
+        }
+    }
+
+    /// An in-flight batch failed retriably and waits out a backoff before [`retry`](Self::retry)
+    /// puts it back: its partition sends nothing meanwhile, so its batches go out again in order.
+    pub fn hold_for_retry(&mut self, target: &TopicPartition) {
+        if let Some(queue) = self.queues.get_mut(target) {
+            queue.retrying += 1;
+        }
+    }
+
+    /// The batch failed with a retriable error: it goes back into its partition's queue ahead
+    /// of every later batch.
     pub fn retry(&mut self, batch: ClosedBatch<D>) {
         let queue = self.queues.entry(batch.target.clone()).or_default();
         queue.in_flight = queue.in_flight.saturating_sub(1);
+        queue.retrying = queue.retrying.saturating_sub(1);
         queue.last_error.clone_from(&batch.last_error);
-        queue.ready.push_front(batch);
+        let at = queue.ready.partition_point(|b| b.ordinal < batch.ordinal);
+        queue.ready.insert(at, batch);
+    }
+
+    /// Whether a batch of the partition closed before the one with `ordinal` is still
+    /// unacknowledged (in flight, waiting to be retried, or queued).
+    pub fn earlier_unacked(&self, target: &TopicPartition, ordinal: u64) -> bool {
+        self.queues
+            .get(target)
+            .and_then(|q| q.unacked.first())
+            .is_some_and(|first| *first < ordinal)
+    }
+
+    /// The broker does not know the producer on this partition and refused the batch with
+    /// `ordinal`. If no earlier batch is outstanding, the partition forgot the producer (idle,
+    /// evicted, or past what a restart replays): once its in-flight batches have come back, its
+    /// queued batches are re-stamped with sequences from 0. Otherwise the batch merely overtook
+    /// the partition's first one, which will introduce the producer; starting over then would
+    /// reuse that batch's sequence, and the broker would take a new batch for its duplicate.
+    pub fn unknown_producer(&mut self, target: &TopicPartition, ordinal: u64) {
+        if self.earlier_unacked(target, ordinal) {
+            return;
+        }
+        if let Some(queue) = self.queues.get_mut(target) {
+            queue.rewind = Some((0, 0));
+        }
+    }
+
+    /// The broker refused `batch` for good and wrote nothing of it: once the partition's
+    /// in-flight batches have come back (refused as out of order after the gap), its queued
+    /// batches take over the sequences from that batch's on. The earliest such batch wins.
+    pub fn rewind_sequence(&mut self, batch: &ClosedBatch<D>) {
+        let (Some(queue), Some(sequence)) = (self.queues.get_mut(&batch.target), batch.sequence)
+        else {
+            return;
+        };
+        if queue.rewind.is_none_or(|(ordinal, _)| batch.ordinal < ordinal && ordinal != 0) {
+            queue.rewind = Some((batch.ordinal, sequence));
+        }
+    }
+
+    /// Whether the partition's sequence is about to continue from an earlier point, so that
+    /// out-of-order refusals of its in-flight batches are expected.
+    pub fn sequence_rewinding(&self, target: &TopicPartition) -> bool {
+        self.queues.get(target).is_some_and(|q| q.rewind.is_some())
+    }
+
+    /// Closes every open batch and takes every batch not in flight (the producer failed for
+    /// good); the caller fails their deliveries. In-flight batches settle as they come back.
+    pub fn take_all_queued(&mut self) -> Vec<ClosedBatch<D>> {
+        self.close_all();
+        let mut taken = Vec::new();
+        for queue in self.queues.values_mut() {
+            for batch in queue.ready.drain(..) {
+                queue.unacked.remove(&batch.ordinal);
+                self.buffered_bytes = self.buffered_bytes.saturating_sub(batch.record_bytes);
+                taken.push(batch);
+            }
+        }
+        self.forget_idle_queues();
+        taken
     }
 
     /// Nothing open, queued or in flight.
@@ -287,7 +503,7 @@ mod tests {
         assert_eq!(again[0].deliveries, vec![0]);
         assert_eq!(again[0].attempts, 2);
         let bytes = again[0].record_bytes;
-        acc.complete(&tp(1), bytes);
+        acc.complete(&tp(1), again[0].ordinal, bytes);
         let next = acc.drain_ready(1);
         assert_eq!(next[0].deliveries, vec![1]);
     }
@@ -309,7 +525,7 @@ mod tests {
         assert_eq!(overdue[0].deliveries, vec![1]);
         let in_flight_bytes = sent[0].record_bytes;
         assert_eq!(acc.buffered_bytes(), in_flight_bytes);
-        acc.complete(&tp(0), in_flight_bytes);
+        acc.complete(&tp(0), sent[0].ordinal, in_flight_bytes);
         assert!(acc.is_idle());
         assert_eq!(acc.buffered_bytes(), 0);
     }
@@ -338,6 +554,132 @@ mod tests {
             assert_eq!(r.value.as_deref(), d.value);
             assert_eq!(r.timestamp, d.timestamp);
         }
+    }
+
+    fn sequence_of(batch: &ClosedBatch<u32>) -> (i64, i16, i32) {
+        let header = validate(&batch.bytes).unwrap();
+        (header.producer_id, header.producer_epoch, header.base_sequence)
+    }
+
+    /// Four closed batches of two records each on partition 0, from producer 7 epoch 1.
+    fn idempotent_accumulator(now: Instant) -> Accumulator<u32> {
+        let mut acc = Accumulator::new(200, Duration::ZERO);
+        acc.set_identity(ProducerIdentity { id: 7, epoch: 1 });
+        for i in 0..8u32 {
+            acc.append(&tp(0), &record(60), i, now).unwrap();
+        }
+        acc.close_all();
+        acc
+    }
+
+    #[test]
+    fn idempotent_batches_carry_sequences_that_survive_retries_in_order() {
+        let now = Instant::now();
+        let mut acc = idempotent_accumulator(now);
+        let sent = acc.drain_ready(5);
+        let sequences: Vec<_> = sent.iter().map(sequence_of).collect();
+        assert_eq!(sequences, vec![(7, 1, 0), (7, 1, 2), (7, 1, 4), (7, 1, 6)]);
+        // The second fails; the third and fourth come back refused as out of order (an earlier
+        // one is outstanding). Nothing is sent while any waits out its backoff.
+        let mut sent = sent.into_iter();
+        let first = sent.next().unwrap();
+        let failed: Vec<_> = sent.collect();
+        assert!(!acc.earlier_unacked(&tp(0), first.ordinal));
+        assert!(acc.earlier_unacked(&tp(0), failed[1].ordinal));
+        for _ in &failed {
+            acc.hold_for_retry(&tp(0));
+        }
+        acc.append(&tp(0), &record(60), 8, now).unwrap();
+        acc.close_all();
+        assert!(acc.drain_ready(5).is_empty(), "a partition waits for its retries");
+        // They come back out of order (backoff timers), and leave in order, before the new one.
+        for batch in failed.into_iter().rev() {
+            acc.retry(batch);
+        }
+        let again = acc.drain_ready(5);
+        let sequences: Vec<_> = again.iter().map(|b| sequence_of(b).2).collect();
+        assert_eq!(sequences, vec![2, 4, 6, 8], "first batch still in flight: 4 more");
+        assert!(again[..3].iter().all(|b| b.attempts == 2));
+        acc.complete(&tp(0), first.ordinal, first.record_bytes);
+        for batch in again {
+            acc.complete(&tp(0), batch.ordinal, batch.record_bytes);
+        }
+        assert!(acc.is_idle());
+        // An idle partition keeps its sequence.
+        acc.append(&tp(0), &record(60), 9, now).unwrap();
+        acc.close_all();
+        assert_eq!(sequence_of(&acc.drain_ready(5)[0]).2, 9);
+    }
+
+    #[test]
+    fn a_forgotten_producer_starts_the_partition_over_once_nothing_is_in_flight() {
+        let now = Instant::now();
+        let mut acc = idempotent_accumulator(now);
+        let mut sent = acc.drain_ready(2);
+        // The second overtook the first (another connection, say): that is no reason to start
+        // over, since the first will introduce the producer.
+        acc.unknown_producer(&tp(0), sent[1].ordinal);
+        assert!(!acc.sequence_rewinding(&tp(0)));
+        // The first is refused too: nothing earlier is outstanding, so the partition forgot it.
+        acc.unknown_producer(&tp(0), sent[0].ordinal);
+        assert!(acc.sequence_rewinding(&tp(0)));
+        let second = sent.pop().unwrap();
+        acc.hold_for_retry(&tp(0));
+        acc.retry(second);
+        assert!(acc.drain_ready(5).is_empty(), "the first is still in flight");
+        let first = sent.pop().unwrap();
+        acc.hold_for_retry(&tp(0));
+        acc.retry(first);
+        let again = acc.drain_ready(5);
+        let sequences: Vec<_> = again.iter().map(|b| sequence_of(b).2).collect();
+        assert_eq!(sequences, vec![0, 2, 4, 6]);
+        assert_eq!(again[0].deliveries, vec![0, 1]);
+    }
+
+    #[test]
+    fn a_batch_refused_for_good_hands_its_sequence_to_the_next_ones() {
+        let now = Instant::now();
+        let mut acc = idempotent_accumulator(now);
+        let mut sent = acc.drain_ready(3).into_iter();
+        let (first, refused, third) =
+            (sent.next().unwrap(), sent.next().unwrap(), sent.next().unwrap());
+        acc.complete(&tp(0), first.ordinal, first.record_bytes);
+        // The second is refused for good; the third, sent after it, comes back out of order.
+        acc.rewind_sequence(&refused);
+        acc.complete(&tp(0), refused.ordinal, refused.record_bytes);
+        assert!(acc.sequence_rewinding(&tp(0)));
+        assert!(!acc.earlier_unacked(&tp(0), third.ordinal));
+        acc.hold_for_retry(&tp(0));
+        acc.retry(third);
+        let again = acc.drain_ready(5);
+        let sequences: Vec<_> = again.iter().map(|b| sequence_of(b).2).collect();
+        assert_eq!(sequences, vec![2, 4], "the third and fourth batches, from the refused one's");
+        assert_eq!(again[0].deliveries, vec![4, 5]);
+        assert!(!acc.sequence_rewinding(&tp(0)));
+    }
+
+    #[test]
+    fn never_sent_batches_that_time_out_leave_no_sequence_gap() {
+        let start = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let mut acc: Accumulator<u32> = Accumulator::new(200, Duration::ZERO);
+        acc.set_identity(ProducerIdentity { id: 7, epoch: 0 });
+        acc.append(&tp(0), &record(60), 0, start).unwrap();
+        acc.close_all();
+        let sent = acc.drain_ready(1);
+        acc.append(&tp(0), &record(60), 1, start).unwrap();
+        acc.append(&tp(0), &record(60), 2, start).unwrap();
+        acc.close_all();
+        acc.append(&tp(0), &record(60), 3, start + timeout).unwrap();
+        acc.close_all();
+        // The queued batch (sequence 1) times out unsent: the next one takes its sequence.
+        let overdue = acc.take_overdue(start + timeout, timeout);
+        assert_eq!(overdue.len(), 1);
+        assert_eq!(sequence_of(&overdue[0]).2, 1);
+        acc.complete(&tp(0), sent[0].ordinal, sent[0].record_bytes);
+        let next = acc.drain_ready(1);
+        assert_eq!(sequence_of(&next[0]).2, 1);
+        assert_eq!(next[0].deliveries, vec![3]);
     }
 
     #[test]

@@ -74,22 +74,38 @@ pub struct PartitionBatch<'a> {
 }
 
 /// Splits one address's batches (indices into `batches`) into requests within the limits on a
-/// request's bytes and partitions.
+/// request's bytes and partitions, with at most one batch per partition in a request (as Kafka
+/// sends them, so a partition's answer names exactly one batch): the k-th batch of each
+/// partition goes in the k-th layer of requests, and layers go out in order.
 fn split_produce(batches: &[PartitionBatch<'_>], indices: &[usize]) -> Vec<Vec<usize>> {
-    let mut requests: Vec<Vec<usize>> = Vec::new();
-    let mut bytes = 0usize;
+    let mut layers: Vec<Vec<usize>> = Vec::new();
+    let mut seen: HashMap<(&str, u32), usize> = HashMap::new();
     for &i in indices {
-        let size = batches[i].records.len();
-        let full = requests.last().is_none_or(|r| {
-            r.len() >= limits::PRODUCE_REQUEST_PARTITIONS_MAX
-                || bytes + size > limits::PRODUCE_REQUEST_BYTES_MAX
-        });
-        if full {
-            requests.push(Vec::new());
-            bytes = 0;
+        let layer = seen.entry((batches[i].topic, batches[i].partition)).or_insert(0);
+        if layers.len() <= *layer {
+            layers.push(Vec::new());
         }
-        requests.last_mut().expect("pushed above").push(i);
-        bytes += size;
+        layers[*layer].push(i);
+        *layer += 1;
+    }
+    let mut requests: Vec<Vec<usize>> = Vec::new();
+    for layer in layers {
+        let mut bytes = 0usize;
+        let first = requests.len();
+        for i in layer {
+            let size = batches[i].records.len();
+            let full = requests.len() == first
+                || requests.last().is_some_and(|r| {
+                    r.len() >= limits::PRODUCE_REQUEST_PARTITIONS_MAX
+                        || bytes + size > limits::PRODUCE_REQUEST_BYTES_MAX
+                });
+            if full {
+                requests.push(Vec::new());
+                bytes = 0;
+            }
+            requests.last_mut().expect("pushed above").push(i);
+            bytes += size;
+        }
     }
     requests
 }
@@ -115,6 +131,9 @@ struct Inner {
     bootstrap: Vec<SocketAddr>,
     current: Cell<usize>,
     connections: RefCell<HashMap<SocketAddr, Connection>>,
+    /// One connect at a time per address: concurrent callers then share one connection, so
+    /// requests sent in order to one address stay in order (one stream).
+    connecting: RefCell<HashMap<SocketAddr, Rc<glommio::sync::Semaphore>>>,
     brokers: RefCell<HashMap<i32, SocketAddr>>,
     topics: RefCell<HashMap<String, Vec<PartitionInfo>>>,
     closed: Cell<bool>,
@@ -149,6 +168,7 @@ impl Client {
                 bootstrap,
                 current: Cell::new(0),
                 connections: RefCell::new(HashMap::new()),
+                connecting: RefCell::new(HashMap::new()),
                 brokers: RefCell::new(HashMap::new()),
                 topics: RefCell::new(HashMap::new()),
                 closed: Cell::new(false),
@@ -189,6 +209,19 @@ impl Client {
         if self.inner.closed.get() {
             return Err(ClientError::Closed);
         }
+        let existing = self.inner.connections.borrow().get(&address).cloned();
+        if let Some(connection) = existing.filter(|c| !c.is_broken()) {
+            return Ok(connection);
+        }
+        let lock = self
+            .inner
+            .connecting
+            .borrow_mut()
+            .entry(address)
+            .or_insert_with(|| Rc::new(glommio::sync::Semaphore::new(1)))
+            .clone();
+        let _connecting = lock.acquire_permit(1).await.map_err(|_| ClientError::Closed)?;
+        // Another caller may have connected while this one waited.
         let existing = self.inner.connections.borrow().get(&address).cloned();
         if let Some(connection) = existing.filter(|c| !c.is_broken()) {
             return Ok(connection);
@@ -833,6 +866,23 @@ impl Client {
         Ok(out)
     }
 
+    // ---- Idempotent producers -----------------------------------------------------------------
+
+    /// Gets an idempotent producer's id and epoch. With a `name` the broker has seen before, the
+    /// same id with a newer epoch, which fences whoever held it.
+    pub async fn init_producer_id(&self, name: Option<&str>) -> Result<(i64, i16)> {
+        let body = RequestBodyT::InitProducerIdRequest(Box::new(wire::InitProducerIdRequestT {
+            producer_name: name.map(str::to_string),
+        }));
+        let ResponseBodyT::InitProducerIdResponse(response) = self.call(body).await? else {
+            return Err(ClientError::UnexpectedResponse("init producer id".into()));
+        };
+        if response.producer_id < 0 || response.producer_epoch < 0 {
+            return Err(ClientError::UnexpectedResponse("no producer id".into()));
+        }
+        Ok((response.producer_id, response.producer_epoch))
+    }
+
     /// Closes every connection.
     pub fn close(&self) {
         self.inner.closed.set(true);
@@ -861,4 +911,29 @@ fn resolve(address: &str) -> Result<SocketAddr> {
             address: address.to_string(),
             message: "no address".into(),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_carries_at_most_one_batch_per_partition_and_keeps_their_order() {
+        let batch = |topic, partition| PartitionBatch { topic, partition, records: &[0u8; 10] };
+        let batches = [
+            batch("a", 0),
+            batch("a", 0),
+            batch("a", 1),
+            batch("a", 0),
+            batch("b", 0),
+            batch("a", 1),
+        ];
+        let requests = split_produce(&batches, &[0, 1, 2, 3, 4, 5]);
+        assert_eq!(requests, vec![vec![0, 2, 4], vec![1, 5], vec![3]]);
+        // Within the limits: a full request starts a new one in the same layer.
+        let big = vec![0u8; limits::PRODUCE_REQUEST_BYTES_MAX / 2 + 1];
+        let large = |partition| PartitionBatch { topic: "a", partition, records: &big };
+        let batches = [large(0), large(1), large(2)];
+        assert_eq!(split_produce(&batches, &[0, 1, 2]), vec![vec![0], vec![1], vec![2]]);
+    }
 }

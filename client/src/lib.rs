@@ -50,7 +50,7 @@ pub mod limits;
 pub mod partitioner;
 pub mod producer;
 
-pub use accumulator::TopicPartition;
+pub use accumulator::{ProducerIdentity, TopicPartition};
 pub use client::{Client, ClientConfig, PartitionBatch, EARLIEST, LATEST};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, Seek};
 pub use error::{ClientError, Result};

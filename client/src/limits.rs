@@ -26,6 +26,20 @@ pub const PRODUCER_BUFFER_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Most batches one producer keeps in flight per partition.
 pub const IN_FLIGHT_PER_PARTITION_MAX: usize = 16;
 
+/// Most batches an idempotent producer keeps in flight per partition, and its default: the
+/// broker remembers the last 5 batches of each producer per partition
+/// (`spate_storage::limits::BATCHES_PER_PRODUCER`), so any retry is one it can recognise.
+pub const IDEMPOTENT_IN_FLIGHT_PER_PARTITION_MAX: usize = 5;
+
+/// Longest producer name (the protocol's string limit).
+pub const PRODUCER_NAME_BYTES_MAX: usize = spate_protocol::limits::STRING_BYTES_MAX;
+
+/// Attempts at `InitProducerId` before a producer's first send gives up (retriable errors only,
+/// each after the retry backoff, all within the request timeout).
+pub const INIT_PRODUCER_ID_ATTEMPTS_MAX: u32 = 10;
+
+const _: () = assert!(IDEMPOTENT_IN_FLIGHT_PER_PARTITION_MAX <= IN_FLIGHT_PER_PARTITION_MAX);
+
 /// Longest delivery timeout a producer accepts: a record should not wait for an answer longer.
 pub const DELIVERY_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
 

@@ -3,13 +3,26 @@
 //! partition; each record gets a delivery report with its partition and offset.
 //!
 //! Retries: a batch that fails with a retriable error (stale metadata, timeout, lost connection,
-//! busy broker, full disk) is retried after `retry_backoff`, up to `retries` times, from the front
-//! of its partition's queue, and never past its delivery timeout (`delivery_timeout`, counted from
-//! when the batch was opened, as Kafka's `delivery.timeout.ms`): a batch still unacknowledged then
-//! fails with `DeliveryTimeout`, naming the last error it saw. An error that cannot succeed on
-//! retry (a record too large, a corrupt batch, a storage error) fails the batch at once. Retries are allowed only with one batch in flight per partition, so they
-//! never reorder a partition. A retried batch whose first attempt did land may be written twice
-//! (at-least-once); the broker has no idempotent producers yet.
+//! busy broker, full disk) is retried after `retry_backoff`, up to `retries` times, ahead of the
+//! later batches of its partition (which wait until it is back), and never past its delivery
+//! timeout (`delivery_timeout`, counted from when the batch was opened, as Kafka's
+//! `delivery.timeout.ms`): a batch still unacknowledged then fails with `DeliveryTimeout`, naming
+//! the last error it saw. An error that cannot succeed on retry (a record too large, a corrupt
+//! batch, a storage error) fails the batch at once.
+//!
+//! Idempotence (the default, as in Kafka): before its first record the producer gets an id and
+//! epoch from the broker (`InitProducerId`, under `producer_name` if set), and stamps each batch
+//! with them and a per-partition sequence number kept across retries. The broker writes a batch
+//! once and answers a retry of it with the original offsets, so up to 5 batches may be in flight
+//! per partition with retries on: when one fails, the ones after it come back refused as out of
+//! order (or fail themselves) and are re-sent after it, in order. A batch the broker refused for
+//! good (a full disk with no retries left, say) wrote nothing, so the batches after it take over
+//! its sequence numbers. `ProducerFenced` (another producer took over the name) fails the
+//! producer for good, as does `OutOfOrderSequence` with no earlier batch outstanding: the
+//! partition lost batches it had acknowledged, or a batch failed without an answer (its delivery
+//! timed out) and did not land; Kafka bumps the epoch there, this producer does not yet. Without
+//! idempotence, retries need one batch in flight per partition, and a retried batch whose first
+//! attempt did land is written twice (at-least-once).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -19,9 +32,11 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use spate_protocol::batch::{Header, NewRecord};
-use spate_protocol::wire::Acks;
+use spate_protocol::wire::{Acks, ErrorCode};
 
-use crate::accumulator::{AccumulateError, Accumulator, ClosedBatch, TopicPartition};
+use crate::accumulator::{
+    AccumulateError, Accumulator, ClosedBatch, ProducerIdentity, TopicPartition,
+};
 use crate::client::{Client, PartitionBatch};
 use crate::error::{ClientError, Result};
 use crate::limits;
@@ -44,8 +59,16 @@ pub struct ProducerConfig {
     /// Longest a record may wait for its acknowledgement, retries included (Kafka's
     /// `delivery.timeout.ms`); then its delivery fails. At least `request_timeout`.
     pub delivery_timeout: Duration,
-    /// Batches in flight per partition; more than 1 requires `retries = 0` (ordering).
+    /// Batches in flight per partition: at most 5 with idempotence; without it, more than 1
+    /// requires `retries = 0` (ordering).
     pub max_in_flight_per_partition: usize,
+    /// Idempotent producer (the default): each batch is written once, whatever the retries, and
+    /// a partition keeps its order with several batches in flight. Needs acks other than none.
+    pub enable_idempotence: bool,
+    /// A stable name for an idempotent producer (Kafka's `transactional.id`, without
+    /// transactions): a producer started again under the same name gets the same id with a newer
+    /// epoch, which fences the old one (its batches fail with `ProducerFenced`).
+    pub producer_name: Option<String>,
     /// Broker-side timeout for acks=all.
     pub request_timeout: Duration,
     /// Bytes of unsent records buffered before `send` waits.
@@ -62,7 +85,9 @@ impl Default for ProducerConfig {
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(1),
             delivery_timeout: Duration::from_secs(120),
-            max_in_flight_per_partition: 1,
+            max_in_flight_per_partition: limits::IDEMPOTENT_IN_FLIGHT_PER_PARTITION_MAX,
+            enable_idempotence: true,
+            producer_name: None,
             request_timeout: Duration::from_secs(30),
             buffer_bytes: 64 * 1024 * 1024,
         }
@@ -77,8 +102,22 @@ impl ProducerConfig {
         {
             return bad("max_in_flight_per_partition must be between 1 and 16");
         }
-        if self.max_in_flight_per_partition > 1 && self.retries > 0 {
-            return bad("retries need max_in_flight_per_partition = 1, or a retry could reorder a partition");
+        if self.enable_idempotence {
+            if self.max_in_flight_per_partition > limits::IDEMPOTENT_IN_FLIGHT_PER_PARTITION_MAX {
+                return bad("an idempotent producer keeps at most 5 batches in flight per partition (what the broker remembers)");
+            }
+            if self.acks == Acks::None {
+                return bad("idempotence needs acks (leader or all); turn it off for acks=none");
+            }
+            if self
+                .producer_name
+                .as_ref()
+                .is_some_and(|n| n.len() > limits::PRODUCER_NAME_BYTES_MAX)
+            {
+                return bad("producer_name is too long");
+            }
+        } else if self.max_in_flight_per_partition > 1 && self.retries > 0 {
+            return bad("without idempotence, retries need max_in_flight_per_partition = 1, or a retry could reorder or duplicate");
         }
         if self.delivery_timeout < self.request_timeout
             || self.delivery_timeout > limits::DELIVERY_TIMEOUT_MAX
@@ -193,6 +232,11 @@ struct Inner {
     closed: Cell<bool>,
     driver: RefCell<Option<glommio::Task<()>>>,
     on_retry: RefCell<Option<RetryObserver>>,
+    /// Serializes the idempotent producer's `InitProducerId` (first send only).
+    init_lock: glommio::sync::Semaphore,
+    /// Set when the producer failed for good (fenced, or a partition lost acknowledged
+    /// batches): every queued and later record fails with it.
+    fatal: RefCell<Option<ClientError>>,
 }
 
 #[derive(Clone)]
@@ -223,6 +267,8 @@ impl Producer {
             closed: Cell::new(false),
             driver: RefCell::new(None),
             on_retry: RefCell::new(None),
+            init_lock: glommio::sync::Semaphore::new(1),
+            fatal: RefCell::new(None),
         });
         let driver = glommio::spawn_local(drive(Rc::downgrade(&inner), wakeups));
         *inner.driver.borrow_mut() = Some(driver);
@@ -241,6 +287,12 @@ impl Producer {
     pub async fn send(&self, record: ProducerRecord) -> Result<Delivery> {
         if self.inner.closed.get() {
             return Err(ClientError::Closed);
+        }
+        if let Some(error) = self.inner.fatal.borrow().clone() {
+            return Err(error);
+        }
+        if self.inner.config.enable_idempotence && self.identity().is_none() {
+            self.init_identity().await?;
         }
         let partition_count = self.inner.client.partition_count(&record.topic).await?;
         if partition_count == 0 {
@@ -288,6 +340,53 @@ impl Producer {
         }
         let _ = self.inner.wake.try_send(());
         Ok(Delivery { partition, reply: delivery })
+    }
+
+    /// The idempotent producer's id and epoch, once it has them (after its first send).
+    pub fn identity(&self) -> Option<ProducerIdentity> {
+        self.inner.accumulator.borrow().identity()
+    }
+
+    /// Gets the idempotent producer's id and epoch now, rather than at the first send (which
+    /// otherwise does it): a named producer fences its previous instance here, and the first
+    /// send then does not wait for it. Does nothing without idempotence or when done already.
+    pub async fn init(&self) -> Result<()> {
+        if self.inner.config.enable_idempotence && self.identity().is_none() {
+            self.init_identity().await?;
+        }
+        Ok(())
+    }
+
+    /// Gets an id and epoch from the broker, retrying retriable errors a bounded number of
+    /// times within the request timeout.
+    async fn init_identity(&self) -> Result<()> {
+        let _permit =
+            self.inner.init_lock.acquire_permit(1).await.map_err(|_| ClientError::Closed)?;
+        if self.identity().is_some() {
+            return Ok(());
+        }
+        let config = &self.inner.config;
+        let deadline = Instant::now() + config.request_timeout;
+        let mut attempts = 0;
+        // Bounded by the attempt limit and the deadline.
+        let (id, epoch) = loop {
+            attempts += 1;
+            match self.inner.client.init_producer_id(config.producer_name.as_deref()).await {
+                Ok(identity) => break identity,
+                Err(error)
+                    if error.is_retriable()
+                        && attempts < limits::INIT_PRODUCER_ID_ATTEMPTS_MAX
+                        && Instant::now() + retry_backoff(config, attempts) < deadline =>
+                {
+                    tracing::debug!(%error, attempts, "InitProducerId failed; retrying");
+                    glommio::timer::sleep(retry_backoff(config, attempts)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        tracing::debug!(id, epoch, name = ?config.producer_name, "idempotent producer initialised");
+        self.inner.accumulator.borrow_mut().set_identity(ProducerIdentity { id, epoch });
+        Ok(())
     }
 
     /// Sends everything buffered now and waits until every record sent so far is acknowledged
@@ -403,9 +502,23 @@ fn settle(inner: &Rc<Inner>, mut batch: ClosedBatch<Reply>, result: Result<Optio
                 };
                 let _ = reply.send(Ok(report));
             }
-            inner.accumulator.borrow_mut().complete(&target, record_bytes);
+            inner.accumulator.borrow_mut().complete(&target, batch.ordinal, record_bytes);
         }
-        Err(error) if error.is_retriable() && !inner.closed.get() => {
+        Err(error) if inner.fatal.borrow().is_some() => {
+            let fatal = inner.fatal.borrow().clone().unwrap_or(error);
+            fail_batch(inner, batch, fatal);
+        }
+        Err(error) if is_fatal(inner, &batch, &error) => {
+            tracing::error!(topic = %target.topic, partition = target.partition, %error,
+                "the idempotent producer failed for good");
+            *inner.fatal.borrow_mut() = Some(error.clone());
+            fail_batch(inner, batch, error.clone());
+            let queued = inner.accumulator.borrow_mut().take_all_queued();
+            for batch in queued {
+                fail_deliveries(batch.deliveries, &error);
+            }
+        }
+        Err(error) if should_retry(inner, &batch, &error) && !inner.closed.get() => {
             let backoff = retry_backoff(config, batch.attempts);
             let retry_at = Instant::now() + backoff;
             if batch.attempts > config.retries {
@@ -418,6 +531,7 @@ fn settle(inner: &Rc<Inner>, mut batch: ClosedBatch<Reply>, result: Result<Optio
                     observer(&target, &error);
                 }
                 batch.last_error = Some(error);
+                inner.accumulator.borrow_mut().hold_for_retry(&target);
                 let inner = inner.clone();
                 glommio::spawn_local(async move {
                     glommio::timer::sleep(backoff).await;
@@ -428,6 +542,49 @@ fn settle(inner: &Rc<Inner>, mut batch: ClosedBatch<Reply>, result: Result<Optio
             }
         }
         Err(error) => fail_batch(inner, batch, error),
+    }
+}
+
+/// Errors that end the idempotent producer: another producer took over its id (a zombie must
+/// stop), or a partition refuses a sequence while no earlier batch is outstanding (it lost
+/// batches it had acknowledged: continuing would hide the loss).
+fn is_fatal(inner: &Inner, batch: &ClosedBatch<Reply>, error: &ClientError) -> bool {
+    match error.code() {
+        Some(ErrorCode::ProducerFenced) => true,
+        Some(ErrorCode::OutOfOrderSequence) => {
+            let accumulator = inner.accumulator.borrow();
+            !accumulator.earlier_unacked(&batch.target, batch.ordinal)
+                && !accumulator.sequence_rewinding(&batch.target)
+        }
+        _ => false,
+    }
+}
+
+/// Whether the broker's answer says it wrote nothing of the batch: any refusal but a timeout
+/// (the append may still complete) or a storage failure (recovery may keep what was written).
+/// Client-side failures (lost connection, no answer in time) say nothing.
+fn refused_for_good(error: &ClientError) -> bool {
+    let error = match error {
+        ClientError::DeliveryTimeout { last_error: Some(last), .. } => last,
+        other => other,
+    };
+    error.code().is_some_and(|code| {
+        !matches!(code, ErrorCode::RequestTimedOut | ErrorCode::StorageError | ErrorCode::Unknown)
+    })
+}
+
+/// Whether a failed batch is sent again (within the retry limits). Beyond the retriable
+/// errors: an out-of-order refusal while an earlier batch is still outstanding (it lands first
+/// on the retry), and an unknown producer (see `Accumulator::unknown_producer`: the sequence
+/// may start over).
+fn should_retry(inner: &Inner, batch: &ClosedBatch<Reply>, error: &ClientError) -> bool {
+    match error.code() {
+        Some(ErrorCode::OutOfOrderSequence) => true,
+        Some(ErrorCode::UnknownProducerId) => {
+            inner.accumulator.borrow_mut().unknown_producer(&batch.target, batch.ordinal);
+            true
+        }
+        _ => error.is_retriable(),
     }
 }
 
@@ -446,8 +603,12 @@ fn delivery_timeout(config: &ProducerConfig, last_error: Option<ClientError>) ->
 
 /// Fails every record of an in-flight `batch` with `error` and releases its buffer space.
 fn fail_batch(inner: &Inner, batch: ClosedBatch<Reply>, error: ClientError) {
+    if refused_for_good(&error) {
+        // No gap for the broker to see: the next batches take over its sequence numbers.
+        inner.accumulator.borrow_mut().rewind_sequence(&batch);
+    }
     fail_deliveries(batch.deliveries, &error);
-    inner.accumulator.borrow_mut().complete(&batch.target, batch.record_bytes);
+    inner.accumulator.borrow_mut().complete(&batch.target, batch.ordinal, batch.record_bytes);
 }
 
 fn fail_deliveries(deliveries: Vec<Reply>, error: &ClientError) {

@@ -70,6 +70,14 @@ struct Options {
     linger_ms: u64,
     #[arg(long, default_value = "all")]
     acks: String,
+    /// Batches each producer keeps in flight per partition (at most 5 with idempotence; without
+    /// it, more than 1 turns retries off, to keep order).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=16))]
+    max_in_flight: u64,
+    /// Plain at-least-once producers instead of idempotent ones (the default, unless
+    /// --acks none).
+    #[arg(long)]
+    no_idempotence: bool,
     /// Topic flush policy when the topic is created: always, never, interval:MS.
     #[arg(long, default_value = "never")]
     flush: String,
@@ -406,6 +414,8 @@ fn scenario(scenario: Scenario, mut options: Options) -> Result<Outcome, String>
         batch_bytes: options.batch_bytes,
         linger: Duration::from_millis(options.linger_ms),
         acks,
+        max_in_flight: options.max_in_flight as usize,
+        idempotence: !options.no_idempotence && acks != Acks::None,
         rate: options.rate,
         messages: options.messages,
         duration,
@@ -508,7 +518,8 @@ fn scenario(scenario: Scenario, mut options: Options) -> Result<Outcome, String>
             "producers": options.producers, "consumers": options.consumers,
             "message_size": format!("{}..{}", options.message_size.min, options.message_size.max),
             "keys": format!("{:?}", options.keys), "batch_bytes": options.batch_bytes, "linger_ms": options.linger_ms,
-            "acks": options.acks, "flush": options.flush, "rate": options.rate, "messages": options.messages,
+            "acks": options.acks, "max_in_flight": options.max_in_flight,
+            "idempotence": !options.no_idempotence && options.acks != "none", "flush": options.flush, "rate": options.rate, "messages": options.messages,
             "duration_s": duration.as_secs_f64(), "warmup_s": options.warmup, "cores": cpus.len(), "cpus": cpus,
             "target": options.target,
         });

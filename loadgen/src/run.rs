@@ -47,6 +47,10 @@ pub struct Plan {
     pub batch_bytes: usize,
     pub linger: Duration,
     pub acks: Acks,
+    /// Batches in flight per partition, per producer.
+    pub max_in_flight: usize,
+    /// Idempotent producers (retries write nothing twice, order kept with several in flight).
+    pub idempotence: bool,
     /// Messages per second over all producers; 0 = as fast as possible.
     pub rate: f64,
     /// Messages to produce in all (produce, e2e) or to read (consume); `None` = until duration.
@@ -235,6 +239,10 @@ async fn produce(
         batch_bytes: plan.batch_bytes,
         linger: plan.linger,
         buffer_bytes: (plan.batch_bytes * 64).clamp(4 << 20, 64 << 20),
+        max_in_flight_per_partition: plan.max_in_flight,
+        enable_idempotence: plan.idempotence,
+        // Without idempotence, a retry with several batches in flight could reorder.
+        retries: if plan.idempotence || plan.max_in_flight == 1 { u32::MAX } else { 0 },
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client, config).map_err(|e| e.to_string())?;

@@ -260,6 +260,18 @@ pub fn stamp(batch: &mut [u8], base_offset: i64, leader_term: u64) {
     batch[LEADER_TERM..LEADER_TERM + 8].copy_from_slice(&leader_term.to_le_bytes());
 }
 
+/// Rewrites a finished batch's idempotent-producer fields and its CRC, in place (a producer
+/// whose partition must start its sequence over). Costs one pass of the CRC over the batch.
+pub fn restamp_identity(batch: &mut [u8], identity: BatchIdentity) {
+    assert!(batch.len() >= HEADER_LEN, "restamp needs a whole header");
+    batch[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&identity.producer_id.to_le_bytes());
+    batch[PRODUCER_EPOCH..PRODUCER_EPOCH + 2]
+        .copy_from_slice(&identity.producer_epoch.to_le_bytes());
+    batch[BASE_SEQUENCE..BASE_SEQUENCE + 4].copy_from_slice(&identity.base_sequence.to_le_bytes());
+    let crc = compute_crc(batch);
+    batch[CRC..CRC + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// One header of a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
@@ -643,6 +655,20 @@ mod tests {
         assert_eq!(records[2].offset, 44);
         assert_eq!(records[2].value, None);
         assert!(records[2].headers.is_empty());
+    }
+
+    #[test]
+    fn restamping_the_identity_rewrites_the_fields_and_the_crc() {
+        let mut batch = sample();
+        let identity = BatchIdentity { producer_id: 9, producer_epoch: 2, base_sequence: 40 };
+        restamp_identity(&mut batch, identity);
+        let header = validate(&batch).expect("valid after restamp");
+        assert_eq!((header.producer_id, header.producer_epoch, header.base_sequence), (9, 2, 40));
+        let mut builder = BatchBuilder::new();
+        builder.push(&record(Some("k1"), "hello", 1_000));
+        builder.push(&record(None, "world", 999));
+        builder.push(&NewRecord { timestamp: 1_005, ..Default::default() });
+        assert_eq!(batch, builder.finish_with(identity).unwrap(), "as if built with it");
     }
 
     #[test]

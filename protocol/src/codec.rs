@@ -49,7 +49,7 @@ impl ProtocolError {
 }
 
 /// The API versions this code speaks: `(api, min, max)`. Every API is at version 0 so far.
-pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 19] = [
+pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 20] = [
     (ApiKey::Handshake, 0, 0),
     (ApiKey::Metadata, 0, 0),
     (ApiKey::CreateTopics, 0, 0),
@@ -69,6 +69,7 @@ pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 19] = [
     (ApiKey::ListGroups, 0, 0),
     (ApiKey::DescribeGroups, 0, 0),
     (ApiKey::DeleteGroups, 0, 0),
+    (ApiKey::InitProducerId, 0, 0),
 ];
 
 /// The API a request body belongs to. Union tags are the API key plus one (0 is NONE).
@@ -476,6 +477,11 @@ pub fn check_request(request: &wire::Request<'_>) -> Result<(), ProtocolError> {
                 limits::GROUPS_PER_REQUEST_MAX,
                 limits::STRING_BYTES_MAX,
             )?;
+        }
+        RequestBody::InitProducerIdRequest => {
+            let body =
+                request.body_as_init_producer_id_request().ok_or(ProtocolError::MissingBody)?;
+            string("producer name", body.producer_name(), limits::STRING_BYTES_MAX)?;
         }
         _ => return Err(ProtocolError::MissingBody),
     }

@@ -159,6 +159,9 @@ pub(crate) fn sample_requests() -> Vec<RequestBodyT> {
         RequestBodyT::DeleteGroupsRequest(Box::new(DeleteGroupsRequestT {
             groups: Some(vec!["old-group".into()]),
         })),
+        RequestBodyT::InitProducerIdRequest(Box::new(InitProducerIdRequestT {
+            producer_name: Some("orders-writer".into()),
+        })),
     ]
 }
 
@@ -331,6 +334,10 @@ fn sample_responses() -> Vec<ResponseBodyT> {
         })),
         ResponseBodyT::DeleteGroupsResponse(Box::new(DeleteGroupsResponseT {
             groups: Some(vec![topic_result("old-group", ErrorCode::NonEmptyGroup)]),
+        })),
+        ResponseBodyT::InitProducerIdResponse(Box::new(InitProducerIdResponseT {
+            producer_id: 1000,
+            producer_epoch: 3,
         })),
     ]
 }

@@ -44,6 +44,18 @@ pub enum LogError {
     Offline(String),
     #[error("too many segments ({0})")]
     TooManySegments(usize),
+    /// An idempotent producer's batch does not continue its sequence: an earlier batch is
+    /// missing (still in flight, or lost). Nothing was appended.
+    #[error("producer {producer_id}: sequence {got} where {expected} was expected")]
+    OutOfOrderSequence { producer_id: i64, expected: i32, got: i32 },
+    /// The batch's producer epoch is older than the producer's current one: another producer
+    /// took over its id (a zombie). Nothing was appended.
+    #[error("producer {producer_id} epoch {epoch} is fenced by epoch {current_epoch}")]
+    ProducerFenced { producer_id: i64, epoch: i16, current_epoch: i16 },
+    /// The partition has no state for this producer (never seen, expired or evicted) and the
+    /// batch does not start its sequence at 0. Nothing was appended.
+    #[error("producer {producer_id} is unknown here and sequence {sequence} is not 0")]
+    UnknownProducer { producer_id: i64, sequence: i32 },
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -95,6 +107,23 @@ impl LogError {
             LogError::Closed => LogError::Closed,
             LogError::Offline(reason) => LogError::Offline(reason.clone()),
             LogError::TooManySegments(n) => LogError::TooManySegments(*n),
+            LogError::OutOfOrderSequence { producer_id, expected, got } => {
+                LogError::OutOfOrderSequence {
+                    producer_id: *producer_id,
+                    expected: *expected,
+                    got: *got,
+                }
+            }
+            LogError::ProducerFenced { producer_id, epoch, current_epoch } => {
+                LogError::ProducerFenced {
+                    producer_id: *producer_id,
+                    epoch: *epoch,
+                    current_epoch: *current_epoch,
+                }
+            }
+            LogError::UnknownProducer { producer_id, sequence } => {
+                LogError::UnknownProducer { producer_id: *producer_id, sequence: *sequence }
+            }
             LogError::Io { op, path, source } => LogError::Io {
                 op,
                 path: path.clone(),

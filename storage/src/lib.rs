@@ -10,8 +10,8 @@
 //! - [`cache`]: the bounded in-memory cache of recent batches.
 //! - [`journal`]: unwritten batches kept on a tmpfs, so `flush=never` can acknowledge before the
 //!   device write and still survive a process crash (not wired into the log yet).
-//! - [`producers`]: idempotent producers' sequences per partition (duplicates, gaps, fencing;
-//!   not wired into the log yet).
+//! - [`producers`]: idempotent producers' sequences per partition (duplicates, gaps, fencing),
+//!   consulted by the log where appends take offsets.
 //! - [`replica_state`]: the small fsynced per-partition file of replication state (hard state,
 //!   term history, membership floor, commit point).
 //! - [`faults`]: hooks under the log's fdatasyncs and the steps of truncation and reset, for

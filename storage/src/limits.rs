@@ -83,6 +83,33 @@ pub const REPLICA_STATE_BYTES_MAX: usize = 16
     + 16 * REPLICA_STATE_HISTORY_ENTRIES_MAX
     + 4;
 
+/// Batches an idempotent producer's state remembers per partition: a producer keeps at most this
+/// many in flight per partition (the client refuses more), so any retry it sends is one of them.
+pub const BATCHES_PER_PRODUCER: usize = 5;
+
+/// Idempotent producers one partition remembers; past it, the idlest is forgotten (its next
+/// batch is refused as from an unknown producer, and the client starts its sequence over).
+/// Bounds a partition's producer state to about 10,000 x 200 bytes = 2 MiB.
+pub const PRODUCERS_MAX: usize = 10_000;
+
+/// A producer that sent nothing to a partition for this long is forgotten there. Kafka keeps
+/// them a day (`producer.id.expiration.ms`); an hour covers every retry (the client's delivery
+/// timeout is at most an hour) and keeps producers that come and go (every `spate produce`
+/// run is a new one) from filling the table.
+pub const PRODUCER_IDLE_MS_MAX: i64 = 60 * 60 * 1000;
+
+/// How often appends look for idle producers to forget (a pass is linear in the producers).
+pub const PRODUCER_EXPIRY_INTERVAL_MS: i64 = 60 * 1000;
+
+/// Bytes at the end of a log that opening replays to rebuild producer state (batch headers
+/// only). A retry of a batch written further back than this before a restart is not recognised
+/// as a duplicate. 32 MiB holds the 5 in-flight batches of a producer even at the largest batch
+/// size (5 x 4 MiB), or of hundreds of producers at 64 KiB, and costs one sequential read of at
+/// most that much per partition at startup.
+pub const PRODUCER_REPLAY_BYTES_MAX: u64 = 32 * 1024 * 1024;
+
+const _: () = assert!(BATCHES_PER_PRODUCER * BATCH_BYTES_MAX <= PRODUCER_REPLAY_BYTES_MAX as usize);
+const _: () = assert!(PRODUCER_EXPIRY_INTERVAL_MS < PRODUCER_IDLE_MS_MAX);
 const _: () = assert!(BATCH_BYTES_MAX + BLOCK_BYTES <= WRITE_BYTES_MAX);
 const _: () = assert!(BATCH_BYTES_MAX < PENDING_BYTES_MAX);
 const _: () = assert!(WRITE_ROUND_TARGET_BYTES <= WRITE_BYTES_MAX);

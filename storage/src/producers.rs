@@ -21,12 +21,7 @@ use std::collections::{HashMap, VecDeque};
 
 use spate_protocol::batch::BatchHeader;
 
-/// Batches remembered per producer: a producer keeps at most this many in flight per
-/// partition, so any retry it sends is one of them.
-pub const BATCHES_PER_PRODUCER: usize = 5;
-
-/// Producers remembered per partition.
-pub const PRODUCERS_MAX: usize = 10_000;
+pub use crate::limits::{BATCHES_PER_PRODUCER, PRODUCERS_MAX};
 
 /// What the table says of a batch about to be appended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +49,11 @@ struct Appended {
 #[derive(Debug, Clone)]
 struct Producer {
     epoch: i16,
+    /// The last batches of this epoch, oldest first.
     batches: VecDeque<Appended>,
+    /// The first sequence the next batch must have: after the last batch, or, once a
+    /// truncation removed batches, the first sequence of the earliest one removed.
+    next_sequence: i32,
     last_seen_ms: i64,
 }
 
@@ -108,7 +107,7 @@ impl ProducerTable {
                 last_offset: original.last_offset,
             };
         }
-        let expected = producer.batches.back().map_or(0, |b| next_sequence(b.last_sequence));
+        let expected = producer.next_sequence;
         if first == expected {
             Verdict::Append
         } else {
@@ -129,12 +128,14 @@ impl ProducerTable {
         let producer = self.producers.entry(header.producer_id).or_insert(Producer {
             epoch: header.producer_epoch,
             batches: VecDeque::new(),
+            next_sequence: 0,
             last_seen_ms: now_ms,
         });
         if header.producer_epoch != producer.epoch {
             producer.epoch = header.producer_epoch;
             producer.batches.clear();
         }
+        producer.next_sequence = next_sequence(last_sequence(header));
         if producer.batches.len() == BATCHES_PER_PRODUCER {
             producer.batches.pop_front();
         }
@@ -149,12 +150,16 @@ impl ProducerTable {
     }
 
     /// The log dropped everything at or after `offset` (a failed write rolled back, or a
-    /// truncation): forget those batches, so a retry of them is appended again.
+    /// truncation): forget those batches, so a retry of them is appended again. A producer
+    /// that lost batches expects the first of them next (its batches are contiguous in
+    /// sequence), so its retries in order are accepted and a later batch is still a gap.
     pub fn truncate(&mut self, offset: i64) {
         for producer in self.producers.values_mut() {
-            producer.batches.retain(|b| b.base_offset < offset);
+            if let Some(first_removed) = producer.batches.iter().find(|b| b.base_offset >= offset) {
+                producer.next_sequence = first_removed.first_sequence;
+                producer.batches.retain(|b| b.base_offset < offset);
+            }
         }
-        self.producers.retain(|_, p| !p.batches.is_empty());
     }
 
     /// Forgets producers not seen since `before_ms`.
@@ -254,15 +259,26 @@ mod tests {
         let mut table = ProducerTable::default();
         let mut offset = 0;
         assert_eq!(send(&mut table, header(1, 0, 0, 1), &mut offset), Verdict::Append);
-        table.producers.get_mut(&1).unwrap().batches.back_mut().unwrap().last_sequence =
-            i32::MAX - 1;
+        let producer = table.producers.get_mut(&1).unwrap();
+        producer.batches.back_mut().unwrap().last_sequence = i32::MAX - 1;
+        producer.next_sequence = i32::MAX;
         let wrapping = header(1, 0, i32::MAX, 3);
         assert_eq!(last_sequence(&wrapping), 1);
         assert_eq!(send(&mut table, wrapping, &mut offset), Verdict::Append);
         assert_eq!(table.check(&header(1, 0, 2, 1)), Verdict::Append);
-        // The batch at offset 1 was rolled back: its retry must be appended again.
+        // The batch at offset 1 was rolled back: its retry must be appended again, and the
+        // batch after it is still a gap.
         table.truncate(1);
         assert_eq!(table.check(&header(1, 0, i32::MAX, 3)), Verdict::Append);
+        assert_eq!(
+            table.check(&header(1, 0, 2, 1)),
+            Verdict::OutOfOrder { expected: i32::MAX, got: 2 }
+        );
+        // Truncating everything of a producer keeps what it must send next.
+        table.truncate(0);
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.check(&header(1, 0, 0, 1)), Verdict::Append);
+        assert_eq!(table.check(&header(1, 0, 5, 1)), Verdict::OutOfOrder { expected: 0, got: 5 });
     }
 
     #[test]

@@ -35,6 +35,14 @@ pub(crate) struct ProduceArgs {
     /// delivery.timeout.ms).
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1_000..=3_600_000))]
     pub(crate) delivery_timeout_ms: u64,
+    /// Produce as this named idempotent producer: running again under the same name fences the
+    /// previous run (its unsent messages fail with ProducerFenced).
+    #[arg(long)]
+    pub(crate) producer_name: Option<String>,
+    /// Plain at-least-once producer: one batch in flight per partition, and a retry after a lost
+    /// acknowledgement may write a message twice. (--acks none implies it.)
+    #[arg(long, conflicts_with = "producer_name")]
+    pub(crate) no_idempotence: bool,
     #[command(flatten)]
     pub(crate) bootstrap: Bootstrap,
 }
@@ -52,8 +60,15 @@ pub(crate) async fn produce(client: Client, args: ProduceArgs) -> Result<(), Str
         .await
         .map_err(|e| format!("cannot produce to {:?}: {e}", args.topic))?;
     let delivery_timeout = Duration::from_millis(args.delivery_timeout_ms);
+    let idempotent = !args.no_idempotence && acks != Acks::None;
+    if args.producer_name.is_some() && !idempotent {
+        return Err("--producer-name needs an idempotent producer (acks leader or all)".into());
+    }
     let config = ProducerConfig {
         acks,
+        enable_idempotence: idempotent,
+        producer_name: args.producer_name.clone(),
+        max_in_flight_per_partition: if idempotent { 5 } else { 1 },
         delivery_timeout,
         request_timeout: ProducerConfig::default().request_timeout.min(delivery_timeout),
         ..ProducerConfig::default()

@@ -82,6 +82,11 @@ pub enum ShardMsg {
         group: String,
         reply: oneshot::Sender<Result<(), Failure>>,
     },
+    /// Hand out a producer id (shard 0).
+    InitProducerId {
+        name: Option<String>,
+        reply: oneshot::Sender<Result<ResponseBodyT, Failure>>,
+    },
     /// Remove a group's committed offsets (shard 0).
     DeleteGroupOffsets {
         group: String,
@@ -161,6 +166,9 @@ impl Shard {
             }
             ShardMsg::DeleteGroupOffsets { group, reply } => {
                 let _ = reply.send(self.delete_group_offsets(&group).await);
+            }
+            ShardMsg::InitProducerId { name, reply } => {
+                let _ = reply.send(self.init_producer_id_local(name));
             }
             ShardMsg::Metrics { reply } => {
                 let _ = reply.send(self.render_metrics());

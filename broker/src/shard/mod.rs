@@ -18,7 +18,8 @@
 //! - `metadata`: metadata, describe configs, list offsets, partition stats, metrics scrape;
 //! - `controller`: catalog changes on shard 0 and publishing them to every shard;
 //! - `offsets`: committing and fetching consumer offsets, and the compaction they trigger;
-//! - `groups`: the consumer-group APIs.
+//! - `groups`: the consumer-group APIs;
+//! - `producer_ids`: `InitProducerId`, served by shard 0.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -39,6 +40,7 @@ use crate::catalog::{self, Catalog};
 use crate::config::BrokerConfig;
 use crate::limits;
 use crate::offsets::OffsetStore;
+use crate::producer_ids::ProducerIds;
 
 pub type PartitionKey = (String, u32);
 
@@ -49,6 +51,7 @@ mod mesh;
 mod metadata;
 mod offsets;
 mod produce;
+mod producer_ids;
 
 use fetch::Wakeup;
 pub use mesh::ShardMsg;
@@ -90,6 +93,9 @@ impl From<LogError> for Failure {
             LogError::TooManySegments(_) | LogError::Io { .. } | LogError::Offline(_) => {
                 ErrorCode::StorageError
             }
+            LogError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
+            LogError::ProducerFenced { .. } => ErrorCode::ProducerFenced,
+            LogError::UnknownProducer { .. } => ErrorCode::UnknownProducerId,
         };
         Failure::new(code, error.to_string())
     }
@@ -162,6 +168,8 @@ pub struct Shard {
     peers: Senders<ShardMsg>,
     /// Shard 0 only. Commits take shared access, compaction exclusive.
     offsets: Option<Rc<RwLock<OffsetStore>>>,
+    /// Shard 0 only: the producer id allocator.
+    producer_ids: Option<RefCell<ProducerIds>>,
     /// Serializes catalog changes on the controller.
     controller_lock: Semaphore,
     /// Bytes of request frames held (see `limits::REQUEST_MEMORY_PER_SHARD_BYTES_MAX`): taken
@@ -198,6 +206,13 @@ impl Shard {
         } else {
             None
         };
+        let producer_ids = if id == 0 {
+            let ids = ProducerIds::load(&config.data_dir)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Some(RefCell::new(ids))
+        } else {
+            None
+        };
         let request_memory = Arc::new(tokio::sync::Semaphore::new(config.request_memory_bytes));
         let shard = Rc::new(Shard {
             id,
@@ -207,6 +222,7 @@ impl Shard {
             waiters: RefCell::new(HashMap::new()),
             peers,
             offsets,
+            producer_ids,
             controller_lock: Semaphore::new(1),
             request_memory,
             fetch_memory: Arc::new(tokio::sync::Semaphore::new(
@@ -418,6 +434,12 @@ impl Shard {
                 Ok(response) => ok_reply(correlation_id, response),
                 Err(failure) => envelope_error(correlation_id, failure.code, &failure.message),
             },
+            RequestBodyT::InitProducerIdRequest(request) => {
+                match self.handle_init_producer_id(request.producer_name).await {
+                    Ok(response) => ok_reply(correlation_id, response),
+                    Err(failure) => envelope_error(correlation_id, failure.code, &failure.message),
+                }
+            }
             _ => envelope_error(correlation_id, ErrorCode::UnsupportedApi, "unknown request"),
         })
     }

@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: i16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: i16 = 30;
+pub const ENUM_MAX_ERROR_CODE: i16 = 33;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 31] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 34] = [
   ErrorCode::None,
   ErrorCode::Unknown,
   ErrorCode::CorruptMessage,
@@ -48,6 +48,9 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 31] = [
   ErrorCode::FencedInstanceId,
   ErrorCode::InconsistentProtocol,
   ErrorCode::UnsupportedApi,
+  ErrorCode::OutOfOrderSequence,
+  ErrorCode::ProducerFenced,
+  ErrorCode::UnknownProducerId,
 ];
 
 /// Every error a response can carry, at the envelope (the whole request failed) or per topic,
@@ -111,9 +114,19 @@ impl ErrorCode {
   pub const InconsistentProtocol: Self = Self(29);
   /// The API is not implemented by this broker.
   pub const UnsupportedApi: Self = Self(30);
+  /// An idempotent producer's batch does not continue its sequence on the partition: an
+  /// earlier batch is missing. Retriable while an earlier batch is still unacknowledged (it
+  /// may land first); otherwise the partition lost acknowledged batches.
+  pub const OutOfOrderSequence: Self = Self(31);
+  /// Another producer with the same name re-initialised and took over the producer id with a
+  /// newer epoch: this one is a zombie and must stop.
+  pub const ProducerFenced: Self = Self(32);
+  /// The partition does not know the producer (expired after idling, or never seen) and the
+  /// batch does not start its sequence at 0: start the partition's sequence over.
+  pub const UnknownProducerId: Self = Self(33);
 
   pub const ENUM_MIN: i16 = 0;
-  pub const ENUM_MAX: i16 = 30;
+  pub const ENUM_MAX: i16 = 33;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::Unknown,
@@ -146,6 +159,9 @@ impl ErrorCode {
     Self::FencedInstanceId,
     Self::InconsistentProtocol,
     Self::UnsupportedApi,
+    Self::OutOfOrderSequence,
+    Self::ProducerFenced,
+    Self::UnknownProducerId,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -181,6 +197,9 @@ impl ErrorCode {
       Self::FencedInstanceId => Some("FencedInstanceId"),
       Self::InconsistentProtocol => Some("InconsistentProtocol"),
       Self::UnsupportedApi => Some("UnsupportedApi"),
+      Self::OutOfOrderSequence => Some("OutOfOrderSequence"),
+      Self::ProducerFenced => Some("ProducerFenced"),
+      Self::UnknownProducerId => Some("UnknownProducerId"),
       _ => None,
     }
   }
@@ -238,10 +257,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_API_KEY: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_API_KEY: u16 = 18;
+pub const ENUM_MAX_API_KEY: u16 = 19;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_API_KEY: [ApiKey; 19] = [
+pub const ENUM_VALUES_API_KEY: [ApiKey; 20] = [
   ApiKey::Handshake,
   ApiKey::Metadata,
   ApiKey::CreateTopics,
@@ -261,6 +280,7 @@ pub const ENUM_VALUES_API_KEY: [ApiKey; 19] = [
   ApiKey::ListGroups,
   ApiKey::DescribeGroups,
   ApiKey::DeleteGroups,
+  ApiKey::InitProducerId,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -287,9 +307,10 @@ impl ApiKey {
   pub const ListGroups: Self = Self(16);
   pub const DescribeGroups: Self = Self(17);
   pub const DeleteGroups: Self = Self(18);
+  pub const InitProducerId: Self = Self(19);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 18;
+  pub const ENUM_MAX: u16 = 19;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Handshake,
     Self::Metadata,
@@ -310,6 +331,7 @@ impl ApiKey {
     Self::ListGroups,
     Self::DescribeGroups,
     Self::DeleteGroups,
+    Self::InitProducerId,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -333,6 +355,7 @@ impl ApiKey {
       Self::ListGroups => Some("ListGroups"),
       Self::DescribeGroups => Some("DescribeGroups"),
       Self::DeleteGroups => Some("DeleteGroups"),
+      Self::InitProducerId => Some("InitProducerId"),
       _ => None,
     }
   }
@@ -562,10 +585,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for CoordinatorType {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 19;
+pub const ENUM_MAX_REQUEST_BODY: u8 = 20;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 20] = [
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 21] = [
   RequestBody::NONE,
   RequestBody::HandshakeRequest,
   RequestBody::MetadataRequest,
@@ -586,6 +609,7 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 20] = [
   RequestBody::ListGroupsRequest,
   RequestBody::DescribeGroupsRequest,
   RequestBody::DeleteGroupsRequest,
+  RequestBody::InitProducerIdRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -613,9 +637,10 @@ impl RequestBody {
   pub const ListGroupsRequest: Self = Self(17);
   pub const DescribeGroupsRequest: Self = Self(18);
   pub const DeleteGroupsRequest: Self = Self(19);
+  pub const InitProducerIdRequest: Self = Self(20);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 19;
+  pub const ENUM_MAX: u8 = 20;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeRequest,
@@ -637,6 +662,7 @@ impl RequestBody {
     Self::ListGroupsRequest,
     Self::DescribeGroupsRequest,
     Self::DeleteGroupsRequest,
+    Self::InitProducerIdRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -661,6 +687,7 @@ impl RequestBody {
       Self::ListGroupsRequest => Some("ListGroupsRequest"),
       Self::DescribeGroupsRequest => Some("DescribeGroupsRequest"),
       Self::DeleteGroupsRequest => Some("DeleteGroupsRequest"),
+      Self::InitProducerIdRequest => Some("InitProducerIdRequest"),
       _ => None,
     }
   }
@@ -740,6 +767,7 @@ pub enum RequestBodyT {
   ListGroupsRequest(alloc::boxed::Box<ListGroupsRequestT>),
   DescribeGroupsRequest(alloc::boxed::Box<DescribeGroupsRequestT>),
   DeleteGroupsRequest(alloc::boxed::Box<DeleteGroupsRequestT>),
+  InitProducerIdRequest(alloc::boxed::Box<InitProducerIdRequestT>),
 }
 impl Default for RequestBodyT {
   fn default() -> Self {
@@ -769,6 +797,7 @@ impl RequestBodyT {
       Self::ListGroupsRequest(_) => RequestBody::ListGroupsRequest,
       Self::DescribeGroupsRequest(_) => RequestBody::DescribeGroupsRequest,
       Self::DeleteGroupsRequest(_) => RequestBody::DeleteGroupsRequest,
+      Self::InitProducerIdRequest(_) => RequestBody::InitProducerIdRequest,
     }
   }
   pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(&self, fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>) -> Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>> {
@@ -793,6 +822,7 @@ impl RequestBodyT {
       Self::ListGroupsRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::DescribeGroupsRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::DeleteGroupsRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::InitProducerIdRequest(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned HandshakeRequestT, setting the union to NONE.
@@ -1194,14 +1224,35 @@ impl RequestBodyT {
   pub fn as_delete_groups_request_mut(&mut self) -> Option<&mut DeleteGroupsRequestT> {
     if let Self::DeleteGroupsRequest(v) = self { Some(v.as_mut()) } else { None }
   }
+  /// If the union variant matches, return the owned InitProducerIdRequestT, setting the union to NONE.
+  pub fn take_init_producer_id_request(&mut self) -> Option<alloc::boxed::Box<InitProducerIdRequestT>> {
+    if let Self::InitProducerIdRequest(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::InitProducerIdRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the InitProducerIdRequestT.
+  pub fn as_init_producer_id_request(&self) -> Option<&InitProducerIdRequestT> {
+    if let Self::InitProducerIdRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the InitProducerIdRequestT.
+  pub fn as_init_producer_id_request_mut(&mut self) -> Option<&mut InitProducerIdRequestT> {
+    if let Self::InitProducerIdRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
 }
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 19;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 20;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 20] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 21] = [
   ResponseBody::NONE,
   ResponseBody::HandshakeResponse,
   ResponseBody::MetadataResponse,
@@ -1222,6 +1273,7 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 20] = [
   ResponseBody::ListGroupsResponse,
   ResponseBody::DescribeGroupsResponse,
   ResponseBody::DeleteGroupsResponse,
+  ResponseBody::InitProducerIdResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -1249,9 +1301,10 @@ impl ResponseBody {
   pub const ListGroupsResponse: Self = Self(17);
   pub const DescribeGroupsResponse: Self = Self(18);
   pub const DeleteGroupsResponse: Self = Self(19);
+  pub const InitProducerIdResponse: Self = Self(20);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 19;
+  pub const ENUM_MAX: u8 = 20;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeResponse,
@@ -1273,6 +1326,7 @@ impl ResponseBody {
     Self::ListGroupsResponse,
     Self::DescribeGroupsResponse,
     Self::DeleteGroupsResponse,
+    Self::InitProducerIdResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -1297,6 +1351,7 @@ impl ResponseBody {
       Self::ListGroupsResponse => Some("ListGroupsResponse"),
       Self::DescribeGroupsResponse => Some("DescribeGroupsResponse"),
       Self::DeleteGroupsResponse => Some("DeleteGroupsResponse"),
+      Self::InitProducerIdResponse => Some("InitProducerIdResponse"),
       _ => None,
     }
   }
@@ -1376,6 +1431,7 @@ pub enum ResponseBodyT {
   ListGroupsResponse(alloc::boxed::Box<ListGroupsResponseT>),
   DescribeGroupsResponse(alloc::boxed::Box<DescribeGroupsResponseT>),
   DeleteGroupsResponse(alloc::boxed::Box<DeleteGroupsResponseT>),
+  InitProducerIdResponse(alloc::boxed::Box<InitProducerIdResponseT>),
 }
 impl Default for ResponseBodyT {
   fn default() -> Self {
@@ -1405,6 +1461,7 @@ impl ResponseBodyT {
       Self::ListGroupsResponse(_) => ResponseBody::ListGroupsResponse,
       Self::DescribeGroupsResponse(_) => ResponseBody::DescribeGroupsResponse,
       Self::DeleteGroupsResponse(_) => ResponseBody::DeleteGroupsResponse,
+      Self::InitProducerIdResponse(_) => ResponseBody::InitProducerIdResponse,
     }
   }
   pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(&self, fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>) -> Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>> {
@@ -1429,6 +1486,7 @@ impl ResponseBodyT {
       Self::ListGroupsResponse(v) => Some(v.pack(fbb).as_union_value()),
       Self::DescribeGroupsResponse(v) => Some(v.pack(fbb).as_union_value()),
       Self::DeleteGroupsResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::InitProducerIdResponse(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned HandshakeResponseT, setting the union to NONE.
@@ -1829,6 +1887,27 @@ impl ResponseBodyT {
   /// If the union variant matches, return a mutable reference to the DeleteGroupsResponseT.
   pub fn as_delete_groups_response_mut(&mut self) -> Option<&mut DeleteGroupsResponseT> {
     if let Self::DeleteGroupsResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned InitProducerIdResponseT, setting the union to NONE.
+  pub fn take_init_producer_id_response(&mut self) -> Option<alloc::boxed::Box<InitProducerIdResponseT>> {
+    if let Self::InitProducerIdResponse(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::InitProducerIdResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the InitProducerIdResponseT.
+  pub fn as_init_producer_id_response(&self) -> Option<&InitProducerIdResponseT> {
+    if let Self::InitProducerIdResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the InitProducerIdResponseT.
+  pub fn as_init_producer_id_response_mut(&mut self) -> Option<&mut InitProducerIdResponseT> {
+    if let Self::InitProducerIdResponse(v) = self { Some(v.as_mut()) } else { None }
   }
 }
 pub enum ApiVersionRangeOffset {}
@@ -14479,6 +14558,285 @@ impl DeleteGroupsResponseT {
     })
   }
 }
+pub enum InitProducerIdRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Asks for a producer id and epoch for an idempotent producer. Ids are unique across restarts.
+pub struct InitProducerIdRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for InitProducerIdRequest<'a> {
+  type Inner = InitProducerIdRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> InitProducerIdRequest<'a> {
+  pub const VT_PRODUCER_NAME: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    InitProducerIdRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args InitProducerIdRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<InitProducerIdRequest<'bldr>> {
+    let mut builder = InitProducerIdRequestBuilder::new(_fbb);
+    if let Some(x) = args.producer_name { builder.add_producer_name(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> InitProducerIdRequestT {
+    let producer_name = self.producer_name().map(|x| {
+      alloc::string::ToString::to_string(x)
+    });
+    InitProducerIdRequestT {
+      producer_name,
+    }
+  }
+
+  /// A stable name (Kafka's transactional.id, without transactions): a producer initialising
+  /// under a name it had before gets the same id with a bumped epoch, which fences the previous
+  /// holder. Absent or empty: a fresh id with epoch 0.
+  #[inline]
+  pub fn producer_name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(InitProducerIdRequest::VT_PRODUCER_NAME, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for InitProducerIdRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("producer_name", Self::VT_PRODUCER_NAME, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct InitProducerIdRequestArgs<'a> {
+    pub producer_name: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for InitProducerIdRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    InitProducerIdRequestArgs {
+      producer_name: None,
+    }
+  }
+}
+
+pub struct InitProducerIdRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> InitProducerIdRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_producer_name(&mut self, producer_name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(InitProducerIdRequest::VT_PRODUCER_NAME, producer_name);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> InitProducerIdRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    InitProducerIdRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<InitProducerIdRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for InitProducerIdRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("InitProducerIdRequest");
+      ds.field("producer_name", &self.producer_name());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitProducerIdRequestT {
+  pub producer_name: Option<alloc::string::String>,
+}
+impl Default for InitProducerIdRequestT {
+  fn default() -> Self {
+    Self {
+      producer_name: None,
+    }
+  }
+}
+impl InitProducerIdRequestT {
+  pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(
+    &self,
+    _fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>
+  ) -> ::flatbuffers::WIPOffset<InitProducerIdRequest<'b>> {
+    let producer_name = self.producer_name.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    InitProducerIdRequest::create(_fbb, &InitProducerIdRequestArgs{
+      producer_name,
+    })
+  }
+}
+pub enum InitProducerIdResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct InitProducerIdResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for InitProducerIdResponse<'a> {
+  type Inner = InitProducerIdResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> InitProducerIdResponse<'a> {
+  pub const VT_PRODUCER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_PRODUCER_EPOCH: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    InitProducerIdResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args InitProducerIdResponseArgs
+  ) -> ::flatbuffers::WIPOffset<InitProducerIdResponse<'bldr>> {
+    let mut builder = InitProducerIdResponseBuilder::new(_fbb);
+    builder.add_producer_id(args.producer_id);
+    builder.add_producer_epoch(args.producer_epoch);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> InitProducerIdResponseT {
+    let producer_id = self.producer_id();
+    let producer_epoch = self.producer_epoch();
+    InitProducerIdResponseT {
+      producer_id,
+      producer_epoch,
+    }
+  }
+
+  #[inline]
+  pub fn producer_id(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(InitProducerIdResponse::VT_PRODUCER_ID, Some(-1)).unwrap()}
+  }
+  #[inline]
+  pub fn producer_epoch(&self) -> i16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i16>(InitProducerIdResponse::VT_PRODUCER_EPOCH, Some(-1)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for InitProducerIdResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<i64>("producer_id", Self::VT_PRODUCER_ID, false)?
+     .visit_field::<i16>("producer_epoch", Self::VT_PRODUCER_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct InitProducerIdResponseArgs {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+impl<'a> Default for InitProducerIdResponseArgs {
+  #[inline]
+  fn default() -> Self {
+    InitProducerIdResponseArgs {
+      producer_id: -1,
+      producer_epoch: -1,
+    }
+  }
+}
+
+pub struct InitProducerIdResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> InitProducerIdResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_producer_id(&mut self, producer_id: i64) {
+    self.fbb_.push_slot::<i64>(InitProducerIdResponse::VT_PRODUCER_ID, producer_id, -1);
+  }
+  #[inline]
+  pub fn add_producer_epoch(&mut self, producer_epoch: i16) {
+    self.fbb_.push_slot::<i16>(InitProducerIdResponse::VT_PRODUCER_EPOCH, producer_epoch, -1);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> InitProducerIdResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    InitProducerIdResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<InitProducerIdResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for InitProducerIdResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("InitProducerIdResponse");
+      ds.field("producer_id", &self.producer_id());
+      ds.field("producer_epoch", &self.producer_epoch());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitProducerIdResponseT {
+  pub producer_id: i64,
+  pub producer_epoch: i16,
+}
+impl Default for InitProducerIdResponseT {
+  fn default() -> Self {
+    Self {
+      producer_id: -1,
+      producer_epoch: -1,
+    }
+  }
+}
+impl InitProducerIdResponseT {
+  pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(
+    &self,
+    _fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>
+  ) -> ::flatbuffers::WIPOffset<InitProducerIdResponse<'b>> {
+    let producer_id = self.producer_id;
+    let producer_epoch = self.producer_epoch;
+    InitProducerIdResponse::create(_fbb, &InitProducerIdResponseArgs{
+      producer_id,
+      producer_epoch,
+    })
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -14620,6 +14978,11 @@ impl<'a> Request<'a> {
       RequestBody::DeleteGroupsRequest => RequestBodyT::DeleteGroupsRequest(alloc::boxed::Box::new(
         self.body_as_delete_groups_request()
             .expect("Invalid union table, expected `RequestBody::DeleteGroupsRequest`.")
+            .unpack()
+      )),
+      RequestBody::InitProducerIdRequest => RequestBodyT::InitProducerIdRequest(alloc::boxed::Box::new(
+        self.body_as_init_producer_id_request()
+            .expect("Invalid union table, expected `RequestBody::InitProducerIdRequest`.")
             .unpack()
       )),
       _ => RequestBodyT::NONE,
@@ -14953,6 +15316,21 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_init_producer_id_request(&self) -> Option<InitProducerIdRequest<'a>> {
+    if self.body_type() == RequestBody::InitProducerIdRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { InitProducerIdRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -14985,6 +15363,7 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           RequestBody::ListGroupsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ListGroupsRequest>>("RequestBody::ListGroupsRequest", pos),
           RequestBody::DescribeGroupsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeGroupsRequest>>("RequestBody::DescribeGroupsRequest", pos),
           RequestBody::DeleteGroupsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteGroupsRequest>>("RequestBody::DeleteGroupsRequest", pos),
+          RequestBody::InitProducerIdRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<InitProducerIdRequest>>("RequestBody::InitProducerIdRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -15193,6 +15572,13 @@ impl ::core::fmt::Debug for Request<'_> {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
           }
         },
+        RequestBody::InitProducerIdRequest => {
+          if let Some(x) = self.body_as_init_producer_id_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
         _ => {
           let x: Option<()> = None;
           ds.field("body", &x)
@@ -15380,6 +15766,11 @@ impl<'a> Response<'a> {
       ResponseBody::DeleteGroupsResponse => ResponseBodyT::DeleteGroupsResponse(alloc::boxed::Box::new(
         self.body_as_delete_groups_response()
             .expect("Invalid union table, expected `ResponseBody::DeleteGroupsResponse`.")
+            .unpack()
+      )),
+      ResponseBody::InitProducerIdResponse => ResponseBodyT::InitProducerIdResponse(alloc::boxed::Box::new(
+        self.body_as_init_producer_id_response()
+            .expect("Invalid union table, expected `ResponseBody::InitProducerIdResponse`.")
             .unpack()
       )),
       _ => ResponseBodyT::NONE,
@@ -15713,6 +16104,21 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_init_producer_id_response(&self) -> Option<InitProducerIdResponse<'a>> {
+    if self.body_type() == ResponseBody::InitProducerIdResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { InitProducerIdResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -15745,6 +16151,7 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           ResponseBody::ListGroupsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ListGroupsResponse>>("ResponseBody::ListGroupsResponse", pos),
           ResponseBody::DescribeGroupsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeGroupsResponse>>("ResponseBody::DescribeGroupsResponse", pos),
           ResponseBody::DeleteGroupsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteGroupsResponse>>("ResponseBody::DeleteGroupsResponse", pos),
+          ResponseBody::InitProducerIdResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<InitProducerIdResponse>>("ResponseBody::InitProducerIdResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -15948,6 +16355,13 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         ResponseBody::DeleteGroupsResponse => {
           if let Some(x) = self.body_as_delete_groups_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::InitProducerIdResponse => {
+          if let Some(x) = self.body_as_init_producer_id_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

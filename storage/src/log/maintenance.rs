@@ -105,6 +105,7 @@ impl Log {
         // Everything was written before the cut, so the journal holds nothing past it.
         state.acked_end = offset;
         state.cache.truncate(offset);
+        state.producers.truncate(offset);
         tracing::info!(dir = %self.inner.dir.display(), offset, segments_removed = doomed.len(), "truncated log");
         Ok(())
     }

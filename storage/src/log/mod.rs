@@ -37,8 +37,11 @@
 //! - `maintenance`: truncation, the start offset, retention, close and flush;
 //! - `replica`: what replication needs: a follower's append at the leader's offsets and terms,
 //!   a crash-safe reset to an empty log at a given start, and reads bounded by the caller.
+//! - `producer_state`: idempotent producers' sequences, checked where appends take offsets and
+//!   rebuilt on open (see its module docs).
 
 mod maintenance;
+mod producer_state;
 mod read;
 mod recovery;
 mod replica;
@@ -64,6 +67,7 @@ use crate::faults::StorageFaults;
 use crate::journal::{self, Journal};
 use crate::limits;
 use crate::memory::ShardMemory;
+use crate::producers::ProducerTable;
 use crate::segment::{self, Segment, SegmentPaths};
 use recovery::{open_sealed_segment, recover_tail_segment};
 
@@ -259,6 +263,10 @@ struct State {
     pending_since: std::time::Instant,
     /// The log's directory entries (its first segment, just created) are not yet durable.
     dir_sync_due: bool,
+    /// Idempotent producers' last batches (see `producer_state`).
+    producers: ProducerTable,
+    /// When idle producers were last looked for.
+    producers_expired_ms: i64,
 }
 
 impl State {
@@ -473,6 +481,8 @@ impl Log {
             write_error: None,
             pending_since: std::time::Instant::now(),
             dir_sync_due,
+            producers: ProducerTable::default(),
+            producers_expired_ms: now_ms,
         };
         let log = Log {
             inner: Rc::new(Inner {
@@ -487,6 +497,8 @@ impl Log {
         if let Some(journal_dir) = log.inner.options.journal_dir.clone() {
             log.replay_journal(&journal_dir).await?;
         }
+        // After the journal's batches are written, so they are replayed too.
+        log.rebuild_producers().await?;
         Ok(log)
     }
 

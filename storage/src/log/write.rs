@@ -7,6 +7,7 @@ use std::rc::Rc;
 use bytes::BytesMut;
 use spate_protocol::batch;
 
+use super::producer_state::Admission;
 use super::{fdatasync, Appended, Log, Pending, State};
 use crate::config::FlushPolicy;
 use crate::error::{LogError, Result};
@@ -55,6 +56,16 @@ impl Log {
             memory.acquire_pending(length).await;
         }
 
+        // Idempotent producers are checked where offsets are taken: nothing awaits between this
+        // and the queueing below, so pipelined batches are checked in the order they queue.
+        if self.ensure_open().is_ok() {
+            let now_ms = self.inner.options.clock.now_ms();
+            let admission = self.inner.state.borrow_mut().admit(&headers, now_ms);
+            if !matches!(admission, Admission::Append) {
+                self.release_pending(length);
+                return admission.outcome().await;
+            }
+        }
         let (appended, replies, start_flush_task) = {
             if let Err(error) = self.ensure_open() {
                 self.release_pending(length);
@@ -218,6 +229,7 @@ impl Log {
         state.next_offset = state.written_offset;
         let written = state.written_offset;
         state.cache.truncate(written);
+        state.producers.truncate(written);
         state.fail_waiters(error);
     }
 
