@@ -494,9 +494,17 @@ impl Drop for Peer {
 impl Stream {
     /// Queues one message; waits while the connection's send queue is full.
     pub async fn send(&self, message: Bytes) -> Result<(), TransportError> {
-        let header = frame::header(message.len())?;
-        let frame_bytes = FRAME_HEADER_BYTES + message.len();
-        let mut message = Some(message);
+        self.send_chunks(vec![message]).await
+    }
+
+    /// Queues one message made of `chunks` back to back, without copying them (e.g. a
+    /// replication envelope whose record batches are the log's own buffers); waits while the
+    /// connection's send queue is full. The peer receives one message, as from [`send`](Self::send).
+    pub async fn send_chunks(&self, chunks: Vec<Bytes>) -> Result<(), TransportError> {
+        let length: usize = chunks.iter().map(Bytes::len).sum();
+        let header = frame::header(length)?;
+        let frame_bytes = FRAME_HEADER_BYTES + length;
+        let mut message = Some(chunks);
         poll_fn(|cx| {
             let mut guard = self.shared.state.borrow_mut();
             let state = &mut *guard;
@@ -518,8 +526,9 @@ impl Stream {
                 return Poll::Pending;
             }
             stream.send.push_back(Bytes::copy_from_slice(&header));
-            if let Some(message) = message.take().filter(|m| !m.is_empty()) {
-                stream.send.push_back(message);
+            // Bounded by the chunks given.
+            for chunk in message.take().into_iter().flatten().filter(|c| !c.is_empty()) {
+                stream.send.push_back(chunk);
             }
             conn.send_queued_bytes += frame_bytes;
             assert!(conn.send_queued_bytes <= CONNECTION_SEND_QUEUE_BYTES_MAX);
