@@ -28,6 +28,18 @@ use crate::shard::{envelope_error, Reply, Shard, ShardMsg};
 
 /// How often idle loops look at the shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+/// Test-only: how often accept loops look at the shutdown flag, in microseconds, instead of
+/// `SHUTDOWN_POLL`. A test sets it small so that every connection it opens meets many of those
+/// looks; none may cost a connection.
+pub const TEST_ACCEPT_POLL_US: &str = "SPATE_TEST_ACCEPT_POLL_US";
+
+/// How often accept loops look at the shutdown flag: `SHUTDOWN_POLL`, or the test override.
+fn accept_poll() -> Duration {
+    std::env::var(TEST_ACCEPT_POLL_US)
+        .ok()
+        .and_then(|us| us.parse().ok())
+        .map_or(SHUTDOWN_POLL, Duration::from_micros)
+}
 /// A connection's read buffer between frames; a larger frame gets an allocation of its own size,
 /// under the shard's request budget.
 const CONNECTION_BUFFER_BYTES: usize = 64 * 1024;
@@ -402,10 +414,10 @@ async fn accept_loop(
     connections: Rc<Semaphore>,
     stop: Arc<AtomicBool>,
 ) {
+    let poll = accept_poll();
     // Runs until stop; each iteration accepts one connection or times out to look at the flag.
     while !stop.load(Ordering::SeqCst) {
-        let accepted =
-            glommio::timer::timeout(SHUTDOWN_POLL, async { Ok(listener.accept().await) }).await;
+        let accepted = glommio::timer::timeout(poll, async { Ok(listener.accept().await) }).await;
         let stream = match accepted {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
