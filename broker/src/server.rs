@@ -28,6 +28,18 @@ use crate::shard::{envelope_error, Reply, Shard, ShardMsg};
 
 /// How often idle loops look at the shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+/// Test-only: how often accept loops look at the shutdown flag, in microseconds, instead of
+/// `SHUTDOWN_POLL`. A test sets it small so that every connection it opens meets many of those
+/// looks; none may cost a connection.
+pub const TEST_ACCEPT_POLL_US: &str = "SPATE_TEST_ACCEPT_POLL_US";
+
+/// How often accept loops look at the shutdown flag: `SHUTDOWN_POLL`, or the test override.
+fn accept_poll() -> Duration {
+    std::env::var(TEST_ACCEPT_POLL_US)
+        .ok()
+        .and_then(|us| us.parse().ok())
+        .map_or(SHUTDOWN_POLL, Duration::from_micros)
+}
 /// A connection's read buffer between frames; a larger frame gets an allocation of its own size,
 /// under the shard's request budget.
 const CONNECTION_BUFFER_BYTES: usize = 64 * 1024;
@@ -402,18 +414,16 @@ async fn accept_loop(
     connections: Rc<Semaphore>,
     stop: Arc<AtomicBool>,
 ) {
-    // Runs until stop; each iteration accepts one connection or times out to look at the flag.
-    while !stop.load(Ordering::SeqCst) {
-        let accepted =
-            glommio::timer::timeout(SHUTDOWN_POLL, async { Ok(listener.accept().await) }).await;
+    let poll = accept_poll();
+    // Runs until stop; each iteration accepts one connection.
+    while let Some(accepted) = accept_until_stop(&listener, &stop, poll).await {
         let stream = match accepted {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
+            Ok(stream) => stream,
+            Err(error) => {
                 tracing::warn!(%error, "accept failed");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
                 continue;
             }
-            Err(_) => continue,
         };
         let Ok(permit) = connections.try_acquire_static_permit(1) else {
             tracing::warn!(shard = shard.id, "connection limit reached; closing a new connection");
@@ -429,6 +439,41 @@ async fn accept_loop(
             drop(permit);
         })
         .detach();
+    }
+}
+
+/// The next connection on `listener`, or `None` once `stop` is set (looked at every `poll`).
+///
+/// The accept in flight is kept across those looks, never dropped while the broker runs. Glommio
+/// accepts through io_uring, and dropping a pending accept only asks the kernel to cancel it: a
+/// connection that arrives before the cancellation lands is accepted anyway, and its descriptor
+/// goes to a completion nobody waits for. That connection is never read nor closed; its client's
+/// requests time out. (Timing the accept out every poll did lose connections that arrived just
+/// as a poll interval ended.) At stop the accept is dropped; a connection lost then is closed when
+/// the process exits.
+async fn accept_until_stop(
+    listener: &TcpListener,
+    stop: &AtomicBool,
+    poll: Duration,
+) -> Option<glommio::Result<TcpStream, ()>> {
+    if stop.load(Ordering::SeqCst) {
+        return None;
+    }
+    let mut accepting = std::pin::pin!(listener.accept());
+    // One iteration per poll interval; ends on a connection, an accept error, or stop.
+    loop {
+        // `or` polls the accept first: a connection that is ready wins over the tick.
+        let accepted = futures_lite::future::or(async { Some(accepting.as_mut().await) }, async {
+            glommio::timer::sleep(poll).await;
+            None
+        })
+        .await;
+        if accepted.is_some() {
+            return accepted;
+        }
+        if stop.load(Ordering::SeqCst) {
+            return None;
+        }
     }
 }
 
@@ -616,11 +661,10 @@ async fn write_reply(
 
 /// Serves `GET /metrics` (any path) with one scrape per connection.
 async fn metrics_loop(shard: Rc<Shard>, listener: TcpListener, stop: Arc<AtomicBool>) {
-    // Until stop; each iteration serves one scrape or times out to look at the flag.
-    while !stop.load(Ordering::SeqCst) {
-        let accepted =
-            glommio::timer::timeout(SHUTDOWN_POLL, async { Ok(listener.accept().await) }).await;
-        let Ok(Ok(mut stream)) = accepted else { continue };
+    let poll = accept_poll();
+    // Until stop; each iteration serves one scrape.
+    while let Some(accepted) = accept_until_stop(&listener, &stop, poll).await {
+        let Ok(mut stream) = accepted else { continue };
         let shard = shard.clone();
         glommio::spawn_local(async move {
             // Read the request head, bounded in size and time; its content does not matter.

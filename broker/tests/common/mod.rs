@@ -44,6 +44,13 @@ impl Broker {
         Broker::start_with_command(dir, port, cores, extra, Command::new(SPATE))
     }
 
+    /// A broker with `vars` added to its environment.
+    pub fn start_with_env(dir: &Path, vars: &[(&str, &str)]) -> Broker {
+        let mut command = Command::new(SPATE);
+        command.envs(vars.iter().copied());
+        Broker::start_with_command(dir, free_ports(), 2, &[], command)
+    }
+
     /// A broker whose open-files limit (soft and hard) is `limit`.
     pub fn start_with_open_files_limit(dir: &Path, limit: u64) -> Broker {
         use std::os::unix::process::CommandExt;
