@@ -408,6 +408,15 @@ async fn shard_main(
     tracing::debug!(shard = id, "shard stopped");
 }
 
+/// One request being handled on a shard, for the count shutdown drains.
+struct InFlight(Rc<Shard>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.set(self.0.in_flight.get() - 1);
+    }
+}
+
 async fn accept_loop(
     shard: Rc<Shard>,
     listener: TcpListener,
@@ -535,8 +544,10 @@ async fn serve_connection(
                 let handler = shard.clone();
                 let memory = frame_memory.take();
                 let task = glommio::spawn_local(async move {
+                    // Counted down on drop too: a connection torn down with requests in flight
+                    // drops (cancels) their tasks, and shutdown waits for this count.
+                    let _in_flight = InFlight(handler.clone());
                     let reply = handler.handle(frame).await;
-                    handler.in_flight.set(handler.in_flight.get() - 1);
                     drop(memory);
                     reply
                 });

@@ -75,11 +75,13 @@ impl ShardMemory {
         self.logs.set(self.logs.get().checked_sub(1).expect("closed a log that was not open"));
     }
 
-    pub(crate) async fn acquire_pending(&self, bytes: usize) {
+    /// Room for `bytes` unwritten bytes. The caller `forget`s the permit once the bytes are
+    /// queued (whatever releases the log's own permits for them releases these too); dropped
+    /// before, by a cancelled append, it gives the room back.
+    pub(crate) async fn acquire_pending(&self, bytes: usize) -> tokio::sync::SemaphorePermit<'_> {
         assert!(bytes <= self.pending_bytes_max);
         let permits = self.pending.acquire_many(bytes as u32).await;
-        // Released by whatever releases the log's own permits for these bytes.
-        permits.expect("a shard's memory budget is never closed").forget();
+        permits.expect("a shard's memory budget is never closed")
     }
 
     pub(crate) fn release_pending(&self, bytes: usize) {
@@ -112,9 +114,13 @@ mod tests {
         let memory = ShardMemory::new(limits::PENDING_BYTES_MAX, 0);
         let half = limits::PENDING_BYTES_MAX / 2;
         glommio::LocalExecutor::default().run(async {
-            memory.acquire_pending(half).await;
+            memory.acquire_pending(half).await.forget();
             assert!(!memory.under_pressure());
-            memory.acquire_pending(1).await;
+            let cancelled = memory.acquire_pending(1).await;
+            assert!(memory.under_pressure());
+            drop(cancelled);
+            assert!(!memory.under_pressure(), "an append cancelled before queueing gives it back");
+            memory.acquire_pending(1).await.forget();
             assert!(memory.under_pressure());
             assert_eq!(memory.pending_bytes(), half + 1);
             memory.release_pending(half + 1);

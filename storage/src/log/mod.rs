@@ -530,7 +530,7 @@ impl Log {
             if let Some(memory) = &self.inner.options.memory {
                 // Logs open one at a time, each writing its replay before the next: the room
                 // comes, at the latest, as other logs' writes complete.
-                memory.acquire_pending(bytes).await;
+                memory.acquire_pending(bytes).await.forget();
             }
             tracing::warn!(dir = %self.inner.dir.display(), batches, bytes,
                 "replayed acknowledged batches the previous process had not written");

@@ -50,11 +50,14 @@ impl Log {
             .acquire_many(length as u32)
             .await
             .map_err(|_| LogError::Closed)?;
-        // Released by the flush round that writes these bytes (or by a rollback).
+        let shard_permits = match &self.inner.options.memory {
+            Some(memory) => Some(memory.acquire_pending(length).await),
+            None => None,
+        };
+        // Held as guards until here, so an append cancelled while it waited gives both back.
+        // From now on released by the flush round that writes these bytes (or a rollback).
         permits.forget();
-        if let Some(memory) = &self.inner.options.memory {
-            memory.acquire_pending(length).await;
-        }
+        shard_permits.map(tokio::sync::SemaphorePermit::forget);
 
         // Idempotent producers are checked where offsets are taken: nothing awaits between this
         // and the queueing below, so pipelined batches are checked in the order they queue.
