@@ -60,7 +60,9 @@ impl Log {
         // Held as guards until here, so an append cancelled while it waited gives both back.
         // From now on released by the flush round that writes these bytes (or a rollback).
         permits.forget();
-        shard_permits.map(tokio::sync::SemaphorePermit::forget);
+        if let Some(shard_permits) = shard_permits {
+            shard_permits.forget();
+        }
 
         let (appended, replies, start_flush_task) = {
             let queued = self.ensure_open().and_then(|()| {

@@ -57,7 +57,9 @@ impl Log {
         // Held as guards until here, so an append cancelled while it waited gives both back.
         // From now on released by the flush round that writes these bytes (or a rollback).
         permits.forget();
-        shard_permits.map(tokio::sync::SemaphorePermit::forget);
+        if let Some(shard_permits) = shard_permits {
+            shard_permits.forget();
+        }
 
         // Idempotent producers are checked where offsets are taken: nothing awaits between this
         // and the queueing below, so pipelined batches are checked in the order they queue.
