@@ -13,7 +13,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use spate_protocol::batch::{self, BatchHeader};
 
-use super::{write, write_start_checkpoint, Appended, Log, LogRead, State};
+use super::{write_start_checkpoint, Appended, Log, LogRead, State};
 use crate::error::{LogError, Result};
 use crate::faults::{Step, StorageFaults};
 use crate::index::SegmentIndex;
@@ -43,26 +43,7 @@ impl Log {
         if length > limits::PENDING_BYTES_MAX {
             return Err(LogError::AppendTooLarge(length));
         }
-        self.ensure_open()?;
-        self.ensure_writable()?;
-        // The same budgets, in the same order, as `append_batches` (keep the two in step): the
-        // log's pending budget first come first served, then the shard's memory budget.
-        let permits = self
-            .inner
-            .pending_budget
-            .acquire_many(length as u32)
-            .await
-            .map_err(|_| LogError::Closed)?;
-        let shard_permits = match &self.inner.options.memory {
-            Some(memory) => Some(memory.acquire_pending(length).await),
-            None => None,
-        };
-        // Held as guards until here, so an append cancelled while it waited gives both back.
-        // From now on released by the flush round that writes these bytes (or a rollback).
-        permits.forget();
-        if let Some(shard_permits) = shard_permits {
-            shard_permits.forget();
-        }
+        self.reserve_pending(length).await?;
 
         let (appended, replies, start_flush_task) = {
             let queued = self.ensure_open().and_then(|()| {
@@ -81,13 +62,7 @@ impl Log {
                 return Err(error);
             }
             let mut state = self.inner.state.borrow_mut();
-            if state.pending.is_empty() {
-                state.pending_since = std::time::Instant::now();
-            }
-            if let Some(memory) = &self.inner.options.memory {
-                let capacity = memory.cache_share(state.config.cache_bytes);
-                state.cache.set_capacity(capacity);
-            }
+            self.before_queueing(&mut state);
             let first_offset = state.next_offset;
             let mut replies = Vec::new();
             let mut journaled = state.journaling();
@@ -108,35 +83,12 @@ impl Log {
                     replies.push(state.wait_for(next_offset));
                 }
             }
-            if let Some(segment_ms) = state.config.segment_ms {
-                let now_ms = self.inner.options.clock.now_ms();
-                let active = state.active();
-                if active.size > 0 && now_ms - active.created_ms >= segment_ms as i64 {
-                    state.roll_requested = true;
-                }
-            }
-            let start_flush_task = !state.flush_task_running;
-            state.flush_task_running = true;
-            if !start_flush_task && self.write_behind_wait(&state).is_none() {
-                // A task gathering batches: these tipped the balance, write now.
-                self.inner.write_now.notify_one();
-            }
+            let start_flush_task = self.after_queueing(&mut state);
             let last_offset = state.next_offset - 1;
             assert_eq!(last_offset, headers.last().expect("non-empty").last_offset());
             (Appended { base_offset: first_offset, last_offset }, replies, start_flush_task)
         };
-        if start_flush_task {
-            self.spawn_background(write::flush_task(self.clone()));
-        }
-        // Bounded by the batches given.
-        for reply in replies {
-            match reply.await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => return Err(error),
-                Err(_) => return Err(LogError::Closed),
-            }
-        }
-        Ok(appended)
+        self.complete_append(appended, replies, start_flush_task).await
     }
 
     /// Reads whole batches from the one holding `offset`, as [`read`](Log::read) does, but

@@ -41,25 +41,7 @@ impl Log {
             return Err(LogError::Config("no batch to append".into()));
         }
         assert!(length <= limits::PENDING_BYTES_MAX);
-        self.ensure_open()?;
-        self.ensure_writable()?;
-        // Queued in call order even when this waits: no later append can take offsets first.
-        let permits = self
-            .inner
-            .pending_budget
-            .acquire_many(length as u32)
-            .await
-            .map_err(|_| LogError::Closed)?;
-        let shard_permits = match &self.inner.options.memory {
-            Some(memory) => Some(memory.acquire_pending(length).await),
-            None => None,
-        };
-        // Held as guards until here, so an append cancelled while it waited gives both back.
-        // From now on released by the flush round that writes these bytes (or a rollback).
-        permits.forget();
-        if let Some(shard_permits) = shard_permits {
-            shard_permits.forget();
-        }
+        self.reserve_pending(length).await?;
 
         // Idempotent producers are checked where offsets are taken: nothing awaits between this
         // and the queueing below, so pipelined batches are checked in the order they queue.
@@ -77,13 +59,7 @@ impl Log {
                 return Err(error);
             }
             let mut state = self.inner.state.borrow_mut();
-            if state.pending.is_empty() {
-                state.pending_since = std::time::Instant::now();
-            }
-            if let Some(memory) = &self.inner.options.memory {
-                let capacity = memory.cache_share(state.config.cache_bytes);
-                state.cache.set_capacity(capacity);
-            }
+            self.before_queueing(&mut state);
             let first_offset = state.next_offset;
             let mut replies = Vec::new();
             let mut journaled = state.journaling();
@@ -100,24 +76,76 @@ impl Log {
                     replies.push(state.wait_for(next_offset));
                 }
             }
-            if let Some(segment_ms) = state.config.segment_ms {
-                let now_ms = self.inner.options.clock.now_ms();
-                let active = state.active();
-                if active.size > 0 && now_ms - active.created_ms >= segment_ms as i64 {
-                    state.roll_requested = true;
-                }
-            }
-            let start_flush_task = !state.flush_task_running;
-            state.flush_task_running = true;
-            if !start_flush_task && self.write_behind_wait(&state).is_none() {
-                // A task gathering batches: these tipped the balance, write now.
-                self.inner.write_now.notify_one();
-            }
+            let start_flush_task = self.after_queueing(&mut state);
             let appended =
                 Appended { base_offset: first_offset, last_offset: state.next_offset - 1 };
             (appended, replies, start_flush_task)
         };
-        // Spawned with no borrow held: Glommio may run the new task before this one yields.
+        self.complete_append(appended, replies, start_flush_task).await
+    }
+
+    /// Takes room for `length` bytes of queued batches: the log's pending budget first (first
+    /// come, first served, so appends take offsets in call order), then its shard's. Both are
+    /// guards until taken for good, so an append cancelled while it waits gives them back;
+    /// afterwards the flush round that writes the bytes (or a rollback) releases them.
+    pub(super) async fn reserve_pending(&self, length: usize) -> Result<()> {
+        self.ensure_open()?;
+        self.ensure_writable()?;
+        let permits = self
+            .inner
+            .pending_budget
+            .acquire_many(length as u32)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        let shard_permits = match &self.inner.options.memory {
+            Some(memory) => Some(memory.acquire_pending(length).await),
+            None => None,
+        };
+        permits.forget();
+        if let Some(shard_permits) = shard_permits {
+            shard_permits.forget();
+        }
+        Ok(())
+    }
+
+    /// Before batches are queued: write-behind counts from the first, and the tail cache takes
+    /// its current share of the shard's budget.
+    pub(super) fn before_queueing(&self, state: &mut State) {
+        if state.pending.is_empty() {
+            state.pending_since = std::time::Instant::now();
+        }
+        if let Some(memory) = &self.inner.options.memory {
+            let capacity = memory.cache_share(state.config.cache_bytes);
+            state.cache.set_capacity(capacity);
+        }
+    }
+
+    /// After batches are queued: a roll the segment's age asks for, and the flush task (returns
+    /// whether one must be started; a gathering one is told to write if these tipped it).
+    pub(super) fn after_queueing(&self, state: &mut State) -> bool {
+        if let Some(segment_ms) = state.config.segment_ms {
+            let now_ms = self.inner.options.clock.now_ms();
+            let active = state.active();
+            if active.size > 0 && now_ms - active.created_ms >= segment_ms as i64 {
+                state.roll_requested = true;
+            }
+        }
+        let start_flush_task = !state.flush_task_running;
+        state.flush_task_running = true;
+        if !start_flush_task && self.write_behind_wait(state).is_none() {
+            self.inner.write_now.notify_one();
+        }
+        start_flush_task
+    }
+
+    /// Starts the flush task if asked (with no borrow held: Glommio may run it before this task
+    /// yields) and waits for the batches that were not acknowledged from the journal.
+    pub(super) async fn complete_append(
+        &self,
+        appended: Appended,
+        replies: Vec<futures_channel::oneshot::Receiver<Result<()>>>,
+        start_flush_task: bool,
+    ) -> Result<Appended> {
         if start_flush_task {
             self.spawn_background(flush_task(self.clone()));
         }
@@ -508,7 +536,7 @@ impl Log {
     }
 }
 
-pub(super) async fn flush_task(log: Log) {
+async fn flush_task(log: Log) {
     // Runs until the queue is empty; each round writes at least one batch, or fails (and then,
     // holding acknowledged batches, retries after a pause until a write succeeds). Gathering
     // (write-behind) ends within `limits::WRITE_BEHIND`.
