@@ -11,19 +11,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use spate_client::{
-    Acks, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, OffsetReset, Producer,
-    ProducerConfig, ProducerRecord, Seek, TopicPartition,
+    Acks, Client, ClientError, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig,
+    ProducerRecord, Seek, TopicPartition,
 };
 use spate_protocol::wire::ErrorCode;
-
-fn client_config(broker: &str) -> ClientConfig {
-    ClientConfig {
-        bootstrap: broker.to_string(),
-        request_timeout: Duration::from_secs(5),
-        connect_timeout: Duration::from_secs(2),
-        ..ClientConfig::default()
-    }
-}
 
 fn producer_config() -> ProducerConfig {
     ProducerConfig {

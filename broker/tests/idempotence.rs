@@ -14,22 +14,11 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use common::*;
 use spate_client::client::FetchTarget;
-use spate_client::{
-    Acks, Client, ClientConfig, ClientError, Producer, ProducerConfig, ProducerRecord,
-};
+use spate_client::{Acks, Client, ClientError, Producer, ProducerConfig, ProducerRecord};
 use spate_protocol::batch::{BatchBuilder, BatchHeader, BatchIdentity, NewRecord, Records};
 use spate_protocol::codec;
 use spate_protocol::frame::{self, FrameDecoder};
 use spate_protocol::wire::{self, ErrorCode, RequestBody, ResponseBodyT};
-
-fn client_config(bootstrap: &str) -> ClientConfig {
-    ClientConfig {
-        bootstrap: bootstrap.to_string(),
-        request_timeout: Duration::from_secs(5),
-        connect_timeout: Duration::from_secs(2),
-        ..ClientConfig::default()
-    }
-}
 
 fn producer_config() -> ProducerConfig {
     ProducerConfig {

@@ -8,6 +8,16 @@ use std::time::{Duration, Instant};
 
 pub const SPATE: &str = env!("CARGO_BIN_EXE_spate");
 
+/// A client for tests: short timeouts, so a broken broker fails a test quickly.
+pub fn client_config(bootstrap: &str) -> spate_client::ClientConfig {
+    spate_client::ClientConfig {
+        bootstrap: bootstrap.to_string(),
+        request_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(2),
+        ..spate_client::ClientConfig::default()
+    }
+}
+
 /// A base port whose next three ports (client port + two shard ports) are free now and were
 /// never handed out before in this process (tests run in parallel). Ports come from below the
 /// kernel's ephemeral range, so no client socket can be holding one as its source port.

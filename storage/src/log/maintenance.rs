@@ -99,13 +99,8 @@ impl Log {
         active.next_offset = offset;
         active.index = index;
         active.tail = tail;
-        state.next_offset = offset;
-        state.written_offset = offset;
-        state.durable_offset = offset;
         // Everything was written before the cut, so the journal holds nothing past it.
-        state.acked_end = offset;
-        state.cache.truncate(offset);
-        state.producers.truncate(offset);
+        state.end_at(offset);
         tracing::info!(dir = %self.inner.dir.display(), offset, segments_removed = doomed.len(), "truncated log");
         Ok(())
     }

@@ -365,6 +365,17 @@ impl State {
         self.pending.push_back(Pending { base_offset, next_offset, max_timestamp, bytes });
     }
 
+    /// The log now ends at `offset`, written and durable (after a truncation or a reset): every
+    /// offset level, the tail cache and the producers' last batches follow.
+    fn end_at(&mut self, offset: i64) {
+        self.next_offset = offset;
+        self.written_offset = offset;
+        self.durable_offset = offset;
+        self.acked_end = offset;
+        self.cache.truncate(offset);
+        self.producers.truncate(offset);
+    }
+
     /// Completes every waiter the offsets now satisfy.
     fn wake_waiters(&mut self) {
         while let Some(waiter) = self.waiters.front() {

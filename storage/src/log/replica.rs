@@ -135,10 +135,7 @@ impl Log {
                 let old = std::mem::take(&mut state.segments);
                 state.segments.insert(start_offset, segment);
                 state.start_offset = start_offset;
-                state.next_offset = start_offset;
-                state.written_offset = start_offset;
-                state.durable_offset = start_offset;
-                state.acked_end = start_offset;
+                state.end_at(start_offset);
                 state.roll_requested = false;
                 state.cache.clear();
                 assert!(state.pending.is_empty() && state.waiters.is_empty(), "drained");
