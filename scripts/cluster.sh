@@ -5,8 +5,8 @@
 #   scripts/cluster.sh [N] [DIR]      DIR holds certs/ and broker-I/ (default ./spate-cluster)
 #
 # Broker I serves clients on 127.0.0.1:(9292 + 10*(I-1)) (its shards on the next ports) and its
-# peers over QUIC on 127.0.0.1:(9500 + I - 1). Membership only for now: partitions are not
-# replicated yet (see README, "Run a cluster").
+# peers over QUIC (UDP) on 127.0.0.1:(9500 + 10*(I-1)): membership there, each shard's
+# replication on the next ports. Topics are replicated over min(3, N) brokers by default.
 set -euo pipefail
 count=${1:-3}
 dir=${2:-./spate-cluster}
@@ -16,7 +16,7 @@ spate=$PWD/target/release/spate
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 [ -f "$dir/certs/ca.pem" ] || "$spate" cluster certs --out "$dir/certs" --brokers "$count"
-peers=$(for i in $(seq 1 "$count"); do printf '%s@127.0.0.1:%s,' "$i" $((9500 + i - 1)); done)
+peers=$(for i in $(seq 1 "$count"); do printf '%s@127.0.0.1:%s,' "$i" $((9500 + 10 * (i - 1))); done)
 peers=${peers%,}
 pids=()
 stop() {
@@ -29,11 +29,11 @@ for i in $(seq 1 "$count"); do
     port=$((9292 + 10 * (i - 1)))
     "$spate" serve --data-dir "$dir/broker-$i" --listen "127.0.0.1:$port" --cores 1 \
         --journal-dir "$dir/broker-$i.journal" \
-        --node-id "$i" --replication-listen "127.0.0.1:$((9500 + i - 1))" --peers "$peers" \
+        --node-id "$i" --replication-listen "127.0.0.1:$((9500 + 10 * (i - 1)))" --peers "$peers" \
         --tls-ca "$dir/certs/ca.pem" --tls-cert "$dir/certs/broker-$i.pem" \
         --tls-key "$dir/certs/broker-$i.key" 2>"$dir/broker-$i.log" &
     pids+=($!)
-    echo "broker $i: clients 127.0.0.1:$port, peers 127.0.0.1:$((9500 + i - 1)), log $dir/broker-$i.log"
+    echo "broker $i: clients 127.0.0.1:$port, peers 127.0.0.1:$((9500 + 10 * (i - 1))), log $dir/broker-$i.log"
 done
 sleep 2
 "$spate" cluster status -b 127.0.0.1:9292 || true

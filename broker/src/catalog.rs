@@ -12,6 +12,10 @@
 //! [topics.orders.configs]
 //! flush = "always"               # only settings that differ from the defaults
 //! ```
+//!
+//! In a cluster a topic also has a cluster-wide `id` and each partition's `replicas` (broker ids,
+//! preferred leader first); its shards are the same on every broker, so a partition's replicas
+//! talk shard to shard.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,12 +35,61 @@ pub struct Topic {
     pub shards: Vec<u16>,
     #[serde(default)]
     pub configs: BTreeMap<String, String>,
+    /// A cluster's topic: the replicas of each partition by broker id, preferred leader first.
+    /// Empty on a single broker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<Vec<u32>>,
+    /// A cluster's topic: its id, the same on every broker (it names the replication groups).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub id: u64,
+}
+
+fn is_zero(id: &u64) -> bool {
+    *id == 0
 }
 
 impl Topic {
     pub fn partition_count(&self) -> u32 {
         self.shards.len() as u32
     }
+
+    pub fn is_replicated(&self) -> bool {
+        !self.replicas.is_empty()
+    }
+
+    /// The replication group of one partition: the topic id in the high bits, the partition in
+    /// the low 20 (`PARTITIONS_PER_TOPIC_MAX` fits).
+    pub fn group(&self, partition: u32) -> u64 {
+        (self.id << PARTITION_BITS) | u64::from(partition)
+    }
+}
+
+const PARTITION_BITS: u32 = 20;
+const _: () = assert!(limits::PARTITIONS_PER_TOPIC_MAX < (1 << PARTITION_BITS));
+
+/// A new topic id for a cluster's topic: random, non-zero, fits above the partition bits.
+pub fn new_topic_id() -> u64 {
+    loop {
+        let id = rand::random::<u64>() >> PARTITION_BITS;
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// Spreads `partitions` partitions' `factor` replicas over `brokers` round robin from `first`:
+/// partition p's replicas are the `factor` brokers from position `first + p`, so preferred
+/// leaders are spread too (as Kafka assigns without racks).
+pub fn assign_replicas(
+    brokers: &[u32],
+    partitions: u32,
+    factor: usize,
+    first: usize,
+) -> Vec<Vec<u32>> {
+    assert!(factor >= 1 && factor <= brokers.len());
+    (0..partitions as usize)
+        .map(|p| (0..factor).map(|i| brokers[(first + p + i) % brokers.len()]).collect())
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +121,12 @@ pub enum CatalogError {
     TooManyTopics,
     #[error("cannot save the catalog: {0}")]
     Storage(String),
+    #[error("replication factor {got} is invalid: use 1 to {brokers} (the brokers in the cluster), or 0 for the default")]
+    InvalidReplicationFactor { got: i64, brokers: usize },
+    #[error("brokers {0:?} are down; creating a topic needs every broker up until the catalog is replicated")]
+    BrokersDown(Vec<u32>),
+    #[error("the topic's shards do not exist on this broker ({shards} shards): every broker of a cluster must run the same number of cores")]
+    ShardMismatch { shards: usize },
     #[error("{partitions} more partitions need about {needed} more open files, and {open} of this broker's limit of {limit} are in use: raise its open-files limit (ulimit -n, systemd LimitNOFILE)")]
     OpenFilesLimit { partitions: u64, needed: u64, open: u64, limit: u64 },
 }
@@ -168,7 +227,7 @@ pub fn describe(defaults: &LogConfig, topic: &Topic) -> Vec<(String, String, boo
 
 impl Catalog {
     /// Partitions owned by each shard now.
-    fn shard_loads(&self, shard_count: usize) -> Vec<usize> {
+    pub fn shard_loads(&self, shard_count: usize) -> Vec<usize> {
         let mut loads = vec![0usize; shard_count];
         for topic in self.topics.values() {
             for shard in &topic.shards {
@@ -221,7 +280,8 @@ impl Catalog {
                     .collect()
             }
         };
-        self.topics.insert(name.to_string(), Topic { shards, configs });
+        self.topics
+            .insert(name.to_string(), Topic { shards, configs, replicas: Vec::new(), id: 0 });
         Ok(&self.topics[name])
     }
 
@@ -308,12 +368,32 @@ mod tests {
     #[test]
     fn orphaned_partitions_move_to_running_shards_and_others_stay() {
         let mut catalog = Catalog::default();
-        catalog
-            .topics
-            .insert("t".into(), Topic { shards: vec![0, 3, 1, 2, 5], configs: BTreeMap::new() });
+        catalog.topics.insert(
+            "t".into(),
+            Topic {
+                shards: vec![0, 3, 1, 2, 5],
+                configs: BTreeMap::new(),
+                replicas: Vec::new(),
+                id: 0,
+            },
+        );
         assert_eq!(catalog.reassign_orphans(2), 3);
         assert_eq!(catalog.topics["t"].shards, vec![0, 1, 1, 1, 0]);
         assert_eq!(catalog.reassign_orphans(2), 0);
+    }
+
+    #[test]
+    fn replicas_and_preferred_leaders_spread_round_robin() {
+        let replicas = assign_replicas(&[1, 2, 3], 4, 3, 1);
+        assert_eq!(replicas, vec![vec![2, 3, 1], vec![3, 1, 2], vec![1, 2, 3], vec![2, 3, 1]]);
+        let replicas = assign_replicas(&[1, 2, 3, 4, 5], 5, 2, 0);
+        let leaders: Vec<u32> = replicas.iter().map(|r| r[0]).collect();
+        assert_eq!(leaders, vec![1, 2, 3, 4, 5], "each broker leads one partition");
+        assert!(replicas.iter().all(|r| r[0] != r[1]), "no broker twice in a partition");
+        // Group ids: one per partition, topic id above the partition bits.
+        let topic = Topic { shards: vec![0; 3], configs: BTreeMap::new(), replicas, id: 5 };
+        assert_eq!(topic.group(2), (5 << 20) | 2);
+        assert!(new_topic_id() < (1 << 44) && new_topic_id() != 0);
     }
 
     #[test]

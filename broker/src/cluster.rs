@@ -96,6 +96,36 @@ impl ClusterConfig {
     fn others(&self) -> impl Iterator<Item = (u32, SocketAddr)> + '_ {
         self.peers.iter().filter(|(id, _)| **id != self.node_id).map(|(id, a)| (*id, *a))
     }
+
+    /// Every broker of the cluster, this one included, in id order.
+    pub fn broker_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.peers.keys().copied().collect();
+        if !ids.contains(&self.node_id) {
+            ids.push(self.node_id);
+            ids.sort_unstable();
+        }
+        ids
+    }
+
+    pub fn credentials(&self) -> Result<BrokerCredentials, String> {
+        BrokerCredentials::from_files(self.node_id, &self.tls_ca, &self.tls_cert, &self.tls_key)
+            .map_err(|e| format!("cluster TLS files: {e}"))
+    }
+
+    /// The replication endpoint of shard `shard`: each shard replicates its partitions with
+    /// the same shard of every peer, on the replication port + 1 + shard (as client ports go),
+    /// so no replication traffic crosses cores.
+    pub fn shard_node(&self, shard: usize) -> spate_cluster::NodeConfig {
+        let shift = |mut address: SocketAddr| {
+            address.set_port(address.port().wrapping_add(1 + shard as u16));
+            address
+        };
+        spate_cluster::NodeConfig {
+            node_id: self.node_id,
+            listen: shift(self.replication_listen),
+            peers: self.others().map(|(id, address)| (id, shift(address))).collect(),
+        }
+    }
 }
 
 /// One broker as `spate cluster status` shows it.
@@ -196,13 +226,7 @@ pub async fn run(
     view: SharedMembership,
     stop: Arc<AtomicBool>,
 ) -> Result<(), String> {
-    let credentials = BrokerCredentials::from_files(
-        config.node_id,
-        &config.tls_ca,
-        &config.tls_cert,
-        &config.tls_key,
-    )
-    .map_err(|e| format!("cluster TLS files: {e}"))?;
+    let credentials = config.credentials()?;
     let endpoint = Rc::new(
         Endpoint::bind(config.replication_listen, &credentials)
             .map_err(|e| format!("cannot listen on {}: {e}", config.replication_listen))?,

@@ -188,6 +188,8 @@ pub struct BrokerConfig {
     pub cluster: Option<crate::cluster::ClusterConfig>,
     /// The cluster's membership view, shared by every shard; made by `server::run`.
     pub membership: Option<crate::cluster::SharedMembership>,
+    /// In a cluster: what every shard's replicas know, for Metadata; made by `server::run`.
+    pub replica_views: Option<crate::shard::ReplicaViews>,
 }
 
 impl BrokerConfig {

@@ -77,6 +77,13 @@ pub const OPEN_FILES_RESERVED: u64 = 1024;
 /// Brokers one cluster may list in `--peers`.
 pub const CLUSTER_BROKERS_MAX: usize = 64;
 
+/// A cluster topic's replication factor when the create does not say: at most this many
+/// (fewer when the cluster has fewer brokers).
+pub const DEFAULT_REPLICATION_FACTOR_MAX: usize = 3;
+
+/// How long the broker a topic change was sent to waits for each other broker to apply it.
+pub const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How often a broker sends each peer a heartbeat.
 pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 

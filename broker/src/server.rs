@@ -80,15 +80,10 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> Result<(), String
     adopt_orphaned_partitions(&config)?;
     if let Some(cluster) = &config.cluster {
         // Refuse bad TLS files now, with their paths, rather than from a running shard.
-        spate_transport::BrokerCredentials::from_files(
-            cluster.node_id,
-            &cluster.tls_ca,
-            &cluster.tls_cert,
-            &cluster.tls_key,
-        )
-        .map_err(|e| format!("cluster TLS files: {e}"))?;
+        cluster.credentials()?;
         let membership = crate::cluster::Membership::new(cluster, config.listen.to_string());
         config.membership = Some(Arc::new(std::sync::Mutex::new(membership)));
+        config.replica_views = Some(Arc::default());
     }
     let config = Arc::new(config);
     let shard_count = config.shard_count();
@@ -297,8 +292,29 @@ async fn shard_main(
         glommio::Latency::NotImportant,
         "background",
     );
+    // In a cluster this shard replicates its partitions with the same shard of every peer.
+    let replication = match &config.cluster {
+        None => None,
+        Some(cluster) => {
+            let node = cluster.credentials().and_then(|credentials| {
+                let node = cluster.shard_node(id);
+                let listen = node.listen;
+                spate_cluster::ReplicationNode::start(node, &credentials)
+                    .map_err(|e| format!("shard {id}: cannot replicate on {listen}: {e}"))
+            });
+            match node {
+                Ok(node) => Some(node),
+                Err(error) => {
+                    fail(error);
+                    ready.wait();
+                    return;
+                }
+            }
+        }
+    };
     // Recovery happens here, before any listener exists.
-    let shard = match Shard::open(id, Rc::new((*config).clone()), senders, background).await {
+    let opened = Shard::open(id, Rc::new((*config).clone()), senders, background, replication);
+    let shard = match opened.await {
         Ok(shard) => shard,
         Err(error) => {
             fail(format!("recovery failed: {error}"));
@@ -372,6 +388,7 @@ async fn shard_main(
         while !ticking.load(Ordering::SeqCst) {
             glommio::timer::sleep(Duration::from_millis(100)).await;
             ticker.tick_groups();
+            ticker.publish_replicas();
         }
     })
     .detach();
@@ -391,7 +408,9 @@ async fn shard_main(
     for task in accept_tasks {
         task.await;
     }
-    // Stop: let in-flight requests finish, then make everything durable and close.
+    // Stop: let in-flight requests finish, then make everything durable and close. In a
+    // cluster, leadership moves away first, so producers retry on the new leaders.
+    shard.stop_replication().await;
     shard.shutting_down.set(true);
     let drain_started = std::time::Instant::now();
     while shard.in_flight.get() > 0 && drain_started.elapsed() < DRAIN_TIMEOUT {

@@ -4,87 +4,10 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::cluster::*;
 use common::*;
-
-struct Node {
-    id: u32,
-    port: u16,
-    replication: String,
-}
-
-fn nodes(count: u32) -> Vec<Node> {
-    (1..=count)
-        .map(|id| {
-            let port = free_ports();
-            // The base's fourth port is free for TCP and unused by the broker: its UDP twin
-            // carries QUIC.
-            Node { id, port, replication: format!("127.0.0.1:{}", port + 3) }
-        })
-        .collect()
-}
-
-fn peers(nodes: &[Node]) -> String {
-    nodes.iter().map(|n| format!("{}@{}", n.id, n.replication)).collect::<Vec<_>>().join(",")
-}
-
-fn start(dir: &Path, node: &Node, peers: &str, certs: &Path) -> Broker {
-    let id = node.id.to_string();
-    let ca = certs.join("ca.pem");
-    let cert = certs.join(format!("broker-{}.pem", node.id));
-    let key = certs.join(format!("broker-{}.key", node.id));
-    Broker::start_on(
-        &dir.join(format!("broker-{}", node.id)),
-        node.port,
-        &[
-            "--node-id",
-            &id,
-            "--replication-listen",
-            &node.replication,
-            "--peers",
-            peers,
-            "--tls-ca",
-            ca.to_str().unwrap(),
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    )
-}
-
-/// `spate cluster status` as (id, address, state) lines.
-fn status(broker: &Broker) -> Vec<(u32, String, String)> {
-    broker
-        .ok(&["cluster", "status"])
-        .lines()
-        .map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            assert_eq!(words.len(), 3, "{line}");
-            (words[0].parse().unwrap(), words[1].to_string(), words[2].to_string())
-        })
-        .collect()
-}
-
-/// Polls `status` until `want` holds (bounded), and returns the last status.
-fn wait_for(broker: &Broker, what: &str, want: impl Fn(&[(u32, String, String)]) -> bool) {
-    let started = Instant::now();
-    let mut last = Vec::new();
-    while started.elapsed() < Duration::from_secs(30) {
-        last = status(broker);
-        if want(&last) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("{what}: never happened; last status {last:?}");
-}
-
-fn state_of(status: &[(u32, String, String)], id: u32) -> &str {
-    &status.iter().find(|s| s.0 == id).expect("listed").2
-}
 
 #[test]
 fn brokers_see_each_other_and_a_killed_one_goes_dead() {
@@ -102,16 +25,18 @@ fn brokers_see_each_other_and_a_killed_one_goes_dead() {
     let peers = peers(&nodes);
     let mut brokers: Vec<Broker> =
         nodes.iter().map(|node| start(dir.path(), node, &peers, &certs)).collect();
-    wait_for(&brokers[0], "all three alive", |s| {
-        s.len() == 3 && s.iter().all(|(_, _, state)| state == "alive")
-    });
+    for broker in &brokers {
+        wait_for(broker, "all three alive", |s| {
+            s.len() == 3 && s.iter().all(|(_, _, state)| state == "alive")
+        });
+    }
     // Each broker's client address, learnt from its heartbeats.
     let seen = status(&brokers[0]);
     for node in &nodes {
         let address = &seen.iter().find(|s| s.0 == node.id).unwrap().1;
         assert_eq!(address, &format!("127.0.0.1:{}", node.port));
     }
-    // A single broker keeps working as before: produce and read back through broker 2.
+    // A topic (replicated over the three by default) takes a produce through broker 2.
     brokers[1].ok(&["topic", "create", "t", "--partitions", "2"]);
     let produced = brokers[1].cli_with_input(&["produce", "t", "--partition", "1"], Some(b"x\n"));
     assert!(produced.status.success());

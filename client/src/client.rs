@@ -305,7 +305,20 @@ impl Client {
         let body = RequestBodyT::MetadataRequest(Box::new(wire::MetadataRequestT {
             topics: topics.map(|t| t.iter().map(|s| s.to_string()).collect()),
         }));
-        let ResponseBodyT::MetadataResponse(metadata) = self.call(body).await? else {
+        // Metadata only reads, so a broker lost mid-request is simply asked of the next
+        // bootstrap broker (each at most once).
+        let mut answer = self.call(body.clone()).await;
+        for _ in 1..self.inner.bootstrap.len() {
+            match &answer {
+                Err(ClientError::ConnectionLost { .. } | ClientError::Timeout(_)) => {
+                    let count = self.inner.bootstrap.len();
+                    self.inner.current.set((self.inner.current.get() + 1) % count);
+                    answer = self.call(body.clone()).await;
+                }
+                _ => break,
+            }
+        }
+        let ResponseBodyT::MetadataResponse(metadata) = answer? else {
             return Err(ClientError::UnexpectedResponse("metadata".into()));
         };
         self.absorb_metadata(&metadata);
@@ -402,6 +415,22 @@ impl Client {
         }
     }
 
+    /// After a failure to reach an address (refused, lost, no answer in time), forgets the
+    /// routes of the topics sent there: in a cluster their partitions may have a new leader
+    /// elsewhere, and the next attempt asks the metadata again.
+    fn forget_routes<'a>(&self, error: &ClientError, topics: impl Iterator<Item = &'a str>) {
+        if matches!(
+            error,
+            ClientError::Connect { .. }
+                | ClientError::ConnectionLost { .. }
+                | ClientError::Timeout(_)
+        ) {
+            for topic in topics {
+                self.invalidate(topic);
+            }
+        }
+    }
+
     fn note_error(&self, topic: &str, code: ErrorCode) {
         if codec::needs_metadata_refresh(code) {
             self.invalidate(topic);
@@ -460,6 +489,7 @@ impl Client {
                         in_flight.push((request, answer));
                     }
                     Err(error) => {
+                        self.forget_routes(&error, request.iter().map(|&i| batches[i].topic));
                         request.iter().for_each(|&i| results[i] = Some(Err(error.clone())))
                     }
                 }
@@ -473,7 +503,10 @@ impl Client {
                         results[*i] = Some(result);
                     }
                 }
-                Err(error) => request.iter().for_each(|&i| results[i] = Some(Err(error.clone()))),
+                Err(error) => {
+                    self.forget_routes(&error, request.iter().map(|&i| batches[i].topic));
+                    request.iter().for_each(|&i| results[i] = Some(Err(error.clone())))
+                }
             }
         }
         results
@@ -574,7 +607,12 @@ impl Client {
         }
         let mut out = Vec::new();
         for (address, targets) in by_address {
-            let connection = self.connection(address).await?;
+            let topics_sent: Vec<&str> = targets.iter().map(|t| t.topic.as_str()).collect();
+            let forget = |error: ClientError| {
+                self.forget_routes(&error, topics_sent.iter().copied());
+                error
+            };
+            let connection = self.connection(address).await.map_err(forget)?;
             let mut topics: Vec<wire::FetchTopicT> = Vec::new();
             for target in targets {
                 let partition = wire::FetchPartitionT {
@@ -596,7 +634,7 @@ impl Client {
                 max_bytes: max_bytes as i32,
                 topics: Some(topics),
             }));
-            let frame = self.roundtrip(&connection, body).await?;
+            let frame = self.roundtrip(&connection, body).await.map_err(forget)?;
             out.extend(self.split_fetch(frame)?);
         }
         Ok(out)
@@ -643,7 +681,11 @@ impl Client {
         timestamp: i64,
     ) -> Result<Option<i64>> {
         let address = self.route(topic, partition).await?;
-        let connection = self.connection(address).await?;
+        let forget = |error: ClientError| {
+            self.forget_routes(&error, std::iter::once(topic));
+            error
+        };
+        let connection = self.connection(address).await.map_err(forget)?;
         let body = RequestBodyT::ListOffsetsRequest(Box::new(wire::ListOffsetsRequestT {
             topics: Some(vec![wire::ListOffsetsTopicT {
                 name: Some(topic.to_string()),
@@ -653,7 +695,8 @@ impl Client {
                 }]),
             }]),
         }));
-        let ResponseBodyT::ListOffsetsResponse(response) = self.call_on(&connection, body).await?
+        let ResponseBodyT::ListOffsetsResponse(response) =
+            self.call_on(&connection, body).await.map_err(forget)?
         else {
             return Err(ClientError::UnexpectedResponse("list offsets".into()));
         };
@@ -675,17 +718,30 @@ impl Client {
 
     // ---- Admin ------------------------------------------------------------------------------
 
+    /// Creates a topic with the broker's default replication factor (1 on a single broker).
     pub async fn create_topic(
         &self,
         name: &str,
         partitions: u32,
         configs: &[(&str, &str)],
     ) -> Result<()> {
+        self.create_replicated_topic(name, partitions, 0, configs).await
+    }
+
+    /// Creates a topic whose partitions each have `replication_factor` replicas in a cluster
+    /// (0: the broker's default).
+    pub async fn create_replicated_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u16,
+        configs: &[(&str, &str)],
+    ) -> Result<()> {
         let body = RequestBodyT::CreateTopicsRequest(Box::new(wire::CreateTopicsRequestT {
             topics: Some(vec![wire::CreatableTopicT {
                 name: Some(name.to_string()),
                 partitions: partitions as i32,
-                replication_factor: 1,
+                replication_factor: replication_factor.min(i16::MAX as u16) as i16,
                 configs: Some(
                     configs
                         .iter()
@@ -695,9 +751,11 @@ impl Client {
                         })
                         .collect(),
                 ),
+                ..Default::default()
             }]),
             timeout_ms: self.inner.config.request_timeout.as_millis() as u32,
             validate_only: false,
+            forwarded: false,
         }));
         let ResponseBodyT::CreateTopicsResponse(response) = self.call(body).await? else {
             return Err(ClientError::UnexpectedResponse("create topics".into()));
@@ -709,6 +767,7 @@ impl Client {
         let body = RequestBodyT::DeleteTopicsRequest(Box::new(wire::DeleteTopicsRequestT {
             names: Some(vec![name.to_string()]),
             timeout_ms: self.inner.config.request_timeout.as_millis() as u32,
+            forwarded: false,
         }));
         let ResponseBodyT::DeleteTopicsResponse(response) = self.call(body).await? else {
             return Err(ClientError::UnexpectedResponse("delete topics".into()));
@@ -757,6 +816,7 @@ impl Client {
                 ),
             }]),
             validate_only: false,
+            forwarded: false,
         }));
         let ResponseBodyT::AlterConfigsResponse(response) = self.call(body).await? else {
             return Err(ClientError::UnexpectedResponse("alter configs".into()));

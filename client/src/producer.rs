@@ -284,6 +284,27 @@ impl Producer {
 
     /// Queues a record. Returns once it is buffered (waiting while the buffer is full); the
     /// returned [`Delivery`] resolves when it is acknowledged.
+    /// The topic's partition count, from the cache or the metadata; a retriable failure to get
+    /// it (a broker lost, a leader moving) is retried with backoff for up to the request
+    /// timeout, as Kafka's `send` blocks up to `max.block.ms` for metadata.
+    async fn partition_count(&self, topic: &str) -> Result<u32> {
+        let deadline = Instant::now() + self.inner.config.request_timeout;
+        let mut attempts = 0;
+        loop {
+            match self.inner.client.partition_count(topic).await {
+                Err(error)
+                    if error.is_retriable()
+                        && !matches!(error, ClientError::UnknownTopic(_))
+                        && Instant::now() < deadline =>
+                {
+                    attempts += 1;
+                    glommio::timer::sleep(retry_backoff(&self.inner.config, attempts)).await;
+                }
+                answer => return answer,
+            }
+        }
+    }
+
     pub async fn send(&self, record: ProducerRecord) -> Result<Delivery> {
         if self.inner.closed.get() {
             return Err(ClientError::Closed);
@@ -294,7 +315,7 @@ impl Producer {
         if self.inner.config.enable_idempotence && self.identity().is_none() {
             self.init_identity().await?;
         }
-        let partition_count = self.inner.client.partition_count(&record.topic).await?;
+        let partition_count = self.partition_count(&record.topic).await?;
         if partition_count == 0 {
             return Err(ClientError::UnknownTopic(record.topic));
         }

@@ -19,6 +19,10 @@ pub enum ReplicationError {
     LeadershipLost { leader: Option<NodeId> },
     #[error("invalid batch: {0}")]
     InvalidBatch(String),
+    /// The leader refused an idempotent producer's batch (nothing was proposed): a gap in its
+    /// sequence, a fenced epoch, or a producer the partition does not know.
+    #[error("{message}")]
+    Producer { refusal: ProducerRefusal, message: String },
     /// The partition failed a log or state write and stopped (fail-stop, like the log itself);
     /// it comes back when reopened.
     #[error("partition offline: {0}")]
@@ -33,6 +37,29 @@ pub enum ReplicationError {
     Transport(String),
     #[error("configuration: {0}")]
     Config(String),
+}
+
+/// Why a leader refused an idempotent producer's batch (see `spate_storage::LogError`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProducerRefusal {
+    OutOfOrderSequence,
+    Fenced,
+    UnknownProducer,
+}
+
+impl ReplicationError {
+    /// A producer check's error: its refusal kept apart from a log failure.
+    pub fn from_producer_check(error: spate_storage::LogError) -> ReplicationError {
+        use spate_storage::LogError;
+        let refusal = match &error {
+            LogError::OutOfOrderSequence { .. } => ProducerRefusal::OutOfOrderSequence,
+            LogError::ProducerFenced { .. } => ProducerRefusal::Fenced,
+            LogError::UnknownProducer { .. } => ProducerRefusal::UnknownProducer,
+            LogError::Closed => return ReplicationError::Stopped,
+            _ => return ReplicationError::Storage(error.to_string()),
+        };
+        ReplicationError::Producer { refusal, message: error.to_string() }
+    }
 }
 
 impl From<spate_storage::LogError> for ReplicationError {

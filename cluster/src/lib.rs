@@ -51,6 +51,6 @@ pub mod restore;
 pub mod testing;
 pub mod wire;
 
-pub use error::ReplicationError;
+pub use error::{ProducerRefusal, ReplicationError};
 pub use node::{NodeConfig, ReplicationNode};
 pub use partition::{Committed, Partition, PartitionConfig, PartitionStatus, ReplicaStatus};

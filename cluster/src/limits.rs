@@ -68,3 +68,7 @@ const _: () = assert!(KEEPALIVE_TICKS * 4 <= PEER_SILENCE_TICKS);
 // a few election timeouts have passed.
 const _: () = assert!(PEER_SILENCE_TICKS <= 4 * ELECTION_TICKS_MIN_DEFAULT);
 const _: () = assert!(PEER_QUEUE_BYTES_MAX >= 2 * spate_replication::limits::ENVELOPE_BYTES_MAX);
+
+/// Ticks a producer's retry of an already-proposed batch waits for that batch to commit before
+/// it is answered as lost leadership (retriable): 30 s.
+pub const DUPLICATE_WAIT_TICKS_MAX: u32 = 3_000;

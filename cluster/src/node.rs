@@ -171,6 +171,15 @@ impl ReplicationNode {
         Ok(partition)
     }
 
+    /// Stops the replica of `group` (a deleted topic) and closes its log; the caller deletes
+    /// its files. Its peers stop hearing from it, as from a replica that is gone.
+    pub async fn close_partition(&self, group: GroupId) {
+        let partition = self.shared.partitions.borrow_mut().remove(&group);
+        if let Some(partition) = partition {
+            partition.close().await;
+        }
+    }
+
     pub fn partition(&self, group: GroupId) -> Option<Partition> {
         self.shared.partitions.borrow().get(&group).cloned()
     }

@@ -38,14 +38,15 @@ use spate_replication::{
     Config, Effect, Event, GroupId, HardState, Membership, Message, NodeId, Offset, ProposeError,
     Replica, Role, Term,
 };
+use spate_storage::log::Proposal;
 use spate_storage::replica_state::{self, ReplicaState};
 use spate_storage::{FlushPolicy, Log};
 use tracing::{debug, error, info, warn};
 
 use crate::error::ReplicationError;
 use crate::limits::{
-    APPEND_READ_BYTES_MAX, APPEND_ROUND_BYTES_MAX, COMMIT_PERSIST_TICKS, PARTITION_IO_OPS_MAX,
-    PARTITION_QUEUED_BYTES_MAX, PROPOSALS_IN_FLIGHT_MAX, TICK_MS,
+    APPEND_READ_BYTES_MAX, APPEND_ROUND_BYTES_MAX, COMMIT_PERSIST_TICKS, DUPLICATE_WAIT_TICKS_MAX,
+    PARTITION_IO_OPS_MAX, PARTITION_QUEUED_BYTES_MAX, PROPOSALS_IN_FLIGHT_MAX, TICK_MS,
 };
 use crate::node::{spawn_deferred, Shared};
 use crate::restore::{self, chunk_bytes, to_replica_set, to_state_history};
@@ -277,36 +278,85 @@ impl Partition {
             let mut guard = self.inner.state.borrow_mut();
             let st = &mut *guard;
             st.check_usable()?;
-            let mut out = std::mem::take(&mut st.scratch);
-            let records = u64::from(header.last_offset_delta) + 1;
-            let meta = st.core.propose(records, &mut out).map_err(|e| match e {
-                ProposeError::NotLeader(leader) => ReplicationError::NotLeader { leader },
-                ProposeError::Transferring => ReplicationError::Transferring,
-                other => ReplicationError::InvalidBatch(other.to_string()),
-            });
-            let meta = match meta {
-                Ok(meta) => meta,
-                Err(e) => {
-                    st.scratch = out;
-                    return Err(e);
-                }
-            };
-            batch::stamp(&mut batch, meta.base_offset as i64, meta.term);
-            let bytes = batch.freeze();
-            st.push_append(bytes);
-            let (reply, wait) = oneshot::channel();
-            let committed = Committed {
-                base_offset: meta.base_offset,
-                last_offset: meta.last_offset,
-                term: meta.term,
-            };
-            assert!(st.waiters.back().is_none_or(|w| w.committed.last_offset < meta.base_offset));
-            st.waiters.push_back(Waiter { committed, reply });
-            self.inner.carry_out(st, &mut out);
-            st.scratch = out;
-            wait
+            if !st.core.is_leader() {
+                return Err(ReplicationError::NotLeader { leader: st.core.leader() });
+            }
+            // An idempotent producer's batch is checked against the producer table first (the
+            // table follows every replica's log, so a new leader knows the sequences): a retry
+            // of a batch already proposed gets its original offsets once they are committed.
+            let proposal = self
+                .inner
+                .log
+                .check_proposal(&header)
+                .map_err(ReplicationError::from_producer_check)?;
+            if let Proposal::Duplicate(original) = proposal {
+                Err(original)
+            } else {
+                let mut out = std::mem::take(&mut st.scratch);
+                let records = u64::from(header.last_offset_delta) + 1;
+                let meta = st.core.propose(records, &mut out).map_err(|e| match e {
+                    ProposeError::NotLeader(leader) => ReplicationError::NotLeader { leader },
+                    ProposeError::Transferring => ReplicationError::Transferring,
+                    other => ReplicationError::InvalidBatch(other.to_string()),
+                });
+                let meta = match meta {
+                    Ok(meta) => meta,
+                    Err(e) => {
+                        st.scratch = out;
+                        return Err(e);
+                    }
+                };
+                self.inner.log.record_proposal(&header, meta.base_offset as i64);
+                batch::stamp(&mut batch, meta.base_offset as i64, meta.term);
+                let bytes = batch.freeze();
+                st.push_append(bytes);
+                let (reply, wait) = oneshot::channel();
+                let committed = Committed {
+                    base_offset: meta.base_offset,
+                    last_offset: meta.last_offset,
+                    term: meta.term,
+                };
+                assert!(st
+                    .waiters
+                    .back()
+                    .is_none_or(|w| w.committed.last_offset < meta.base_offset));
+                st.waiters.push_back(Waiter { committed, reply });
+                self.inner.carry_out(st, &mut out);
+                st.scratch = out;
+                Ok(wait)
+            }
         };
-        reply.await.unwrap_or(Err(ReplicationError::Stopped))
+        match reply {
+            Ok(wait) => wait.await.unwrap_or(Err(ReplicationError::Stopped)),
+            Err(original) => self.await_duplicate(original).await,
+        }
+    }
+
+    /// Answers a producer's retry of a batch already in the log (or proposed) once that batch
+    /// is committed, with its original offsets; `NotLeader` if leadership goes meanwhile.
+    /// Bounded: `DUPLICATE_WAIT_TICKS_MAX` ticks.
+    async fn await_duplicate(
+        &self,
+        original: spate_storage::Appended,
+    ) -> Result<Committed, ReplicationError> {
+        for _ in 0..DUPLICATE_WAIT_TICKS_MAX {
+            {
+                let st = self.inner.state.borrow();
+                st.check_usable()?;
+                if !st.core.is_leader() {
+                    return Err(ReplicationError::NotLeader { leader: st.core.leader() });
+                }
+                if st.core.high_watermark().is_some_and(|hw| hw > original.last_offset as u64) {
+                    return Ok(Committed {
+                        base_offset: original.base_offset as Offset,
+                        last_offset: original.last_offset as Offset,
+                        term: st.core.term(),
+                    });
+                }
+            }
+            glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
+        }
+        Err(ReplicationError::LeadershipLost { leader: self.leader() })
     }
 
     /// Hands leadership to `to` (or to the most caught-up voter) and waits, at most a few

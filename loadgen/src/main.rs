@@ -261,6 +261,7 @@ fn start_embedded(
         journal_dir: spate_broker::config::journal_dir(None, &dir),
         cluster: None,
         membership: None,
+        replica_views: None,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let broker_stop = stop.clone();

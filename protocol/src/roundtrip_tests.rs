@@ -38,15 +38,22 @@ pub(crate) fn sample_requests() -> Vec<RequestBodyT> {
             topics: Some(vec![CreatableTopicT {
                 name: s("orders"),
                 partitions: 12,
-                replication_factor: 1,
+                replication_factor: 3,
                 configs: Some(vec![config("retention.ms", "3600000"), config("flush", "always")]),
+                replica_assignment: Some(vec![PartitionReplicasT {
+                    replicas: Some(vec![1, 2, 3]),
+                }]),
+                topic_id: 77,
+                shards: Some(vec![1]),
             }]),
             timeout_ms: 5000,
             validate_only: true,
+            forwarded: true,
         })),
         RequestBodyT::DeleteTopicsRequest(Box::new(DeleteTopicsRequestT {
             names: Some(vec!["old".into()]),
             timeout_ms: 100,
+            forwarded: false,
         })),
         RequestBodyT::DescribeConfigsRequest(Box::new(DescribeConfigsRequestT {
             topics: Some(vec!["orders".into()]),
@@ -57,6 +64,7 @@ pub(crate) fn sample_requests() -> Vec<RequestBodyT> {
                 configs: Some(vec![config("segment.bytes", "8388608")]),
             }]),
             validate_only: false,
+            forwarded: false,
         })),
         RequestBodyT::ProduceRequest(Box::new(ProduceRequestT {
             acks: Acks::All,
@@ -196,7 +204,10 @@ fn sample_responses() -> Vec<ResponseBodyT> {
                     shard: 1,
                     shard_host: s("127.0.0.1"),
                     shard_port: 9294,
-                    replicas: Some(vec![1]),
+                    replicas: Some(vec![1, 2]),
+                    isr: Some(vec![1]),
+                    high_watermark: 42,
+                    replica_log_ends: Some(vec![42, 40]),
                 }]),
             }]),
         })),
@@ -457,6 +468,7 @@ fn our_limits_are_enforced_after_verification() {
         body: RequestBodyT::DeleteTopicsRequest(Box::new(DeleteTopicsRequestT {
             names: Some(vec!["x".repeat(300)]),
             timeout_ms: 0,
+            forwarded: false,
         })),
         ..Default::default()
     };

@@ -151,3 +151,41 @@ fn truncation_forgets_the_removed_batches_and_their_retries_are_appended_again()
         log.close().await.unwrap();
     });
 }
+
+/// A producer's batch as a leader proposes it: offsets and term stamped.
+fn proposed(id: i64, sequence: i32, count: usize, base_offset: i64) -> Bytes {
+    let mut batch = idempotent(id, 0, sequence, count);
+    spate_protocol::batch::stamp(&mut batch, base_offset, 1);
+    batch.freeze()
+}
+
+#[test]
+fn a_follower_keeps_the_producer_table_so_as_leader_it_recognises_retries() {
+    use spate_storage::log::Proposal;
+    let dir = temp_dir();
+    run(async {
+        let log = Log::open(dir.path(), config(), LogOptions::default()).await.unwrap();
+        // As a follower: the leader's batches arrive with their offsets.
+        log.append_replicated(vec![proposed(7, 0, 3, 0), proposed(7, 3, 2, 3)]).await.unwrap();
+        // As the new leader: a producer's retry of either is a duplicate with its offsets ...
+        let header = |b: &BytesMut| spate_protocol::batch::BatchHeader::parse(b).unwrap();
+        let retry = idempotent(7, 0, 3, 2);
+        assert_eq!(log.check_proposal(&header(&retry)).unwrap(), Proposal::Duplicate(at(3, 4)));
+        // ... the next batch is appended, a gap refused.
+        let next = idempotent(7, 0, 5, 1);
+        assert_eq!(log.check_proposal(&header(&next)).unwrap(), Proposal::Append);
+        let gap = idempotent(7, 0, 9, 1);
+        assert!(matches!(
+            log.check_proposal(&header(&gap)),
+            Err(LogError::OutOfOrderSequence { producer_id: 7, expected: 5, got: 9 })
+        ));
+        // A proposal recorded ahead of the log is known at once (pipelined proposals), and its
+        // replicated append records nothing twice.
+        log.record_proposal(&header(&next), 5);
+        assert_eq!(log.check_proposal(&header(&next)).unwrap(), Proposal::Duplicate(at(5, 5)));
+        log.append_replicated(vec![proposed(7, 5, 1, 5)]).await.unwrap();
+        let after = idempotent(7, 0, 6, 1);
+        assert_eq!(log.check_proposal(&header(&after)).unwrap(), Proposal::Append);
+        assert_eq!(log.check_proposal(&header(&retry)).unwrap(), Proposal::Duplicate(at(3, 4)));
+    });
+}

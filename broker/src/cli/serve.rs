@@ -135,6 +135,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), String> {
     let config = BrokerConfig {
         cluster,
         membership: None,
+        replica_views: None,
         data_dir,
         listen,
         cpus,

@@ -41,15 +41,23 @@ impl Shard {
         offset: i64,
         max_bytes: usize,
     ) -> FetchOutcome<LogBytes> {
-        let Some(log) = self.log(topic, partition) else {
-            return FetchOutcome {
-                result: Err(Failure::unknown(topic, partition)),
-                high_watermark: -1,
-                log_start_offset: -1,
-            };
+        let readable = match self.readable(topic, partition) {
+            Ok(readable) => readable,
+            Err(failure) => {
+                return FetchOutcome {
+                    result: Err(failure),
+                    high_watermark: -1,
+                    log_start_offset: -1,
+                }
+            }
         };
+        let log = &readable.log;
         let offsets = log.offsets();
-        match log.read(offset, max_bytes).await {
+        let read = match readable.upper {
+            None => log.read(offset, max_bytes).await,
+            Some(upper) => log.read_bounded(offset, max_bytes, upper).await,
+        };
+        match read {
             Ok(read) => FetchOutcome {
                 result: Ok(read.chunks),
                 high_watermark: read.high_watermark,
@@ -57,7 +65,7 @@ impl Shard {
             },
             Err(error) => FetchOutcome {
                 result: Err(error.into()),
-                high_watermark: offsets.high_watermark,
+                high_watermark: readable.end(),
                 log_start_offset: offsets.start,
             },
         }
@@ -250,7 +258,7 @@ impl Shard {
                 continue;
             }
             let key = (topic.clone(), *partition);
-            if self.logs.borrow().get(&key).is_some_and(|l| l.offsets().high_watermark > *offset) {
+            if self.readable(topic, *partition).is_ok_and(|r| r.end() > *offset) {
                 return Registered::HasData;
             }
             self.waiters.borrow_mut().entry(key).or_default().push(wakeup.clone());

@@ -12,11 +12,14 @@ impl Shard {
         partition: u32,
         timestamp: i64,
     ) -> Result<i64, Failure> {
-        let log = self.log(topic, partition).ok_or_else(|| Failure::unknown(topic, partition))?;
+        let readable = self.readable(topic, partition)?;
         match timestamp {
-            -1 => Ok(log.offsets().high_watermark),
-            -2 => Ok(log.offsets().start),
-            ts => Ok(log.offset_for_timestamp(ts).await?.unwrap_or(-1)),
+            -1 => Ok(readable.end()),
+            -2 => Ok(readable.log.offsets().start),
+            ts => {
+                let found = readable.log.offset_for_timestamp(ts).await?;
+                Ok(found.filter(|offset| *offset < readable.end()).unwrap_or(-1))
+            }
         }
     }
 
@@ -44,12 +47,11 @@ impl Shard {
     }
 
     pub(super) fn stats_local(&self, topic: &str, partition: u32) -> Option<PartitionStats> {
-        let log = self.log(topic, partition)?;
-        let offsets = log.offsets();
+        let readable = self.readable(topic, partition).ok()?;
         Some(PartitionStats {
-            start: offsets.start,
-            end: offsets.high_watermark,
-            bytes: log.size_bytes(),
+            start: readable.log.offsets().start,
+            end: readable.end(),
+            bytes: readable.log.size_bytes(),
         })
     }
 
@@ -114,6 +116,7 @@ impl Shard {
         let catalog = self.catalog.borrow();
         let names: Vec<String> = topics.unwrap_or_else(|| catalog.topics.keys().cloned().collect());
         let listen = self.config.listen;
+        let brokers = self.brokers(listen);
         let topics = names
             .into_iter()
             .map(|name| match catalog.topics.get(&name) {
@@ -122,37 +125,96 @@ impl Shard {
                     error_code: ErrorCode::UnknownTopicOrPartition,
                     partitions: None,
                 },
-                Some(topic) => wire::TopicMetadataT {
-                    name: Some(name),
-                    error_code: ErrorCode::None,
-                    partitions: Some(
-                        topic
-                            .shards
-                            .iter()
-                            .enumerate()
-                            .map(|(partition, shard)| {
-                                let address = self.config.shard_address(*shard as usize);
-                                wire::PartitionMetadataT {
-                                    partition: partition as i32,
-                                    error_code: ErrorCode::None,
-                                    leader_broker: 0,
-                                    leader_term: 0,
-                                    shard: *shard,
-                                    shard_host: Some(address.ip().to_string()),
-                                    shard_port: address.port(),
-                                    replicas: Some(vec![0]),
-                                }
-                            })
-                            .collect(),
-                    ),
-                },
+                Some(topic) => {
+                    let partitions = (0..topic.partition_count())
+                        .map(|partition| {
+                            if topic.is_replicated() {
+                                self.replicated_metadata(&name, topic, partition, &brokers)
+                            } else {
+                                self.local_metadata(topic, partition)
+                            }
+                        })
+                        .collect();
+                    wire::TopicMetadataT {
+                        name: Some(name),
+                        error_code: ErrorCode::None,
+                        partitions: Some(partitions),
+                    }
+                }
             })
             .collect();
         ResponseBodyT::MetadataResponse(Box::new(wire::MetadataResponseT {
-            brokers: Some(self.brokers(listen)),
-            controller_id: 0,
+            brokers: Some(brokers),
+            controller_id: self.config.cluster.as_ref().map_or(0, |c| c.node_id as i32),
             topics: Some(topics),
         }))
+    }
+
+    /// A single broker's partition: this broker leads it, on its shard.
+    fn local_metadata(&self, topic: &catalog::Topic, partition: u32) -> wire::PartitionMetadataT {
+        let shard = topic.shards[partition as usize];
+        let address = self.config.shard_address(shard as usize);
+        let broker = self.config.cluster.as_ref().map_or(0, |c| c.node_id as i32);
+        wire::PartitionMetadataT {
+            partition: partition as i32,
+            error_code: ErrorCode::None,
+            leader_broker: broker,
+            leader_term: 0,
+            shard,
+            shard_host: Some(address.ip().to_string()),
+            shard_port: address.port(),
+            replicas: Some(vec![broker]),
+            isr: Some(vec![broker]),
+            high_watermark: -1,
+            replica_log_ends: None,
+        }
+    }
+
+    /// A cluster's partition: its leader as this broker's replica knows it (published by the
+    /// owning shard every tick), or, where this broker holds no replica, the preferred leader
+    /// (a wrong guess costs the client one `NotLeader` and a refresh). The leader's shard
+    /// address follows from its client address as this broker's own do.
+    fn replicated_metadata(
+        &self,
+        name: &str,
+        topic: &catalog::Topic,
+        partition: u32,
+        brokers: &[wire::BrokerInfoT],
+    ) -> wire::PartitionMetadataT {
+        let shard = topic.shards[partition as usize];
+        let replicas = topic.replicas.get(partition as usize).cloned().unwrap_or_default();
+        let view = self.config.replica_views.as_ref().and_then(|views| {
+            views.lock().expect("replica views lock").get(&(name.to_string(), partition)).cloned()
+        });
+        let hosted = view.is_some();
+        let view = view.unwrap_or_default();
+        let leader = match (hosted, view.leader) {
+            (true, leader) => leader,
+            (false, _) => replicas.first().copied(),
+        };
+        let leader_info = leader.and_then(|id| brokers.iter().find(|b| b.broker_id == id as i32));
+        let shard_address = leader_info.and_then(|b| {
+            let host = b.host.as_deref()?;
+            let port = b.port.checked_add(1 + shard)?;
+            Some((host.to_string(), port))
+        });
+        let log_ends = replicas
+            .iter()
+            .map(|r| view.log_ends.iter().find(|(id, _)| id == r).map_or(-1, |(_, end)| *end))
+            .collect();
+        wire::PartitionMetadataT {
+            partition: partition as i32,
+            error_code: if leader.is_some() { ErrorCode::None } else { ErrorCode::NotLeader },
+            leader_broker: leader.map_or(-1, |id| id as i32),
+            leader_term: view.term,
+            shard,
+            shard_host: shard_address.as_ref().map(|(host, _)| host.clone()),
+            shard_port: shard_address.map_or(0, |(_, port)| port),
+            replicas: Some(replicas.iter().map(|r| *r as i32).collect()),
+            isr: Some(view.isr.iter().map(|r| *r as i32).collect()),
+            high_watermark: view.high_watermark,
+            replica_log_ends: Some(log_ends),
+        }
     }
 
     /// This broker, and in a cluster every other one with whether it is alive.
@@ -192,11 +254,19 @@ impl Shard {
                     configs: None,
                 },
                 Some(topic) => {
-                    let mut configs: Vec<wire::DescribedConfigT> = vec![wire::DescribedConfigT {
-                        name: Some("partitions".into()),
-                        value: Some(topic.partition_count().to_string()),
-                        is_default: false,
-                    }];
+                    let factor = topic.replicas.first().map_or(1, Vec::len);
+                    let mut configs: Vec<wire::DescribedConfigT> = vec![
+                        wire::DescribedConfigT {
+                            name: Some("partitions".into()),
+                            value: Some(topic.partition_count().to_string()),
+                            is_default: false,
+                        },
+                        wire::DescribedConfigT {
+                            name: Some("replication.factor".into()),
+                            value: Some(factor.to_string()),
+                            is_default: !topic.is_replicated(),
+                        },
+                    ];
                     configs.extend(
                         catalog::describe(&self.config.log_defaults, topic).into_iter().map(
                             |(name, value, is_default)| wire::DescribedConfigT {

@@ -19,7 +19,9 @@
 //! - `controller`: catalog changes on shard 0 and publishing them to every shard;
 //! - `offsets`: committing and fetching consumer offsets, and the compaction they trigger;
 //! - `groups`: the consumer-group APIs;
-//! - `producer_ids`: `InitProducerId`, served by shard 0.
+//! - `producer_ids`: `InitProducerId`, served by shard 0;
+//! - `replicated`: a cluster's replicated partitions (produce by proposal, reads up to the
+//!   high watermark, the leader table Metadata answers from).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -52,10 +54,12 @@ mod metadata;
 mod offsets;
 mod produce;
 mod producer_ids;
+mod replicated;
 
 use fetch::Wakeup;
 pub use mesh::ShardMsg;
 pub(crate) use offsets::compact_offsets_if_due;
+pub use replicated::{ReplicaView, ReplicaViews};
 
 /// An error for one partition, as it goes on the wire.
 #[derive(Debug, Clone)]
@@ -137,6 +141,12 @@ impl std::ops::Deref for Payload {
     }
 }
 
+/// A cluster partition's replication group and replicas, from the catalog.
+struct Replicas {
+    group: u64,
+    brokers: Vec<u32>,
+}
+
 /// A request frame after its one verification.
 enum Decoded {
     /// A produce request: its batches are carved out of the frame by `handle_produce`.
@@ -187,6 +197,11 @@ pub struct Shard {
     pub log_memory: Rc<ShardMemory>,
     /// Groups this shard coordinates.
     groups: RefCell<crate::group::Coordinator>,
+    /// In a cluster: this shard's replication driver (taken at shutdown).
+    replication: RefCell<Option<Rc<spate_cluster::ReplicationNode>>>,
+    /// In a cluster: the replicated partitions this shard holds a replica of (their logs are
+    /// in `logs` too).
+    replicas: RefCell<HashMap<PartitionKey, spate_cluster::Partition>>,
 }
 
 impl Shard {
@@ -196,6 +211,7 @@ impl Shard {
         config: Rc<BrokerConfig>,
         peers: Senders<ShardMsg>,
         background: glommio::TaskQueueHandle,
+        replication: Option<spate_cluster::ReplicationNode>,
     ) -> std::io::Result<Rc<Shard>> {
         let catalog = Catalog::load(&config.data_dir)?;
         let offsets = if id == 0 {
@@ -237,6 +253,8 @@ impl Shard {
                 limits::LOG_CACHE_PER_SHARD_BYTES_MAX,
             ),
             groups: RefCell::new(crate::group::Coordinator::default()),
+            replication: RefCell::new(replication.map(Rc::new)),
+            replicas: RefCell::new(HashMap::new()),
         });
         shard.apply_catalog(catalog).await.map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(shard)
@@ -252,37 +270,40 @@ impl Shard {
         self.logs.borrow().get(&(topic.to_string(), partition)).cloned()
     }
 
-    /// Makes this shard's open logs match `catalog`: opens new partitions it owns, closes and
-    /// deletes removed ones, and applies changed configs.
+    /// Makes this shard's open logs match `catalog`: opens new partitions it owns (and, in a
+    /// cluster, starts their replicas), closes and deletes removed ones, and applies changed
+    /// configs. A cluster's partition is held here only if this broker is one of its replicas.
     pub async fn apply_catalog(&self, catalog: Catalog) -> Result<(), LogError> {
         let defaults = self.config.log_defaults.clone();
-        let mut wanted: BTreeMap<PartitionKey, spate_storage::LogConfig> = BTreeMap::new();
+        let node_id = self.config.cluster.as_ref().map(|c| c.node_id);
+        let mut wanted: BTreeMap<PartitionKey, (spate_storage::LogConfig, Option<Replicas>)> =
+            BTreeMap::new();
         for (name, topic) in &catalog.topics {
             let config =
                 catalog::log_config(&defaults, &topic.configs).unwrap_or_else(|_| defaults.clone());
             for (partition, shard) in topic.shards.iter().enumerate() {
-                if *shard as usize == self.id {
-                    wanted.insert((name.clone(), partition as u32), config.clone());
+                if *shard as usize != self.id {
+                    continue;
                 }
+                let replicas = if topic.is_replicated() {
+                    let replicas = topic.replicas.get(partition).cloned().unwrap_or_default();
+                    if node_id.is_none_or(|id| !replicas.contains(&id)) {
+                        continue;
+                    }
+                    Some(Replicas { group: topic.group(partition as u32), brokers: replicas })
+                } else {
+                    None
+                };
+                wanted.insert((name.clone(), partition as u32), (config.clone(), replicas));
             }
         }
         let existing: Vec<PartitionKey> = self.logs.borrow().keys().cloned().collect();
         for key in existing {
             if !wanted.contains_key(&key) {
-                let log = self.logs.borrow_mut().remove(&key).expect("listed");
-                let _ = log.close().await;
-                let dir = log.dir().to_path_buf();
-                drop(log);
-                if let Err(error) = std::fs::remove_dir_all(&dir) {
-                    tracing::warn!(dir = %dir.display(), %error, "could not delete partition directory");
-                }
-                if let Some(parent) = dir.parent() {
-                    let _ = std::fs::remove_dir(parent);
-                }
-                tracing::info!(topic = %key.0, partition = key.1, "deleted partition");
+                self.remove_partition(&key).await;
             }
         }
-        for (key, config) in wanted {
+        for (key, (config, replicas)) in wanted {
             let existing = self.log(&key.0, key.1);
             match existing {
                 Some(log) => {
@@ -305,6 +326,9 @@ impl Shard {
                     };
                     let log = Log::open(&dir, config, options).await?;
                     tracing::debug!(topic = %key.0, partition = key.1, shard = self.id, "opened partition");
+                    if let Some(replicas) = replicas {
+                        self.open_replica(&key, &replicas, log.clone()).await?;
+                    }
                     self.logs.borrow_mut().insert(key, log);
                 }
             }
@@ -316,6 +340,66 @@ impl Shard {
         }
         *self.catalog.borrow_mut() = catalog;
         Ok(())
+    }
+
+    /// Starts the replica of a cluster's partition over its freshly opened log.
+    async fn open_replica(
+        &self,
+        key: &PartitionKey,
+        replicas: &Replicas,
+        log: Log,
+    ) -> Result<(), LogError> {
+        let node = self.replication.borrow().clone();
+        let Some(node) = node else {
+            return Err(LogError::Config(format!(
+                "{}/{} is replicated, but this broker is not in a cluster",
+                key.0, key.1
+            )));
+        };
+        let group = spate_replication::GroupId(replicas.group);
+        let config = spate_cluster::PartitionConfig::default();
+        let replica = node
+            .open_partition(group, &replicas.brokers, log, config)
+            .await
+            .map_err(|e| LogError::Config(format!("{}/{}: {e}", key.0, key.1)))?;
+        self.replicas.borrow_mut().insert(key.clone(), replica);
+        Ok(())
+    }
+
+    /// Closes a partition that left the catalog and deletes its files.
+    async fn remove_partition(&self, key: &PartitionKey) {
+        let Some(log) = self.logs.borrow_mut().remove(key) else { return };
+        let replica = self.replicas.borrow_mut().remove(key);
+        if let Some(replica) = replica {
+            let node = self.replication.borrow().clone();
+            if let Some(node) = node {
+                node.close_partition(replica.group()).await;
+            }
+            self.unpublish_replica(key);
+        }
+        let _ = log.close().await;
+        let dir = log.dir().to_path_buf();
+        drop(log);
+        if let Err(error) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), %error, "could not delete partition directory");
+        }
+        if let Some(parent) = dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+        tracing::info!(topic = %key.0, partition = key.1, "deleted partition");
+    }
+
+    /// Graceful stop of replication: leadership of every partition led here moves to another
+    /// replica first (Kafka's controlled shutdown), then the replicas and their logs close.
+    pub async fn stop_replication(&self) {
+        let node = self.replication.borrow_mut().take();
+        // Every other holder is a catalog change in progress, long done by shutdown.
+        match node.map(Rc::try_unwrap) {
+            Some(Ok(node)) => node.shutdown().await,
+            Some(Err(_)) => tracing::warn!(shard = self.id, "replication still in use at stop"),
+            None => {}
+        }
+        self.replicas.borrow_mut().clear();
     }
 
     /// Every log this shard owns (for retention, metrics and shutdown).

@@ -41,6 +41,9 @@ impl Shard {
                 log_start_offset: log.offsets().start,
             };
         }
+        if let Some(replica) = self.replica(topic, partition) {
+            return self.produce_replicated(topic, partition, replica, batches).await;
+        }
         // One unit: the request's batches take consecutive offsets, and appends take offsets in
         // the order they are called, so pipelined produces to a partition keep their order.
         let appended = log.append_batches(batches, 0).await;

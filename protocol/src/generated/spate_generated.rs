@@ -13,10 +13,10 @@ pub mod wire {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: i16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: i16 = 33;
+pub const ENUM_MAX_ERROR_CODE: i16 = 34;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 34] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 35] = [
   ErrorCode::None,
   ErrorCode::Unknown,
   ErrorCode::CorruptMessage,
@@ -51,6 +51,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 34] = [
   ErrorCode::OutOfOrderSequence,
   ErrorCode::ProducerFenced,
   ErrorCode::UnknownProducerId,
+  ErrorCode::InvalidReplicationFactor,
 ];
 
 /// Every error a response can carry, at the envelope (the whole request failed) or per topic,
@@ -124,9 +125,12 @@ impl ErrorCode {
   /// The partition does not know the producer (expired after idling, or never seen) and the
   /// batch does not start its sequence at 0: start the partition's sequence over.
   pub const UnknownProducerId: Self = Self(33);
+  /// The replication factor is below 1, above the number of brokers, or above 1 on a single
+  /// broker.
+  pub const InvalidReplicationFactor: Self = Self(34);
 
   pub const ENUM_MIN: i16 = 0;
-  pub const ENUM_MAX: i16 = 33;
+  pub const ENUM_MAX: i16 = 34;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::None,
     Self::Unknown,
@@ -162,6 +166,7 @@ impl ErrorCode {
     Self::OutOfOrderSequence,
     Self::ProducerFenced,
     Self::UnknownProducerId,
+    Self::InvalidReplicationFactor,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -200,6 +205,7 @@ impl ErrorCode {
       Self::OutOfOrderSequence => Some("OutOfOrderSequence"),
       Self::ProducerFenced => Some("ProducerFenced"),
       Self::UnknownProducerId => Some("UnknownProducerId"),
+      Self::InvalidReplicationFactor => Some("InvalidReplicationFactor"),
       _ => None,
     }
   }
@@ -2817,6 +2823,9 @@ impl<'a> PartitionMetadata<'a> {
   pub const VT_SHARD_HOST: ::flatbuffers::VOffsetT = 14;
   pub const VT_SHARD_PORT: ::flatbuffers::VOffsetT = 16;
   pub const VT_REPLICAS: ::flatbuffers::VOffsetT = 18;
+  pub const VT_ISR: ::flatbuffers::VOffsetT = 20;
+  pub const VT_HIGH_WATERMARK: ::flatbuffers::VOffsetT = 22;
+  pub const VT_REPLICA_LOG_ENDS: ::flatbuffers::VOffsetT = 24;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2828,7 +2837,10 @@ impl<'a> PartitionMetadata<'a> {
     args: &'args PartitionMetadataArgs<'args>
   ) -> ::flatbuffers::WIPOffset<PartitionMetadata<'bldr>> {
     let mut builder = PartitionMetadataBuilder::new(_fbb);
+    builder.add_high_watermark(args.high_watermark);
     builder.add_leader_term(args.leader_term);
+    if let Some(x) = args.replica_log_ends { builder.add_replica_log_ends(x); }
+    if let Some(x) = args.isr { builder.add_isr(x); }
     if let Some(x) = args.replicas { builder.add_replicas(x); }
     if let Some(x) = args.shard_host { builder.add_shard_host(x); }
     builder.add_leader_broker(args.leader_broker);
@@ -2852,6 +2864,13 @@ impl<'a> PartitionMetadata<'a> {
     let replicas = self.replicas().map(|x| {
       x.into_iter().collect()
     });
+    let isr = self.isr().map(|x| {
+      x.into_iter().collect()
+    });
+    let high_watermark = self.high_watermark();
+    let replica_log_ends = self.replica_log_ends().map(|x| {
+      x.into_iter().collect()
+    });
     PartitionMetadataT {
       partition,
       error_code,
@@ -2861,6 +2880,9 @@ impl<'a> PartitionMetadata<'a> {
       shard_host,
       shard_port,
       replicas,
+      isr,
+      high_watermark,
+      replica_log_ends,
     }
   }
 
@@ -2922,6 +2944,30 @@ impl<'a> PartitionMetadata<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, i32>>>(PartitionMetadata::VT_REPLICAS, None)}
   }
+  /// Replicas whose log matches the leader's up to the high watermark (a cluster only).
+  #[inline]
+  pub fn isr(&self) -> Option<::flatbuffers::Vector<'a, i32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, i32>>>(PartitionMetadata::VT_ISR, None)}
+  }
+  /// Committed end: consumers read below it. -1 when unknown to the answering broker.
+  #[inline]
+  pub fn high_watermark(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(PartitionMetadata::VT_HIGH_WATERMARK, Some(-1)).unwrap()}
+  }
+  /// Each replica's log end as its leader knows it, in `replicas` order (-1: unknown).
+  #[inline]
+  pub fn replica_log_ends(&self) -> Option<::flatbuffers::Vector<'a, i64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, i64>>>(PartitionMetadata::VT_REPLICA_LOG_ENDS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PartitionMetadata<'_> {
@@ -2938,6 +2984,9 @@ impl ::flatbuffers::Verifiable for PartitionMetadata<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("shard_host", Self::VT_SHARD_HOST, false)?
      .visit_field::<u16>("shard_port", Self::VT_SHARD_PORT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, i32>>>("replicas", Self::VT_REPLICAS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, i32>>>("isr", Self::VT_ISR, false)?
+     .visit_field::<i64>("high_watermark", Self::VT_HIGH_WATERMARK, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, i64>>>("replica_log_ends", Self::VT_REPLICA_LOG_ENDS, false)?
      .finish();
     Ok(())
   }
@@ -2951,6 +3000,9 @@ pub struct PartitionMetadataArgs<'a> {
     pub shard_host: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub shard_port: u16,
     pub replicas: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, i32>>>,
+    pub isr: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, i32>>>,
+    pub high_watermark: i64,
+    pub replica_log_ends: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, i64>>>,
 }
 impl<'a> Default for PartitionMetadataArgs<'a> {
   #[inline]
@@ -2964,6 +3016,9 @@ impl<'a> Default for PartitionMetadataArgs<'a> {
       shard_host: None,
       shard_port: 0,
       replicas: None,
+      isr: None,
+      high_watermark: -1,
+      replica_log_ends: None,
     }
   }
 }
@@ -3006,6 +3061,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PartitionMetadataBuilder<'a, 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PartitionMetadata::VT_REPLICAS, replicas);
   }
   #[inline]
+  pub fn add_isr(&mut self, isr: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , i32>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PartitionMetadata::VT_ISR, isr);
+  }
+  #[inline]
+  pub fn add_high_watermark(&mut self, high_watermark: i64) {
+    self.fbb_.push_slot::<i64>(PartitionMetadata::VT_HIGH_WATERMARK, high_watermark, -1);
+  }
+  #[inline]
+  pub fn add_replica_log_ends(&mut self, replica_log_ends: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , i64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PartitionMetadata::VT_REPLICA_LOG_ENDS, replica_log_ends);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PartitionMetadataBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PartitionMetadataBuilder {
@@ -3031,6 +3098,9 @@ impl ::core::fmt::Debug for PartitionMetadata<'_> {
       ds.field("shard_host", &self.shard_host());
       ds.field("shard_port", &self.shard_port());
       ds.field("replicas", &self.replicas());
+      ds.field("isr", &self.isr());
+      ds.field("high_watermark", &self.high_watermark());
+      ds.field("replica_log_ends", &self.replica_log_ends());
       ds.finish()
   }
 }
@@ -3044,6 +3114,9 @@ pub struct PartitionMetadataT {
   pub shard_host: Option<alloc::string::String>,
   pub shard_port: u16,
   pub replicas: Option<alloc::vec::Vec<i32>>,
+  pub isr: Option<alloc::vec::Vec<i32>>,
+  pub high_watermark: i64,
+  pub replica_log_ends: Option<alloc::vec::Vec<i64>>,
 }
 impl Default for PartitionMetadataT {
   fn default() -> Self {
@@ -3056,6 +3129,9 @@ impl Default for PartitionMetadataT {
       shard_host: None,
       shard_port: 0,
       replicas: None,
+      isr: None,
+      high_watermark: -1,
+      replica_log_ends: None,
     }
   }
 }
@@ -3076,6 +3152,13 @@ impl PartitionMetadataT {
     let replicas = self.replicas.as_ref().map(|x|{
       _fbb.create_vector(x)
     });
+    let isr = self.isr.as_ref().map(|x|{
+      _fbb.create_vector(x)
+    });
+    let high_watermark = self.high_watermark;
+    let replica_log_ends = self.replica_log_ends.as_ref().map(|x|{
+      _fbb.create_vector(x)
+    });
     PartitionMetadata::create(_fbb, &PartitionMetadataArgs{
       partition,
       error_code,
@@ -3085,6 +3168,9 @@ impl PartitionMetadataT {
       shard_host,
       shard_port,
       replicas,
+      isr,
+      high_watermark,
+      replica_log_ends,
     })
   }
 }
@@ -3601,6 +3687,135 @@ impl ConfigEntryT {
     })
   }
 }
+pub enum PartitionReplicasOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One partition's replicas, by broker id; the first is the preferred leader.
+pub struct PartitionReplicas<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PartitionReplicas<'a> {
+  type Inner = PartitionReplicas<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PartitionReplicas<'a> {
+  pub const VT_REPLICAS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PartitionReplicas { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PartitionReplicasArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PartitionReplicas<'bldr>> {
+    let mut builder = PartitionReplicasBuilder::new(_fbb);
+    if let Some(x) = args.replicas { builder.add_replicas(x); }
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> PartitionReplicasT {
+    let replicas = self.replicas().map(|x| {
+      x.into_iter().collect()
+    });
+    PartitionReplicasT {
+      replicas,
+    }
+  }
+
+  #[inline]
+  pub fn replicas(&self) -> Option<::flatbuffers::Vector<'a, i32>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, i32>>>(PartitionReplicas::VT_REPLICAS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PartitionReplicas<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, i32>>>("replicas", Self::VT_REPLICAS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PartitionReplicasArgs<'a> {
+    pub replicas: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, i32>>>,
+}
+impl<'a> Default for PartitionReplicasArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PartitionReplicasArgs {
+      replicas: None,
+    }
+  }
+}
+
+pub struct PartitionReplicasBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PartitionReplicasBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_replicas(&mut self, replicas: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , i32>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PartitionReplicas::VT_REPLICAS, replicas);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PartitionReplicasBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PartitionReplicasBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PartitionReplicas<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PartitionReplicas<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PartitionReplicas");
+      ds.field("replicas", &self.replicas());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionReplicasT {
+  pub replicas: Option<alloc::vec::Vec<i32>>,
+}
+impl Default for PartitionReplicasT {
+  fn default() -> Self {
+    Self {
+      replicas: None,
+    }
+  }
+}
+impl PartitionReplicasT {
+  pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(
+    &self,
+    _fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>
+  ) -> ::flatbuffers::WIPOffset<PartitionReplicas<'b>> {
+    let replicas = self.replicas.as_ref().map(|x|{
+      _fbb.create_vector(x)
+    });
+    PartitionReplicas::create(_fbb, &PartitionReplicasArgs{
+      replicas,
+    })
+  }
+}
 pub enum CreatableTopicOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3621,6 +3836,9 @@ impl<'a> CreatableTopic<'a> {
   pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 6;
   pub const VT_REPLICATION_FACTOR: ::flatbuffers::VOffsetT = 8;
   pub const VT_CONFIGS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_REPLICA_ASSIGNMENT: ::flatbuffers::VOffsetT = 12;
+  pub const VT_TOPIC_ID: ::flatbuffers::VOffsetT = 14;
+  pub const VT_SHARDS: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3632,6 +3850,9 @@ impl<'a> CreatableTopic<'a> {
     args: &'args CreatableTopicArgs<'args>
   ) -> ::flatbuffers::WIPOffset<CreatableTopic<'bldr>> {
     let mut builder = CreatableTopicBuilder::new(_fbb);
+    builder.add_topic_id(args.topic_id);
+    if let Some(x) = args.shards { builder.add_shards(x); }
+    if let Some(x) = args.replica_assignment { builder.add_replica_assignment(x); }
     if let Some(x) = args.configs { builder.add_configs(x); }
     builder.add_partitions(args.partitions);
     if let Some(x) = args.name { builder.add_name(x); }
@@ -3648,11 +3869,21 @@ impl<'a> CreatableTopic<'a> {
     let configs = self.configs().map(|x| {
       x.iter().map(|t| t.unpack()).collect()
     });
+    let replica_assignment = self.replica_assignment().map(|x| {
+      x.iter().map(|t| t.unpack()).collect()
+    });
+    let topic_id = self.topic_id();
+    let shards = self.shards().map(|x| {
+      x.into_iter().collect()
+    });
     CreatableTopicT {
       name,
       partitions,
       replication_factor,
       configs,
+      replica_assignment,
+      topic_id,
+      shards,
     }
   }
 
@@ -3670,6 +3901,8 @@ impl<'a> CreatableTopic<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<i32>(CreatableTopic::VT_PARTITIONS, Some(0)).unwrap()}
   }
+  /// Copies of each partition in a cluster; 0 takes the broker's default
+  /// (`default_replication_factor`). A single broker accepts only 0 and 1.
   #[inline]
   pub fn replication_factor(&self) -> i16 {
     // Safety:
@@ -3684,6 +3917,32 @@ impl<'a> CreatableTopic<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ConfigEntry>>>>(CreatableTopic::VT_CONFIGS, None)}
   }
+  /// Set by the broker that took the create when it passes it on to the other brokers (or by an
+  /// operator assigning replicas by hand): where each partition's replicas go. Empty: the
+  /// broker chooses.
+  #[inline]
+  pub fn replica_assignment(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PartitionReplicas<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PartitionReplicas>>>>(CreatableTopic::VT_REPLICA_ASSIGNMENT, None)}
+  }
+  /// With `replica_assignment`: the topic's cluster-wide id (it names its replication groups).
+  #[inline]
+  pub fn topic_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CreatableTopic::VT_TOPIC_ID, Some(0)).unwrap()}
+  }
+  /// With `replica_assignment`: the shard of each partition, the same on every broker.
+  #[inline]
+  pub fn shards(&self) -> Option<::flatbuffers::Vector<'a, u16>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u16>>>(CreatableTopic::VT_SHARDS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for CreatableTopic<'_> {
@@ -3696,6 +3955,9 @@ impl ::flatbuffers::Verifiable for CreatableTopic<'_> {
      .visit_field::<i32>("partitions", Self::VT_PARTITIONS, false)?
      .visit_field::<i16>("replication_factor", Self::VT_REPLICATION_FACTOR, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ConfigEntry>>>>("configs", Self::VT_CONFIGS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<PartitionReplicas>>>>("replica_assignment", Self::VT_REPLICA_ASSIGNMENT, false)?
+     .visit_field::<u64>("topic_id", Self::VT_TOPIC_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u16>>>("shards", Self::VT_SHARDS, false)?
      .finish();
     Ok(())
   }
@@ -3705,6 +3967,9 @@ pub struct CreatableTopicArgs<'a> {
     pub partitions: i32,
     pub replication_factor: i16,
     pub configs: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ConfigEntry<'a>>>>>,
+    pub replica_assignment: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PartitionReplicas<'a>>>>>,
+    pub topic_id: u64,
+    pub shards: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u16>>>,
 }
 impl<'a> Default for CreatableTopicArgs<'a> {
   #[inline]
@@ -3714,6 +3979,9 @@ impl<'a> Default for CreatableTopicArgs<'a> {
       partitions: 0,
       replication_factor: 1,
       configs: None,
+      replica_assignment: None,
+      topic_id: 0,
+      shards: None,
     }
   }
 }
@@ -3740,6 +4008,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CreatableTopicBuilder<'a, 'b,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CreatableTopic::VT_CONFIGS, configs);
   }
   #[inline]
+  pub fn add_replica_assignment(&mut self, replica_assignment: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<PartitionReplicas<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CreatableTopic::VT_REPLICA_ASSIGNMENT, replica_assignment);
+  }
+  #[inline]
+  pub fn add_topic_id(&mut self, topic_id: u64) {
+    self.fbb_.push_slot::<u64>(CreatableTopic::VT_TOPIC_ID, topic_id, 0);
+  }
+  #[inline]
+  pub fn add_shards(&mut self, shards: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u16>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CreatableTopic::VT_SHARDS, shards);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CreatableTopicBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     CreatableTopicBuilder {
@@ -3761,6 +4041,9 @@ impl ::core::fmt::Debug for CreatableTopic<'_> {
       ds.field("partitions", &self.partitions());
       ds.field("replication_factor", &self.replication_factor());
       ds.field("configs", &self.configs());
+      ds.field("replica_assignment", &self.replica_assignment());
+      ds.field("topic_id", &self.topic_id());
+      ds.field("shards", &self.shards());
       ds.finish()
   }
 }
@@ -3770,6 +4053,9 @@ pub struct CreatableTopicT {
   pub partitions: i32,
   pub replication_factor: i16,
   pub configs: Option<alloc::vec::Vec<ConfigEntryT>>,
+  pub replica_assignment: Option<alloc::vec::Vec<PartitionReplicasT>>,
+  pub topic_id: u64,
+  pub shards: Option<alloc::vec::Vec<u16>>,
 }
 impl Default for CreatableTopicT {
   fn default() -> Self {
@@ -3778,6 +4064,9 @@ impl Default for CreatableTopicT {
       partitions: 0,
       replication_factor: 1,
       configs: None,
+      replica_assignment: None,
+      topic_id: 0,
+      shards: None,
     }
   }
 }
@@ -3794,11 +4083,21 @@ impl CreatableTopicT {
     let configs = self.configs.as_ref().map(|x|{
       let w: alloc::vec::Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
     });
+    let replica_assignment = self.replica_assignment.as_ref().map(|x|{
+      let w: alloc::vec::Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
+    });
+    let topic_id = self.topic_id;
+    let shards = self.shards.as_ref().map(|x|{
+      _fbb.create_vector(x)
+    });
     CreatableTopic::create(_fbb, &CreatableTopicArgs{
       name,
       partitions,
       replication_factor,
       configs,
+      replica_assignment,
+      topic_id,
+      shards,
     })
   }
 }
@@ -3821,6 +4120,7 @@ impl<'a> CreateTopicsRequest<'a> {
   pub const VT_TOPICS: ::flatbuffers::VOffsetT = 4;
   pub const VT_TIMEOUT_MS: ::flatbuffers::VOffsetT = 6;
   pub const VT_VALIDATE_ONLY: ::flatbuffers::VOffsetT = 8;
+  pub const VT_FORWARDED: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3834,6 +4134,7 @@ impl<'a> CreateTopicsRequest<'a> {
     let mut builder = CreateTopicsRequestBuilder::new(_fbb);
     builder.add_timeout_ms(args.timeout_ms);
     if let Some(x) = args.topics { builder.add_topics(x); }
+    builder.add_forwarded(args.forwarded);
     builder.add_validate_only(args.validate_only);
     builder.finish()
   }
@@ -3844,10 +4145,12 @@ impl<'a> CreateTopicsRequest<'a> {
     });
     let timeout_ms = self.timeout_ms();
     let validate_only = self.validate_only();
+    let forwarded = self.forwarded();
     CreateTopicsRequestT {
       topics,
       timeout_ms,
       validate_only,
+      forwarded,
     }
   }
 
@@ -3872,6 +4175,14 @@ impl<'a> CreateTopicsRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(CreateTopicsRequest::VT_VALIDATE_ONLY, Some(false)).unwrap()}
   }
+  /// Set by a cluster's broker passing the change on to the others: apply it here only.
+  #[inline]
+  pub fn forwarded(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(CreateTopicsRequest::VT_FORWARDED, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for CreateTopicsRequest<'_> {
@@ -3883,6 +4194,7 @@ impl ::flatbuffers::Verifiable for CreateTopicsRequest<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<CreatableTopic>>>>("topics", Self::VT_TOPICS, false)?
      .visit_field::<u32>("timeout_ms", Self::VT_TIMEOUT_MS, false)?
      .visit_field::<bool>("validate_only", Self::VT_VALIDATE_ONLY, false)?
+     .visit_field::<bool>("forwarded", Self::VT_FORWARDED, false)?
      .finish();
     Ok(())
   }
@@ -3891,6 +4203,7 @@ pub struct CreateTopicsRequestArgs<'a> {
     pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<CreatableTopic<'a>>>>>,
     pub timeout_ms: u32,
     pub validate_only: bool,
+    pub forwarded: bool,
 }
 impl<'a> Default for CreateTopicsRequestArgs<'a> {
   #[inline]
@@ -3899,6 +4212,7 @@ impl<'a> Default for CreateTopicsRequestArgs<'a> {
       topics: None,
       timeout_ms: 0,
       validate_only: false,
+      forwarded: false,
     }
   }
 }
@@ -3921,6 +4235,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CreateTopicsRequestBuilder<'a
     self.fbb_.push_slot::<bool>(CreateTopicsRequest::VT_VALIDATE_ONLY, validate_only, false);
   }
   #[inline]
+  pub fn add_forwarded(&mut self, forwarded: bool) {
+    self.fbb_.push_slot::<bool>(CreateTopicsRequest::VT_FORWARDED, forwarded, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CreateTopicsRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     CreateTopicsRequestBuilder {
@@ -3941,6 +4259,7 @@ impl ::core::fmt::Debug for CreateTopicsRequest<'_> {
       ds.field("topics", &self.topics());
       ds.field("timeout_ms", &self.timeout_ms());
       ds.field("validate_only", &self.validate_only());
+      ds.field("forwarded", &self.forwarded());
       ds.finish()
   }
 }
@@ -3949,6 +4268,7 @@ pub struct CreateTopicsRequestT {
   pub topics: Option<alloc::vec::Vec<CreatableTopicT>>,
   pub timeout_ms: u32,
   pub validate_only: bool,
+  pub forwarded: bool,
 }
 impl Default for CreateTopicsRequestT {
   fn default() -> Self {
@@ -3956,6 +4276,7 @@ impl Default for CreateTopicsRequestT {
       topics: None,
       timeout_ms: 0,
       validate_only: false,
+      forwarded: false,
     }
   }
 }
@@ -3969,10 +4290,12 @@ impl CreateTopicsRequestT {
     });
     let timeout_ms = self.timeout_ms;
     let validate_only = self.validate_only;
+    let forwarded = self.forwarded;
     CreateTopicsRequest::create(_fbb, &CreateTopicsRequestArgs{
       topics,
       timeout_ms,
       validate_only,
+      forwarded,
     })
   }
 }
@@ -4300,6 +4623,7 @@ impl<'a> ::flatbuffers::Follow<'a> for DeleteTopicsRequest<'a> {
 impl<'a> DeleteTopicsRequest<'a> {
   pub const VT_NAMES: ::flatbuffers::VOffsetT = 4;
   pub const VT_TIMEOUT_MS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_FORWARDED: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4313,6 +4637,7 @@ impl<'a> DeleteTopicsRequest<'a> {
     let mut builder = DeleteTopicsRequestBuilder::new(_fbb);
     builder.add_timeout_ms(args.timeout_ms);
     if let Some(x) = args.names { builder.add_names(x); }
+    builder.add_forwarded(args.forwarded);
     builder.finish()
   }
 
@@ -4321,9 +4646,11 @@ impl<'a> DeleteTopicsRequest<'a> {
       x.iter().map(|s| alloc::string::ToString::to_string(s)).collect()
     });
     let timeout_ms = self.timeout_ms();
+    let forwarded = self.forwarded();
     DeleteTopicsRequestT {
       names,
       timeout_ms,
+      forwarded,
     }
   }
 
@@ -4341,6 +4668,14 @@ impl<'a> DeleteTopicsRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(DeleteTopicsRequest::VT_TIMEOUT_MS, Some(0)).unwrap()}
   }
+  /// Set by a cluster's broker passing the change on to the others: apply it here only.
+  #[inline]
+  pub fn forwarded(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(DeleteTopicsRequest::VT_FORWARDED, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for DeleteTopicsRequest<'_> {
@@ -4351,6 +4686,7 @@ impl ::flatbuffers::Verifiable for DeleteTopicsRequest<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("names", Self::VT_NAMES, false)?
      .visit_field::<u32>("timeout_ms", Self::VT_TIMEOUT_MS, false)?
+     .visit_field::<bool>("forwarded", Self::VT_FORWARDED, false)?
      .finish();
     Ok(())
   }
@@ -4358,6 +4694,7 @@ impl ::flatbuffers::Verifiable for DeleteTopicsRequest<'_> {
 pub struct DeleteTopicsRequestArgs<'a> {
     pub names: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
     pub timeout_ms: u32,
+    pub forwarded: bool,
 }
 impl<'a> Default for DeleteTopicsRequestArgs<'a> {
   #[inline]
@@ -4365,6 +4702,7 @@ impl<'a> Default for DeleteTopicsRequestArgs<'a> {
     DeleteTopicsRequestArgs {
       names: None,
       timeout_ms: 0,
+      forwarded: false,
     }
   }
 }
@@ -4381,6 +4719,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeleteTopicsRequestBuilder<'a
   #[inline]
   pub fn add_timeout_ms(&mut self, timeout_ms: u32) {
     self.fbb_.push_slot::<u32>(DeleteTopicsRequest::VT_TIMEOUT_MS, timeout_ms, 0);
+  }
+  #[inline]
+  pub fn add_forwarded(&mut self, forwarded: bool) {
+    self.fbb_.push_slot::<bool>(DeleteTopicsRequest::VT_FORWARDED, forwarded, false);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeleteTopicsRequestBuilder<'a, 'b, A> {
@@ -4402,6 +4744,7 @@ impl ::core::fmt::Debug for DeleteTopicsRequest<'_> {
     let mut ds = f.debug_struct("DeleteTopicsRequest");
       ds.field("names", &self.names());
       ds.field("timeout_ms", &self.timeout_ms());
+      ds.field("forwarded", &self.forwarded());
       ds.finish()
   }
 }
@@ -4409,12 +4752,14 @@ impl ::core::fmt::Debug for DeleteTopicsRequest<'_> {
 pub struct DeleteTopicsRequestT {
   pub names: Option<alloc::vec::Vec<alloc::string::String>>,
   pub timeout_ms: u32,
+  pub forwarded: bool,
 }
 impl Default for DeleteTopicsRequestT {
   fn default() -> Self {
     Self {
       names: None,
       timeout_ms: 0,
+      forwarded: false,
     }
   }
 }
@@ -4427,9 +4772,11 @@ impl DeleteTopicsRequestT {
       let w: alloc::vec::Vec<_> = x.iter().map(|s| _fbb.create_string(s)).collect();_fbb.create_vector(&w)
     });
     let timeout_ms = self.timeout_ms;
+    let forwarded = self.forwarded;
     DeleteTopicsRequest::create(_fbb, &DeleteTopicsRequestArgs{
       names,
       timeout_ms,
+      forwarded,
     })
   }
 }
@@ -5373,6 +5720,7 @@ impl<'a> ::flatbuffers::Follow<'a> for AlterConfigsRequest<'a> {
 impl<'a> AlterConfigsRequest<'a> {
   pub const VT_TOPICS: ::flatbuffers::VOffsetT = 4;
   pub const VT_VALIDATE_ONLY: ::flatbuffers::VOffsetT = 6;
+  pub const VT_FORWARDED: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5385,6 +5733,7 @@ impl<'a> AlterConfigsRequest<'a> {
   ) -> ::flatbuffers::WIPOffset<AlterConfigsRequest<'bldr>> {
     let mut builder = AlterConfigsRequestBuilder::new(_fbb);
     if let Some(x) = args.topics { builder.add_topics(x); }
+    builder.add_forwarded(args.forwarded);
     builder.add_validate_only(args.validate_only);
     builder.finish()
   }
@@ -5394,9 +5743,11 @@ impl<'a> AlterConfigsRequest<'a> {
       x.iter().map(|t| t.unpack()).collect()
     });
     let validate_only = self.validate_only();
+    let forwarded = self.forwarded();
     AlterConfigsRequestT {
       topics,
       validate_only,
+      forwarded,
     }
   }
 
@@ -5414,6 +5765,14 @@ impl<'a> AlterConfigsRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(AlterConfigsRequest::VT_VALIDATE_ONLY, Some(false)).unwrap()}
   }
+  /// Set by a cluster's broker passing the change on to the others: apply it here only.
+  #[inline]
+  pub fn forwarded(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(AlterConfigsRequest::VT_FORWARDED, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for AlterConfigsRequest<'_> {
@@ -5424,6 +5783,7 @@ impl ::flatbuffers::Verifiable for AlterConfigsRequest<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TopicConfigUpdate>>>>("topics", Self::VT_TOPICS, false)?
      .visit_field::<bool>("validate_only", Self::VT_VALIDATE_ONLY, false)?
+     .visit_field::<bool>("forwarded", Self::VT_FORWARDED, false)?
      .finish();
     Ok(())
   }
@@ -5431,6 +5791,7 @@ impl ::flatbuffers::Verifiable for AlterConfigsRequest<'_> {
 pub struct AlterConfigsRequestArgs<'a> {
     pub topics: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicConfigUpdate<'a>>>>>,
     pub validate_only: bool,
+    pub forwarded: bool,
 }
 impl<'a> Default for AlterConfigsRequestArgs<'a> {
   #[inline]
@@ -5438,6 +5799,7 @@ impl<'a> Default for AlterConfigsRequestArgs<'a> {
     AlterConfigsRequestArgs {
       topics: None,
       validate_only: false,
+      forwarded: false,
     }
   }
 }
@@ -5454,6 +5816,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AlterConfigsRequestBuilder<'a
   #[inline]
   pub fn add_validate_only(&mut self, validate_only: bool) {
     self.fbb_.push_slot::<bool>(AlterConfigsRequest::VT_VALIDATE_ONLY, validate_only, false);
+  }
+  #[inline]
+  pub fn add_forwarded(&mut self, forwarded: bool) {
+    self.fbb_.push_slot::<bool>(AlterConfigsRequest::VT_FORWARDED, forwarded, false);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AlterConfigsRequestBuilder<'a, 'b, A> {
@@ -5475,6 +5841,7 @@ impl ::core::fmt::Debug for AlterConfigsRequest<'_> {
     let mut ds = f.debug_struct("AlterConfigsRequest");
       ds.field("topics", &self.topics());
       ds.field("validate_only", &self.validate_only());
+      ds.field("forwarded", &self.forwarded());
       ds.finish()
   }
 }
@@ -5482,12 +5849,14 @@ impl ::core::fmt::Debug for AlterConfigsRequest<'_> {
 pub struct AlterConfigsRequestT {
   pub topics: Option<alloc::vec::Vec<TopicConfigUpdateT>>,
   pub validate_only: bool,
+  pub forwarded: bool,
 }
 impl Default for AlterConfigsRequestT {
   fn default() -> Self {
     Self {
       topics: None,
       validate_only: false,
+      forwarded: false,
     }
   }
 }
@@ -5500,9 +5869,11 @@ impl AlterConfigsRequestT {
       let w: alloc::vec::Vec<_> = x.iter().map(|t| t.pack(_fbb)).collect();_fbb.create_vector(&w)
     });
     let validate_only = self.validate_only;
+    let forwarded = self.forwarded;
     AlterConfigsRequest::create(_fbb, &AlterConfigsRequestArgs{
       topics,
       validate_only,
+      forwarded,
     })
   }
 }

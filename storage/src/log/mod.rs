@@ -46,6 +46,7 @@ mod read;
 mod recovery;
 mod replica;
 mod write;
+pub use producer_state::Proposal;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};

@@ -105,6 +105,23 @@ impl State {
         }
     }
 
+    /// Records an idempotent batch a replica appends at the offsets its leader chose, unless
+    /// the leader's own proposal already recorded it there (see [`Log::check_proposal`]).
+    /// Replicated data is the leader's word: no refusal here, only bookkeeping, so a replica
+    /// that becomes leader knows every producer's sequence.
+    pub(super) fn record_replicated(&mut self, header: &BatchHeader, now_ms: i64) {
+        if header.producer_id < 0 || header.is_control() {
+            return;
+        }
+        let recorded = matches!(
+            self.producers.check(header),
+            Verdict::Duplicate { base_offset, .. } if base_offset == header.base_offset
+        );
+        if !recorded {
+            self.producers.record(header, header.base_offset, now_ms);
+        }
+    }
+
     /// What completes once everything before `end` is acknowledged as an append would be;
     /// `None` if it already is.
     fn wait_acknowledged(&mut self, end: i64) -> Option<oneshot::Receiver<Result<()>>> {
@@ -134,7 +151,59 @@ impl State {
     }
 }
 
+/// What a replicated partition's leader does with a producer's batch (see
+/// [`Log::check_proposal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proposal {
+    /// Propose it, then [`Log::record_proposal`] at the offset it takes.
+    Append,
+    /// A retry of a batch already proposed: answer with its offsets once they are committed.
+    Duplicate(Appended),
+}
+
 impl Log {
+    /// A replicated partition's leader checks a producer's batch before proposing it, as
+    /// `append_batches` does before taking offsets: a duplicate gets its original offsets, a gap,
+    /// a fenced epoch or an unknown producer is refused. Pure: a batch to append is recorded by
+    /// [`record_proposal`](Log::record_proposal) once the core gave it offsets, in the same
+    /// synchronous step, so pipelined proposals are checked in order.
+    pub fn check_proposal(&self, header: &BatchHeader) -> Result<Proposal> {
+        self.ensure_open()?;
+        if header.producer_id < 0 {
+            return Ok(Proposal::Append);
+        }
+        let now_ms = self.inner.options.clock.now_ms();
+        let mut state = self.inner.state.borrow_mut();
+        state.expire_idle_producers(now_ms);
+        let producer_id = header.producer_id;
+        match state.producers.check(header) {
+            Verdict::Append => Ok(Proposal::Append),
+            Verdict::Duplicate { base_offset, last_offset } => {
+                Ok(Proposal::Duplicate(Appended { base_offset, last_offset }))
+            }
+            Verdict::OutOfOrder { expected, got } => {
+                Err(LogError::OutOfOrderSequence { producer_id, expected, got })
+            }
+            Verdict::Fenced { current_epoch } => Err(LogError::ProducerFenced {
+                producer_id,
+                epoch: header.producer_epoch,
+                current_epoch,
+            }),
+            Verdict::UnknownProducer => {
+                Err(LogError::UnknownProducer { producer_id, sequence: header.base_sequence })
+            }
+        }
+    }
+
+    /// Records a proposed batch at `base_offset`, where the replication core placed it (ahead
+    /// of the log end: it is written later, in order). A proposal that never reaches the log
+    /// leaves its record until a truncation or the next open, which rebuild the table from the
+    /// log.
+    pub fn record_proposal(&self, header: &BatchHeader, base_offset: i64) {
+        let now_ms = self.inner.options.clock.now_ms();
+        self.inner.state.borrow_mut().producers.record(header, base_offset, now_ms);
+    }
+
     /// Rebuilds the producer table from the batch headers in the last
     /// [`limits::PRODUCER_REPLAY_BYTES_MAX`] bytes of the log (starting at an indexed batch
     /// boundary, so up to one index interval more). Producers whose batches lie further back

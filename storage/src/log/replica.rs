@@ -61,6 +61,7 @@ impl Log {
                 self.release_pending(length);
                 return Err(error);
             }
+            let now_ms = self.inner.options.clock.now_ms();
             let mut state = self.inner.state.borrow_mut();
             self.before_queueing(&mut state);
             let first_offset = state.next_offset;
@@ -68,6 +69,7 @@ impl Log {
             let mut journaled = state.journaling();
             // Bounded by the batches given.
             for (bytes, header) in batches.into_iter().zip(&headers) {
+                state.record_replicated(header, now_ms);
                 let next_offset = state.queue_replicated(bytes, header);
                 if journaled {
                     // Acknowledged once journaled: the journal keeps it through a process crash.

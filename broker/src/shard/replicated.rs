@@ -1,0 +1,187 @@
+//! Replicated partitions: a cluster's topics. Each replica of a partition that lives on this
+//! broker is a `spate_cluster::Partition` on the shard that owns the partition, driven by the
+//! shard's own `ReplicationNode` (one QUIC endpoint per shard, talking to the same shard of every
+//! peer). This file is the seam between the request handlers and that driver:
+//!
+//! - produce: each batch is proposed to the replica; the answer comes once it is committed
+//!   (durable by the topic's flush policy on a majority). A replica that does not lead answers
+//!   `NotLeader` naming the leader it knows, and the client refreshes its metadata and retries.
+//!   An idempotent producer's retry is recognised by the leader (every replica keeps the
+//!   producer table) and answered with the original offsets;
+//! - fetch, list offsets, partition stats and the long-poll wait stop at the leader's high
+//!   watermark, never at the log end: consumers never see a record that may still be truncated;
+//!   only the leader serves reads (as Kafka does without follower fetching);
+//! - every shard publishes what its replicas know (leader, term, high watermark, in-sync
+//!   replicas, log ends) into a table all shards share, which Metadata answers from.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use spate_cluster::{Partition, ProducerRefusal, ReplicationError};
+use spate_protocol::wire::ErrorCode;
+use spate_replication::Role;
+use spate_storage::Log;
+
+use super::{Failure, PartitionKey, ProduceOutcome, Shard};
+
+/// What one partition's replica on this broker last reported, for Metadata on any shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicaView {
+    pub leader: Option<u32>,
+    pub term: u64,
+    /// The leader's high watermark; -1 when this replica does not lead (or not yet serves).
+    pub high_watermark: i64,
+    /// Leader only: replicas whose log matches its own up to the high watermark.
+    pub isr: Vec<u32>,
+    /// Leader only: each replica's log end, by broker id.
+    pub log_ends: Vec<(u32, i64)>,
+}
+
+/// Every replicated partition of this broker, as its shard last published it.
+pub type ReplicaViews = Arc<Mutex<HashMap<PartitionKey, ReplicaView>>>;
+
+/// Where reads of one partition stop.
+pub(super) struct Readable {
+    pub log: Log,
+    /// The replicated partition's high watermark; `None` for a single broker's partition, whose
+    /// log's own high watermark applies.
+    pub upper: Option<i64>,
+}
+
+impl Readable {
+    /// The end consumers may read to.
+    pub fn end(&self) -> i64 {
+        self.upper.unwrap_or_else(|| self.log.offsets().high_watermark)
+    }
+}
+
+impl Shard {
+    pub(super) fn replica(&self, topic: &str, partition: u32) -> Option<Partition> {
+        self.replicas.borrow().get(&(topic.to_string(), partition)).cloned()
+    }
+
+    /// The log to read `topic/partition` from and its bound: on a replicated partition only the
+    /// leader serves, up to its high watermark.
+    pub(super) fn readable(&self, topic: &str, partition: u32) -> Result<Readable, Failure> {
+        let log = self.log(topic, partition).ok_or_else(|| Failure::unknown(topic, partition))?;
+        let Some(replica) = self.replica(topic, partition) else {
+            return Ok(Readable { log, upper: None });
+        };
+        match replica.high_watermark() {
+            Some(hw) => Ok(Readable { log, upper: Some(hw as i64) }),
+            None => Err(not_leader(topic, partition, replica.leader())),
+        }
+    }
+
+    /// Proposes each batch in order and answers once the last is committed.
+    pub(super) async fn produce_replicated(
+        &self,
+        topic: &str,
+        partition: u32,
+        replica: Partition,
+        batches: Vec<BytesMut>,
+    ) -> ProduceOutcome {
+        let mut base_offset = -1;
+        for batch in batches {
+            match replica.propose(batch).await {
+                Ok(committed) => {
+                    if base_offset < 0 {
+                        base_offset = committed.base_offset as i64;
+                    }
+                }
+                Err(error) => {
+                    return ProduceOutcome {
+                        result: Err(replication_failure(topic, partition, error)),
+                        log_start_offset: replica.log().offsets().start,
+                    }
+                }
+            }
+        }
+        self.wake_fetchers(topic, partition);
+        ProduceOutcome { result: Ok(base_offset), log_start_offset: replica.log().offsets().start }
+    }
+
+    /// Writes what this shard's replicas know into the broker's shared table (every tick), and
+    /// wakes long-polling fetches of partitions whose high watermark moved.
+    pub(crate) fn publish_replicas(&self) {
+        let Some(views) = &self.config.replica_views else { return };
+        let replicas: Vec<(PartitionKey, Partition)> =
+            self.replicas.borrow().iter().map(|(k, p)| (k.clone(), p.clone())).collect();
+        let mut moved = Vec::new();
+        {
+            let mut views = views.lock().expect("replica views lock");
+            for (key, replica) in replicas {
+                let view = view_of(&replica);
+                let previous = views.insert(key.clone(), view.clone());
+                if previous.is_none_or(|p| p.high_watermark != view.high_watermark) {
+                    moved.push(key);
+                }
+            }
+        }
+        for (topic, partition) in moved {
+            self.wake_fetchers(&topic, partition);
+        }
+    }
+
+    /// Forgets a replica that is gone (its topic was deleted).
+    pub(super) fn unpublish_replica(&self, key: &PartitionKey) {
+        if let Some(views) = &self.config.replica_views {
+            views.lock().expect("replica views lock").remove(key);
+        }
+    }
+}
+
+fn view_of(replica: &Partition) -> ReplicaView {
+    let status = replica.status();
+    let leads = status.role == Role::Leader;
+    let high_watermark = status.high_watermark.map_or(-1, |hw| hw as i64);
+    let (isr, log_ends) = if leads {
+        let isr = status
+            .replicas
+            .iter()
+            .filter(|r| status.high_watermark.is_some_and(|hw| r.match_end >= hw))
+            .map(|r| r.node)
+            .collect();
+        let ends = status.replicas.iter().map(|r| (r.node, r.match_end as i64)).collect();
+        (isr, ends)
+    } else {
+        (Vec::new(), vec![(status.node, status.log_end as i64)])
+    };
+    ReplicaView { leader: status.leader, term: status.term, high_watermark, isr, log_ends }
+}
+
+fn not_leader(topic: &str, partition: u32, leader: Option<u32>) -> Failure {
+    let message = match leader {
+        Some(leader) => format!("{topic}/{partition} is led by broker {leader}"),
+        None => format!("{topic}/{partition} has no leader yet; an election is under way"),
+    };
+    Failure::new(ErrorCode::NotLeader, message)
+}
+
+fn replication_failure(topic: &str, partition: u32, error: ReplicationError) -> Failure {
+    match error {
+        ReplicationError::NotLeader { leader } | ReplicationError::LeadershipLost { leader } => {
+            not_leader(topic, partition, leader)
+        }
+        ReplicationError::Transferring | ReplicationError::TransferTimedOut => {
+            Failure::new(ErrorCode::NotLeader, format!("{topic}/{partition}: {error}"))
+        }
+        ReplicationError::InvalidBatch(_) => {
+            Failure::new(ErrorCode::CorruptMessage, error.to_string())
+        }
+        ReplicationError::Producer { refusal, message } => {
+            let code = match refusal {
+                ProducerRefusal::OutOfOrderSequence => ErrorCode::OutOfOrderSequence,
+                ProducerRefusal::Fenced => ErrorCode::ProducerFenced,
+                ProducerRefusal::UnknownProducer => ErrorCode::UnknownProducerId,
+            };
+            Failure::new(code, message)
+        }
+        ReplicationError::Stopped => Failure::new(ErrorCode::ShuttingDown, error.to_string()),
+        ReplicationError::Offline(_)
+        | ReplicationError::Storage(_)
+        | ReplicationError::Transport(_)
+        | ReplicationError::Config(_) => Failure::new(ErrorCode::StorageError, error.to_string()),
+    }
+}

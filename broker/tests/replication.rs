@@ -1,0 +1,330 @@
+//! Replicated topics through real `spate` processes on loopback: three brokers with mutual
+//! TLS, a topic with replication factor 3, a producer with `acks=all`, and the leader killed
+//! with SIGKILL mid-stream. Every loop is bounded in count and time.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::cluster::*;
+use common::*;
+use spate_client::client::FetchTarget;
+use spate_client::{Acks, Client, Producer, ProducerConfig, ProducerRecord};
+use spate_protocol::batch::{BatchHeader, Records};
+
+/// One `spate topic describe` partition line, by its words.
+#[derive(Debug, Clone)]
+struct Described {
+    leader: Option<u32>,
+    replicas: Vec<u32>,
+    isr: Vec<u32>,
+    hw: Option<i64>,
+    log_ends: Vec<(u32, i64)>,
+}
+
+fn describe(broker: &Broker, topic: &str, partition: u32) -> Option<Described> {
+    let out = broker.cli(&["topic", "describe", topic]);
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text.lines().find(|l| l.starts_with(&format!("partition {partition}\t")))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let value = |key: &str| {
+        words.iter().position(|w| *w == key).and_then(|i| words.get(i + 1)).map(|w| w.to_string())
+    };
+    let ids = |text: Option<String>| -> Vec<u32> {
+        text.unwrap_or_default().split(',').filter_map(|id| id.parse().ok()).collect()
+    };
+    Some(Described {
+        leader: value("leader").and_then(|l| l.parse().ok()),
+        replicas: ids(value("replicas")),
+        isr: ids(value("isr")),
+        hw: value("hw").and_then(|hw| hw.parse().ok()),
+        log_ends: value("log_ends")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|pair| {
+                let (id, end) = pair.split_once(':')?;
+                Some((id.parse().ok()?, end.parse().ok()?))
+            })
+            .collect(),
+    })
+}
+
+/// Polls describe through `broker` until `want` holds (bounded in time).
+fn wait_describe(
+    broker: &Broker,
+    topic: &str,
+    what: &str,
+    want: impl Fn(&Described) -> bool,
+) -> Described {
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < Duration::from_secs(30) {
+        last = describe(broker, topic, 0);
+        if let Some(described) = last.as_ref().filter(|d| want(d)) {
+            return described.clone();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{what}: never happened; last describe {last:?}");
+}
+
+fn message(i: u64) -> String {
+    format!("m{i:05}-{}", "x".repeat(64))
+}
+
+/// Every record of partition 0 from the start to the high watermark: (offset, value).
+async fn read_all(client: &Client, topic: &str) -> Vec<(i64, String)> {
+    let mut out = Vec::new();
+    let mut next = 0;
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(60), "reading {topic} took too long");
+        let target =
+            FetchTarget { topic: topic.into(), partition: 0, offset: next, max_bytes: 1 << 20 };
+        let fetched = match client.fetch(&[target], Duration::ZERO, 0, 1 << 20).await {
+            Ok(fetched) => fetched,
+            Err(_) => {
+                // A leader may still be settling: retry (bounded by the deadline above).
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let fetched = &fetched[0];
+        if fetched.error.is_some() {
+            client.invalidate(topic);
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let mut bytes = &fetched.records[..];
+        while let Ok(header) = BatchHeader::parse(bytes) {
+            let length = header.batch_length as usize;
+            // Leader markers and replica-set records are replication's, not messages.
+            let records = if header.is_control() { None } else { Some(&bytes[..length]) };
+            for record in records.into_iter().flat_map(|b| Records::new(b, header)) {
+                let record = record.unwrap();
+                let value = String::from_utf8(record.value.unwrap().to_vec()).unwrap();
+                out.push((record.offset, value));
+            }
+            next = header.next_offset();
+            bytes = &bytes[length..];
+        }
+        if next >= fetched.high_watermark {
+            return out;
+        }
+    }
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    certs: std::path::PathBuf,
+    nodes: Vec<Node>,
+    peers: String,
+    brokers: Vec<Option<Broker>>,
+}
+
+impl Cluster {
+    /// Three brokers, one core each, every one seeing the other two.
+    fn start() -> Cluster {
+        let dir = temp_dir();
+        let root = dir.path().to_path_buf();
+        let certs = root.join("certs");
+        make_certs(&certs, 3);
+        let nodes = nodes(3);
+        let peers = peers(&nodes);
+        let brokers =
+            nodes.iter().map(|n| Some(start_with_cores(&root, n, &peers, &certs, 1))).collect();
+        let cluster = Cluster { _dir: dir, root, certs, nodes, peers, brokers };
+        for broker in cluster.brokers.iter().flatten() {
+            wait_for(broker, "all three alive", |s| {
+                s.len() == 3 && s.iter().all(|(_, _, state)| state == "alive")
+            });
+        }
+        cluster
+    }
+
+    fn broker(&self, id: u32) -> &Broker {
+        self.brokers[id as usize - 1].as_ref().expect("running")
+    }
+
+    fn any_other(&self, id: u32) -> &Broker {
+        self.brokers.iter().flatten().find(|b| b.port != self.nodes[id as usize - 1].port).unwrap()
+    }
+
+    fn restart(&mut self, id: u32) {
+        let node = &self.nodes[id as usize - 1];
+        let broker = start_with_cores(&self.root, node, &self.peers, &self.certs, 1);
+        self.brokers[id as usize - 1] = Some(broker);
+    }
+
+    fn bootstrap(&self) -> String {
+        self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    fn data_dir(&self, id: u32) -> std::path::PathBuf {
+        self.root.join(format!("broker-{id}"))
+    }
+}
+
+fn producer_config() -> ProducerConfig {
+    ProducerConfig {
+        acks: Acks::All,
+        linger: Duration::from_millis(2),
+        batch_bytes: 4096,
+        request_timeout: Duration::from_secs(3),
+        retry_backoff: Duration::from_millis(50),
+        retry_backoff_max: Duration::from_millis(300),
+        delivery_timeout: Duration::from_secs(60),
+        ..ProducerConfig::default()
+    }
+}
+
+#[test]
+fn acks_all_survives_a_killed_leader_and_the_old_leader_rejoins_identical() {
+    const MESSAGES: u64 = 3_000;
+    let mut cluster = Cluster::start();
+    cluster.broker(1).ok(&[
+        "topic",
+        "create",
+        "t",
+        "--partitions",
+        "1",
+        "--replication-factor",
+        "3",
+    ]);
+    let before = wait_describe(cluster.broker(1), "t", "a leader with all in sync", |d| {
+        d.leader.is_some() && d.isr.len() == 3
+    });
+    assert_eq!(before.replicas.len(), 3, "{before:?}");
+    let leader = before.leader.unwrap();
+
+    // Stream with acks=all; kill -9 the leader once a quarter is acknowledged.
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let killed: Arc<Mutex<Option<Broker>>> =
+        Arc::new(Mutex::new(cluster.brokers[leader as usize - 1].take()));
+    let killer = {
+        let (acknowledged, killed) = (acknowledged.clone(), killed.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while acknowledged.load(Ordering::SeqCst) < MESSAGES / 4 {
+                assert!(started.elapsed() < Duration::from_secs(60), "the stream did not start");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let mut broker = killed.lock().unwrap().take().unwrap();
+            broker.sigkill();
+            (Instant::now(), acknowledged.load(Ordering::SeqCst))
+        })
+    };
+    let bootstrap = cluster.bootstrap();
+    let results = run(async move {
+        let client = Client::connect(client_config(&bootstrap)).await.unwrap();
+        let producer = Producer::new(client, producer_config()).unwrap();
+        let mut deliveries = Vec::new();
+        for i in 0..MESSAGES {
+            let record = ProducerRecord::new("t", message(i)).with_partition(0);
+            let delivery = producer.send(record).await.unwrap();
+            let acknowledged = acknowledged.clone();
+            deliveries.push(glommio::spawn_local(async move {
+                let result = delivery.await;
+                acknowledged.fetch_add(1, Ordering::SeqCst);
+                result
+            }));
+            if i % 32 == 0 {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let mut results = Vec::new();
+        for delivery in deliveries {
+            results.push(delivery.await);
+        }
+        results
+    });
+    let (_, at_kill) = killer.join().unwrap();
+    assert!(at_kill < MESSAGES, "the kill came mid-stream");
+
+    // A new leader, among the two that are left.
+    let survivor = cluster.any_other(leader);
+    let after =
+        wait_describe(survivor, "t", "a new leader", |d| d.leader.is_some_and(|l| l != leader));
+    let new_leader = after.leader.unwrap();
+
+    // Every acknowledged message is stored once, at the offset it was acknowledged with.
+    let acked: Vec<(i64, String)> = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let delivered = r.as_ref().unwrap_or_else(|e| panic!("message {i} failed: {e}"));
+            (delivered.offset, message(i as u64))
+        })
+        .collect();
+    let bootstrap = cluster.bootstrap();
+    let stored = run(async move {
+        let client = Client::connect(client_config(&bootstrap)).await.unwrap();
+        read_all(&client, "t").await
+    });
+    let at: std::collections::HashMap<i64, &String> = stored.iter().map(|(o, v)| (*o, v)).collect();
+    for (offset, value) in &acked {
+        assert_eq!(at.get(offset), Some(&value), "acknowledged at {offset}, stored otherwise");
+    }
+    let mut values: Vec<&String> = stored.iter().map(|(_, v)| v).collect();
+    values.sort();
+    let copies = values.len();
+    values.dedup();
+    assert_eq!(copies, values.len(), "a message stored twice");
+    assert_eq!(stored.len(), MESSAGES as usize, "every message stored once");
+
+    // The old leader comes back as a follower and catches up: every replica's log ends at the
+    // high watermark.
+    cluster.restart(leader);
+    let leader_broker = cluster.broker(new_leader);
+    let caught_up = wait_describe(leader_broker, "t", "the old leader caught up", |d| {
+        d.isr.len() == 3
+            && d.hw.is_some()
+            && d.log_ends.len() == 3
+            && d.log_ends.iter().all(|(_, end)| Some(*end) == d.hw)
+    });
+    assert!(caught_up.hw.unwrap() >= MESSAGES as i64, "{caught_up:?}");
+    let hw = caught_up.hw.unwrap();
+
+    // Stopped cleanly, every replica's log holds the same bytes below the high watermark.
+    for id in 1..=3u32 {
+        let status = cluster.brokers[id as usize - 1].as_mut().unwrap().sigterm();
+        assert!(status.success(), "broker {id} stopped cleanly");
+    }
+    let logs: Vec<Vec<u8>> = (1..=3).map(|id| log_bytes(&cluster.data_dir(id), "t", hw)).collect();
+    assert!(!logs[0].is_empty());
+    assert_eq!(logs[0], logs[1], "brokers 1 and 2 hold the same batches");
+    assert_eq!(logs[0], logs[2], "brokers 1 and 3 hold the same batches");
+}
+
+/// The bytes of every batch of `topic`/0 below `end` in a broker's data directory, read from
+/// its segment files (after a clean stop everything is in them).
+fn log_bytes(data_dir: &Path, topic: &str, end: i64) -> Vec<u8> {
+    let dir = data_dir.join(topic).join("0");
+    let mut segments: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    let mut out = Vec::new();
+    for segment in segments {
+        let bytes = std::fs::read(&segment).unwrap();
+        let mut rest = &bytes[..];
+        while let Ok(header) = BatchHeader::parse(rest) {
+            let length = header.batch_length as usize;
+            if length == 0 || length > rest.len() || header.base_offset >= end {
+                break;
+            }
+            out.extend_from_slice(&rest[..length]);
+            rest = &rest[length..];
+        }
+    }
+    out
+}
