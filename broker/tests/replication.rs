@@ -221,30 +221,7 @@ fn acks_all_survives_a_killed_leader_and_the_old_leader_rejoins_identical() {
             (Instant::now(), acknowledged.load(Ordering::SeqCst))
         })
     };
-    let bootstrap = cluster.bootstrap();
-    let results = run(async move {
-        let client = Client::connect(client_config(&bootstrap)).await.unwrap();
-        let producer = Producer::new(client, producer_config()).unwrap();
-        let mut deliveries = Vec::new();
-        for i in 0..MESSAGES {
-            let record = ProducerRecord::new("t", message(i)).with_partition(0);
-            let delivery = producer.send(record).await.unwrap();
-            let acknowledged = acknowledged.clone();
-            deliveries.push(glommio::spawn_local(async move {
-                let result = delivery.await;
-                acknowledged.fetch_add(1, Ordering::SeqCst);
-                result
-            }));
-            if i % 32 == 0 {
-                glommio::timer::sleep(Duration::from_millis(1)).await;
-            }
-        }
-        let mut results = Vec::new();
-        for delivery in deliveries {
-            results.push(delivery.await);
-        }
-        results
-    });
+    let results = stream(&cluster.bootstrap(), MESSAGES, acknowledged);
     let (_, at_kill) = killer.join().unwrap();
     assert!(at_kill < MESSAGES, "the kill came mid-stream");
 
@@ -254,30 +231,7 @@ fn acks_all_survives_a_killed_leader_and_the_old_leader_rejoins_identical() {
         wait_describe(survivor, "t", "a new leader", |d| d.leader.is_some_and(|l| l != leader));
     let new_leader = after.leader.unwrap();
 
-    // Every acknowledged message is stored once, at the offset it was acknowledged with.
-    let acked: Vec<(i64, String)> = results
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let delivered = r.as_ref().unwrap_or_else(|e| panic!("message {i} failed: {e}"));
-            (delivered.offset, message(i as u64))
-        })
-        .collect();
-    let bootstrap = cluster.bootstrap();
-    let stored = run(async move {
-        let client = Client::connect(client_config(&bootstrap)).await.unwrap();
-        read_all(&client, "t").await
-    });
-    let at: std::collections::HashMap<i64, &String> = stored.iter().map(|(o, v)| (*o, v)).collect();
-    for (offset, value) in &acked {
-        assert_eq!(at.get(offset), Some(&value), "acknowledged at {offset}, stored otherwise");
-    }
-    let mut values: Vec<&String> = stored.iter().map(|(_, v)| v).collect();
-    values.sort();
-    let copies = values.len();
-    values.dedup();
-    assert_eq!(copies, values.len(), "a message stored twice");
-    assert_eq!(stored.len(), MESSAGES as usize, "every message stored once");
+    check_stored_once(&cluster, &results, MESSAGES);
 
     // The old leader comes back as a follower and catches up: every replica's log ends at the
     // high watermark.
@@ -327,4 +281,150 @@ fn log_bytes(data_dir: &Path, topic: &str, end: i64) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Sends `count` messages to t/0 with acks=all through a client bootstrapped on `bootstrap`,
+/// counting acknowledgements in `acknowledged`; returns each delivery's result in send order.
+fn stream(
+    bootstrap: &str,
+    count: u64,
+    acknowledged: Arc<AtomicU64>,
+) -> Vec<spate_client::Result<spate_client::DeliveryReport>> {
+    let bootstrap = bootstrap.to_string();
+    run(async move {
+        let client = Client::connect(client_config(&bootstrap)).await.unwrap();
+        let producer = Producer::new(client, producer_config()).unwrap();
+        let mut deliveries = Vec::new();
+        for i in 0..count {
+            let record = ProducerRecord::new("t", message(i)).with_partition(0);
+            let delivery = producer.send(record).await.unwrap();
+            let acknowledged = acknowledged.clone();
+            deliveries.push(glommio::spawn_local(async move {
+                let result = delivery.await;
+                acknowledged.fetch_add(1, Ordering::SeqCst);
+                result
+            }));
+            if i % 32 == 0 {
+                // Paced a little, so faults land mid-stream.
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let mut results = Vec::new();
+        for delivery in deliveries {
+            results.push(delivery.await);
+        }
+        results
+    })
+}
+
+/// Every send succeeded, and t/0 holds each message exactly once, at the offset it was
+/// acknowledged with.
+fn check_stored_once(
+    cluster: &Cluster,
+    results: &[spate_client::Result<spate_client::DeliveryReport>],
+    count: u64,
+) {
+    let acked: Vec<(i64, String)> = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let delivered = r.as_ref().unwrap_or_else(|e| panic!("message {i} failed: {e}"));
+            (delivered.offset, message(i as u64))
+        })
+        .collect();
+    let bootstrap = cluster.bootstrap();
+    let stored = run(async move {
+        let client = Client::connect(client_config(&bootstrap)).await.unwrap();
+        read_all(&client, "t").await
+    });
+    let at: std::collections::HashMap<i64, &String> = stored.iter().map(|(o, v)| (*o, v)).collect();
+    for (offset, value) in &acked {
+        assert_eq!(at.get(offset), Some(&value), "acknowledged at {offset}, stored otherwise");
+    }
+    let mut values: Vec<&String> = stored.iter().map(|(_, v)| v).collect();
+    values.sort();
+    let copies = values.len();
+    values.dedup();
+    assert_eq!(copies, values.len(), "a message stored twice");
+    assert_eq!(stored.len(), count as usize, "every message stored once");
+}
+
+/// Creates t (one partition, three replicas) and waits for a leader with all three in sync.
+fn create_replicated(cluster: &Cluster) -> Described {
+    cluster.broker(1).ok(&[
+        "topic",
+        "create",
+        "t",
+        "--partitions",
+        "1",
+        "--replication-factor",
+        "3",
+    ]);
+    wait_describe(cluster.broker(1), "t", "a leader with all in sync", |d| {
+        d.leader.is_some() && d.isr.len() == 3
+    })
+}
+
+fn all_caught_up(d: &Described) -> bool {
+    d.isr.len() == 3
+        && d.hw.is_some()
+        && d.log_ends.len() == 3
+        && d.log_ends.iter().all(|(_, end)| Some(*end) == d.hw)
+}
+
+#[test]
+fn a_paused_follower_catches_up_when_it_resumes() {
+    const MESSAGES: u64 = 1_500;
+    let cluster = Cluster::start();
+    let before = create_replicated(&cluster);
+    let leader = before.leader.unwrap();
+    let follower = before.replicas.iter().copied().find(|r| *r != leader).unwrap();
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    cluster.broker(follower).pause();
+    // The leader keeps committing with the other follower while this one sleeps.
+    let results = stream(&cluster.bootstrap(), MESSAGES, acknowledged);
+    // (Describe shows what the leader published at its last tick: wait for it.)
+    let during = wait_describe(cluster.broker(leader), "t", "all committed", |d| {
+        d.hw.is_some_and(|hw| hw >= MESSAGES as i64)
+    });
+    cluster.broker(follower).resume();
+    assert!(during.hw.unwrap() >= MESSAGES as i64, "committed without the paused one: {during:?}");
+    let behind = during.log_ends.iter().find(|(id, _)| *id == follower).map(|(_, end)| *end);
+    assert!(behind.is_some_and(|end| end < during.hw.unwrap()), "{during:?}");
+    let after = wait_describe(cluster.broker(leader), "t", "the follower caught up", all_caught_up);
+    assert_eq!(after.leader, Some(leader), "the leader kept its place");
+    check_stored_once(&cluster, &results, MESSAGES);
+}
+
+#[test]
+fn sigterm_on_the_leader_under_load_costs_the_producer_no_error() {
+    const MESSAGES: u64 = 3_000;
+    let mut cluster = Cluster::start();
+    let before = create_replicated(&cluster);
+    let leader = before.leader.unwrap();
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let stopping = Arc::new(Mutex::new(cluster.brokers[leader as usize - 1].take()));
+    let stopper = {
+        let (acknowledged, stopping) = (acknowledged.clone(), stopping.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while acknowledged.load(Ordering::SeqCst) < MESSAGES / 4 {
+                assert!(started.elapsed() < Duration::from_secs(60), "the stream did not start");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let at_stop = acknowledged.load(Ordering::SeqCst);
+            let status = stopping.lock().unwrap().as_mut().unwrap().sigterm();
+            (status, at_stop)
+        })
+    };
+    let results = stream(&cluster.bootstrap(), MESSAGES, acknowledged);
+    let (status, at_stop) = stopper.join().unwrap();
+    assert!(status.success(), "the leader stopped cleanly");
+    assert!(at_stop < MESSAGES, "the stop came mid-stream");
+    let survivor = cluster.any_other(leader);
+    let after =
+        wait_describe(survivor, "t", "a new leader", |d| d.leader.is_some_and(|l| l != leader));
+    assert_ne!(after.leader, Some(leader));
+    // Zero errors: every send acknowledged, once, at its offset.
+    check_stored_once(&cluster, &results, MESSAGES);
 }

@@ -185,6 +185,24 @@ impl Broker {
     }
 
     /// SIGTERM; returns the exit status.
+    /// SIGSTOP: the process stops as a long GC pause or a hung VM would, sockets open.
+    pub fn pause(&self) {
+        let child = self.child.as_ref().expect("running");
+        // SAFETY: kill only sends a signal to our own child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT after [`pause`](Broker::pause).
+    pub fn resume(&self) {
+        let child = self.child.as_ref().expect("running");
+        // SAFETY: as in `pause`.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGCONT);
+        }
+    }
+
     pub fn sigterm(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
         unsafe {
