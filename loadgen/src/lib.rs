@@ -8,6 +8,7 @@
 //! - [`report`]: the final table and the JSON result.
 
 pub mod ceiling;
+pub mod failover;
 pub mod keys;
 #[cfg(feature = "nats")]
 pub mod nats;

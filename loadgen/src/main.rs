@@ -32,6 +32,27 @@ enum ScenarioCommand {
     E2e(Options),
     /// The machine's ceilings: direct-IO write, fdatasync'd write, loopback TCP.
     Ceiling(CeilingOptions),
+    /// A cluster's failover: kill -9 a replicated partition's leader mid-stream and time the
+    /// first acknowledgement by the new leader (one run; see benches/replication.sh).
+    Failover(FailoverOptions),
+}
+
+#[derive(Args, Clone, Debug)]
+struct FailoverOptions {
+    /// Every broker of the cluster, comma-separated.
+    #[arg(short = 'b', long)]
+    bootstrap: String,
+    /// Topic to create (replication factor 3, one partition); must not exist.
+    #[arg(long)]
+    topic: String,
+    /// Each broker's process id, as ID=PID,ID=PID,...
+    #[arg(long)]
+    pids: String,
+    /// Time between messages (ms).
+    #[arg(long, default_value_t = 2)]
+    interval_ms: u64,
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -81,6 +102,10 @@ struct Options {
     /// Topic flush policy when the topic is created: always, never, interval:MS.
     #[arg(long, default_value = "never")]
     flush: String,
+    /// Replicas of each partition when the topic is created on a cluster (0: the brokers'
+    /// default, min(3, brokers)).
+    #[arg(long, default_value_t = 0)]
+    replication_factor: u16,
     /// Messages per second over all producers; 0 = as fast as possible.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
@@ -151,6 +176,7 @@ fn main() {
         ScenarioCommand::Consume(options) => scenario(Scenario::Consume, options).map(drop),
         ScenarioCommand::E2e(options) => scenario(Scenario::E2e, options).map(drop),
         ScenarioCommand::Ceiling(options) => ceiling_command(options),
+        ScenarioCommand::Failover(options) => failover_command(options),
     };
     if let Err(message) = result {
         eprintln!("spate-loadgen: {message}");
@@ -520,7 +546,7 @@ fn scenario(scenario: Scenario, mut options: Options) -> Result<Outcome, String>
             "message_size": format!("{}..{}", options.message_size.min, options.message_size.max),
             "keys": format!("{:?}", options.keys), "batch_bytes": options.batch_bytes, "linger_ms": options.linger_ms,
             "acks": options.acks, "max_in_flight": options.max_in_flight,
-            "idempotence": !options.no_idempotence && options.acks != "none", "flush": options.flush, "rate": options.rate, "messages": options.messages,
+            "idempotence": !options.no_idempotence && options.acks != "none", "flush": options.flush, "replication_factor": options.replication_factor, "rate": options.rate, "messages": options.messages,
             "duration_s": duration.as_secs_f64(), "warmup_s": options.warmup, "cores": cpus.len(), "cpus": cpus,
             "target": options.target,
         });
@@ -577,9 +603,10 @@ fn prepare_topic(bootstrap: &str, options: &Options) -> Result<u64, String> {
         .map_err(|e| format!("cannot reach {bootstrap}: {e}"))?;
         if client.partition_count(&options.topic).await.is_err() {
             client
-                .create_topic(
+                .create_replicated_topic(
                     &options.topic,
                     options.partitions,
+                    options.replication_factor,
                     &[("flush", options.flush.as_str())],
                 )
                 .await
@@ -587,18 +614,72 @@ fn prepare_topic(bootstrap: &str, options: &Options) -> Result<u64, String> {
         }
         let mut held = 0u64;
         for partition in client.partitions(&options.topic).await.map_err(|e| e.to_string())? {
-            let latest = client
-                .list_offset(&options.topic, partition.partition, spate_client::LATEST)
-                .await
-                .map_err(|e| e.to_string())?
-                .unwrap_or(0);
-            let earliest = client
-                .list_offset(&options.topic, partition.partition, spate_client::EARLIEST)
-                .await
-                .map_err(|e| e.to_string())?
-                .unwrap_or(0);
+            let latest =
+                offset_when_led(&client, &options.topic, partition.partition, spate_client::LATEST)
+                    .await?;
+            let earliest = offset_when_led(
+                &client,
+                &options.topic,
+                partition.partition,
+                spate_client::EARLIEST,
+            )
+            .await?;
             held += (latest - earliest).max(0) as u64;
         }
         Ok(held)
     })
+}
+
+fn failover_command(options: FailoverOptions) -> Result<(), String> {
+    let mut pids = std::collections::BTreeMap::new();
+    for pair in options.pids.split(',').filter(|p| !p.is_empty()) {
+        let (id, pid) = pair.split_once('=').ok_or(format!("--pids: {pair:?} is not ID=PID"))?;
+        let id: i32 = id.parse().map_err(|_| format!("--pids: bad broker id {id:?}"))?;
+        let pid: u32 = pid.parse().map_err(|_| format!("--pids: bad process id {pid:?}"))?;
+        pids.insert(id, pid);
+    }
+    let plan = spate_loadgen::failover::FailoverPlan {
+        bootstrap: options.bootstrap,
+        topic: options.topic,
+        pids,
+        interval: Duration::from_millis(options.interval_ms.max(1)),
+    };
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .map_err(|e| e.to_string())?;
+    let result = executor.run(spate_loadgen::failover::run(plan))?;
+    let ms = result.recovery.as_secs_f64() * 1e3;
+    println!(
+        "killed broker {} (the leader); broker {} leads; first acknowledgement {ms:.0} ms after the kill",
+        result.killed, result.new_leader
+    );
+    if let Some(path) = options.json {
+        let report = json!({
+            "killed": result.killed, "new_leader": result.new_leader, "recovery_ms": ms,
+        });
+        std::fs::write(&path, report.to_string())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A partition's offset; in a cluster a new partition answers `NotLeader` until its first
+/// election is over, so retriable errors are retried (bounded: `LEADER_WAIT`).
+async fn offset_when_led(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    which: i64,
+) -> Result<i64, String> {
+    const LEADER_WAIT: Duration = Duration::from_secs(30);
+    let started = Instant::now();
+    loop {
+        match client.list_offset(topic, partition, which).await {
+            Ok(offset) => return Ok(offset.unwrap_or(0)),
+            Err(error) if error.is_retriable() && started.elapsed() < LEADER_WAIT => {
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => return Err(format!("{topic}/{partition}: {error}")),
+        }
+    }
 }
