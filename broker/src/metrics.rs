@@ -136,6 +136,22 @@ pub fn header() -> String {
         ("spate_partition_log_bytes", "gauge", "Bytes of the partition's log segments."),
         ("spate_partition_recovery_cut_bytes", "gauge", "Bytes the last recovery cut from the partition as damaged (a torn or lost block): acknowledged data may be lost."),
         ("spate_consumer_lag", "gauge", "Log end offset minus the group's committed offset."),
+        ("spate_partitions_led", "gauge", "Replicated partitions this broker leads."),
+        (
+            "spate_under_replicated_partitions",
+            "gauge",
+            "Partitions led here with fewer in-sync replicas than replicas.",
+        ),
+        (
+            "spate_replica_lag_offsets",
+            "gauge",
+            "A follower's log end behind its leader's, in offsets (on the leader).",
+        ),
+        (
+            "spate_partition_leader_term",
+            "gauge",
+            "The replica's current term; it rises with every election.",
+        ),
     ]
     .iter()
     .map(|(name, kind, help)| format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"))

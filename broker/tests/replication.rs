@@ -138,8 +138,7 @@ impl Cluster {
         make_certs(&certs, 3);
         let nodes = nodes(3);
         let peers = peers(&nodes);
-        let brokers =
-            nodes.iter().map(|n| Some(start_with_cores(&root, n, &peers, &certs, 1))).collect();
+        let brokers = nodes.iter().map(|n| Some(start_small(&root, n, &peers, &certs))).collect();
         let cluster = Cluster { _dir: dir, root, certs, nodes, peers, brokers };
         for broker in cluster.brokers.iter().flatten() {
             wait_for(broker, "all three alive", |s| {
@@ -159,12 +158,39 @@ impl Cluster {
 
     fn restart(&mut self, id: u32) {
         let node = &self.nodes[id as usize - 1];
-        let broker = start_with_cores(&self.root, node, &self.peers, &self.certs, 1);
+        let broker = start_small(&self.root, node, &self.peers, &self.certs);
         self.brokers[id as usize - 1] = Some(broker);
     }
 
     fn bootstrap(&self) -> String {
         self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// One Prometheus scrape of broker `id` (`start_small` serves metrics on port + 2).
+    fn metrics(&self, id: u32) -> String {
+        use std::io::{Read, Write};
+        let address = format!("127.0.0.1:{}", self.nodes[id as usize - 1].port + 2);
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        // Bounded by the read timeout and the broker closing the connection.
+        let _ = stream.take(1 << 22).read_to_string(&mut text);
+        text
+    }
+
+    /// Polls broker `id`'s metrics until `want` holds (bounded in time).
+    fn wait_metrics(&self, id: u32, what: &str, want: impl Fn(&str) -> bool) {
+        let started = Instant::now();
+        let mut last = String::new();
+        while started.elapsed() < Duration::from_secs(30) {
+            last = self.metrics(id);
+            if want(&last) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("{what}: never happened; last scrape:\n{last}");
     }
 
     fn data_dir(&self, id: u32) -> std::path::PathBuf {
@@ -387,12 +413,25 @@ fn a_paused_follower_catches_up_when_it_resumes() {
     let during = wait_describe(cluster.broker(leader), "t", "all committed", |d| {
         d.hw.is_some_and(|hw| hw >= MESSAGES as i64)
     });
+    // The leader's metrics say it: one partition under-replicated, the paused one behind.
+    let lag =
+        format!("spate_replica_lag_offsets{{topic=\"t\",partition=\"0\",replica=\"{follower}\"}} ");
+    cluster.wait_metrics(leader, "under-replicated while paused", |text| {
+        text.contains("spate_under_replicated_partitions 1")
+            && text.contains("spate_partitions_led 1")
+            && text.lines().any(|l| {
+                l.strip_prefix(&lag).and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v > 0)
+            })
+    });
     cluster.broker(follower).resume();
     assert!(during.hw.unwrap() >= MESSAGES as i64, "committed without the paused one: {during:?}");
     let behind = during.log_ends.iter().find(|(id, _)| *id == follower).map(|(_, end)| *end);
     assert!(behind.is_some_and(|end| end < during.hw.unwrap()), "{during:?}");
     let after = wait_describe(cluster.broker(leader), "t", "the follower caught up", all_caught_up);
     assert_eq!(after.leader, Some(leader), "the leader kept its place");
+    cluster.wait_metrics(leader, "fully replicated again", |text| {
+        text.contains("spate_under_replicated_partitions 0") && text.contains(&format!("{lag}0"))
+    });
     check_stored_once(&cluster, &results, MESSAGES);
 }
 

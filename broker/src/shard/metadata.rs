@@ -109,6 +109,58 @@ impl Shard {
                 ));
             }
         }
+        out.push_str(&self.replication_metrics());
+        out
+    }
+
+    /// In a cluster: partitions led here, those of them missing an in-sync replica, each
+    /// follower's lag behind its leader in offsets, and each replica's term (it rises with
+    /// every election), from the table every shard publishes each tick.
+    fn replication_metrics(&self) -> String {
+        let (Some(views), Some(cluster)) = (&self.config.replica_views, &self.config.cluster)
+        else {
+            return String::new();
+        };
+        let me = cluster.node_id;
+        let mut views: Vec<_> = views
+            .lock()
+            .expect("replica views lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        views.sort_by(|a, b| a.0.cmp(&b.0));
+        let catalog = self.catalog.borrow();
+        let (mut led, mut under) = (0, 0);
+        let mut out = String::new();
+        for ((name, partition), view) in views {
+            let topic = crate::metrics::label(&name);
+            out.push_str(&format!(
+                "spate_partition_leader_term{{topic=\"{topic}\",partition=\"{partition}\"}} {}\n",
+                view.term
+            ));
+            if view.leader != Some(me) {
+                continue;
+            }
+            led += 1;
+            let replicas = catalog
+                .topics
+                .get(&name)
+                .and_then(|t| t.replicas.get(partition as usize))
+                .map_or(0, Vec::len);
+            if view.isr.len() < replicas {
+                under += 1;
+            }
+            let end = view.log_ends.iter().find(|(id, _)| *id == me).map_or(0, |(_, e)| *e);
+            for (replica, replica_end) in view.log_ends.iter().filter(|(id, _)| *id != me) {
+                out.push_str(&format!(
+                    "spate_replica_lag_offsets{{topic=\"{topic}\",partition=\"{partition}\",replica=\"{replica}\"}} {}\n",
+                    (end - replica_end).max(0)
+                ));
+            }
+        }
+        out.push_str(&format!(
+            "spate_partitions_led {led}\nspate_under_replicated_partitions {under}\n"
+        ));
         out
     }
 

@@ -30,6 +30,13 @@ pub fn start(dir: &Path, node: &Node, peers: &str, certs: &Path) -> Broker {
     start_with_cores(dir, node, peers, certs, 2)
 }
 
+/// A one-core cluster broker that also serves metrics on its client port + 2 (free: with one
+/// core only port + 1 is a shard's).
+pub fn start_small(dir: &Path, node: &Node, peers: &str, certs: &Path) -> Broker {
+    let metrics = format!("127.0.0.1:{}", node.port + 2);
+    start_with(dir, node, peers, certs, 1, &["--metrics-listen", &metrics])
+}
+
 pub fn start_with_cores(
     dir: &Path,
     node: &Node,
@@ -37,29 +44,37 @@ pub fn start_with_cores(
     certs: &Path,
     cores: usize,
 ) -> Broker {
+    start_with(dir, node, peers, certs, cores, &[])
+}
+
+fn start_with(
+    dir: &Path,
+    node: &Node,
+    peers: &str,
+    certs: &Path,
+    cores: usize,
+    extra: &[&str],
+) -> Broker {
     let id = node.id.to_string();
     let ca = certs.join("ca.pem");
     let cert = certs.join(format!("broker-{}.pem", node.id));
     let key = certs.join(format!("broker-{}.key", node.id));
-    Broker::start_with_cores(
-        &dir.join(format!("broker-{}", node.id)),
-        node.port,
-        cores,
-        &[
-            "--node-id",
-            &id,
-            "--replication-listen",
-            &node.replication,
-            "--peers",
-            peers,
-            "--tls-ca",
-            ca.to_str().unwrap(),
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    )
+    let mut args = vec![
+        "--node-id",
+        &id,
+        "--replication-listen",
+        &node.replication,
+        "--peers",
+        peers,
+        "--tls-ca",
+        ca.to_str().unwrap(),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Broker::start_with_cores(&dir.join(format!("broker-{}", node.id)), node.port, cores, &args)
 }
 
 /// `spate cluster status` as (id, address, state) lines.
