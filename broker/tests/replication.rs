@@ -467,3 +467,36 @@ fn sigterm_on_the_leader_under_load_costs_the_producer_no_error() {
     // Zero errors: every send acknowledged, once, at its offset.
     check_stored_once(&cluster, &results, MESSAGES);
 }
+
+#[test]
+fn a_group_meets_at_one_coordinator_whichever_broker_its_members_ask() {
+    let cluster = Cluster::start();
+    cluster.broker(1).ok(&[
+        "topic",
+        "create",
+        "g",
+        "--partitions",
+        "1",
+        "--replication-factor",
+        "3",
+    ]);
+    let input = |from: u32, count: u32| -> String {
+        (from..from + count).map(|i| format!("m{i}\n")).collect()
+    };
+    let produce = |text: String| {
+        let out = cluster.broker(3).cli_with_input(&["produce", "g"], Some(text.as_bytes()));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    produce(input(0, 10));
+    // A member that asks broker 1 reads and commits ten ...
+    let first = cluster.broker(1).ok(&["consume", "g", "--group", "G", "--count", "10"]);
+    assert_eq!(first, input(0, 10));
+    produce(input(10, 5));
+    // ... and one that asks broker 2 finds the same coordinator and its commit.
+    let second = cluster.broker(2).ok(&["consume", "g", "--group", "G", "--timeout-ms", "2000"]);
+    assert_eq!(second, input(10, 5), "continued from the group's commit");
+    // Described through any broker, it is the one group.
+    let described: Vec<String> =
+        (1..=3).map(|id| cluster.broker(id).ok(&["group", "describe", "G"])).collect();
+    assert!(described.windows(2).all(|w| w[0] == w[1]), "{described:?}");
+}

@@ -135,6 +135,9 @@ struct Inner {
     /// requests sent in order to one address stay in order (one stream).
     connecting: RefCell<HashMap<SocketAddr, Rc<glommio::sync::Semaphore>>>,
     brokers: RefCell<HashMap<i32, SocketAddr>>,
+    /// Each group's coordinating broker in a cluster (`None`: the bootstrap broker coordinates,
+    /// as a single broker does).
+    coordinators: RefCell<HashMap<String, Option<SocketAddr>>>,
     topics: RefCell<HashMap<String, Vec<PartitionInfo>>>,
     closed: Cell<bool>,
 }
@@ -170,6 +173,7 @@ impl Client {
                 connections: RefCell::new(HashMap::new()),
                 connecting: RefCell::new(HashMap::new()),
                 brokers: RefCell::new(HashMap::new()),
+                coordinators: RefCell::new(HashMap::new()),
                 topics: RefCell::new(HashMap::new()),
                 closed: Cell::new(false),
             }),
@@ -272,6 +276,55 @@ impl Client {
     pub async fn call(&self, body: RequestBodyT) -> Result<ResponseBodyT> {
         let connection = self.bootstrap_connection().await?;
         self.call_on(&connection, body).await
+    }
+
+    /// Sends a request about `group` to the broker coordinating it. In a cluster every member of
+    /// a group must meet at one broker: it is found with FindCoordinator, cached, and forgotten
+    /// when it cannot be reached or answers `NotCoordinator` (the caller's retry finds it anew).
+    pub async fn group_call(&self, group: &str, body: RequestBodyT) -> Result<ResponseBodyT> {
+        let Some(address) = self.coordinator(group).await? else {
+            return self.call(body).await;
+        };
+        let answer = match self.connection(address).await {
+            Ok(connection) => self.call_on(&connection, body).await,
+            Err(error) => Err(error),
+        };
+        let lost = match &answer {
+            Err(error) => {
+                matches!(
+                    error,
+                    ClientError::Connect { .. }
+                        | ClientError::ConnectionLost { .. }
+                        | ClientError::Timeout(_)
+                ) || error.code() == Some(ErrorCode::NotCoordinator)
+            }
+            Ok(_) => false,
+        };
+        if lost {
+            self.inner.coordinators.borrow_mut().remove(group);
+        }
+        answer
+    }
+
+    /// The broker coordinating `group`, or `None` where the bootstrap broker does.
+    async fn coordinator(&self, group: &str) -> Result<Option<SocketAddr>> {
+        if let Some(known) = self.inner.coordinators.borrow().get(group) {
+            return Ok(*known);
+        }
+        let body = RequestBodyT::FindCoordinatorRequest(Box::new(wire::FindCoordinatorRequestT {
+            key: Some(group.to_string()),
+            ..Default::default()
+        }));
+        let ResponseBodyT::FindCoordinatorResponse(found) = self.call(body).await? else {
+            return Err(ClientError::UnexpectedResponse("find coordinator".into()));
+        };
+        // Broker id 0 is a single broker: the one bootstrapped on coordinates every group.
+        let address = match (found.broker_id, found.host.as_deref()) {
+            (id, Some(host)) if id > 0 => Some(resolve(&format!("{host}:{}", found.port))?),
+            _ => None,
+        };
+        self.inner.coordinators.borrow_mut().insert(group.to_string(), address);
+        Ok(address)
     }
 
     async fn call_on(&self, connection: &Connection, body: RequestBodyT) -> Result<ResponseBodyT> {
@@ -857,7 +910,8 @@ impl Client {
             group_instance_id: None,
             topics: Some(topics),
         }));
-        let ResponseBodyT::OffsetCommitResponse(response) = self.call(body).await? else {
+        let ResponseBodyT::OffsetCommitResponse(response) = self.group_call(group, body).await?
+        else {
             return Err(ClientError::UnexpectedResponse("offset commit".into()));
         };
         for topic in response.topics.into_iter().flatten() {
@@ -887,7 +941,8 @@ impl Client {
                 partitions: None,
             }]),
         }));
-        let ResponseBodyT::OffsetFetchResponse(response) = self.call(body).await? else {
+        let ResponseBodyT::OffsetFetchResponse(response) = self.group_call(group, body).await?
+        else {
             return Err(ClientError::UnexpectedResponse("offset fetch".into()));
         };
         let mut out = Vec::new();
@@ -912,7 +967,8 @@ impl Client {
             group_id: Some(group.to_string()),
             topics: None,
         }));
-        let ResponseBodyT::OffsetFetchResponse(response) = self.call(body).await? else {
+        let ResponseBodyT::OffsetFetchResponse(response) = self.group_call(group, body).await?
+        else {
             return Err(ClientError::UnexpectedResponse("offset fetch".into()));
         };
         let mut out = Vec::new();

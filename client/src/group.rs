@@ -194,10 +194,10 @@ impl GroupConsumer {
             // when the rebalance completes.
             self.apply(Vec::new()).await?;
         }
-        let joined = match self.client.call(self.join_body()).await {
+        let joined = match self.client.group_call(&self.config.group, self.join_body()).await {
             Err(error) if error.code() == Some(ErrorCode::UnknownMemberId) => {
                 self.lose_membership()?;
-                self.client.call(self.join_body()).await?
+                self.client.group_call(&self.config.group, self.join_body()).await?
             }
             other => other?,
         };
@@ -278,7 +278,7 @@ impl GroupConsumer {
                     member_id: Some(self.member_id.clone()),
                     group_instance_id: self.config.instance_id.clone(),
                 }));
-                match self.client.call(heartbeat).await {
+                match self.client.group_call(&self.config.group, heartbeat).await {
                     Ok(_) => Ok(()),
                     Err(error) if error.code() == Some(ErrorCode::UnknownMemberId) => {
                         self.lose_membership()?;
@@ -301,7 +301,7 @@ impl GroupConsumer {
                     group_instance_id: self.config.instance_id.clone(),
                     assignments: None,
                 }));
-                match self.client.call(sync).await {
+                match self.client.group_call(&self.config.group, sync).await {
                     Ok(ResponseBodyT::SyncGroupResponse(response)) => {
                         let assignment =
                             parse_assignment(response.assignment.as_deref().unwrap_or_default());
@@ -395,7 +395,7 @@ impl GroupConsumer {
                 group_instance_id: self.config.instance_id.clone(),
             }]),
         }));
-        let left = self.client.call(leave).await.map(|_| ());
+        let left = self.client.group_call(&self.config.group, leave).await.map(|_| ());
         committed.and(left)
     }
 }

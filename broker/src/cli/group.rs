@@ -51,7 +51,7 @@ pub(crate) async fn group(client: Client, command: GroupCommand) -> Result<(), S
                     groups: Some(vec![group.clone()]),
                 }));
             let ResponseBodyT::DescribeGroupsResponse(described) =
-                client.call(request).await.map_err(|e| e.to_string())?
+                client.group_call(&group, request).await.map_err(|e| e.to_string())?
             else {
                 return Err("unexpected response".into());
             };
@@ -110,7 +110,7 @@ pub(crate) async fn group(client: Client, command: GroupCommand) -> Result<(), S
                 groups: Some(vec![group.clone()]),
             }));
             let ResponseBodyT::DeleteGroupsResponse(response) =
-                client.call(request).await.map_err(|e| e.to_string())?
+                client.group_call(&group, request).await.map_err(|e| e.to_string())?
             else {
                 return Err("unexpected response".into());
             };

@@ -86,6 +86,44 @@ impl Shard {
         self.groups.borrow_mut().tick(wall_clock_ms(), &counts);
     }
 
+    /// The broker that coordinates `group`: this one on a single broker (id 0); in a cluster the
+    /// first live broker from a position the group name hashes to, so every broker names the
+    /// same one while they agree on who is alive, and every member of a group meets there.
+    /// (Its committed offsets live on that broker only: not replicated yet.)
+    fn coordinator_broker(&self, group: &str) -> (i32, std::net::SocketAddr) {
+        let (Some(membership), Some(cluster)) = (&self.config.membership, &self.config.cluster)
+        else {
+            return (0, self.config.listen);
+        };
+        let statuses =
+            membership.lock().expect("membership lock").status(std::time::Instant::now());
+        let mut brokers: Vec<_> = statuses.into_iter().collect();
+        brokers.sort_by_key(|b| b.id);
+        let first = crc32fast::hash(group.as_bytes()) as usize % brokers.len().max(1);
+        let chosen = (0..brokers.len())
+            .map(|i| &brokers[(first + i) % brokers.len()])
+            .find(|b| b.alive && b.address.parse::<std::net::SocketAddr>().is_ok());
+        match chosen {
+            Some(b) if b.id != cluster.node_id => {
+                (b.id as i32, b.address.parse().expect("checked above"))
+            }
+            _ => (cluster.node_id as i32, self.config.listen),
+        }
+    }
+
+    /// In a cluster, a group request that reached a broker which does not coordinate the group
+    /// is refused with `NotCoordinator` naming the one that does (the client finds it again).
+    pub(super) fn not_coordinator(&self, group: &str) -> Option<Failure> {
+        let cluster = self.config.cluster.as_ref()?;
+        let (coordinator, _) = self.coordinator_broker(group);
+        (coordinator != cluster.node_id as i32).then(|| {
+            Failure::new(
+                ErrorCode::NotCoordinator,
+                format!("group {group:?} is coordinated by broker {coordinator}"),
+            )
+        })
+    }
+
     /// Answers FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, ListGroups and
     /// DescribeGroups, forwarding to the coordinating shard where needed.
     pub async fn group_request(
@@ -94,12 +132,14 @@ impl Shard {
     ) -> Result<ResponseBodyT, Failure> {
         match body {
             RequestBodyT::FindCoordinatorRequest(request) => {
-                let shard = self.group_shard(request.key.as_deref().unwrap_or_default());
-                let address = self.config.shard_address(shard);
-                let listen = self.config.listen;
+                let group = request.key.as_deref().unwrap_or_default();
+                let shard = self.group_shard(group);
+                let (broker_id, listen) = self.coordinator_broker(group);
+                let mut address = listen;
+                address.set_port(listen.port().wrapping_add(1 + shard as u16));
                 Ok(ResponseBodyT::FindCoordinatorResponse(Box::new(
                     wire::FindCoordinatorResponseT {
-                        broker_id: 0,
+                        broker_id,
                         host: Some(listen.ip().to_string()),
                         port: listen.port(),
                         shard: shard as u16,

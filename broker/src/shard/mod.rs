@@ -472,6 +472,9 @@ impl Shard {
             }
             Decoded::Other { correlation_id, body } => (correlation_id, body),
         };
+        if let Some(failure) = group_of(&body).and_then(|group| self.not_coordinator(group)) {
+            return Some(envelope_error(correlation_id, failure.code, &failure.message));
+        }
         Some(match body {
             RequestBodyT::HandshakeRequest(_) => ok_reply(correlation_id, handshake()),
             RequestBodyT::MetadataRequest(request) => {
@@ -557,6 +560,25 @@ pub fn ok_reply(correlation_id: u32, body: ResponseBodyT) -> Reply {
         },
         payload: Vec::new(),
         memory: None,
+    }
+}
+
+/// The consumer group a request is about, for those a group's coordinator must serve.
+fn group_of(body: &RequestBodyT) -> Option<&str> {
+    match body {
+        RequestBodyT::JoinGroupRequest(r) => r.group_id.as_deref(),
+        RequestBodyT::SyncGroupRequest(r) => r.group_id.as_deref(),
+        RequestBodyT::HeartbeatRequest(r) => r.group_id.as_deref(),
+        RequestBodyT::LeaveGroupRequest(r) => r.group_id.as_deref(),
+        RequestBodyT::OffsetCommitRequest(r) => r.group_id.as_deref(),
+        RequestBodyT::OffsetFetchRequest(r) => r.group_id.as_deref(),
+        RequestBodyT::DescribeGroupsRequest(r) => {
+            r.groups.as_ref().and_then(|g| g.first()).map(String::as_str)
+        }
+        RequestBodyT::DeleteGroupsRequest(r) => {
+            r.groups.as_ref().and_then(|g| g.first()).map(String::as_str)
+        }
+        _ => None,
     }
 }
 
