@@ -1,6 +1,6 @@
-//! The fault-injection suite's short run: a real broker under kill -9 and SIGSTOP while
-//! producers and a consumer work, checked for lost, inconsistent, reordered and duplicated
-//! writes and consumer anomalies. And proof that the checker can fail: the same run against a
+//! The fault-injection suite's short runs: a real broker, and a three-broker cluster with
+//! replicated topics, under kill -9 and SIGSTOP while idempotent producers and a consumer work,
+//! checked for lost, inconsistent, reordered and duplicated writes and consumer anomalies. And proof that the checker can fail: the same run against a
 //! broker in its test-only unsafe mode (each restart drops the last batch of every partition)
 //! must be caught.
 
@@ -9,6 +9,10 @@ mod common;
 use spate_chaos::runner::{run, RunOptions};
 
 fn options(seed: u64, faults: &[&str], out: &std::path::Path) -> RunOptions {
+    options_for(1, seed, faults, out)
+}
+
+fn options_for(brokers: u32, seed: u64, faults: &[&str], out: &std::path::Path) -> RunOptions {
     RunOptions {
         seconds: 15,
         faults: faults.iter().map(|f| f.to_string()).collect(),
@@ -18,7 +22,8 @@ fn options(seed: u64, faults: &[&str], out: &std::path::Path) -> RunOptions {
         flush: "never".into(),
         out: out.to_path_buf(),
         spate: common::SPATE.into(),
-        port: common::free_ports(),
+        port: spate_chaos::runner::free_port(),
+        brokers,
         broker_env: Vec::new(),
     }
 }
@@ -29,6 +34,18 @@ fn kill_9_and_pauses_lose_nothing_acknowledged() {
     let result = run(options(1, &["kill", "pause"], out.path())).unwrap();
     let report = &result.report;
     assert!(report.faults >= 2, "{report:#?}");
+    assert!(report.acknowledged > 1_000, "{report:#?}");
+    assert_eq!(result.violations, 0, "{report:#?}");
+}
+
+#[test]
+fn a_three_broker_cluster_under_kill_9_and_pauses_loses_and_duplicates_nothing() {
+    let out = common::temp_dir();
+    let mut run_options = options_for(3, 3, &["kill", "pause"], out.path());
+    run_options.seconds = 25;
+    let result = run(run_options).unwrap();
+    let report = &result.report;
+    assert!(report.faults >= 3, "{report:#?}");
     assert!(report.acknowledged > 1_000, "{report:#?}");
     assert_eq!(result.violations, 0, "{report:#?}");
 }

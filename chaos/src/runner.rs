@@ -1,8 +1,9 @@
-//! The fault-injection runner: a real `spate` broker under a seeded schedule of process faults
-//! (kill -9 and restart, SIGSTOP and SIGCONT) while producers and a consumer work against it.
-//! Every operation goes into a history; once the faults stop every partition is read back, and
-//! the [`checker`](crate::checker) judges the run. One broker for now: network partitions and
-//! several brokers come with the cluster.
+//! The fault-injection runner: real `spate` brokers — one, or a cluster of three or five on
+//! loopback with mutual TLS and replicated topics — under a seeded schedule of process faults
+//! (kill -9 of a broker and restart, SIGSTOP and SIGCONT) while idempotent producers with
+//! acks=all and a consumer work against them. Every operation goes into a history; once the
+//! faults stop every partition is read back, and the [`checker`](crate::checker) judges the run.
+//! Not yet: network partitions and packet loss (network namespaces and nftables), full disks.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -40,8 +41,13 @@ pub struct RunOptions {
     pub out: PathBuf,
     /// The `spate` binary.
     pub spate: PathBuf,
-    /// The broker's client port (the next two, its shard ports, must be free too).
+    /// The first broker's client port. Broker i (from 0) uses `port + 10 * i`: its client port,
+    /// its shard ports after it, and in a cluster UDP `+ 5` (membership) and after it
+    /// (replication); see [`free_port`].
     pub port: u16,
+    /// 1: a single broker (2 shards). 3 or 5: a cluster (1 shard each), topics replicated
+    /// over min(3, brokers).
+    pub brokers: u32,
     /// Extra environment for the broker (the test-only unsafe mode).
     pub broker_env: Vec<(String, String)>,
 }
@@ -69,6 +75,9 @@ struct Broker {
     spate: PathBuf,
     dir: PathBuf,
     port: u16,
+    cores: u32,
+    /// Cluster flags (node id, replication address, peers, TLS files).
+    args: Vec<String>,
     env: Vec<(String, String)>,
     child: Option<Child>,
 }
@@ -87,9 +96,10 @@ impl Broker {
         let child = Command::new(&self.spate)
             .args(["serve", "--data-dir"])
             .arg(&self.dir)
-            .args(["--listen", &self.address(), "--cores", "2"])
+            .args(["--listen", &self.address(), "--cores", &self.cores.to_string()])
             .arg("--journal-dir")
             .arg(self.dir.with_extension("journal"))
+            .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
@@ -140,15 +150,106 @@ impl Drop for Broker {
     }
 }
 
-/// A base port whose next three are free too, below the ephemeral range.
+/// A base port for up to five brokers, below the ephemeral range: for each broker i, TCP
+/// `base + 10 * i ..= + 2` and UDP `base + 10 * i + 5 ..= + 7` are free now, and no earlier
+/// call in this process returned it (runs in one process, e.g. tests, run side by side).
 pub fn free_port() -> u16 {
-    for base in (21_000u16..30_000).step_by(5) {
-        let base = base + (std::process::id() % 5) as u16;
-        if (0..=3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let free = |base: u16| {
+        (0..5u16).all(|i| {
+            let b = base + 10 * i;
+            (0..=2).all(|j| TcpListener::bind(("127.0.0.1", b + j)).is_ok())
+                && (5..=7).all(|j| std::net::UdpSocket::bind(("127.0.0.1", b + j)).is_ok())
+        })
+    };
+    // Slots of 50 ports; this process starts at a slot its id picks, and never reuses one.
+    let slots = 160u16;
+    let first = (std::process::id() % u32::from(slots)) as u16;
+    for _ in 0..slots {
+        let slot = (first + NEXT.fetch_add(1, Ordering::SeqCst)) % slots;
+        let base = 21_000 + 50 * slot;
+        if free(base) {
             return base;
         }
     }
     29_000
+}
+
+/// The brokers of a run: one, or a cluster with certificates made by `spate cluster certs`.
+fn brokers(args: &RunOptions, root: &Path) -> Result<Vec<Broker>, String> {
+    let count = args.brokers;
+    if ![1, 3, 5].contains(&count) {
+        return Err(format!("--brokers {count}: use 1, 3 or 5"));
+    }
+    let port = |i: u32| args.port + 10 * i as u16;
+    let mut brokers: Vec<Broker> = (0..count)
+        .map(|i| Broker {
+            spate: args.spate.clone(),
+            dir: root.join(format!("broker-{}", i + 1)),
+            port: port(i),
+            cores: if count == 1 { 2 } else { 1 },
+            args: Vec::new(),
+            env: args.broker_env.clone(),
+            child: None,
+        })
+        .collect();
+    if count > 1 {
+        let certs = root.join("certs");
+        let made = Command::new(&args.spate)
+            .args(["cluster", "certs", "--out"])
+            .arg(&certs)
+            .args(["--brokers", &count.to_string()])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !made.status.success() {
+            return Err(String::from_utf8_lossy(&made.stderr).into_owned());
+        }
+        let peers: Vec<String> =
+            (0..count).map(|i| format!("{}@127.0.0.1:{}", i + 1, port(i) + 5)).collect();
+        for (i, broker) in brokers.iter_mut().enumerate() {
+            let id = i + 1;
+            let file = |name: String| certs.join(name).display().to_string();
+            broker.args = vec![
+                "--node-id".into(),
+                id.to_string(),
+                "--replication-listen".into(),
+                format!("127.0.0.1:{}", port(i as u32) + 5),
+                "--peers".into(),
+                peers.join(","),
+                "--tls-ca".into(),
+                file("ca.pem".into()),
+                "--tls-cert".into(),
+                file(format!("broker-{id}.pem")),
+                "--tls-key".into(),
+                file(format!("broker-{id}.key")),
+            ];
+        }
+    }
+    Ok(brokers)
+}
+
+/// Waits (bounded) until every broker sees all the others alive.
+fn wait_cluster(brokers: &[Broker]) -> Result<(), String> {
+    if brokers.len() == 1 {
+        return Ok(());
+    }
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        let all = brokers.iter().all(|b| {
+            Command::new(&b.spate)
+                .args(["cluster", "status", "-b", &b.address()])
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout).matches("\talive").count() == brokers.len()
+                })
+                .unwrap_or(false)
+        });
+        if all {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err("the cluster did not come up".into())
 }
 
 fn client_config(bootstrap: &str) -> ClientConfig {
@@ -331,11 +432,17 @@ async fn final_read(bootstrap: &str, partitions: u32) -> Result<Vec<Stored>, Str
     let client = Client::connect(client_config(bootstrap)).await.map_err(|e| e.to_string())?;
     let mut stored = Vec::new();
     for partition in 0..partitions {
-        let end = client
-            .list_offset(TOPIC, partition, spate_client::LATEST)
-            .await
-            .map_err(|e| e.to_string())?
-            .unwrap_or(0);
+        // A leader may still be settling after the last fault: retry (bounded: 60 s).
+        let asked = Instant::now();
+        let end = loop {
+            match client.list_offset(TOPIC, partition, spate_client::LATEST).await {
+                Ok(end) => break end.unwrap_or(0),
+                Err(error) if asked.elapsed() > Duration::from_secs(60) => {
+                    return Err(format!("partition {partition}: {error}"))
+                }
+                Err(_) => glommio::timer::sleep(Duration::from_millis(100)).await,
+            }
+        };
         let tp = TopicPartition { topic: TOPIC.into(), partition };
         let mut consumer = Consumer::new(
             client.clone(),
@@ -349,8 +456,15 @@ async fn final_read(bootstrap: &str, partitions: u32) -> Result<Vec<Stored>, Str
             if started.elapsed() > Duration::from_secs(60) {
                 return Err(format!("final read of partition {partition} stalled at {offset}"));
             }
-            for record in consumer.poll().await.map_err(|e| e.to_string())? {
-                offset = record.offset + 1;
+            let Ok(records) = consumer.poll().await else {
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            // The position, not the last record: it also moves past replication's control
+            // batches (a new leader's marker may end the log).
+            offset = offset.max(consumer.position(&tp).unwrap_or(0));
+            for record in records {
+                offset = offset.max(record.offset + 1);
                 stored.push(Stored {
                     partition,
                     offset: record.offset,
@@ -379,21 +493,29 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
     if let Some(bad) = faults.iter().find(|f| !["kill", "pause"].contains(f)) {
         return Err(format!("unknown fault {bad:?}: this runner has kill and pause"));
     }
-    println!("spate-chaos: seed {seed}, {} s, faults {faults:?}, 1 broker (process faults only: network faults need the cluster)", args.seconds);
-    let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let network = if args.brokers == 1 {
+        "1 broker"
+    } else {
+        "a cluster on loopback"
+    };
+    println!("spate-chaos: seed {seed}, {} s, faults {faults:?}, {} broker(s), {network} (process faults only: network faults are not built yet)", args.seconds, args.brokers);
     let out = args.out.clone();
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-    let mut broker = Broker {
-        spate: args.spate.clone(),
-        dir: scratch.path().join("data"),
-        port: args.port,
-        env: args.broker_env.clone(),
-        child: None,
-    };
-    broker.start()?;
-    let created = Command::new(&broker.spate)
+    // The brokers' data and logs stay in OUT/brokers when the run fails, for a look.
+    let scratch = out.join("brokers");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let mut brokers = brokers(&args, &scratch)?;
+    for broker in &mut brokers {
+        broker.start()?;
+    }
+    wait_cluster(&brokers)?;
+    let bootstrap: String =
+        brokers.iter().map(Broker::address).collect::<Vec<_>>().join(",");
+    let factor = args.brokers.min(3).to_string();
+    let created = Command::new(&brokers[0].spate)
         .args(["topic", "create", TOPIC, "--partitions", &args.partitions.to_string()])
-        .args(["--config", &format!("flush={}", args.flush), "-b", &broker.address()])
+        .args(["--replication-factor", &factor])
+        .args(["--config", &format!("flush={}", args.flush), "-b", &bootstrap])
         .output()
         .map_err(|e| e.to_string())?;
     if !created.status.success() {
@@ -404,7 +526,7 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let worker = {
         let (args, bootstrap, history, stop) =
-            (args.clone(), broker.address(), history.clone(), stop.clone());
+            (args.clone(), bootstrap.clone(), history.clone(), stop.clone());
         std::thread::spawn(move || {
             glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
                 .make()
@@ -418,6 +540,8 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
     while !faults.is_empty() && Instant::now() + Duration::from_secs(5) < deadline {
         std::thread::sleep(Duration::from_millis(rng.gen_range(2_000..5_000)));
         let kind = faults[rng.gen_range(0..faults.len())];
+        let target = rng.gen_range(0..brokers.len());
+        let broker = &mut brokers[target];
         let start_ms = now_ms(start);
         match kind {
             "kill" => {
@@ -433,7 +557,7 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
         }
         let event = Event::Fault {
             kind: kind.into(),
-            target: "broker".into(),
+            target: format!("broker-{}", target + 1),
             start_ms,
             end_ms: now_ms(start),
         };
@@ -443,7 +567,7 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
     std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
     stop.store(true, Ordering::SeqCst);
     worker.join().map_err(|_| "the workload panicked".to_string())??;
-    let bootstrap = broker.address();
+    wait_cluster(&brokers)?;
     let stored = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .make()
         .map_err(|e| e.to_string())?
@@ -452,11 +576,16 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
     write_lines(&out.join("history.jsonl"), &events)?;
     write_lines(&out.join("final.jsonl"), &stored)?;
     let report = check(&events, &stored, 1_000);
-    let violations = report.violations(false);
+    // The producers are idempotent: a duplicate of any send is a violation.
+    let violations = report.violations(true);
     let mut summary = serde_json::to_value(&report).expect("serializable");
     summary["seed"] = serde_json::json!(seed);
     summary["violations"] = serde_json::json!(violations);
     std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary).expect("json"))
         .map_err(|e| e.to_string())?;
+    drop(brokers);
+    if violations == 0 && std::env::var_os("SPATE_CHAOS_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
     Ok(RunResult { report, violations })
 }

@@ -1,10 +1,11 @@
-//! `spate-chaos`: a real `spate` broker under a seeded schedule of process faults while
-//! producers and a consumer work against it; the history and a final read of every partition go
-//! through the checker. Exits 1 on any safety violation (see `spate_chaos::runner`).
+//! `spate-chaos`: real `spate` brokers (one, or a cluster of three or five) under a seeded
+//! schedule of process faults while producers and a consumer work against them; the history and
+//! a final read of every partition go through the checker. Exits 1 on any safety violation (see
+//! `spate_chaos::runner`).
 //!
 //! ```text
-//! spate-chaos [--seconds S] [--faults kill,pause] [--seed N] [--partitions P] [--producers K]
-//!             [--flush never|always] [--out DIR] [--spate PATH]
+//! spate-chaos [--seconds S] [--brokers 1|3|5] [--faults kill,pause] [--seed N] [--partitions P]
+//!             [--producers K] [--flush never|always] [--out DIR] [--spate PATH]
 //! ```
 
 use std::path::PathBuf;
@@ -16,6 +17,9 @@ use spate_chaos::runner::{free_port, run, RunOptions};
 struct Args {
     #[arg(long, default_value_t = 30)]
     seconds: u64,
+    /// 1 (a single broker), 3 or 5 (a cluster on loopback, topics replicated over 3).
+    #[arg(long, default_value_t = 1)]
+    brokers: u32,
     /// Comma-separated: kill, pause.
     #[arg(long, default_value = "kill,pause")]
     faults: String,
@@ -53,6 +57,7 @@ fn main() {
         out: args.out.unwrap_or_else(|| scratch.path().to_path_buf()),
         spate,
         port: free_port(),
+        brokers: args.brokers,
         broker_env: Vec::new(),
     };
     match run(options) {
