@@ -493,11 +493,7 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
     if let Some(bad) = faults.iter().find(|f| !["kill", "pause"].contains(f)) {
         return Err(format!("unknown fault {bad:?}: this runner has kill and pause"));
     }
-    let network = if args.brokers == 1 {
-        "1 broker"
-    } else {
-        "a cluster on loopback"
-    };
+    let network = if args.brokers == 1 { "1 broker" } else { "a cluster on loopback" };
     println!("spate-chaos: seed {seed}, {} s, faults {faults:?}, {} broker(s), {network} (process faults only: network faults are not built yet)", args.seconds, args.brokers);
     let out = args.out.clone();
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
@@ -509,8 +505,7 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
         broker.start()?;
     }
     wait_cluster(&brokers)?;
-    let bootstrap: String =
-        brokers.iter().map(Broker::address).collect::<Vec<_>>().join(",");
+    let bootstrap: String = brokers.iter().map(Broker::address).collect::<Vec<_>>().join(",");
     let factor = args.brokers.min(3).to_string();
     let created = Command::new(&brokers[0].spate)
         .args(["topic", "create", TOPIC, "--partitions", &args.partitions.to_string()])

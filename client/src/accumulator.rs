@@ -57,6 +57,10 @@ pub struct ClosedBatch<D> {
     pub opened_at: Instant,
     /// The error of the last failed send, if any (reported when the batch times out).
     pub last_error: Option<ClientError>,
+    /// Whether a failed send of it may have been written all the same (no answer, a lost
+    /// connection, a leader lost before commit): then it must never be treated as refused, and
+    /// its sequence numbers never reused, whatever a later attempt is told.
+    pub maybe_written: bool,
     /// Its place among its partition's batches, in closing order.
     pub ordinal: u64,
     /// Its first sequence number, when the producer is idempotent.
@@ -241,6 +245,7 @@ impl<D> Accumulator<D> {
                 attempts: 0,
                 opened_at: open.opened_at,
                 last_error: None,
+                maybe_written: false,
                 ordinal,
                 sequence,
                 record_count,

@@ -327,19 +327,28 @@ impl Client {
         Ok(address)
     }
 
+    /// [`call`](Client::call) with its own timeout.
+    async fn call_within(&self, body: RequestBodyT, timeout: Duration) -> Result<ResponseBodyT> {
+        let connection = self.bootstrap_connection().await?;
+        let frame = self.roundtrip_within(&connection, body, timeout).await?;
+        body_of(&frame)
+    }
+
     async fn call_on(&self, connection: &Connection, body: RequestBodyT) -> Result<ResponseBodyT> {
         let frame = self.roundtrip(connection, body).await?;
-        let response = codec::decode_response(&frame.header)?.unpack();
-        if response.error_code != ErrorCode::None {
-            return Err(ClientError::broker(
-                response.error_code,
-                response.error_message.as_deref(),
-            ));
-        }
-        Ok(response.body)
+        body_of(&frame)
     }
 
     async fn roundtrip(&self, connection: &Connection, body: RequestBodyT) -> Result<Frame> {
+        self.roundtrip_within(connection, body, self.inner.config.request_timeout).await
+    }
+
+    async fn roundtrip_within(
+        &self,
+        connection: &Connection,
+        body: RequestBodyT,
+        timeout: Duration,
+    ) -> Result<Frame> {
         let correlation_id = connection.next_correlation_id();
         let request = RequestT {
             correlation_id,
@@ -348,7 +357,7 @@ impl Client {
             body,
         };
         let frame = codec::encode_request(&request)?;
-        connection.request(correlation_id, &frame, self.inner.config.request_timeout).await
+        connection.request(correlation_id, &frame, timeout).await
     }
 
     // ---- Metadata ---------------------------------------------------------------------------
@@ -360,13 +369,14 @@ impl Client {
         }));
         // Metadata only reads, so a broker lost mid-request is simply asked of the next
         // bootstrap broker (each at most once).
-        let mut answer = self.call(body.clone()).await;
+        let timeout = self.inner.config.request_timeout.min(limits::METADATA_TIMEOUT);
+        let mut answer = self.call_within(body.clone(), timeout).await;
         for _ in 1..self.inner.bootstrap.len() {
             match &answer {
                 Err(ClientError::ConnectionLost { .. } | ClientError::Timeout(_)) => {
                     let count = self.inner.bootstrap.len();
                     self.inner.current.set((self.inner.current.get() + 1) % count);
-                    answer = self.call(body.clone()).await;
+                    answer = self.call_within(body.clone(), timeout).await;
                 }
                 _ => break,
             }
@@ -1016,6 +1026,15 @@ fn first_topic_result(results: Option<Vec<wire::TopicResultT>>) -> Result<()> {
         return Err(ClientError::broker(result.error_code, result.error_message.as_deref()));
     }
     Ok(())
+}
+
+/// A response's body, or the error its envelope carries.
+fn body_of(frame: &Frame) -> Result<ResponseBodyT> {
+    let response = codec::decode_response(&frame.header)?.unpack();
+    if response.error_code != ErrorCode::None {
+        return Err(ClientError::broker(response.error_code, response.error_message.as_deref()));
+    }
+    Ok(response.body)
 }
 
 fn resolve(address: &str) -> Result<SocketAddr> {

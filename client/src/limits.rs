@@ -59,3 +59,8 @@ const _: () = assert!(PRODUCER_BATCH_BYTES_MAX < PRODUCER_BUFFER_BYTES_MAX);
 
 /// Bootstrap brokers one client takes from its comma-separated list.
 pub const BOOTSTRAP_BROKERS_MAX: usize = 64;
+
+/// The longest a metadata request waits before the next bootstrap broker is asked: a healthy
+/// broker answers from memory at once, and a paused or overloaded one must not hold up every
+/// producer's failover for a whole request timeout.
+pub const METADATA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);

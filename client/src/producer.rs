@@ -551,6 +551,7 @@ fn settle(inner: &Rc<Inner>, mut batch: ClosedBatch<Reply>, result: Result<Optio
                 if let Some(observer) = inner.on_retry.borrow().as_ref() {
                     observer(&target, &error);
                 }
+                batch.maybe_written |= !refused_for_good(&error);
                 batch.last_error = Some(error);
                 inner.accumulator.borrow_mut().hold_for_retry(&target);
                 let inner = inner.clone();
@@ -624,12 +625,21 @@ fn delivery_timeout(config: &ProducerConfig, last_error: Option<ClientError>) ->
 
 /// Fails every record of an in-flight `batch` with `error` and releases its buffer space.
 fn fail_batch(inner: &Inner, batch: ClosedBatch<Reply>, error: ClientError) {
-    if refused_for_good(&error) {
-        // No gap for the broker to see: the next batches take over its sequence numbers.
+    // Refused at every attempt: no gap for the broker to see, so the next batches take over
+    // its sequence numbers. An earlier attempt that may have been written forbids it: a later
+    // batch under those numbers would be taken for a retry of this one and answered with its
+    // offsets (the chaos suite found exactly that: a NotLeader after a lost leader's write).
+    if sequences_reusable(batch.maybe_written, &error) {
         inner.accumulator.borrow_mut().rewind_sequence(&batch);
     }
     fail_deliveries(batch.deliveries, &error);
     inner.accumulator.borrow_mut().complete(&batch.target, batch.ordinal, batch.record_bytes);
+}
+
+/// Whether a batch failing for good with `error` frees its sequence numbers for the next
+/// batches: only if the broker refused it and no earlier attempt may have written it.
+fn sequences_reusable(maybe_written: bool, error: &ClientError) -> bool {
+    refused_for_good(error) && !maybe_written
 }
 
 fn fail_deliveries(deliveries: Vec<Reply>, error: &ClientError) {
@@ -647,5 +657,30 @@ fn wake_waiters(inner: &Inner) {
         for waiter in inner.idle_waiters.borrow_mut().drain(..) {
             let _ = waiter.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn not_leader() -> ClientError {
+        ClientError::broker(ErrorCode::NotLeader, Some("no leader yet"))
+    }
+
+    #[test]
+    fn a_batch_that_may_have_been_written_never_gives_up_its_sequence_numbers() {
+        let config = ProducerConfig::default();
+        // Refused at every attempt: its numbers go to the next batches.
+        assert!(sequences_reusable(false, &not_leader()));
+        assert!(sequences_reusable(false, &delivery_timeout(&config, Some(not_leader()))));
+        // An earlier attempt went unanswered (or lost its leader before commit): the last
+        // attempt's refusal says nothing about that one.
+        assert!(!sequences_reusable(true, &delivery_timeout(&config, Some(not_leader()))));
+        assert!(!sequences_reusable(true, &not_leader()));
+        // Unknown outcomes are never refusals.
+        let timed_out = ClientError::broker(ErrorCode::RequestTimedOut, Some("lost leadership"));
+        assert!(!refused_for_good(&timed_out));
+        assert!(!sequences_reusable(false, &ClientError::Timeout(3000)));
     }
 }

@@ -161,9 +161,14 @@ fn not_leader(topic: &str, partition: u32, leader: Option<u32>) -> Failure {
 
 fn replication_failure(topic: &str, partition: u32, error: ReplicationError) -> Failure {
     match error {
-        ReplicationError::NotLeader { leader } | ReplicationError::LeadershipLost { leader } => {
-            not_leader(topic, partition, leader)
-        }
+        ReplicationError::NotLeader { leader } => not_leader(topic, partition, leader),
+        // Written here but not known to be committed: the outcome is unknown, which a client
+        // must not take for a refusal (it would reuse the batch's sequence numbers), so this is
+        // a timeout, not NotLeader; its retry finds the new leader.
+        ReplicationError::LeadershipLost { .. } => Failure::new(
+            ErrorCode::RequestTimedOut,
+            format!("{topic}/{partition}: {error}; the batch may or may not be committed"),
+        ),
         ReplicationError::Transferring | ReplicationError::TransferTimedOut => {
             Failure::new(ErrorCode::NotLeader, format!("{topic}/{partition}: {error}"))
         }
