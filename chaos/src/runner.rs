@@ -500,6 +500,7 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
     // The brokers' data and logs stay in OUT/brokers when the run fails, for a look.
     let scratch = out.join("brokers");
     let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
     let mut brokers = brokers(&args, &scratch)?;
     for broker in &mut brokers {
         broker.start()?;
