@@ -200,12 +200,22 @@ impl ReplicationNode {
     pub async fn shutdown(self) {
         let partitions: Vec<Partition> =
             self.shared.partitions.borrow().values().cloned().collect();
-        for partition in &partitions {
-            if partition.status().role == spate_replication::Role::Leader {
-                if let Err(e) = partition.transfer_leadership(None).await {
-                    warn!(group = partition.group().0, error = %e, "leadership transfer on shutdown");
-                }
-            }
+        // All at once: each transfer waits up to a few election timeouts, and with thousands of
+        // partitions (or peers stopping at the same time) one after another would take minutes.
+        let transfers: Vec<_> = partitions
+            .iter()
+            .filter(|p| p.status().role == spate_replication::Role::Leader)
+            .map(|partition| {
+                let partition = partition.clone();
+                glommio::spawn_local(async move {
+                    if let Err(e) = partition.transfer_leadership(None).await {
+                        warn!(group = partition.group().0, error = %e, "leadership transfer on shutdown");
+                    }
+                })
+            })
+            .collect();
+        for transfer in transfers {
+            transfer.await;
         }
         self.shared.stop();
         for partition in &partitions {
