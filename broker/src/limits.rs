@@ -81,6 +81,12 @@ pub const CLUSTER_BROKERS_MAX: usize = 64;
 /// (fewer when the cluster has fewer brokers).
 pub const DEFAULT_REPLICATION_FACTOR_MAX: usize = 3;
 
+/// Every this many 100 ms ticks (5 s) a leader hands each partition whose preferred replica
+/// (the first of its replicas) is alive and fully caught up back to it, so leadership, and
+/// with it produce and fetch load, spreads over the brokers again after failovers (Kafka's
+/// auto leader rebalance).
+pub const PREFERRED_LEADER_CHECK_TICKS: u64 = 50;
+
 /// How long the broker a topic change was sent to waits for each other broker to apply it.
 pub const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 

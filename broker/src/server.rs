@@ -384,11 +384,17 @@ async fn shard_main(
     let ticker = shard.clone();
     let ticking = stop.clone();
     glommio::spawn_local(async move {
-        // Group sessions and rebalances advance every 100 ms, until stop.
+        // Group sessions and rebalances advance every 100 ms, until stop; leadership goes back
+        // to preferred replicas every `PREFERRED_LEADER_CHECK_TICKS`.
+        let mut ticks = 0u64;
         while !ticking.load(Ordering::SeqCst) {
             glommio::timer::sleep(Duration::from_millis(100)).await;
             ticker.tick_groups();
             ticker.publish_replicas();
+            ticks += 1;
+            if ticks.is_multiple_of(limits::PREFERRED_LEADER_CHECK_TICKS) {
+                ticker.restore_preferred_leaders();
+            }
         }
     })
     .detach();

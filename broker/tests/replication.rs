@@ -224,9 +224,8 @@ fn acks_all_survives_a_killed_leader_and_the_old_leader_rejoins_identical() {
         "--replication-factor",
         "3",
     ]);
-    let before = wait_describe(cluster.broker(1), "t", "a leader with all in sync", |d| {
-        d.leader.is_some() && d.isr.len() == 3
-    });
+    let before =
+        wait_describe(cluster.broker(1), "t", "the preferred leader, all in sync", settled);
     assert_eq!(before.replicas.len(), 3, "{before:?}");
     let leader = before.leader.unwrap();
 
@@ -386,9 +385,14 @@ fn create_replicated(cluster: &Cluster) -> Described {
         "--replication-factor",
         "3",
     ]);
-    wait_describe(cluster.broker(1), "t", "a leader with all in sync", |d| {
-        d.leader.is_some() && d.isr.len() == 3
-    })
+    wait_describe(cluster.broker(1), "t", "the preferred leader, all in sync", settled)
+}
+
+/// Led by its preferred replica (where leadership settles, see
+/// `leadership_goes_back_to_preferred_replicas`), with every replica in sync: a fault on the
+/// leader after this hits the leader.
+fn settled(d: &Described) -> bool {
+    d.leader.is_some() && d.leader == d.replicas.first().copied() && d.isr.len() == 3
 }
 
 fn all_caught_up(d: &Described) -> bool {
@@ -499,4 +503,47 @@ fn a_group_meets_at_one_coordinator_whichever_broker_its_members_ask() {
     let described: Vec<String> =
         (1..=3).map(|id| cluster.broker(id).ok(&["group", "describe", "G"])).collect();
     assert!(described.windows(2).all(|w| w[0] == w[1]), "{described:?}");
+}
+
+#[test]
+fn leadership_goes_back_to_preferred_replicas() {
+    let cluster = Cluster::start();
+    cluster.broker(1).ok(&[
+        "topic",
+        "create",
+        "l",
+        "--partitions",
+        "3",
+        "--replication-factor",
+        "3",
+    ]);
+    // Whoever wins the first elections, within a few checks every partition is led by the first
+    // of its replicas, and the three partitions by three different brokers.
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < Duration::from_secs(40) {
+        last = cluster.broker(2).ok(&["topic", "describe", "l"]);
+        let placed: Vec<(Option<u32>, Option<u32>)> = last
+            .lines()
+            .filter(|l| l.starts_with("partition "))
+            .map(|line| {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let after = |key: &str| {
+                    words.iter().position(|w| *w == key).and_then(|i| words.get(i + 1)).copied()
+                };
+                let leader = after("leader").and_then(|l| l.parse().ok());
+                let preferred = after("replicas").and_then(|r| r.split(',').next()?.parse().ok());
+                (leader, preferred)
+            })
+            .collect();
+        let mut leaders: Vec<Option<u32>> = placed.iter().map(|(l, _)| *l).collect();
+        leaders.sort();
+        leaders.dedup();
+        if placed.len() == 3 && placed.iter().all(|(l, p)| l.is_some() && l == p) {
+            assert_eq!(leaders.len(), 3, "{last}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("leaders never went to the preferred replicas:\n{last}");
 }

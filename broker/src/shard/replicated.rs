@@ -124,6 +124,52 @@ impl Shard {
         }
     }
 
+    /// Hands leadership of each partition led here back to its preferred replica (the first
+    /// of its replicas) when that broker is alive and holds everything this leader holds.
+    /// Transfers run in the background, each bounded by a few election timeouts.
+    pub(crate) fn restore_preferred_leaders(&self) {
+        let (Some(cluster), Some(membership)) = (&self.config.cluster, &self.config.membership)
+        else {
+            return;
+        };
+        let me = cluster.node_id;
+        let alive: Vec<u32> = membership
+            .lock()
+            .expect("membership lock")
+            .status(std::time::Instant::now())
+            .into_iter()
+            .filter(|b| b.alive)
+            .map(|b| b.id)
+            .collect();
+        let replicas: Vec<(PartitionKey, Partition)> =
+            self.replicas.borrow().iter().map(|(k, p)| (k.clone(), p.clone())).collect();
+        for ((topic, partition), replica) in replicas {
+            let preferred = self
+                .catalog
+                .borrow()
+                .topics
+                .get(&topic)
+                .and_then(|t| t.replicas.get(partition as usize))
+                .and_then(|r| r.first().copied());
+            let Some(preferred) = preferred.filter(|p| *p != me && alive.contains(p)) else {
+                continue;
+            };
+            let status = replica.status();
+            let caught_up = status.role == Role::Leader
+                && status
+                    .replicas
+                    .iter()
+                    .any(|r| r.node == preferred && r.match_end == status.log_end);
+            if caught_up {
+                tracing::info!(%topic, partition, to = preferred, "moving leadership to the preferred replica");
+                glommio::spawn_local(async move {
+                    let _ = replica.transfer_leadership(Some(preferred)).await;
+                })
+                .detach();
+            }
+        }
+    }
+
     /// Forgets a replica that is gone (its topic was deleted).
     pub(super) fn unpublish_replica(&self, key: &PartitionKey) {
         if let Some(views) = &self.config.replica_views {
