@@ -63,6 +63,8 @@ pub struct RunResult {
 const SENDS_PER_SECOND_MAX: u64 = 2_000;
 /// How long a send may wait for its acknowledgement (retries included).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// New producers a producer task may start after one failed for good.
+const PRODUCER_RESTARTS_MAX: u32 = 100;
 const TOPIC: &str = "chaos";
 
 type History = Arc<Mutex<Vec<Event>>>;
@@ -320,7 +322,8 @@ async fn produce(
         linger: Duration::from_millis(1),
         ..ProducerConfig::default()
     };
-    let Ok(producer) = Producer::new(client, config) else { return };
+    let Ok(mut producer) = Producer::new(client.clone(), config.clone()) else { return };
+    let mut restarts = 0u32;
     let producer_name = format!("p{index}");
     let pending = Rc::new(RefCell::new(0usize));
     let mut seq = 0u64;
@@ -332,6 +335,17 @@ async fn produce(
         let invoke_ms = now_ms(start);
         let record = ProducerRecord::new(TOPIC, value.clone()).with_partition(partition);
         let sent = producer.send(record).await;
+        // A producer that failed for good (a gap after a batch abandoned with an unknown
+        // outcome, as Kafka's before KIP-360) refuses every send; the application starts a new
+        // one, as a Kafka application must. Bounded by `PRODUCER_RESTARTS_MAX`.
+        let refused_at_once = sent.is_err();
+        if refused_at_once && restarts < PRODUCER_RESTARTS_MAX {
+            let _ = producer.close().await;
+            if let Ok(fresh) = Producer::new(client.clone(), config.clone()) {
+                producer = fresh;
+                restarts += 1;
+            }
+        }
         let (history, producer_name, pending) =
             (history.clone(), producer_name.clone(), pending.clone());
         *pending.borrow_mut() += 1;
@@ -342,6 +356,8 @@ async fn produce(
             };
             let (outcome, offset, attempts) = match &result {
                 Ok(report) => (Outcome::Ack, Some(report.offset), report.attempts),
+                // Refused by the producer itself: never sent.
+                Err(_) if refused_at_once => (Outcome::Fail, None, 0),
                 Err(error) if definitely_not_written(error) => (Outcome::Fail, None, 0),
                 Err(_) => (Outcome::Unknown, None, 0),
             };
