@@ -194,7 +194,13 @@ impl Client {
         for _ in 0..count {
             match self.connection(self.current_bootstrap()).await {
                 Ok(connection) => return Ok(connection),
-                Err(error @ (ClientError::Connect { .. } | ClientError::ConnectionLost { .. })) => {
+                // A broker that accepts but never answers (paused, overloaded) times out its
+                // handshake: the next bootstrap broker is tried as for a refused connection.
+                Err(
+                    error @ (ClientError::Connect { .. }
+                    | ClientError::ConnectionLost { .. }
+                    | ClientError::Timeout(_)),
+                ) => {
                     last_error = Some(error);
                     self.inner.current.set((self.inner.current.get() + 1) % count);
                 }
