@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
@@ -215,39 +215,14 @@ fn producer_config() -> ProducerConfig {
 fn acks_all_survives_a_killed_leader_and_the_old_leader_rejoins_identical() {
     const MESSAGES: u64 = 3_000;
     let mut cluster = Cluster::start();
-    cluster.broker(1).ok(&[
-        "topic",
-        "create",
-        "t",
-        "--partitions",
-        "1",
-        "--replication-factor",
-        "3",
-    ]);
-    let before =
-        wait_describe(cluster.broker(1), "t", "the preferred leader, all in sync", settled);
+    let before = create_replicated(&cluster);
     assert_eq!(before.replicas.len(), 3, "{before:?}");
     let leader = before.leader.unwrap();
 
     // Stream with acks=all; kill -9 the leader once a quarter is acknowledged.
-    let acknowledged = Arc::new(AtomicU64::new(0));
-    let killed: Arc<Mutex<Option<Broker>>> =
-        Arc::new(Mutex::new(cluster.brokers[leader as usize - 1].take()));
-    let killer = {
-        let (acknowledged, killed) = (acknowledged.clone(), killed.clone());
-        std::thread::spawn(move || {
-            let started = Instant::now();
-            while acknowledged.load(Ordering::SeqCst) < MESSAGES / 4 {
-                assert!(started.elapsed() < Duration::from_secs(60), "the stream did not start");
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            let mut broker = killed.lock().unwrap().take().unwrap();
-            broker.sigkill();
-            (Instant::now(), acknowledged.load(Ordering::SeqCst))
-        })
-    };
-    let results = stream(&cluster.bootstrap(), MESSAGES, acknowledged);
-    let (_, at_kill) = killer.join().unwrap();
+    let broker = cluster.brokers[leader as usize - 1].take().unwrap();
+    let (results, _killed, (), at_kill) =
+        stream_with_fault(&cluster.bootstrap(), MESSAGES, broker, |b| b.sigkill());
     assert!(at_kill < MESSAGES, "the kill came mid-stream");
 
     // A new leader, among the two that are left.
@@ -340,6 +315,34 @@ fn stream(
         }
         results
     })
+}
+
+/// [`stream`], with `fault` done to `broker` (taken out of the cluster) from another thread once
+/// a quarter of the messages are acknowledged. Returns the results, the broker, what `fault`
+/// returned, and how many were acknowledged when it struck.
+fn stream_with_fault<T: Send + 'static>(
+    bootstrap: &str,
+    count: u64,
+    mut broker: Broker,
+    fault: impl FnOnce(&mut Broker) -> T + Send + 'static,
+) -> (Vec<spate_client::Result<spate_client::DeliveryReport>>, Broker, T, u64) {
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let striker = {
+        let acknowledged = acknowledged.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while acknowledged.load(Ordering::SeqCst) < count / 4 {
+                assert!(started.elapsed() < Duration::from_secs(60), "the stream did not start");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let at_fault = acknowledged.load(Ordering::SeqCst);
+            let outcome = fault(&mut broker);
+            (broker, outcome, at_fault)
+        })
+    };
+    let results = stream(bootstrap, count, acknowledged);
+    let (broker, outcome, at_fault) = striker.join().unwrap();
+    (results, broker, outcome, at_fault)
 }
 
 /// Every send succeeded, and t/0 holds each message exactly once, at the offset it was
@@ -445,23 +448,9 @@ fn sigterm_on_the_leader_under_load_costs_the_producer_no_error() {
     let mut cluster = Cluster::start();
     let before = create_replicated(&cluster);
     let leader = before.leader.unwrap();
-    let acknowledged = Arc::new(AtomicU64::new(0));
-    let stopping = Arc::new(Mutex::new(cluster.brokers[leader as usize - 1].take()));
-    let stopper = {
-        let (acknowledged, stopping) = (acknowledged.clone(), stopping.clone());
-        std::thread::spawn(move || {
-            let started = Instant::now();
-            while acknowledged.load(Ordering::SeqCst) < MESSAGES / 4 {
-                assert!(started.elapsed() < Duration::from_secs(60), "the stream did not start");
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            let at_stop = acknowledged.load(Ordering::SeqCst);
-            let status = stopping.lock().unwrap().as_mut().unwrap().sigterm();
-            (status, at_stop)
-        })
-    };
-    let results = stream(&cluster.bootstrap(), MESSAGES, acknowledged);
-    let (status, at_stop) = stopper.join().unwrap();
+    let broker = cluster.brokers[leader as usize - 1].take().unwrap();
+    let (results, _stopped, status, at_stop) =
+        stream_with_fault(&cluster.bootstrap(), MESSAGES, broker, |b| b.sigterm());
     assert!(status.success(), "the leader stopped cleanly");
     assert!(at_stop < MESSAGES, "the stop came mid-stream");
     let survivor = cluster.any_other(leader);
