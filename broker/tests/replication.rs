@@ -430,6 +430,10 @@ fn a_paused_follower_catches_up_when_it_resumes() {
                 l.strip_prefix(&lag).and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v > 0)
             })
     });
+    // So does `spate cluster status`, which asks each broker about the partitions it leads.
+    let status = cluster.broker(leader).ok(&["cluster", "status"]);
+    let line = status.lines().find(|l| l.starts_with(&format!("{leader}\t"))).unwrap();
+    assert!(line.ends_with("\tleads 1\tunder_replicated 1"), "{status}");
     cluster.broker(follower).resume();
     assert!(during.hw.unwrap() >= MESSAGES as i64, "committed without the paused one: {during:?}");
     let behind = during.log_ends.iter().find(|(id, _)| *id == follower).map(|(_, end)| *end);
@@ -439,6 +443,9 @@ fn a_paused_follower_catches_up_when_it_resumes() {
     cluster.wait_metrics(leader, "fully replicated again", |text| {
         text.contains("spate_under_replicated_partitions 0") && text.contains(&format!("{lag}0"))
     });
+    let status = cluster.broker(leader).ok(&["cluster", "status"]);
+    assert_eq!(status.matches("\talive\tleads ").count(), 3, "{status}");
+    assert!(status.contains(&format!("{leader}\t")) && !status.contains("under_replicated 1"));
     check_stored_once(&cluster, &results, MESSAGES);
 }
 

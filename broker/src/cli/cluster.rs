@@ -18,7 +18,8 @@ pub(crate) enum ClusterCommand {
         brokers: u32,
     },
     /// One line per broker: its id, its address, and `alive` or `dead`, as the broker asked
-    /// sees them.
+    /// sees them; then, for each broker of a cluster that answers, `leads N` (partitions it
+    /// leads) and `under_replicated M` (of those, partitions missing an in-sync replica).
     Status,
 }
 
@@ -31,7 +32,9 @@ pub(crate) fn certs(out: PathBuf, brokers: u32) -> Result<(), String> {
 
 pub(crate) async fn status(client: Client) -> Result<(), String> {
     let metadata = client.metadata(Some(&[])).await.map_err(|e| e.to_string())?;
-    for broker in metadata.brokers.into_iter().flatten() {
+    let brokers = metadata.brokers.unwrap_or_default();
+    let (answered, led) = super::led_partitions(&client, &brokers, None).await;
+    for broker in brokers {
         let host = broker.host.unwrap_or_default();
         let address = match broker.port {
             0 => host,
@@ -39,7 +42,18 @@ pub(crate) async fn status(client: Client) -> Result<(), String> {
             port => format!("{host}:{port}"),
         };
         let state = if broker.alive { "alive" } else { "dead" };
-        println!("{}\t{address}\t{state}", broker.broker_id);
+        let mut line = format!("{}\t{address}\t{state}", broker.broker_id);
+        if answered.contains(&broker.broker_id) {
+            let mine = led.iter().filter(|(id, _)| *id == broker.broker_id);
+            let under = mine
+                .clone()
+                .filter(|(_, p)| {
+                    p.isr.as_ref().map_or(0, Vec::len) < p.replicas.as_ref().map_or(0, Vec::len)
+                })
+                .count();
+            line.push_str(&format!("\tleads {}\tunder_replicated {under}", mine.count()));
+        }
+        println!("{line}");
     }
     Ok(())
 }

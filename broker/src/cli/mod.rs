@@ -98,3 +98,45 @@ pub(crate) async fn offset_range(
         .map_err(|e| e.to_string())?;
     Ok((earliest.unwrap_or(0), latest.unwrap_or(0)))
 }
+
+/// How long a command waits for each broker's own view of the partitions it leads.
+const LEADER_VIEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// In a cluster, every live broker's account of the partitions it leads (of `topic`, or of
+/// every topic): only a leader knows its in-sync replicas, high watermark and followers' log
+/// ends. Each broker gets `LEADER_VIEW_TIMEOUT`, so one that hangs (paused, overloaded) does
+/// not hold the command up. Returns the brokers that answered and the partitions each leads;
+/// both empty on a single broker.
+pub(crate) async fn led_partitions(
+    client: &Client,
+    brokers: &[spate_protocol::wire::BrokerInfoT],
+    topic: Option<&str>,
+) -> (Vec<i32>, Vec<(i32, spate_protocol::wire::PartitionMetadataT)>) {
+    let (mut answered, mut led) = (Vec::new(), Vec::new());
+    if brokers.len() < 2 {
+        return (answered, led);
+    }
+    for broker in brokers.iter().filter(|b| b.alive) {
+        let Some(host) = broker.host.as_deref() else { continue };
+        let patience = client.config().request_timeout.min(LEADER_VIEW_TIMEOUT);
+        let config = spate_client::ClientConfig {
+            bootstrap: format!("{host}:{}", broker.port),
+            request_timeout: patience,
+            connect_timeout: patience,
+            ..client.config().clone()
+        };
+        let Ok(peer) = Client::connect(config).await else { continue };
+        let topics = topic.map(|t| [t]);
+        if let Ok(metadata) = peer.metadata(topics.as_ref().map(|t| &t[..])).await {
+            answered.push(broker.broker_id);
+            let partitions = metadata.topics.into_iter().flatten().flat_map(|t| t.partitions);
+            for partition in partitions.flatten() {
+                if partition.leader_broker == broker.broker_id && partition.high_watermark >= 0 {
+                    led.push((broker.broker_id, partition));
+                }
+            }
+        }
+        peer.close();
+    }
+    (answered, led)
+}

@@ -137,41 +137,17 @@ pub(crate) async fn topic(client: Client, command: TopicCommand) -> Result<(), S
     Ok(())
 }
 
-/// How long describe waits for each broker's own view of the partitions it leads.
-const LEADER_VIEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// In a cluster, what each partition's leader says of it (only a leader knows the in-sync
-/// replicas, the high watermark and its followers' log ends): every live broker is asked, and a
-/// partition's answer is kept from the broker that leads it.
+/// replicas, the high watermark and its followers' log ends): a partition's answer is kept from
+/// the broker that leads it.
 async fn leaders_view(
     client: &Client,
     topic: &str,
     brokers: &[spate_protocol::wire::BrokerInfoT],
 ) -> std::collections::HashMap<i32, spate_protocol::wire::PartitionMetadataT> {
     let mut view = std::collections::HashMap::new();
-    if brokers.len() < 2 {
-        return view;
-    }
-    for broker in brokers.iter().filter(|b| b.alive) {
-        let Some(host) = broker.host.as_deref() else { continue };
-        // A broker that hangs (paused, overloaded) must not hold describe up for long.
-        let patience = client.config().request_timeout.min(LEADER_VIEW_TIMEOUT);
-        let config = spate_client::ClientConfig {
-            bootstrap: format!("{host}:{}", broker.port),
-            request_timeout: patience,
-            connect_timeout: patience,
-            ..client.config().clone()
-        };
-        let Ok(peer) = Client::connect(config).await else { continue };
-        if let Ok(metadata) = peer.metadata(Some(&[topic])).await {
-            let partitions = metadata.topics.into_iter().flatten().flat_map(|t| t.partitions);
-            for partition in partitions.flatten() {
-                if partition.leader_broker == broker.broker_id && partition.high_watermark >= 0 {
-                    view.insert(partition.partition, partition);
-                }
-            }
-        }
-        peer.close();
+    for (_, partition) in super::led_partitions(client, brokers, Some(topic)).await.1 {
+        view.insert(partition.partition, partition);
     }
     view
 }
