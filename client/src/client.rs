@@ -196,11 +196,7 @@ impl Client {
                 Ok(connection) => return Ok(connection),
                 // A broker that accepts but never answers (paused, overloaded) times out its
                 // handshake: the next bootstrap broker is tried as for a refused connection.
-                Err(
-                    error @ (ClientError::Connect { .. }
-                    | ClientError::ConnectionLost { .. }
-                    | ClientError::Timeout(_)),
-                ) => {
+                Err(error) if error.is_unreachable() => {
                     last_error = Some(error);
                     self.inner.current.set((self.inner.current.get() + 1) % count);
                 }
@@ -295,17 +291,9 @@ impl Client {
             Ok(connection) => self.call_on(&connection, body).await,
             Err(error) => Err(error),
         };
-        let lost = match &answer {
-            Err(error) => {
-                matches!(
-                    error,
-                    ClientError::Connect { .. }
-                        | ClientError::ConnectionLost { .. }
-                        | ClientError::Timeout(_)
-                ) || error.code() == Some(ErrorCode::NotCoordinator)
-            }
-            Ok(_) => false,
-        };
+        let lost = answer.as_ref().is_err_and(|error| {
+            error.is_unreachable() || error.code() == Some(ErrorCode::NotCoordinator)
+        });
         if lost {
             self.inner.coordinators.borrow_mut().remove(group);
         }
@@ -488,12 +476,7 @@ impl Client {
     /// routes of the topics sent there: in a cluster their partitions may have a new leader
     /// elsewhere, and the next attempt asks the metadata again.
     fn forget_routes<'a>(&self, error: &ClientError, topics: impl Iterator<Item = &'a str>) {
-        if matches!(
-            error,
-            ClientError::Connect { .. }
-                | ClientError::ConnectionLost { .. }
-                | ClientError::Timeout(_)
-        ) {
+        if error.is_unreachable() {
             for topic in topics {
                 self.invalidate(topic);
             }

@@ -50,6 +50,17 @@ impl ClientError {
         }
     }
 
+    /// The broker could not be reached or did not answer (refused, lost, timed out): it may be
+    /// down or paused, so what the client knows of where things live may be stale.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connect { .. }
+                | ClientError::ConnectionLost { .. }
+                | ClientError::Timeout(_)
+        )
+    }
+
     /// The broker error code, if the broker sent one.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
