@@ -377,17 +377,16 @@ fn check_stored_once(
     assert_eq!(stored.len(), count as usize, "every message stored once");
 }
 
-/// Creates t (one partition, three replicas) and waits for a leader with all three in sync.
+/// Creates `name` with `partitions` partitions of three replicas, through broker 1.
+fn create_topic(cluster: &Cluster, name: &str, partitions: u32) {
+    let partitions = partitions.to_string();
+    let args = ["topic", "create", name, "--partitions", &partitions, "--replication-factor", "3"];
+    cluster.broker(1).ok(&args);
+}
+
+/// Creates t (one partition, three replicas) and waits for its preferred leader, all in sync.
 fn create_replicated(cluster: &Cluster) -> Described {
-    cluster.broker(1).ok(&[
-        "topic",
-        "create",
-        "t",
-        "--partitions",
-        "1",
-        "--replication-factor",
-        "3",
-    ]);
+    create_topic(cluster, "t", 1);
     wait_describe(cluster.broker(1), "t", "the preferred leader, all in sync", settled)
 }
 
@@ -471,15 +470,7 @@ fn sigterm_on_the_leader_under_load_costs_the_producer_no_error() {
 #[test]
 fn a_group_meets_at_one_coordinator_whichever_broker_its_members_ask() {
     let cluster = Cluster::start();
-    cluster.broker(1).ok(&[
-        "topic",
-        "create",
-        "g",
-        "--partitions",
-        "1",
-        "--replication-factor",
-        "3",
-    ]);
+    create_topic(&cluster, "g", 1);
     let input = |from: u32, count: u32| -> String {
         (from..from + count).map(|i| format!("m{i}\n")).collect()
     };
@@ -504,15 +495,7 @@ fn a_group_meets_at_one_coordinator_whichever_broker_its_members_ask() {
 #[test]
 fn leadership_goes_back_to_preferred_replicas() {
     let cluster = Cluster::start();
-    cluster.broker(1).ok(&[
-        "topic",
-        "create",
-        "l",
-        "--partitions",
-        "3",
-        "--replication-factor",
-        "3",
-    ]);
+    create_topic(&cluster, "l", 3);
     // Whoever wins the first elections, within a few checks every partition is led by the first
     // of its replicas, and the three partitions by three different brokers.
     let started = Instant::now();
