@@ -36,6 +36,11 @@ pub fn free_ports() -> u16 {
     panic!("no free ports below 30000");
 }
 
+/// How many times the broker log at `log` says the broker started serving.
+fn served_count(log: &Path) -> usize {
+    std::fs::read_to_string(log).unwrap_or_default().matches("spate is serving").count()
+}
+
 pub struct Broker {
     pub child: Option<Child>,
     pub dir: PathBuf,
@@ -89,6 +94,8 @@ impl Broker {
     ) -> Broker {
         let log = dir.with_extension(format!("broker-{port}.log"));
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        // A restart appends to the same log: readiness is one more "serving" line than now.
+        let served_before = served_count(&log);
         let child = command
             .args(["serve", "--data-dir"])
             .arg(dir)
@@ -102,8 +109,8 @@ impl Broker {
             .stderr(log_file)
             .spawn()
             .expect("spawn spate serve");
-        let broker = Broker { child: Some(child), dir: dir.to_path_buf(), port, log };
-        broker.wait_ready();
+        let mut broker = Broker { child: Some(child), dir: dir.to_path_buf(), port, log };
+        broker.wait_ready(served_before);
         broker
     }
 
@@ -111,19 +118,30 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn wait_ready(&self) {
+    /// Ready means this process said "spate is serving" (every listener is bound by then) and
+    /// its client port accepts. The port alone is not enough: a connection can be accepted by
+    /// another process's short-lived socket on the same port (a port probe elsewhere on the
+    /// machine) before the broker has bound it, and the test's next command is then refused.
+    fn wait_ready(&mut self, served_before: usize) {
         let started = Instant::now();
         let address: SocketAddr = self.address().parse().unwrap();
         while started.elapsed() < Duration::from_secs(20) {
-            if TcpStream::connect_timeout(&address, Duration::from_millis(100)).is_ok() {
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                panic!("broker exited ({status}) before serving; log:\n{}", self.log_text());
+            }
+            if served_count(&self.log) > served_before
+                && TcpStream::connect_timeout(&address, Duration::from_millis(100)).is_ok()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!(
-            "broker did not start; log:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
+        panic!("broker did not start; log:\n{}", self.log_text());
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Runs a `spate` client command against this broker.
