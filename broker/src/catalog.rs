@@ -123,7 +123,7 @@ pub enum CatalogError {
     Storage(String),
     #[error("replication factor {got} is invalid: use 1 to {brokers} (the brokers in the cluster), or 0 for the default")]
     InvalidReplicationFactor { got: i64, brokers: usize },
-    #[error("brokers {0:?} are down; creating a topic needs every broker up until the catalog is replicated")]
+    #[error("brokers {0:?} are down: too few brokers are up for the replication factor")]
     BrokersDown(Vec<u32>),
     #[error("the topic's shards do not exist on this broker ({shards} shards): every broker of a cluster must run the same number of cores")]
     ShardMismatch { shards: usize },

@@ -150,17 +150,19 @@ pub struct Membership {
     node_id: u32,
     client_address: String,
     peers: BTreeMap<u32, PeerState>,
+    /// When this broker started listening for peers.
+    started: Instant,
 }
 
 impl Membership {
-    pub fn new(config: &ClusterConfig, client_address: String) -> Membership {
+    pub fn new(config: &ClusterConfig, client_address: String, now: Instant) -> Membership {
         let peers = config
             .others()
             .map(|(id, replication)| {
                 (id, PeerState { replication, client: None, last_heard: None })
             })
             .collect();
-        Membership { node_id: config.node_id, client_address, peers }
+        Membership { node_id: config.node_id, client_address, peers, started: now }
     }
 
     /// Records a heartbeat from `id`. Returns false (and records nothing) for a broker that is
@@ -170,6 +172,21 @@ impl Membership {
         peer.client = Some(client_address);
         peer.last_heard = Some(now);
         true
+    }
+
+    /// Peers known to be down: silent for [`limits::PEER_DEAD_AFTER`], counting from this
+    /// broker's start for one not heard yet. Unlike `status`, which calls an unheard peer dead
+    /// at once, this gives a peer the benefit of the doubt while this broker has just started
+    /// (a broker that just took over the metadata log must still place replicas on its peers).
+    pub fn known_down(&self, now: Instant) -> Vec<u32> {
+        self.peers
+            .iter()
+            .filter(|(_, peer)| {
+                let since = peer.last_heard.unwrap_or(self.started);
+                now.saturating_duration_since(since) >= limits::PEER_DEAD_AFTER
+            })
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Every broker of the cluster, this one first; alive while heard within
@@ -361,10 +378,11 @@ mod tests {
     #[test]
     fn a_peer_is_alive_while_its_heartbeats_arrive() {
         let start = Instant::now();
-        let mut membership = Membership::new(&config(), "127.0.0.1:9292".into());
+        let mut membership = Membership::new(&config(), "127.0.0.1:9292".into(), start);
         let alive =
             |m: &Membership, now| -> Vec<bool> { m.status(now).iter().map(|s| s.alive).collect() };
         assert_eq!(alive(&membership, start), [true, false, false], "unheard peers are dead");
+        assert!(membership.known_down(start).is_empty(), "but not known to be down yet");
         assert!(membership.heard(2, "127.0.0.1:9300".into(), start));
         assert!(!membership.heard(9, "127.0.0.1:9".into(), start), "not a configured peer");
         assert_eq!(alive(&membership, start), [true, true, false]);
@@ -372,6 +390,9 @@ mod tests {
         assert_eq!(membership.status(start)[2].address, "127.0.0.1:7003");
         let later = start + limits::PEER_DEAD_AFTER;
         assert_eq!(alive(&membership, later), [true, false, false], "silent too long");
+        assert_eq!(membership.known_down(later), [2, 3]);
+        assert!(membership.heard(3, "127.0.0.1:9301".into(), later));
+        assert_eq!(membership.known_down(later), [2]);
     }
 
     #[test]

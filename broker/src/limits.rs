@@ -87,8 +87,35 @@ pub const DEFAULT_REPLICATION_FACTOR_MAX: usize = 3;
 /// auto leader rebalance).
 pub const PREFERRED_LEADER_CHECK_TICKS: u64 = 50;
 
-/// How long the broker a topic change was sent to waits for each other broker to apply it.
+/// The longest a broker waits for the metadata leader's answer to a request it passed on.
 pub const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The longest a catalog change or producer init waits for the metadata log (a leader to be
+/// elected, the record to commit): below a client's 5 s request timeout in the tests, so the
+/// client hears `RequestTimedOut` rather than timing out itself.
+pub const METADATA_CHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// How often a change waiting for a metadata leader looks again.
+pub const METADATA_LEADER_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// After the metadata leader answered a create or delete another broker passed on, the longest
+/// that broker waits to have applied it too (so the client sees its own change there).
+pub const METADATA_PROPAGATION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How often shard 0 applies newly committed metadata records.
+pub const METADATA_APPLY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Bytes of the metadata log read per apply round, and rounds per apply (the rest waits for
+/// the next one).
+pub const METADATA_READ_BYTES_MAX: usize = 1024 * 1024;
+pub const METADATA_APPLY_ROUNDS_MAX: usize = 64;
+
+/// Answers of applied topic records kept for the leader that proposed them (it holds the
+/// controller lock until it has read its own, so a few suffice).
+pub const METADATA_RESULTS_MAX: usize = 16;
+
+/// The metadata log's segment size (it is small, and never trimmed).
+pub const METADATA_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How often a broker sends each peer a heartbeat.
 pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);

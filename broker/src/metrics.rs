@@ -137,6 +137,7 @@ pub fn header() -> String {
         ("spate_partition_recovery_cut_bytes", "gauge", "Bytes the last recovery cut from the partition as damaged (a torn or lost block): acknowledged data may be lost."),
         ("spate_consumer_lag", "gauge", "Log end offset minus the group's committed offset."),
         ("spate_partitions_led", "gauge", "Replicated partitions this broker leads."),
+        ("spate_controller", "gauge", "1 on the broker that leads the cluster's metadata log."),
         (
             "spate_under_replicated_partitions",
             "gauge",

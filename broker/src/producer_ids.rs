@@ -16,7 +16,13 @@
 //! Unnamed producers take ids from the current block in memory; only starting a new block
 //! writes the file, so a restart skips what was left of the block (ids are plentiful: 2^63).
 //! A named producer's init writes the file every time, since its epoch is what fences the
-//! previous holder. Once the cluster lands, blocks come from the metadata log instead.
+//! previous holder.
+//!
+//! In a cluster every broker keeps this state, and the metadata log keeps it equal: the metadata
+//! leader alone hands out identities, and each init that must be saved is first committed to
+//! the log as a [`ProducerIdsRecord`] (the new block end and the named producer's identity),
+//! which every broker merges. A broker that becomes metadata leader starts a fresh block, past
+//! whatever the previous leader may have handed out from its own.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +54,15 @@ pub enum ProducerIdError {
     Exhausted,
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
+}
+
+/// What an init that must be saved changed, as the metadata log carries it. Merging it is
+/// idempotent, so a record applied twice (a crash between applying and noting it) is harmless.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerIdsRecord {
+    pub next_block: i64,
+    #[serde(default)]
+    pub names: BTreeMap<String, ProducerIdentity>,
 }
 
 /// The allocator's state. `next_id..block_end` is what remains of the current block; the file
@@ -123,6 +138,30 @@ impl ProducerIds {
         Ok((identity, true))
     }
 
+    /// The record that carries an `init(name)` just made to the other brokers.
+    pub fn record(&self, name: Option<&str>) -> ProducerIdsRecord {
+        let names = name
+            .filter(|n| !n.is_empty())
+            .and_then(|n| self.names.get(n).map(|identity| (n.to_string(), *identity)))
+            .into_iter()
+            .collect();
+        ProducerIdsRecord { next_block: self.block_end, names }
+    }
+
+    /// Takes in a committed record: the block end only grows, and named producers take the
+    /// record's identity (records merge in log order, so the later one wins).
+    pub fn merge(&mut self, record: &ProducerIdsRecord) {
+        self.block_end = self.block_end.max(record.next_block);
+        for (name, identity) in &record.names {
+            self.names.insert(name.clone(), *identity);
+        }
+    }
+
+    /// Gives up what is left of the current block: the next id starts a new one.
+    pub fn start_new_block(&mut self) {
+        self.next_id = self.block_end;
+    }
+
     fn allocate(&mut self) -> Result<i64, ProducerIdError> {
         if self.next_id == self.block_end {
             self.block_end = self
@@ -190,6 +229,30 @@ mod tests {
         let a3 = init(&mut ids, dir.path(), Some("a"));
         assert_ne!(a3.id, a0.id);
         assert_eq!(a3.epoch, 0);
+    }
+
+    /// Two brokers of a cluster: the leader inits and commits records, the follower merges them;
+    /// after a change of leader the new one hands out nothing the old one did.
+    #[test]
+    fn merged_records_keep_a_follower_able_to_take_over() {
+        let (mut leader, mut follower) = (ProducerIds::default(), ProducerIds::default());
+        let mut handed_out = Vec::new();
+        for name in [None, Some("a"), None, Some("a")] {
+            let (identity, save) = leader.init(name).unwrap();
+            handed_out.push(identity.id);
+            if save {
+                let record = leader.record(name);
+                follower.merge(&record);
+                follower.merge(&record);
+            }
+        }
+        assert_eq!(follower.names.get("a").map(|a| a.epoch), Some(1));
+        // The follower leads now.
+        follower.start_new_block();
+        let (next, _) = follower.init(None).unwrap();
+        assert!(handed_out.iter().all(|id| next.id > *id), "{next:?} after {handed_out:?}");
+        let (a, _) = follower.init(Some("a")).unwrap();
+        assert_eq!((a.id, a.epoch), (handed_out[1], 2));
     }
 
     #[test]

@@ -81,7 +81,11 @@ pub fn run(mut config: BrokerConfig, stop: Arc<AtomicBool>) -> Result<(), String
     if let Some(cluster) = &config.cluster {
         // Refuse bad TLS files now, with their paths, rather than from a running shard.
         cluster.credentials()?;
-        let membership = crate::cluster::Membership::new(cluster, config.listen.to_string());
+        let membership = crate::cluster::Membership::new(
+            cluster,
+            config.listen.to_string(),
+            std::time::Instant::now(),
+        );
         config.membership = Some(Arc::new(std::sync::Mutex::new(membership)));
         config.replica_views = Some(Arc::default());
     }
@@ -380,6 +384,18 @@ async fn shard_main(
             connections.clone(),
             stop.clone(),
         )));
+    }
+    if id == 0 && config.cluster.is_some() {
+        let applier = shard.clone();
+        let applying = stop.clone();
+        glommio::spawn_local(async move {
+            // Until stop: apply what the metadata log committed since the last look.
+            while !applying.load(Ordering::SeqCst) {
+                applier.apply_metadata().await;
+                glommio::timer::sleep(limits::METADATA_APPLY_INTERVAL).await;
+            }
+        })
+        .detach();
     }
     let ticker = shard.clone();
     let ticking = stop.clone();

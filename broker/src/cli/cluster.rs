@@ -19,7 +19,8 @@ pub(crate) enum ClusterCommand {
     },
     /// One line per broker: its id, its address, and `alive` or `dead`, as the broker asked
     /// sees them; then, for each broker of a cluster that answers, `leads N` (partitions it
-    /// leads) and `under_replicated M` (of those, partitions missing an in-sync replica).
+    /// leads) and `under_replicated M` (of those, partitions missing an in-sync replica); the
+    /// metadata log's leader ends its line with `controller`.
     Status,
 }
 
@@ -33,6 +34,7 @@ pub(crate) fn certs(out: PathBuf, brokers: u32) -> Result<(), String> {
 pub(crate) async fn status(client: Client) -> Result<(), String> {
     let metadata = client.metadata(Some(&[])).await.map_err(|e| e.to_string())?;
     let brokers = metadata.brokers.unwrap_or_default();
+    let brokers_len = brokers.len();
     let (answered, led) = super::led_partitions(&client, &brokers, None).await;
     for broker in brokers {
         let host = broker.host.unwrap_or_default();
@@ -52,6 +54,9 @@ pub(crate) async fn status(client: Client) -> Result<(), String> {
                 })
                 .count();
             line.push_str(&format!("\tleads {}\tunder_replicated {under}", mine.count()));
+        }
+        if brokers_len > 1 && broker.broker_id == metadata.controller_id {
+            line.push_str("\tcontroller");
         }
         println!("{line}");
     }

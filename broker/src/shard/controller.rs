@@ -1,5 +1,7 @@
 //! The controller (shard 0): it alone changes the catalog (create, delete, alter topics), saves
-//! it, and publishes it to every shard before it answers.
+//! it, and publishes it to every shard before it answers. In a cluster the catalog changes only
+//! by applying the metadata log (see `metadata_log`): a client's change goes through the log,
+//! and `change` runs as each committed record is applied.
 
 use std::collections::BTreeMap;
 
@@ -9,132 +11,97 @@ use super::{Shard, ShardMsg};
 use crate::catalog::{self, Catalog, CatalogError};
 
 impl Shard {
-    /// Serves a catalog change or an offsets request. In a cluster a change a client asked for
-    /// is made here first, then passed on to every other broker (see `forward`), after this
-    /// broker's controller lock is released: two brokers passing changes to each other must not
-    /// wait on each other's lock.
+    /// Serves a catalog change or an offsets request.
     pub(super) async fn controller(&self, body: RequestBodyT) -> ResponseBodyT {
         assert_eq!(self.id, 0, "controller requests run on shard 0");
-        let (mut response, forward) = {
-            let Ok(_lock) = self.controller_lock.acquire_permit(1).await else {
-                return ResponseBodyT::NONE;
+        let catalog_change = matches!(
+            body,
+            RequestBodyT::CreateTopicsRequest(_)
+                | RequestBodyT::DeleteTopicsRequest(_)
+                | RequestBodyT::AlterConfigsRequest(_)
+        );
+        if catalog_change && self.config.cluster.is_some() {
+            let kind = body.request_body_type();
+            let names = topic_names(&body);
+            return match self.metadata_change(body).await {
+                Ok(response) => response,
+                Err(failure) => failed_for_all(kind, names, failure),
             };
-            self.change(body).await
-        };
-        if let Some(forward) = forward {
-            self.forward(forward, &mut response).await;
         }
-        response
+        let Ok(_lock) = self.controller_lock.acquire_permit(1).await else {
+            return ResponseBodyT::NONE;
+        };
+        self.change(body).await
     }
 
-    /// Applies one request to the catalog; in a cluster also returns the request to pass on.
-    async fn change(&self, body: RequestBodyT) -> (ResponseBodyT, Option<RequestBodyT>) {
-        let cluster = self.config.cluster.is_some();
+    /// Applies one request to the catalog: a client's on a single broker, a committed record of
+    /// the metadata log in a cluster (then `forwarded` is set and creates carry their placement).
+    pub(super) async fn change(&self, body: RequestBodyT) -> ResponseBodyT {
         match body {
             RequestBodyT::CreateTopicsRequest(request) => {
+                let applying = request.forwarded && self.config.cluster.is_some();
                 let mut results = Vec::new();
-                let mut forward = Vec::new();
                 for topic in request.topics.into_iter().flatten() {
                     let name = topic.name.clone().unwrap_or_default();
-                    let result = match self.create(topic, request.validate_only).await {
-                        Ok(Some(placed)) if cluster && !request.forwarded => {
-                            forward.push(placed);
-                            Ok(())
-                        }
-                        Ok(_) => Ok(()),
-                        Err(error) => Err(error),
-                    };
+                    let result =
+                        self.create(topic, request.validate_only, applying).await.map(|_| ());
                     results.push(topic_result(name, result));
                 }
-                let forward = (!forward.is_empty()).then(|| {
-                    RequestBodyT::CreateTopicsRequest(Box::new(wire::CreateTopicsRequestT {
-                        topics: Some(forward),
-                        timeout_ms: request.timeout_ms,
-                        validate_only: false,
-                        forwarded: true,
-                    }))
-                });
-                let response =
-                    ResponseBodyT::CreateTopicsResponse(Box::new(wire::CreateTopicsResponseT {
-                        topics: Some(results),
-                    }));
-                (response, forward)
+                ResponseBodyT::CreateTopicsResponse(Box::new(wire::CreateTopicsResponseT {
+                    topics: Some(results),
+                }))
             }
             RequestBodyT::DeleteTopicsRequest(request) => {
+                let applying = request.forwarded && self.config.cluster.is_some();
                 let mut results = Vec::new();
-                let mut forward = Vec::new();
                 for name in request.names.into_iter().flatten() {
                     let mut catalog = self.catalog.borrow().clone();
                     let result = match catalog.delete(&name) {
                         Ok(_) => self.publish(catalog).await,
+                        // Applied again after a crash: already gone.
+                        Err(CatalogError::Unknown(_)) if applying => Ok(()),
                         Err(error) => Err(error),
                     };
-                    if result.is_ok() && cluster && !request.forwarded {
-                        forward.push(name.clone());
-                    }
                     results.push(topic_result(name, result));
                 }
-                let forward = (!forward.is_empty()).then(|| {
-                    RequestBodyT::DeleteTopicsRequest(Box::new(wire::DeleteTopicsRequestT {
-                        names: Some(forward),
-                        timeout_ms: request.timeout_ms,
-                        forwarded: true,
-                    }))
-                });
-                let response =
-                    ResponseBodyT::DeleteTopicsResponse(Box::new(wire::DeleteTopicsResponseT {
-                        topics: Some(results),
-                    }));
-                (response, forward)
+                ResponseBodyT::DeleteTopicsResponse(Box::new(wire::DeleteTopicsResponseT {
+                    topics: Some(results),
+                }))
             }
             RequestBodyT::AlterConfigsRequest(request) => {
                 let mut results = Vec::new();
-                let mut forward = Vec::new();
                 for topic in request.topics.into_iter().flatten() {
                     let name = topic.name.clone().unwrap_or_default();
-                    let updates: Vec<(String, String)> =
-                        config_pairs(topic.configs.clone()).collect();
+                    let updates: Vec<(String, String)> = config_pairs(topic.configs).collect();
                     let mut catalog = self.catalog.borrow().clone();
                     let result = match catalog.alter(&name, &updates, &self.config.log_defaults) {
                         Ok(()) if request.validate_only => Ok(()),
                         Ok(()) => self.publish(catalog).await,
                         Err(error) => Err(error),
                     };
-                    if result.is_ok() && cluster && !request.forwarded && !request.validate_only {
-                        forward.push(topic);
-                    }
                     results.push(topic_result(name, result));
                 }
-                let forward = (!forward.is_empty()).then(|| {
-                    RequestBodyT::AlterConfigsRequest(Box::new(wire::AlterConfigsRequestT {
-                        topics: Some(forward),
-                        validate_only: false,
-                        forwarded: true,
-                    }))
-                });
-                let response =
-                    ResponseBodyT::AlterConfigsResponse(Box::new(wire::AlterConfigsResponseT {
-                        topics: Some(results),
-                    }));
-                (response, forward)
+                ResponseBodyT::AlterConfigsResponse(Box::new(wire::AlterConfigsResponseT {
+                    topics: Some(results),
+                }))
             }
-            RequestBodyT::OffsetCommitRequest(request) => {
-                (self.commit_offsets(*request).await, None)
-            }
-            RequestBodyT::OffsetFetchRequest(request) => (self.fetch_offsets(*request).await, None),
-            _ => (ResponseBodyT::NONE, None),
+            RequestBodyT::OffsetCommitRequest(request) => self.commit_offsets(*request).await,
+            RequestBodyT::OffsetFetchRequest(request) => self.fetch_offsets(*request).await,
+            _ => ResponseBodyT::NONE,
         }
     }
 
-    /// Creates one topic. On a single broker its partitions go to the least-loaded shards. In
-    /// a cluster every topic is replicated: the broker a client asked places the replicas
-    /// (round robin over the brokers, `replication_factor` each, its default
-    /// `min(3, brokers)`), needs every broker up, and returns the placement to pass on; a
-    /// forwarded create takes the placement it is given.
-    async fn create(
+    /// Creates one topic (or, with `validate_only`, checks that it could be created). On a single
+    /// broker its partitions go to the least-loaded shards. In a cluster every topic is
+    /// replicated, and the metadata leader places it (`place`) before the create goes into the
+    /// log; the create returns that placement. `applying` is a committed record being applied:
+    /// its placement is taken as given, the local open-files check (which could differ between
+    /// brokers) is skipped, and a topic that already exists with the record's id is no error.
+    pub(super) async fn create(
         &self,
         topic: wire::CreatableTopicT,
         validate_only: bool,
+        applying: bool,
     ) -> Result<Option<wire::CreatableTopicT>, CatalogError> {
         let name = topic.name.clone().unwrap_or_default();
         let configs: BTreeMap<String, String> = config_pairs(topic.configs.clone()).collect();
@@ -148,22 +115,27 @@ impl Shard {
             None => None,
             Some(cluster) => Some(self.place(cluster, &topic)?),
         };
+        if let (true, Some(placed)) = (applying, &placement) {
+            if self.catalog.borrow().topics.get(&name).is_some_and(|t| t.id == placed.id) {
+                return Ok(None);
+            }
+        }
         let layout = match &placement {
             Some(placed) => Some(placed.shards.clone()),
             None => self.config.layout.topics.get(&name).map(|t| t.shards.clone()),
         };
         let mut catalog = self.catalog.borrow().clone();
-        catalog
-            .create(
-                &name,
-                i64::from(topic.partitions),
-                configs,
-                &self.config.log_defaults,
-                self.config.shard_count(),
-                layout.as_deref(),
-            )
-            .map(|_| ())
-            .and_then(|()| catalog::check_open_files(topic.partitions.max(0) as u64))?;
+        catalog.create(
+            &name,
+            i64::from(topic.partitions),
+            configs,
+            &self.config.log_defaults,
+            self.config.shard_count(),
+            layout.as_deref(),
+        )?;
+        if !applying {
+            catalog::check_open_files(topic.partitions.max(0) as u64)?;
+        }
         if let Some(placed) = &placement {
             let created = catalog.topics.get_mut(&name).expect("just created");
             if created.shards != placed.shards {
@@ -172,10 +144,9 @@ impl Shard {
             created.replicas = placed.replicas.clone();
             created.id = placed.id;
         }
-        if validate_only {
-            return Ok(None);
+        if !validate_only {
+            self.publish(catalog).await?;
         }
-        self.publish(catalog).await?;
         Ok(placement.map(|placed| wire::CreatableTopicT {
             replica_assignment: Some(
                 placed
@@ -234,12 +205,14 @@ impl Shard {
             }
             f => f as usize,
         };
-        let first = rand::random::<u32>() as usize % brokers.len();
-        let replicas = catalog::assign_replicas(&brokers, partitions, factor, first);
-        let down = self.brokers_down(&replicas);
-        if !down.is_empty() {
+        // Replicas go to brokers that are up: one that is down would leave every partition
+        // placed on it under-replicated from the start.
+        let (alive, down) = self.brokers_alive(&brokers);
+        if alive.len() < factor {
             return Err(CatalogError::BrokersDown(down));
         }
+        let first = rand::random::<u32>() as usize % alive.len();
+        let replicas = catalog::assign_replicas(&alive, partitions, factor, first);
         Ok(Placement {
             replicas,
             shards: self.spread_shards(partitions),
@@ -257,58 +230,14 @@ impl Shard {
         (0..partitions as usize).map(|p| ((first + p) % shard_count) as u16).collect()
     }
 
-    /// Brokers named in `replicas` that this broker does not hear from.
-    fn brokers_down(&self, replicas: &[Vec<u32>]) -> Vec<u32> {
-        let Some(membership) = &self.config.membership else { return Vec::new() };
-        let statuses =
-            membership.lock().expect("membership lock").status(std::time::Instant::now());
-        let mut down: Vec<u32> = replicas
-            .iter()
-            .flatten()
-            .copied()
-            .filter(|b| statuses.iter().any(|s| s.id == *b && !s.alive))
-            .collect();
-        down.sort_unstable();
-        down.dedup();
-        down
-    }
-
-    /// Passes a change on to every other broker of the cluster and folds their failures into
-    /// `response`: a topic one of them refused says so, with the broker, in its result.
-    ///
-    /// Until the catalog is itself a replicated log this is best effort with a clear answer:
-    /// the change holds on every broker that answered OK; one that was down misses it (a
-    /// create needs all brokers up, see `place`).
-    async fn forward(&self, request: RequestBodyT, response: &mut ResponseBodyT) {
-        let Some(membership) = &self.config.membership else { return };
-        let peers: Vec<crate::cluster::BrokerStatus> = {
-            let statuses =
-                membership.lock().expect("membership lock").status(std::time::Instant::now());
-            let me = self.config.cluster.as_ref().map(|c| c.node_id);
-            statuses.into_iter().filter(|s| Some(s.id) != me).collect()
+    /// `brokers` split into those not known to be down (this one included) and those known to be.
+    fn brokers_alive(&self, brokers: &[u32]) -> (Vec<u32>, Vec<u32>) {
+        let Some(membership) = &self.config.membership else {
+            return (brokers.to_vec(), Vec::new());
         };
-        for peer in peers {
-            let answered = forward_to(&peer.address, request.clone()).await;
-            let results = match answered {
-                Ok(ResponseBodyT::CreateTopicsResponse(r)) => r.topics.unwrap_or_default(),
-                Ok(ResponseBodyT::DeleteTopicsResponse(r)) => r.topics.unwrap_or_default(),
-                Ok(ResponseBodyT::AlterConfigsResponse(r)) => r.topics.unwrap_or_default(),
-                Ok(_) => Vec::new(),
-                Err(message) => {
-                    tracing::warn!(broker = peer.id, %message, "could not pass a catalog change on");
-                    mark_all(response, peer.id, &message);
-                    continue;
-                }
-            };
-            for result in results.into_iter().filter(|r| r.error_code != ErrorCode::None) {
-                let message = format!(
-                    "{:?}: {}",
-                    result.error_code,
-                    result.error_message.unwrap_or_default()
-                );
-                mark(response, result.name.as_deref().unwrap_or_default(), peer.id, &message);
-            }
-        }
+        let down =
+            membership.lock().expect("membership lock").known_down(std::time::Instant::now());
+        brokers.iter().partition(|b| !down.contains(b))
     }
 
     /// Persists a new catalog and waits until every shard runs with it.
@@ -332,7 +261,7 @@ impl Shard {
     }
 }
 
-fn topic_result(name: String, result: Result<(), CatalogError>) -> wire::TopicResultT {
+pub(super) fn topic_result(name: String, result: Result<(), CatalogError>) -> wire::TopicResultT {
     match result {
         Ok(()) => wire::TopicResultT {
             name: Some(name),
@@ -365,7 +294,7 @@ fn topic_result(name: String, result: Result<(), CatalogError>) -> wire::TopicRe
 }
 
 /// A request's topic configs as (name, value) pairs; a missing name or value is empty.
-fn config_pairs(
+pub(super) fn config_pairs(
     configs: Option<Vec<wire::ConfigEntryT>>,
 ) -> impl Iterator<Item = (String, String)> {
     configs.into_iter().flatten().map(|c| (c.name.unwrap_or_default(), c.value.unwrap_or_default()))
@@ -378,13 +307,19 @@ struct Placement {
     id: u64,
 }
 
-/// Sends `request` to the broker at `address` (its client port) and returns its answer.
-async fn forward_to(address: &str, request: RequestBodyT) -> Result<ResponseBodyT, String> {
+/// Sends `request` to the broker at `address` (its client port) and returns its answer, within
+/// `timeout` (at most `FORWARD_TIMEOUT`).
+pub(super) async fn forward_to(
+    address: &str,
+    request: RequestBodyT,
+    timeout: std::time::Duration,
+) -> Result<ResponseBodyT, String> {
+    let timeout = timeout.min(crate::limits::FORWARD_TIMEOUT);
     let config = spate_client::ClientConfig {
         bootstrap: address.to_string(),
         client_id: "spate-controller".into(),
-        request_timeout: crate::limits::FORWARD_TIMEOUT,
-        connect_timeout: crate::limits::FORWARD_TIMEOUT,
+        request_timeout: timeout,
+        connect_timeout: timeout,
         ..spate_client::ClientConfig::default()
     };
     let client = spate_client::Client::connect(config).await.map_err(|e| e.to_string())?;
@@ -393,36 +328,50 @@ async fn forward_to(address: &str, request: RequestBodyT) -> Result<ResponseBody
     answer
 }
 
-/// Every topic result of `response` that succeeded here records that `broker` failed.
-fn mark_all(response: &mut ResponseBodyT, broker: u32, message: &str) {
-    for result in results_mut(response) {
-        add_failure(result, broker, message);
+/// The topics a create, delete or alter names.
+fn topic_names(body: &RequestBodyT) -> Vec<String> {
+    match body {
+        RequestBodyT::CreateTopicsRequest(r) => {
+            r.topics.iter().flatten().map(|t| t.name.clone().unwrap_or_default()).collect()
+        }
+        RequestBodyT::DeleteTopicsRequest(r) => r.names.clone().unwrap_or_default(),
+        RequestBodyT::AlterConfigsRequest(r) => {
+            r.topics.iter().flatten().map(|t| t.name.clone().unwrap_or_default()).collect()
+        }
+        _ => Vec::new(),
     }
 }
 
-fn mark(response: &mut ResponseBodyT, topic: &str, broker: u32, message: &str) {
-    for result in results_mut(response).filter(|r| r.name.as_deref() == Some(topic)) {
-        add_failure(result, broker, message);
-    }
+/// The answer to a create, delete or alter (`kind`) that failed as a whole: each topic says why.
+fn failed_for_all(
+    kind: wire::RequestBody,
+    names: Vec<String>,
+    failure: super::Failure,
+) -> ResponseBodyT {
+    let results = names
+        .into_iter()
+        .map(|name| wire::TopicResultT {
+            name: Some(name),
+            error_code: failure.code,
+            error_message: Some(failure.message.clone()),
+        })
+        .collect();
+    answer_of(kind, results)
 }
 
-fn add_failure(result: &mut wire::TopicResultT, broker: u32, message: &str) {
-    if result.error_code == ErrorCode::None {
-        result.error_code = ErrorCode::NotEnoughReplicas;
+/// The answer to a request of type `kind` (create, delete or alter) holding `results`.
+pub(super) fn answer_of(
+    kind: wire::RequestBody,
+    results: Vec<wire::TopicResultT>,
+) -> ResponseBodyT {
+    let topics = Some(results);
+    match kind {
+        wire::RequestBody::DeleteTopicsRequest => {
+            ResponseBodyT::DeleteTopicsResponse(Box::new(wire::DeleteTopicsResponseT { topics }))
+        }
+        wire::RequestBody::AlterConfigsRequest => {
+            ResponseBodyT::AlterConfigsResponse(Box::new(wire::AlterConfigsResponseT { topics }))
+        }
+        _ => ResponseBodyT::CreateTopicsResponse(Box::new(wire::CreateTopicsResponseT { topics })),
     }
-    let note = format!("broker {broker} did not apply it: {message}");
-    result.error_message = Some(match result.error_message.take() {
-        Some(previous) => format!("{previous}; {note}"),
-        None => format!("done here; {note}"),
-    });
-}
-
-fn results_mut(response: &mut ResponseBodyT) -> impl Iterator<Item = &mut wire::TopicResultT> {
-    let topics = match response {
-        ResponseBodyT::CreateTopicsResponse(r) => r.topics.as_mut(),
-        ResponseBodyT::DeleteTopicsResponse(r) => r.topics.as_mut(),
-        ResponseBodyT::AlterConfigsResponse(r) => r.topics.as_mut(),
-        _ => None,
-    };
-    topics.into_iter().flatten()
 }

@@ -168,7 +168,7 @@ impl Shard {
                 let _ = reply.send(self.delete_group_offsets(&group).await);
             }
             ShardMsg::InitProducerId { name, reply } => {
-                let _ = reply.send(self.init_producer_id_local(name));
+                let _ = reply.send(self.init_producer_id_here(name).await);
             }
             ShardMsg::Metrics { reply } => {
                 let _ = reply.send(self.render_metrics());

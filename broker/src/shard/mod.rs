@@ -20,6 +20,8 @@
 //! - `offsets`: committing and fetching consumer offsets, and the compaction they trigger;
 //! - `groups`: the consumer-group APIs;
 //! - `producer_ids`: `InitProducerId`, served by shard 0;
+//! - `metadata_log`: a cluster's metadata log on shard 0 (catalog changes and producer ids
+//!   through consensus, applied on every broker);
 //! - `replicated`: a cluster's replicated partitions (produce by proposal, reads up to the
 //!   high watermark, the leader table Metadata answers from).
 
@@ -51,6 +53,7 @@ mod fetch;
 mod groups;
 mod mesh;
 mod metadata;
+mod metadata_log;
 mod offsets;
 mod produce;
 mod producer_ids;
@@ -202,6 +205,8 @@ pub struct Shard {
     /// In a cluster: the replicated partitions this shard holds a replica of (their logs are
     /// in `logs` too).
     replicas: RefCell<HashMap<PartitionKey, spate_cluster::Partition>>,
+    /// In a cluster, shard 0 only: the metadata log.
+    metadata: RefCell<Option<Rc<metadata_log::MetadataLog>>>,
 }
 
 impl Shard {
@@ -255,8 +260,10 @@ impl Shard {
             groups: RefCell::new(crate::group::Coordinator::default()),
             replication: RefCell::new(replication.map(Rc::new)),
             replicas: RefCell::new(HashMap::new()),
+            metadata: RefCell::new(None),
         });
         shard.apply_catalog(catalog).await.map_err(|e| std::io::Error::other(e.to_string()))?;
+        shard.open_metadata_log().await.map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(shard)
     }
 
@@ -392,6 +399,7 @@ impl Shard {
     /// Graceful stop of replication: leadership of every partition led here moves to another
     /// replica first (Kafka's controlled shutdown), then the replicas and their logs close.
     pub async fn stop_replication(&self) {
+        self.metadata.borrow_mut().take();
         let node = self.replication.borrow_mut().take();
         // Every other holder is a catalog change in progress, long done by shutdown.
         match node.map(Rc::try_unwrap) {

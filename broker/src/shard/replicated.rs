@@ -23,6 +23,7 @@ use spate_protocol::wire::ErrorCode;
 use spate_replication::Role;
 use spate_storage::Log;
 
+use super::metadata_log::METADATA_DIR;
 use super::{Failure, PartitionKey, ProduceOutcome, Shard};
 
 /// What one partition's replica on this broker last reported, for Metadata on any shard.
@@ -106,8 +107,13 @@ impl Shard {
     /// wakes long-polling fetches of partitions whose high watermark moved.
     pub(crate) fn publish_replicas(&self) {
         let Some(views) = &self.config.replica_views else { return };
-        let replicas: Vec<(PartitionKey, Partition)> =
+        let mut replicas: Vec<(PartitionKey, Partition)> =
             self.replicas.borrow().iter().map(|(k, p)| (k.clone(), p.clone())).collect();
+        // The metadata log too, under its directory's name: Metadata names its leader the
+        // controller.
+        if let Some(metadata) = self.metadata_log() {
+            replicas.push(((METADATA_DIR.to_string(), 0), metadata.partition().clone()));
+        }
         let mut moved = Vec::new();
         {
             let mut views = views.lock().expect("replica views lock");
@@ -205,7 +211,7 @@ fn not_leader(topic: &str, partition: u32, leader: Option<u32>) -> Failure {
     Failure::new(ErrorCode::NotLeader, message)
 }
 
-fn replication_failure(topic: &str, partition: u32, error: ReplicationError) -> Failure {
+pub(super) fn replication_failure(topic: &str, partition: u32, error: ReplicationError) -> Failure {
     match error {
         ReplicationError::NotLeader { leader } => not_leader(topic, partition, leader),
         // Written here but not known to be committed: the outcome is unknown, which a client

@@ -83,9 +83,10 @@ pub fn status(broker: &Broker) -> Vec<(u32, String, String)> {
         .ok(&["cluster", "status"])
         .lines()
         .map(|line| {
-            // id, address, state; then, in a cluster, `leads N under_replicated M`.
+            // id, address, state; then, in a cluster, `leads N under_replicated M` and, on
+            // the metadata leader's line, `controller`.
             let words: Vec<&str> = line.split_whitespace().collect();
-            assert!(words.len() == 3 || words.len() == 7, "{line}");
+            assert!([3, 4, 7, 8].contains(&words.len()), "{line}");
             (words[0].parse().unwrap(), words[1].to_string(), words[2].to_string())
         })
         .collect()
