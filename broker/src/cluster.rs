@@ -25,7 +25,8 @@
 //! address   length bytes, UTF-8: the sender's client address (`--listen`)
 //! ```
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -208,28 +209,35 @@ impl Membership {
     }
 }
 
-pub fn encode_heartbeat(node_id: u32, client_address: &str) -> Bytes {
+/// A heartbeat: `MAGIC`, the sender's id (u32 LE), its incarnation (u64 LE: random per
+/// process start, so a restart shows), and its client address (u16 LE length, UTF-8).
+pub fn encode_heartbeat(node_id: u32, incarnation: u64, client_address: &str) -> Bytes {
     let address = &client_address.as_bytes()[..client_address.len().min(u16::MAX as usize)];
-    let mut out = BytesMut::with_capacity(10 + address.len());
+    let mut out = BytesMut::with_capacity(HEARTBEAT_HEADER_LEN + address.len());
     out.put_slice(MAGIC);
     out.put_u32_le(node_id);
+    out.put_u64_le(incarnation);
     out.put_u16_le(address.len() as u16);
     out.put_slice(address);
     out.freeze()
 }
 
-/// The sender's id and client address, or why the bytes are not a heartbeat.
-pub fn decode_heartbeat(bytes: &[u8]) -> Result<(u32, String), String> {
-    if bytes.len() < 10 || &bytes[..4] != MAGIC {
+const HEARTBEAT_HEADER_LEN: usize = 18;
+
+/// The sender's id, incarnation and client address, or why the bytes are not a heartbeat.
+pub fn decode_heartbeat(bytes: &[u8]) -> Result<(u32, u64, String), String> {
+    if bytes.len() < HEARTBEAT_HEADER_LEN || &bytes[..4] != MAGIC {
         return Err("not a heartbeat".into());
     }
     let node_id = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-    let length = u16::from_le_bytes(bytes[8..10].try_into().expect("2 bytes")) as usize;
-    if bytes.len() != 10 + length {
+    let incarnation = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    let length = u16::from_le_bytes(bytes[16..18].try_into().expect("2 bytes")) as usize;
+    if bytes.len() != HEARTBEAT_HEADER_LEN + length {
         return Err(format!("heartbeat of {} bytes announces {length} address bytes", bytes.len()));
     }
-    let address = std::str::from_utf8(&bytes[10..]).map_err(|_| "address is not UTF-8")?;
-    Ok((node_id, address.to_string()))
+    let address =
+        std::str::from_utf8(&bytes[HEARTBEAT_HEADER_LEN..]).map_err(|_| "address is not UTF-8")?;
+    Ok((node_id, incarnation, address.to_string()))
 }
 
 /// The membership view every shard reads (Metadata answers) and shard 0's driver writes.
@@ -251,12 +259,14 @@ pub async fn run(
     tracing::info!(node_id = config.node_id, replication_listen = %config.replication_listen,
         peers = config.peers.len(), "joined the cluster's membership");
     let mut tasks = Vec::new();
+    let incarnation = rand::random::<u64>();
+    let accepted = Accepted::default();
     for (id, address) in config.others() {
-        let (endpoint, stop) = (endpoint.clone(), stop.clone());
-        let heartbeat = encode_heartbeat(config.node_id, &client_address);
-        tasks.push(glommio::spawn_local(dial(endpoint, id, address, heartbeat, stop)));
+        let (endpoint, stop, accepted) = (endpoint.clone(), stop.clone(), accepted.clone());
+        let heartbeat = encode_heartbeat(config.node_id, incarnation, &client_address);
+        tasks.push(glommio::spawn_local(dial(endpoint, id, address, heartbeat, accepted, stop)));
     }
-    tasks.push(glommio::spawn_local(accept(endpoint.clone(), view, stop.clone())));
+    tasks.push(glommio::spawn_local(accept(endpoint.clone(), view, accepted, stop.clone())));
     // Bounded: checks the stop flag every tick.
     while !stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(limits::HEARTBEAT_INTERVAL).await;
@@ -268,24 +278,41 @@ pub async fn run(
     Ok(())
 }
 
+/// Each peer's incarnation, as its heartbeats said. A peer that restarted comes back with a new
+/// one at once, while this broker's connection to its previous run looks alive until QUIC's
+/// idle timeout: a new incarnation is the sign to dial again.
+type Accepted = Rc<RefCell<HashMap<u32, u64>>>;
+
 /// Keeps a connection to peer `id` and sends it a heartbeat every interval; reconnects after
-/// a pause when the connection fails.
+/// a pause when the connection fails, and at once when the peer connected anew (it restarted).
 async fn dial(
     endpoint: Rc<Endpoint>,
     id: u32,
     address: SocketAddr,
     heartbeat: Bytes,
+    accepted: Accepted,
     stop: Arc<AtomicBool>,
 ) {
     let mut reported_down = false;
+    let incarnation = || accepted.borrow().get(&id).copied().unwrap_or(0);
     while !stop.load(Ordering::SeqCst) {
         let sent = async {
+            // The run of the peer this connection reaches (0 until heard from).
+            let mut connected_to = incarnation();
             let peer = endpoint.connect(address, id).await?;
             let stream = peer.open_stream().await?;
             tracing::info!(peer = id, %address, "connected to peer");
             reported_down = false;
-            // Bounded by the stop flag; each iteration sends one heartbeat.
+            // Bounded by the stop flag and the peer's restart; each iteration sends one
+            // heartbeat.
             while !stop.load(Ordering::SeqCst) {
+                let heard = incarnation();
+                if connected_to == 0 {
+                    connected_to = heard;
+                } else if heard != connected_to {
+                    tracing::info!(peer = id, "peer restarted: dialling its new run");
+                    break;
+                }
                 stream.send(heartbeat.clone()).await?;
                 glommio::timer::sleep(limits::HEARTBEAT_INTERVAL).await;
             }
@@ -304,7 +331,12 @@ async fn dial(
 }
 
 /// Accepts peers' connections and records their heartbeats.
-async fn accept(endpoint: Rc<Endpoint>, view: SharedMembership, stop: Arc<AtomicBool>) {
+async fn accept(
+    endpoint: Rc<Endpoint>,
+    view: SharedMembership,
+    accepted: Accepted,
+    stop: Arc<AtomicBool>,
+) {
     while !stop.load(Ordering::SeqCst) {
         let peer = match endpoint.accept().await {
             Ok(peer) => peer,
@@ -313,11 +345,11 @@ async fn accept(endpoint: Rc<Endpoint>, view: SharedMembership, stop: Arc<Atomic
                 return;
             }
         };
-        glommio::spawn_local(receive(peer, view.clone())).detach();
+        glommio::spawn_local(receive(peer, view.clone(), accepted.clone())).detach();
     }
 }
 
-async fn receive(peer: Peer, view: SharedMembership) {
+async fn receive(peer: Peer, view: SharedMembership, accepted: Accepted) {
     let id = peer.broker_id();
     let Ok(stream) = peer.accept_stream().await else { return };
     // Bounded by the connection: each iteration takes one message or ends.
@@ -327,10 +359,11 @@ async fn receive(peer: Peer, view: SharedMembership) {
             Ok(None) | Err(_) => return,
         };
         let heard = match decode_heartbeat(&message) {
-            Ok((node_id, _)) if node_id != id => {
+            Ok((node_id, _, _)) if node_id != id => {
                 Err(format!("heartbeat names broker {node_id}, certificate {id}"))
             }
-            Ok((_, address)) => {
+            Ok((_, incarnation, address)) => {
+                accepted.borrow_mut().insert(id, incarnation);
                 let mut view = view.lock().expect("membership lock");
                 if view.heard(id, address, Instant::now()) {
                     Ok(())
@@ -397,8 +430,8 @@ mod tests {
 
     #[test]
     fn heartbeats_round_trip_and_garbage_is_refused() {
-        let bytes = encode_heartbeat(7, "10.0.0.1:9292");
-        assert_eq!(decode_heartbeat(&bytes).unwrap(), (7, "10.0.0.1:9292".to_string()));
+        let bytes = encode_heartbeat(7, 42, "10.0.0.1:9292");
+        assert_eq!(decode_heartbeat(&bytes).unwrap(), (7, 42, "10.0.0.1:9292".to_string()));
         assert!(decode_heartbeat(&bytes[..bytes.len() - 1]).is_err());
         assert!(decode_heartbeat(b"nope").is_err());
         let mut wrong = bytes.to_vec();
