@@ -95,6 +95,11 @@ pub const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// client hears `RequestTimedOut` rather than timing out itself.
 pub const METADATA_CHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
 
+/// The longest one pass of a change waits for the metadata leader it was passed to: a leader
+/// that is paused (SIGSTOP) still accepts connections, and the change must go on to the next
+/// leader once the others elect one (well within this).
+pub const METADATA_FORWARD_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How often a change waiting for a metadata leader looks again.
 pub const METADATA_LEADER_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 

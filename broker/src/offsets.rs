@@ -18,13 +18,23 @@
 //! records and be overwritten by an older snapshot value on replay); its failure never fails a
 //! commit. A crash before the start moves replays the old records and then the (possibly
 //! partial) snapshot, whose values are the live ones, so the result is the same.
+//!
+//! In a cluster the same log is a replicated partition (group 1, on shard 0 of every broker,
+//! voters = the `--peers` brokers, as Kafka's `__consumer_offsets`): a commit is proposed and
+//! applied once committed, so committed offsets survive the loss of a minority of brokers. The
+//! broker that leads it coordinates every group (see `shard::groups`). Only the leader's map
+//! is used: a broker that starts leading (a new term) replays the log up to the high watermark
+//! before it serves offsets. It is not compacted (followers could not follow a local
+//! compaction); every commit stays in the log.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use bytes::Bytes;
+use spate_cluster::{Partition, ReplicationError};
 use spate_protocol::batch::{BatchBuilder, NewRecord, Records};
+use spate_replication::Role;
 use spate_storage::{FlushPolicy, Log, LogConfig, LogError, LogOptions};
 
 use crate::limits;
@@ -38,8 +48,39 @@ struct Entry {
     log_offset: i64,
 }
 
+/// The offsets log's directory under the data directory.
+pub const OFFSETS_DIR: &str = "__consumer_offsets";
+
+/// The offsets log's replication group in a cluster (topic groups are `topic id << 20 |
+/// partition` with a non-zero topic id; the metadata log is group 0).
+pub const OFFSETS_GROUP: u64 = 1;
+
+/// Why offsets could not be committed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("the committed-offsets log: {0}")]
+    Replication(#[from] ReplicationError),
+}
+
+/// Whether a cluster broker may serve offsets now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// A single broker, or the leader with its map loaded for this term.
+    Ready,
+    /// The leader of `term`, whose map must first be replayed up to `upper`.
+    Load { term: u64, upper: i64 },
+    /// Not the leader (or not yet able to serve reads).
+    NotLeader { leader: Option<u32> },
+}
+
 pub struct OffsetStore {
     log: Log,
+    /// In a cluster: the log's replica.
+    replica: Option<Partition>,
+    /// In a cluster: the leader term the map was replayed for.
+    loaded_term: Cell<Option<u64>>,
     committed: RefCell<BTreeMap<OffsetKey, Entry>>,
     /// Compact once the log holds this many bytes (and four times the last snapshot).
     compact_bytes_min: u64,
@@ -84,6 +125,56 @@ fn decode_key(bytes: &[u8]) -> Option<OffsetKey> {
     parts.next().is_none().then_some((group, topic, partition))
 }
 
+async fn open_log(data_dir: &Path) -> Result<Log, LogError> {
+    let config = LogConfig {
+        flush: FlushPolicy::Always,
+        retention_ms: None,
+        retention_bytes: None,
+        segment_bytes: 64 * 1024 * 1024,
+        ..LogConfig::default()
+    };
+    Log::open(data_dir.join(OFFSETS_DIR).join("0"), config, LogOptions::default()).await
+}
+
+/// The map a replay of `log` below `upper` gives.
+async fn replay(log: &Log, upper: i64) -> Result<BTreeMap<OffsetKey, Entry>, LogError> {
+    let mut committed = BTreeMap::new();
+    let mut offset = log.offsets().start;
+    // Bounded: each read advances past at least one batch.
+    while offset < upper {
+        let read = log.read_bounded(offset, 4 << 20, upper).await?;
+        let mut advanced = false;
+        for chunk in &read.chunks {
+            for (header, batch) in spate_storage::scan::batches(chunk) {
+                // Replication's control batches (leader markers, replica sets) are not
+                // offset commits.
+                let records = Records::new(batch, header).filter(|_| !header.is_control());
+                for record in records.flatten() {
+                    let key = record.key.and_then(decode_key);
+                    let value =
+                        record.value.and_then(|v| v.try_into().ok()).map(i64::from_le_bytes);
+                    match (key, value) {
+                        (Some(key), Some(value)) => {
+                            apply(&mut committed, key, Some(value), record.offset);
+                        }
+                        // A tombstone (null value): the group was deleted.
+                        (Some(key), None) if record.value.is_none() => {
+                            apply(&mut committed, key, None, record.offset);
+                        }
+                        _ => {}
+                    }
+                }
+                offset = header.next_offset();
+                advanced = true;
+            }
+        }
+        if !advanced {
+            break;
+        }
+    }
+    Ok(committed)
+}
+
 impl OffsetStore {
     pub async fn open(data_dir: &Path) -> Result<OffsetStore, LogError> {
         OffsetStore::open_with(data_dir, limits::OFFSETS_COMPACT_BYTES_MIN).await
@@ -94,53 +185,12 @@ impl OffsetStore {
         data_dir: &Path,
         compact_bytes_min: u64,
     ) -> Result<OffsetStore, LogError> {
-        let config = LogConfig {
-            flush: FlushPolicy::Always,
-            retention_ms: None,
-            retention_bytes: None,
-            segment_bytes: 64 * 1024 * 1024,
-            ..LogConfig::default()
-        };
-        let log =
-            Log::open(data_dir.join("__consumer_offsets").join("0"), config, LogOptions::default())
-                .await?;
-        let mut committed = BTreeMap::new();
-        let offsets = log.offsets();
-        let mut offset = offsets.start;
-        // Bounded: each read advances past at least one batch.
-        while offset < offsets.high_watermark {
-            let read = log.read(offset, 4 << 20).await?;
-            let mut advanced = false;
-            for chunk in &read.chunks {
-                for (header, batch) in spate_storage::scan::batches(chunk) {
-                    // Replication's control batches (leader markers, replica sets) are not
-                    // offset commits.
-                    let records = Records::new(batch, header).filter(|_| !header.is_control());
-                    for record in records.flatten() {
-                        let key = record.key.and_then(decode_key);
-                        let value =
-                            record.value.and_then(|v| v.try_into().ok()).map(i64::from_le_bytes);
-                        match (key, value) {
-                            (Some(key), Some(value)) => {
-                                apply(&mut committed, key, Some(value), record.offset);
-                            }
-                            // A tombstone (null value): the group was deleted.
-                            (Some(key), None) if record.value.is_none() => {
-                                apply(&mut committed, key, None, record.offset);
-                            }
-                            _ => {}
-                        }
-                    }
-                    offset = header.next_offset();
-                    advanced = true;
-                }
-            }
-            if !advanced {
-                break;
-            }
-        }
+        let log = open_log(data_dir).await?;
+        let committed = replay(&log, log.offsets().high_watermark).await?;
         let store = OffsetStore {
             log,
+            replica: None,
+            loaded_term: Cell::new(None),
             committed: RefCell::new(committed),
             compact_bytes_min,
             snapshot_bytes: Cell::new(0),
@@ -150,6 +200,58 @@ impl OffsetStore {
             store.compact().await?;
         }
         Ok(store)
+    }
+
+    /// The store of a cluster broker: its log is a replica of group [`OFFSETS_GROUP`] on
+    /// `node`, with `voters`. Its map is loaded when this broker starts leading.
+    pub async fn open_replicated(
+        data_dir: &Path,
+        node: &spate_cluster::ReplicationNode,
+        voters: &[u32],
+    ) -> Result<OffsetStore, LogError> {
+        let log = open_log(data_dir).await?;
+        let group = spate_replication::GroupId(OFFSETS_GROUP);
+        let replica = node
+            .open_partition(group, voters, log.clone(), Default::default())
+            .await
+            .map_err(|e| LogError::Config(format!("the committed-offsets log: {e}")))?;
+        Ok(OffsetStore {
+            log,
+            replica: Some(replica),
+            loaded_term: Cell::new(None),
+            committed: RefCell::new(BTreeMap::new()),
+            compact_bytes_min: u64::MAX,
+            snapshot_bytes: Cell::new(0),
+            compacting: Cell::new(false),
+        })
+    }
+
+    /// In a cluster, the log's replica (for metadata and metrics).
+    pub fn replica(&self) -> Option<&Partition> {
+        self.replica.as_ref()
+    }
+
+    /// Whether this store may serve offsets now (always on a single broker).
+    pub fn readiness(&self) -> Readiness {
+        let Some(replica) = &self.replica else { return Readiness::Ready };
+        let status = replica.status();
+        match (status.role, status.high_watermark) {
+            (Role::Leader, Some(_)) if self.loaded_term.get() == Some(status.term) => {
+                Readiness::Ready
+            }
+            (Role::Leader, Some(hw)) => Readiness::Load { term: status.term, upper: hw as i64 },
+            _ => Readiness::NotLeader { leader: status.leader.filter(|l| *l != status.node) },
+        }
+    }
+
+    /// Replays the log up to `upper` into the map, for leader term `term` (see [`Readiness`]).
+    /// The caller holds exclusive access.
+    pub async fn load(&self, term: u64, upper: i64) -> Result<(), LogError> {
+        let committed = replay(&self.log, upper).await?;
+        *self.committed.borrow_mut() = committed;
+        self.loaded_term.set(Some(term));
+        tracing::info!(term, upper, "loaded committed offsets as the new coordinator");
+        Ok(())
     }
 
     /// Whether the log has grown enough since the last snapshot to compact it.
@@ -212,14 +314,14 @@ impl OffsetStore {
 
     /// Durably records `offsets` (all or nothing: one batch). Concurrent commits share
     /// fdatasyncs. Never compacts: see [`compaction_due`](Self::compaction_due).
-    pub async fn commit(&self, offsets: &[(OffsetKey, i64)]) -> Result<(), LogError> {
+    pub async fn commit(&self, offsets: &[(OffsetKey, i64)]) -> Result<(), CommitError> {
         let records: Vec<(OffsetKey, Option<i64>)> =
             offsets.iter().map(|(k, o)| (k.clone(), Some(*o))).collect();
         self.append(&records).await
     }
 
     /// Appends one batch of records (`None` = tombstone) and applies them once durable.
-    async fn append(&self, records: &[(OffsetKey, Option<i64>)]) -> Result<(), LogError> {
+    async fn append(&self, records: &[(OffsetKey, Option<i64>)]) -> Result<(), CommitError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -236,10 +338,14 @@ impl OffsetStore {
                 },
             });
         }
-        let appended = self.log.append(builder.finish()?, 0).await?;
+        let batch = builder.finish().map_err(LogError::from)?;
+        let base_offset = match &self.replica {
+            Some(replica) => replica.propose(batch).await?.base_offset as i64,
+            None => self.log.append(batch, 0).await?.base_offset,
+        };
         let mut committed = self.committed.borrow_mut();
         for (i, (key, offset)) in records.iter().enumerate() {
-            apply(&mut committed, key.clone(), *offset, appended.base_offset + i as i64);
+            apply(&mut committed, key.clone(), *offset, base_offset + i as i64);
         }
         Ok(())
     }
@@ -250,7 +356,7 @@ impl OffsetStore {
     }
 
     /// Removes every committed offset of `group`, durably (tombstones in the log).
-    pub async fn delete_group(&self, group: &str) -> Result<(), LogError> {
+    pub async fn delete_group(&self, group: &str) -> Result<(), CommitError> {
         let tombstones: Vec<(OffsetKey, Option<i64>)> = self
             .all()
             .into_iter()

@@ -152,6 +152,10 @@ impl Cluster {
         self.brokers[id as usize - 1].as_ref().expect("running")
     }
 
+    fn any(&self) -> &Broker {
+        self.brokers.iter().flatten().next().expect("a broker runs")
+    }
+
     fn any_other(&self, id: u32) -> &Broker {
         self.brokers.iter().flatten().find(|b| b.port != self.nodes[id as usize - 1].port).unwrap()
     }
@@ -467,29 +471,48 @@ fn sigterm_on_the_leader_under_load_costs_the_producer_no_error() {
     check_stored_once(&cluster, &results, MESSAGES);
 }
 
+/// Also: the group's committed offsets are replicated, so a member that comes after the
+/// coordinator is killed continues from the last commit.
 #[test]
 fn a_group_meets_at_one_coordinator_whichever_broker_its_members_ask() {
-    let cluster = Cluster::start();
+    let mut cluster = Cluster::start();
     create_topic(&cluster, "g", 1);
     let input = |from: u32, count: u32| -> String {
         (from..from + count).map(|i| format!("m{i}\n")).collect()
     };
-    let produce = |text: String| {
-        let out = cluster.broker(3).cli_with_input(&["produce", "g"], Some(text.as_bytes()));
+    let produce = |cluster: &Cluster, text: String| {
+        let out = cluster.any().cli_with_input(&["produce", "g"], Some(text.as_bytes()));
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     };
-    produce(input(0, 10));
+    produce(&cluster, input(0, 10));
     // A member that asks broker 1 reads and commits ten ...
     let first = cluster.broker(1).ok(&["consume", "g", "--group", "G", "--count", "10"]);
     assert_eq!(first, input(0, 10));
-    produce(input(10, 5));
+    produce(&cluster, input(10, 5));
     // ... and one that asks broker 2 finds the same coordinator and its commit.
     let second = cluster.broker(2).ok(&["consume", "g", "--group", "G", "--timeout-ms", "2000"]);
     assert_eq!(second, input(10, 5), "continued from the group's commit");
-    // Described through any broker, it is the one group.
+    // Described and listed through any broker, it is the one group.
     let described: Vec<String> =
         (1..=3).map(|id| cluster.broker(id).ok(&["group", "describe", "G"])).collect();
     assert!(described.windows(2).all(|w| w[0] == w[1]), "{described:?}");
+    for id in 1..=3 {
+        assert!(cluster.broker(id).ok(&["group", "list"]).starts_with("G\t"), "listed via {id}");
+    }
+
+    // The coordinator dies: another broker takes over with the group's commits.
+    let killed = holder(cluster.broker(1), "coordinator").expect("a coordinator");
+    cluster.brokers[killed as usize - 1].as_mut().unwrap().sigkill();
+    let survivor = cluster.any_other(killed);
+    let started = Instant::now();
+    // Bounded: 30 s for a new coordinator.
+    while holder(survivor, "coordinator").is_none_or(|c| c == killed) {
+        assert!(started.elapsed() < Duration::from_secs(30), "no new coordinator");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    produce(&cluster, input(15, 5));
+    let third = survivor.ok(&["consume", "g", "--group", "G", "--timeout-ms", "2000"]);
+    assert_eq!(third, input(15, 5), "continued from the commit made on the dead coordinator");
 }
 
 #[test]
@@ -554,11 +577,16 @@ fn wait_topics(broker: &Broker, want: &[&str]) {
     panic!("broker on {} never listed {want:?}; last {last:?}", broker.port);
 }
 
-/// The broker whose `cluster status` line (through `asked`) ends with `controller`.
-fn controller(asked: &Broker) -> Option<u32> {
+/// The broker whose `cluster status` line (through `asked`) has the word `role`
+/// (`controller` or `coordinator`).
+fn holder(asked: &Broker, role: &str) -> Option<u32> {
     let status = asked.ok(&["cluster", "status"]);
-    let line = status.lines().find(|l| l.ends_with("\tcontroller"))?;
+    let line = status.lines().find(|l| l.split('\t').any(|w| w == role))?;
     line.split('\t').next()?.parse().ok()
+}
+
+fn controller(asked: &Broker) -> Option<u32> {
+    holder(asked, "controller")
 }
 
 /// Topic changes are records of one replicated log: a broker that was down while topics were
@@ -631,4 +659,21 @@ fn topic_changes_reach_a_broker_that_was_down_and_survive_a_killed_controller() 
     assert_eq!(second, (first.0, first.1 + 1), "one producer-id state for the whole cluster");
     cluster.restart(killed);
     wait_topics(cluster.broker(killed), &["after", "new"]);
+
+    // A paused controller still accepts connections: changes passed to it must move on to the
+    // leader the others elect.
+    let paused = controller(cluster.broker(killed)).expect("a controller");
+    cluster.broker(paused).pause();
+    let asked = cluster.any_other(paused);
+    asked.ok(&["topic", "create", "paused", "--replication-factor", "2"]);
+    let third = run({
+        let bootstrap = asked.address();
+        async move {
+            let client = Client::connect(client_config(&bootstrap)).await.unwrap();
+            client.init_producer_id(Some("writer")).await.unwrap()
+        }
+    });
+    assert_eq!(third, (first.0, first.1 + 2));
+    cluster.broker(paused).resume();
+    wait_topics(cluster.broker(paused), &["after", "new", "paused"]);
 }

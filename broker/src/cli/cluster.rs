@@ -20,7 +20,8 @@ pub(crate) enum ClusterCommand {
     /// One line per broker: its id, its address, and `alive` or `dead`, as the broker asked
     /// sees them; then, for each broker of a cluster that answers, `leads N` (partitions it
     /// leads) and `under_replicated M` (of those, partitions missing an in-sync replica); the
-    /// metadata log's leader ends its line with `controller`.
+    /// metadata log's leader ends its line with `controller`, and the group coordinator (the
+    /// committed-offsets log's leader) with `coordinator`.
     Status,
 }
 
@@ -35,6 +36,7 @@ pub(crate) async fn status(client: Client) -> Result<(), String> {
     let metadata = client.metadata(Some(&[])).await.map_err(|e| e.to_string())?;
     let brokers = metadata.brokers.unwrap_or_default();
     let brokers_len = brokers.len();
+    let coordinator = group_coordinator(&client).await;
     let (answered, led) = super::led_partitions(&client, &brokers, None).await;
     for broker in brokers {
         let host = broker.host.unwrap_or_default();
@@ -58,7 +60,20 @@ pub(crate) async fn status(client: Client) -> Result<(), String> {
         if brokers_len > 1 && broker.broker_id == metadata.controller_id {
             line.push_str("\tcontroller");
         }
+        if brokers_len > 1 && Some(broker.broker_id) == coordinator {
+            line.push_str("\tcoordinator");
+        }
         println!("{line}");
     }
     Ok(())
+}
+
+/// The broker coordinating consumer groups, as the asked broker knows it (`None` if none yet).
+async fn group_coordinator(client: &Client) -> Option<i32> {
+    use spate_protocol::wire::{self, RequestBodyT, ResponseBodyT};
+    let request = wire::FindCoordinatorRequestT { key: Some(String::new()), ..Default::default() };
+    match client.call(RequestBodyT::FindCoordinatorRequest(Box::new(request))).await {
+        Ok(ResponseBodyT::FindCoordinatorResponse(found)) => Some(found.broker_id),
+        _ => None,
+    }
 }

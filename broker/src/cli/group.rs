@@ -30,8 +30,9 @@ pub(crate) async fn group(client: Client, command: GroupCommand) -> Result<(), S
     use spate_protocol::wire::{self, RequestBodyT, ResponseBodyT};
     match command {
         GroupCommand::List => {
+            // In a cluster every group lives on the coordinator: ask it.
             let response = client
-                .call(RequestBodyT::ListGroupsRequest(Box::default()))
+                .group_call("", RequestBodyT::ListGroupsRequest(Box::default()))
                 .await
                 .map_err(|e| e.to_string())?;
             let ResponseBodyT::ListGroupsResponse(listed) = response else {

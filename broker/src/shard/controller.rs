@@ -12,7 +12,10 @@ use crate::catalog::{self, Catalog, CatalogError};
 
 impl Shard {
     /// Serves a catalog change or an offsets request.
-    pub(super) async fn controller(&self, body: RequestBodyT) -> ResponseBodyT {
+    pub(super) async fn controller(
+        &self,
+        body: RequestBodyT,
+    ) -> Result<ResponseBodyT, super::Failure> {
         assert_eq!(self.id, 0, "controller requests run on shard 0");
         let catalog_change = matches!(
             body,
@@ -23,15 +26,18 @@ impl Shard {
         if catalog_change && self.config.cluster.is_some() {
             let kind = body.request_body_type();
             let names = topic_names(&body);
-            return match self.metadata_change(body).await {
+            return Ok(match self.metadata_change(body).await {
                 Ok(response) => response,
                 Err(failure) => failed_for_all(kind, names, failure),
-            };
+            });
+        }
+        if let RequestBodyT::OffsetFetchRequest(request) = body {
+            return self.fetch_offsets(*request).await;
         }
         let Ok(_lock) = self.controller_lock.acquire_permit(1).await else {
-            return ResponseBodyT::NONE;
+            return Err(super::Failure::new(ErrorCode::ShuttingDown, "the controller is closed"));
         };
-        self.change(body).await
+        Ok(self.change(body).await)
     }
 
     /// Applies one request to the catalog: a client's on a single broker, a committed record of
@@ -86,7 +92,6 @@ impl Shard {
                 }))
             }
             RequestBodyT::OffsetCommitRequest(request) => self.commit_offsets(*request).await,
-            RequestBodyT::OffsetFetchRequest(request) => self.fetch_offsets(*request).await,
             _ => ResponseBodyT::NONE,
         }
     }

@@ -86,42 +86,46 @@ impl Shard {
         self.groups.borrow_mut().tick(wall_clock_ms(), &counts);
     }
 
-    /// The broker that coordinates `group`: this one on a single broker (id 0); in a cluster the
-    /// first live broker from a position the group name hashes to, so every broker names the
-    /// same one while they agree on who is alive, and every member of a group meets there.
-    /// (Its committed offsets live on that broker only: not replicated yet.)
-    fn coordinator_broker(&self, group: &str) -> (i32, std::net::SocketAddr) {
+    /// The broker that coordinates groups: this one on a single broker (id 0); in a cluster the
+    /// leader of the committed-offsets log (as Kafka's group coordinator is the leader of the
+    /// group's `__consumer_offsets` partition), so a group's offsets are committed where its
+    /// members meet, and survive that broker.
+    fn coordinator_broker(&self) -> Result<(i32, std::net::SocketAddr), Failure> {
         let (Some(membership), Some(cluster)) = (&self.config.membership, &self.config.cluster)
         else {
-            return (0, self.config.listen);
+            return Ok((0, self.config.listen));
         };
+        let unavailable = |why: String| Failure::new(ErrorCode::CoordinatorNotAvailable, why);
+        let leader = self
+            .internal_leader(crate::offsets::OFFSETS_DIR)
+            .ok_or_else(|| unavailable("the committed-offsets log has no leader yet".into()))?;
+        if leader == cluster.node_id {
+            return Ok((leader as i32, self.config.listen));
+        }
         let statuses =
             membership.lock().expect("membership lock").status(std::time::Instant::now());
-        let mut brokers: Vec<_> = statuses.into_iter().collect();
-        brokers.sort_by_key(|b| b.id);
-        let first = crc32fast::hash(group.as_bytes()) as usize % brokers.len().max(1);
-        let chosen = (0..brokers.len())
-            .map(|i| &brokers[(first + i) % brokers.len()])
-            .find(|b| b.alive && b.address.parse::<std::net::SocketAddr>().is_ok());
-        match chosen {
-            Some(b) if b.id != cluster.node_id => {
-                (b.id as i32, b.address.parse().expect("checked above"))
-            }
-            _ => (cluster.node_id as i32, self.config.listen),
-        }
+        statuses
+            .iter()
+            .find(|b| b.id == leader)
+            .and_then(|b| b.address.parse().ok())
+            .map(|address| (leader as i32, address))
+            .ok_or_else(|| {
+                unavailable(format!("the coordinator, broker {leader}, has no known address"))
+            })
     }
 
-    /// In a cluster, a group request that reached a broker which does not coordinate the group
-    /// is refused with `NotCoordinator` naming the one that does (the client finds it again).
+    /// In a cluster, a group request that reached a broker which does not coordinate groups is
+    /// refused with `NotCoordinator` naming the one that does (the client finds it again).
     pub(super) fn not_coordinator(&self, group: &str) -> Option<Failure> {
         let cluster = self.config.cluster.as_ref()?;
-        let (coordinator, _) = self.coordinator_broker(group);
-        (coordinator != cluster.node_id as i32).then(|| {
-            Failure::new(
+        match self.coordinator_broker() {
+            Ok((coordinator, _)) if coordinator == cluster.node_id as i32 => None,
+            Ok((coordinator, _)) => Some(Failure::new(
                 ErrorCode::NotCoordinator,
                 format!("group {group:?} is coordinated by broker {coordinator}"),
-            )
-        })
+            )),
+            Err(failure) => Some(failure),
+        }
     }
 
     /// Answers FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, ListGroups and
@@ -134,7 +138,7 @@ impl Shard {
             RequestBodyT::FindCoordinatorRequest(request) => {
                 let group = request.key.as_deref().unwrap_or_default();
                 let shard = self.group_shard(group);
-                let (broker_id, listen) = self.coordinator_broker(group);
+                let (broker_id, listen) = self.coordinator_broker()?;
                 let mut address = listen;
                 address.set_port(listen.port().wrapping_add(1 + shard as u16));
                 Ok(ResponseBodyT::FindCoordinatorResponse(Box::new(

@@ -49,7 +49,7 @@ pub enum ShardMsg {
     },
     Controller {
         body: RequestBodyT,
-        reply: oneshot::Sender<ResponseBodyT>,
+        reply: oneshot::Sender<Result<ResponseBodyT, Failure>>,
     },
     Catalog {
         catalog: Catalog,

@@ -135,7 +135,10 @@ impl Shard {
         let metadata_log = super::metadata_log::METADATA_DIR;
         let controller = views.iter().any(|((n, _), v)| n == metadata_log && v.leader == Some(me));
         out.push_str(&format!("spate_controller {}\n", u8::from(controller)));
-        for ((name, partition), view) in views.into_iter().filter(|((n, _), _)| n != metadata_log) {
+        // The internal logs (`__`-prefixed, which no topic name may be) are not partitions.
+        for ((name, partition), view) in
+            views.into_iter().filter(|((n, _), _)| !n.starts_with("__"))
+        {
             let topic = crate::metrics::label(&name);
             out.push_str(&format!(
                 "spate_partition_leader_term{{topic=\"{topic}\",partition=\"{partition}\"}} {}\n",
@@ -208,10 +211,10 @@ impl Shard {
     /// The controller Metadata names: a single broker itself (0); in a cluster the metadata
     /// log's leader as shard 0 last published it, -1 while there is none.
     fn controller_id(&self) -> i32 {
-        let Some(views) = &self.config.replica_views else { return 0 };
-        let key = (super::metadata_log::METADATA_DIR.to_string(), 0);
-        let leader = views.lock().expect("replica views lock").get(&key).and_then(|v| v.leader);
-        leader.map_or(-1, |id| id as i32)
+        if self.config.replica_views.is_none() {
+            return 0;
+        }
+        self.internal_leader(super::metadata_log::METADATA_DIR).map_or(-1, |id| id as i32)
     }
 
     /// A single broker's partition: this broker leads it, on its shard.

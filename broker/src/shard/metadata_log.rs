@@ -256,8 +256,22 @@ impl Shard {
                 }
                 Some(leader) => match self.client_address(leader) {
                     Some(address) => {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        match super::controller::forward_to(&address, body.clone(), left).await {
+                        let left = deadline
+                            .saturating_duration_since(Instant::now())
+                            .min(limits::METADATA_FORWARD_ATTEMPT_TIMEOUT);
+                        // A leader that stops leading meanwhile (paused, cut off) may never
+                        // answer: go to the next one as soon as this broker hears of it.
+                        let forwarded = futures_lite::future::or(
+                            super::controller::forward_to(&address, body.clone(), left),
+                            async {
+                                // Bounded by the forward's own timeout, which `or` races.
+                                while metadata.partition.leader() == Some(leader) {
+                                    glommio::timer::sleep(limits::METADATA_LEADER_POLL).await;
+                                }
+                                Err("it stopped leading".to_string())
+                            },
+                        );
+                        match forwarded.await {
                             Ok(response) => {
                                 self.await_applied_here(&response, deadline).await;
                                 return Ok(response);

@@ -220,9 +220,14 @@ impl Shard {
     ) -> std::io::Result<Rc<Shard>> {
         let catalog = Catalog::load(&config.data_dir)?;
         let offsets = if id == 0 {
-            let store = OffsetStore::open(&config.data_dir)
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let store = match (&config.cluster, &replication) {
+                (Some(cluster), Some(node)) => {
+                    OffsetStore::open_replicated(&config.data_dir, node, &cluster.broker_ids())
+                        .await
+                }
+                _ => OffsetStore::open(&config.data_dir).await,
+            };
+            let store = store.map_err(|e| std::io::Error::other(e.to_string()))?;
             Some(Rc::new(RwLock::new(store)))
         } else {
             None
@@ -505,18 +510,12 @@ impl Shard {
                 let response = if self.id == 0 {
                     self.controller(body).await
                 } else {
-                    match self.call(0, |reply| ShardMsg::Controller { body, reply }).await {
-                        Ok(response) => response,
-                        Err(failure) => {
-                            return Some(envelope_error(
-                                correlation_id,
-                                failure.code,
-                                &failure.message,
-                            ))
-                        }
-                    }
+                    self.call(0, |reply| ShardMsg::Controller { body, reply }).await.and_then(|r| r)
                 };
-                ok_reply(correlation_id, response)
+                match response {
+                    Ok(response) => ok_reply(correlation_id, response),
+                    Err(failure) => envelope_error(correlation_id, failure.code, &failure.message),
+                }
             }
             body @ (RequestBodyT::FindCoordinatorRequest(_)
             | RequestBodyT::JoinGroupRequest(_)

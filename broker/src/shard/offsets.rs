@@ -8,9 +8,57 @@ use glommio::sync::RwLock;
 use spate_protocol::wire::{self, ErrorCode, ResponseBodyT};
 
 use super::{groups, Failure, Shard};
-use crate::offsets::OffsetStore;
+use crate::offsets::{CommitError, OffsetStore, Readiness};
+
+impl From<CommitError> for Failure {
+    fn from(error: CommitError) -> Failure {
+        use spate_cluster::ReplicationError;
+        match error {
+            CommitError::Log(error) => Failure::from(error),
+            // This broker stopped leading the offsets log, and with it coordinating groups.
+            CommitError::Replication(
+                ReplicationError::NotLeader { .. }
+                | ReplicationError::Transferring
+                | ReplicationError::TransferTimedOut,
+            ) => Failure::new(
+                ErrorCode::NotCoordinator,
+                "this broker no longer coordinates groups; find the coordinator again",
+            ),
+            CommitError::Replication(error) => {
+                super::replicated::replication_failure("__consumer_offsets", 0, error)
+            }
+        }
+    }
+}
 
 impl Shard {
+    /// The offset store once it may serve: in a cluster this broker must lead the offsets log,
+    /// and the first request of its term replays the log into the map.
+    pub(super) async fn ready_offsets(&self) -> Result<Rc<RwLock<OffsetStore>>, Failure> {
+        let store = self.offsets.clone().expect("shard 0 has the offset store");
+        let readiness = store.read().await.expect("lock never closed").readiness();
+        match readiness {
+            Readiness::Ready => Ok(store),
+            Readiness::NotLeader { leader } => Err(Failure::new(
+                ErrorCode::NotCoordinator,
+                match leader {
+                    Some(leader) => format!("groups are coordinated by broker {leader}"),
+                    None => "no broker coordinates groups yet: an election is under way".into(),
+                },
+            )),
+            Readiness::Load { .. } => {
+                {
+                    let exclusive = store.write().await.expect("lock never closed");
+                    // Another request may have loaded it meanwhile.
+                    if let Readiness::Load { term, upper } = exclusive.readiness() {
+                        exclusive.load(term, upper).await?;
+                    }
+                }
+                Ok(store)
+            }
+        }
+    }
+
     pub(super) async fn commit_offsets(
         &self,
         request: wire::OffsetCommitRequestT,
@@ -53,14 +101,21 @@ impl Shard {
                 partitions: Some(partitions),
             });
         }
-        let store = self.offsets.clone().expect("shard 0 has the offset store");
-        // Shared access: concurrent commits share fdatasyncs; compaction alone is exclusive.
-        let committed = store.read().await.expect("lock never closed").commit(&accepted).await;
-        if committed.is_ok() {
-            compact_offsets_if_due(store);
-        }
-        if let Err(error) = committed {
-            let failure = Failure::from(error);
+        let committed = match self.ready_offsets().await {
+            Ok(store) => {
+                // Shared access: concurrent commits share fdatasyncs; compaction alone is
+                // exclusive.
+                let exclusive = store.read().await.expect("lock never closed");
+                let committed = exclusive.commit(&accepted).await.map_err(Failure::from);
+                drop(exclusive);
+                if committed.is_ok() {
+                    compact_offsets_if_due(store);
+                }
+                committed
+            }
+            Err(failure) => Err(failure),
+        };
+        if let Err(failure) = committed {
             for topic in &mut results {
                 for partition in topic.partitions.iter_mut().flatten() {
                     if partition.error_code == ErrorCode::None {
@@ -75,9 +130,12 @@ impl Shard {
         }))
     }
 
-    pub(super) async fn fetch_offsets(&self, request: wire::OffsetFetchRequestT) -> ResponseBodyT {
+    pub(super) async fn fetch_offsets(
+        &self,
+        request: wire::OffsetFetchRequestT,
+    ) -> Result<ResponseBodyT, Failure> {
         let group = request.group_id.unwrap_or_default();
-        let store = self.offsets.as_ref().expect("shard 0 has the offset store");
+        let store = self.ready_offsets().await?;
         let store = store.read().await.expect("lock never closed");
         let topics: Vec<(String, Option<Vec<i32>>)> = match request.topics {
             Some(topics) => {
@@ -117,9 +175,9 @@ impl Shard {
                 partitions: Some(partitions),
             });
         }
-        ResponseBodyT::OffsetFetchResponse(Box::new(wire::OffsetFetchResponseT {
+        Ok(ResponseBodyT::OffsetFetchResponse(Box::new(wire::OffsetFetchResponseT {
             topics: Some(out),
-        }))
+        })))
     }
 }
 

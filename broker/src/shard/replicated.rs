@@ -25,6 +25,7 @@ use spate_storage::Log;
 
 use super::metadata_log::METADATA_DIR;
 use super::{Failure, PartitionKey, ProduceOutcome, Shard};
+use crate::offsets::OFFSETS_DIR;
 
 /// What one partition's replica on this broker last reported, for Metadata on any shard.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -103,6 +104,14 @@ impl Shard {
         ProduceOutcome { result: Ok(base_offset), log_start_offset: replica.log().offsets().start }
     }
 
+    /// The leader of an internal log (the metadata log or the committed-offsets log, by its
+    /// directory name) as its shard 0 last published it.
+    pub(super) fn internal_leader(&self, dir: &str) -> Option<u32> {
+        let views = self.config.replica_views.as_ref()?;
+        let key = (dir.to_string(), 0);
+        views.lock().expect("replica views lock").get(&key).and_then(|v| v.leader)
+    }
+
     /// Writes what this shard's replicas know into the broker's shared table (every tick), and
     /// wakes long-polling fetches of partitions whose high watermark moved.
     pub(crate) fn publish_replicas(&self) {
@@ -113,6 +122,14 @@ impl Shard {
         // controller.
         if let Some(metadata) = self.metadata_log() {
             replicas.push(((METADATA_DIR.to_string(), 0), metadata.partition().clone()));
+        }
+        // And the committed-offsets log: its leader coordinates every group.
+        let offsets = self
+            .offsets
+            .as_ref()
+            .and_then(|store| store.try_read().ok().and_then(|store| store.replica().cloned()));
+        if let Some(replica) = offsets {
+            replicas.push(((OFFSETS_DIR.to_string(), 0), replica));
         }
         let mut moved = Vec::new();
         {

@@ -84,9 +84,10 @@ pub fn status(broker: &Broker) -> Vec<(u32, String, String)> {
         .lines()
         .map(|line| {
             // id, address, state; then, in a cluster, `leads N under_replicated M` and, on
-            // the metadata leader's line, `controller`.
+            // the metadata leader's line, `controller`, on the group coordinator's
+            // `coordinator`.
             let words: Vec<&str> = line.split_whitespace().collect();
-            assert!([3, 4, 7, 8].contains(&words.len()), "{line}");
+            assert!((3..=9).contains(&words.len()) && words.len() != 6, "{line}");
             (words[0].parse().unwrap(), words[1].to_string(), words[2].to_string())
         })
         .collect()
