@@ -97,11 +97,48 @@ pub struct Catalog {
     pub version: u32,
     #[serde(default)]
     pub topics: BTreeMap<String, Topic>,
+    /// A cluster's brokers as they registered through the metadata log, by id (TOML keys are
+    /// strings: `[brokers.3]`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "id_keys")]
+    pub brokers: BTreeMap<u32, BrokerRegistration>,
+}
+
+/// A map by broker id, written with the ids as strings (TOML table keys must be).
+mod id_keys {
+    use std::collections::BTreeMap;
+
+    use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer, V: Serialize>(
+        map: &BTreeMap<u32, V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let by_text: BTreeMap<String, &V> = map.iter().map(|(k, v)| (k.to_string(), v)).collect();
+        by_text.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, V: Deserialize<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<u32, V>, D::Error> {
+        let by_text = BTreeMap::<String, V>::deserialize(deserializer)?;
+        by_text
+            .into_iter()
+            .map(|(k, v)| k.parse().map(|k| (k, v)).map_err(D::Error::custom))
+            .collect()
+    }
+}
+
+/// What a broker of a cluster registered: how clients reach it, and how many shards it runs
+/// (every broker must run the same number: replicas talk shard to shard).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRegistration {
+    pub client_address: String,
+    pub shards: u16,
 }
 
 impl Default for Catalog {
     fn default() -> Self {
-        Catalog { version: 1, topics: BTreeMap::new() }
+        Catalog { version: 1, topics: BTreeMap::new(), brokers: BTreeMap::new() }
     }
 }
 
@@ -449,6 +486,18 @@ mod tests {
             bad.insert(key.to_string(), value.to_string());
             assert!(log_config(&defaults, &bad).is_err(), "{key}={value}");
         }
+    }
+
+    #[test]
+    fn broker_registrations_save_and_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut catalog = Catalog::default();
+        let registration =
+            BrokerRegistration { client_address: "127.0.0.1:9292".into(), shards: 2 };
+        catalog.brokers.insert(3, registration.clone());
+        catalog.save(dir.path()).unwrap();
+        let loaded = Catalog::load(dir.path()).unwrap();
+        assert_eq!(loaded.brokers.get(&3), Some(&registration));
     }
 
     #[test]

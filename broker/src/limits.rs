@@ -107,6 +107,9 @@ pub const METADATA_LEADER_POLL: std::time::Duration = std::time::Duration::from_
 /// that broker waits to have applied it too (so the client sees its own change there).
 pub const METADATA_PROPAGATION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How often a broker that could not register in the metadata log tries again.
+pub const METADATA_REGISTER_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How often shard 0 applies newly committed metadata records.
 pub const METADATA_APPLY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 

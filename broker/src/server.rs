@@ -386,6 +386,9 @@ async fn shard_main(
         )));
     }
     if id == 0 && config.cluster.is_some() {
+        let registrar = shard.clone();
+        let registering = stop.clone();
+        glommio::spawn_local(async move { registrar.register_broker(&registering).await }).detach();
         let applier = shard.clone();
         let applying = stop.clone();
         glommio::spawn_local(async move {

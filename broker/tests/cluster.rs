@@ -102,3 +102,50 @@ fn cluster_flags_come_all_together_or_not_at_all() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--replication-listen"), "{stderr}");
 }
+
+/// Polls `broker`'s log until it contains `text` (bounded: 20 s).
+fn wait_log(broker: &Broker, text: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(&broker.log).unwrap_or_default();
+        if log.contains(text) {
+            return log;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "never logged {text:?}:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Brokers register (client address, shard count) through the metadata log; one that runs
+/// another number of cores than the registered brokers is refused with a clear error, since
+/// replicas talk shard to shard.
+#[test]
+fn a_broker_with_another_core_count_is_refused_at_registration() {
+    let dir = temp_dir();
+    let certs = dir.path().join("certs");
+    make_certs(&certs, 3);
+    let nodes = nodes(3);
+    let peers = peers(&nodes);
+    let first = start_with_cores(dir.path(), &nodes[0], &peers, &certs, 1);
+    let second = start_with_cores(dir.path(), &nodes[1], &peers, &certs, 1);
+    for broker in [&first, &second] {
+        wait_log(broker, "registered in the metadata log");
+    }
+    let odd = start_with_cores(dir.path(), &nodes[2], &peers, &certs, 2);
+    let log = wait_log(&odd, "the cluster refused this broker");
+    assert!(log.contains("broker 3 runs 2 shards") && log.contains("--cores"), "{log}");
+    // The registered brokers' catalogs hold both registrations (and not the refused one).
+    for broker in [&first, &second] {
+        let started = Instant::now();
+        let registered = || {
+            let catalog =
+                std::fs::read_to_string(broker.dir.join("meta").join("catalog.toml")).unwrap();
+            catalog.matches("[brokers.").count()
+        };
+        // Bounded: 20 s for the follower to apply both registrations.
+        while registered() != 2 {
+            assert!(started.elapsed() < Duration::from_secs(20), "registrations not applied");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -9,7 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use spate_protocol::codec::{self, ProducePartitionInput};
@@ -725,8 +725,34 @@ impl Client {
     }
 
     /// Offset lookup: [`LATEST`], [`EARLIEST`], or the first offset at or after a timestamp
-    /// (ms). `None` when a timestamp matches no record.
+    /// (ms). `None` when a timestamp matches no record. A lookup only reads, so a retriable
+    /// error (a leader moving, an election) is retried after a metadata refresh, a bounded
+    /// number of times within the request timeout.
     pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<Option<i64>> {
+        let deadline = Instant::now() + self.inner.config.request_timeout;
+        let mut attempts = 0;
+        // Bounded by the attempt limit and the deadline.
+        loop {
+            attempts += 1;
+            match self.list_offset_once(topic, partition, timestamp).await {
+                Err(error)
+                    if error.is_retriable()
+                        && attempts < limits::LOOKUP_ATTEMPTS_MAX
+                        && Instant::now() + limits::LOOKUP_RETRY_BACKOFF < deadline =>
+                {
+                    glommio::timer::sleep(limits::LOOKUP_RETRY_BACKOFF).await;
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    async fn list_offset_once(
         &self,
         topic: &str,
         partition: u32,

@@ -46,6 +46,10 @@ pub const DELIVERY_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_
 /// Longest wait between two sends of one batch.
 pub const RETRY_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Attempts of one offset lookup that meets retriable errors, and the pause between them.
+pub const LOOKUP_ATTEMPTS_MAX: u32 = 10;
+pub const LOOKUP_RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Most records one `poll` returns.
 pub const POLL_RECORDS_MAX: usize = 100_000;
 

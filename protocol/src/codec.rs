@@ -49,7 +49,7 @@ impl ProtocolError {
 }
 
 /// The API versions this code speaks: `(api, min, max)`. Every API is at version 0 so far.
-pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 20] = [
+pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 21] = [
     (ApiKey::Handshake, 0, 0),
     (ApiKey::Metadata, 0, 0),
     (ApiKey::CreateTopics, 0, 0),
@@ -70,6 +70,7 @@ pub const SUPPORTED_APIS: [(ApiKey, u16, u16); 20] = [
     (ApiKey::DescribeGroups, 0, 0),
     (ApiKey::DeleteGroups, 0, 0),
     (ApiKey::InitProducerId, 0, 0),
+    (ApiKey::RegisterBroker, 0, 0),
 ];
 
 /// The API a request body belongs to. Union tags are the API key plus one (0 is NONE).
@@ -482,6 +483,11 @@ pub fn check_request(request: &wire::Request<'_>) -> Result<(), ProtocolError> {
             let body =
                 request.body_as_init_producer_id_request().ok_or(ProtocolError::MissingBody)?;
             string("producer name", body.producer_name(), limits::STRING_BYTES_MAX)?;
+        }
+        RequestBody::RegisterBrokerRequest => {
+            let body =
+                request.body_as_register_broker_request().ok_or(ProtocolError::MissingBody)?;
+            string("client address", body.client_address(), limits::STRING_BYTES_MAX)?;
         }
         _ => return Err(ProtocolError::MissingBody),
     }

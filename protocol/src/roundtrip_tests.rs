@@ -170,6 +170,11 @@ pub(crate) fn sample_requests() -> Vec<RequestBodyT> {
         RequestBodyT::InitProducerIdRequest(Box::new(InitProducerIdRequestT {
             producer_name: Some("orders-writer".into()),
         })),
+        RequestBodyT::RegisterBrokerRequest(Box::new(RegisterBrokerRequestT {
+            broker_id: 3,
+            client_address: s("10.0.0.3:9292"),
+            shards: 2,
+        })),
     ]
 }
 
@@ -350,6 +355,7 @@ fn sample_responses() -> Vec<ResponseBodyT> {
             producer_id: 1000,
             producer_epoch: 3,
         })),
+        ResponseBodyT::RegisterBrokerResponse(Box::default()),
     ]
 }
 

@@ -34,6 +34,12 @@ impl Shard {
         if let RequestBodyT::OffsetFetchRequest(request) = body {
             return self.fetch_offsets(*request).await;
         }
+        if let RequestBodyT::RegisterBrokerRequest(_) = body {
+            if self.config.cluster.is_none() {
+                return Err(super::Failure::new(ErrorCode::InvalidRequest, "not a cluster"));
+            }
+            return self.metadata_change(body).await;
+        }
         let Ok(_lock) = self.controller_lock.acquire_permit(1).await else {
             return Err(super::Failure::new(ErrorCode::ShuttingDown, "the controller is closed"));
         };
@@ -118,7 +124,17 @@ impl Shard {
                 });
             }
             None => None,
-            Some(cluster) => Some(self.place(cluster, &topic)?),
+            Some(cluster) => {
+                // Replicas talk shard to shard: a broker registered with another shard count
+                // could not hold this broker's placement.
+                let shards = self.config.shard_count();
+                let registered =
+                    self.catalog.borrow().brokers.values().map(|b| b.shards).collect::<Vec<_>>();
+                if !applying && registered.iter().any(|s| usize::from(*s) != shards) {
+                    return Err(CatalogError::ShardMismatch { shards });
+                }
+                Some(self.place(cluster, &topic)?)
+            }
         };
         if let (true, Some(placed)) = (applying, &placement) {
             if self.catalog.borrow().topics.get(&name).is_some_and(|t| t.id == placed.id) {
@@ -312,13 +328,21 @@ struct Placement {
     id: u64,
 }
 
+/// Why a request passed on to another broker got no answer body.
+pub(super) enum ForwardError {
+    /// That broker answered with an error.
+    Refused(super::Failure),
+    /// It could not be reached, or did not answer in time.
+    Unreachable(String),
+}
+
 /// Sends `request` to the broker at `address` (its client port) and returns its answer, within
 /// `timeout` (at most `FORWARD_TIMEOUT`).
 pub(super) async fn forward_to(
     address: &str,
     request: RequestBodyT,
     timeout: std::time::Duration,
-) -> Result<ResponseBodyT, String> {
+) -> Result<ResponseBodyT, ForwardError> {
     let timeout = timeout.min(crate::limits::FORWARD_TIMEOUT);
     let config = spate_client::ClientConfig {
         bootstrap: address.to_string(),
@@ -327,8 +351,15 @@ pub(super) async fn forward_to(
         connect_timeout: timeout,
         ..spate_client::ClientConfig::default()
     };
-    let client = spate_client::Client::connect(config).await.map_err(|e| e.to_string())?;
-    let answer = client.call(request).await.map_err(|e| e.to_string());
+    let client = spate_client::Client::connect(config)
+        .await
+        .map_err(|e| ForwardError::Unreachable(e.to_string()))?;
+    let answer = client.call(request).await.map_err(|error| match error {
+        spate_client::ClientError::Broker { code, message } => {
+            ForwardError::Refused(super::Failure::new(code, message))
+        }
+        other => ForwardError::Unreachable(other.to_string()),
+    });
     client.close();
     answer
 }

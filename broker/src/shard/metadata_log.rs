@@ -15,7 +15,10 @@
 //!   record, and answers with the result of applying it. Applying is deterministic given the
 //!   record, so every broker gets the same result.
 //! - Records: key `topics`, value a flatbuffers `Request` (create, delete or alter, placement
-//!   filled in); key `producer-ids`, value a TOML [`ProducerIdsRecord`].
+//!   filled in); key `producer-ids`, value a TOML [`ProducerIdsRecord`]; key `broker`, value a
+//!   TOML [`BrokerRecord`] (a broker's registration: its client address and shard count, sent
+//!   by each broker at start when they changed; the leader refuses a shard count that differs
+//!   from the other brokers').
 //! - What is applied is noted in `<data>/meta/metadata-applied` after each batch. A crash between
 //!   applying a batch and noting it applies that batch again at restart, so applying is
 //!   idempotent: a create of a topic that exists with the record's id, a delete of a topic
@@ -35,8 +38,9 @@ use spate_protocol::codec;
 use spate_protocol::wire::{self, ErrorCode, RequestBodyT, ResponseBodyT};
 use spate_storage::{FlushPolicy, Log, LogConfig, LogError, LogOptions};
 
+use super::controller::ForwardError;
 use super::{Failure, Shard};
-use crate::catalog::CatalogError;
+use crate::catalog::{BrokerRegistration, CatalogError};
 use crate::limits;
 use crate::producer_ids::ProducerIdsRecord;
 
@@ -46,6 +50,15 @@ pub(crate) const METADATA_DIR: &str = "__cluster_metadata";
 const GROUP: spate_replication::GroupId = spate_replication::GroupId(0);
 const KIND_TOPICS: &[u8] = b"topics";
 const KIND_PRODUCER_IDS: &[u8] = b"producer-ids";
+const KIND_BROKER: &[u8] = b"broker";
+
+/// A broker's registration, as the metadata log carries it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct BrokerRecord {
+    id: u32,
+    #[serde(flatten)]
+    registration: BrokerRegistration,
+}
 
 /// Shard 0's handle on the metadata log.
 pub(super) struct MetadataLog {
@@ -207,10 +220,7 @@ impl Shard {
                 results.push_back((offset, response));
             }
             Some(KIND_PRODUCER_IDS) => {
-                let record: ProducerIdsRecord = match std::str::from_utf8(value)
-                    .map_err(|e| e.to_string())
-                    .and_then(|text| toml::from_str(text).map_err(|e| e.to_string()))
-                {
+                let record: ProducerIdsRecord = match decode_toml(value) {
                     Ok(record) => record,
                     Err(error) => {
                         tracing::error!(offset, %error, "an undecodable producer-id record; skipped");
@@ -224,6 +234,20 @@ impl Shard {
                     tracing::error!(%error, "cannot save producer ids");
                 }
                 *ids.borrow_mut() = merged;
+            }
+            Some(KIND_BROKER) => {
+                let record: BrokerRecord = match decode_toml(value) {
+                    Ok(record) => record,
+                    Err(error) => {
+                        tracing::error!(offset, %error, "an undecodable broker record; skipped");
+                        return;
+                    }
+                };
+                let mut catalog = self.catalog.borrow().clone();
+                catalog.brokers.insert(record.id, record.registration);
+                if let Err(error) = self.publish(catalog).await {
+                    tracing::error!(%error, "cannot save a broker registration");
+                }
             }
             other => tracing::error!(offset, kind = ?other, "an unknown metadata record; skipped"),
         }
@@ -268,7 +292,7 @@ impl Shard {
                                 while metadata.partition.leader() == Some(leader) {
                                     glommio::timer::sleep(limits::METADATA_LEADER_POLL).await;
                                 }
-                                Err("it stopped leading".to_string())
+                                Err(ForwardError::Unreachable("it stopped leading".into()))
                             },
                         );
                         match forwarded.await {
@@ -276,7 +300,14 @@ impl Shard {
                                 self.await_applied_here(&response, deadline).await;
                                 return Ok(response);
                             }
-                            Err(message) => {
+                            // It stopped leading before it took the change: ask again.
+                            Err(ForwardError::Refused(failure))
+                                if failure.code == ErrorCode::NotLeader =>
+                            {
+                                last_error = failure.message
+                            }
+                            Err(ForwardError::Refused(failure)) => return Err(failure),
+                            Err(ForwardError::Unreachable(message)) => {
                                 last_error = format!("metadata leader {leader}: {message}")
                             }
                         }
@@ -292,8 +323,12 @@ impl Shard {
         }
     }
 
-    /// The client address of broker `id`, as the membership heartbeats told it.
+    /// The client address of broker `id`: as its registration says, else as its heartbeats
+    /// told the membership.
     fn client_address(&self, id: u32) -> Option<String> {
+        if let Some(registered) = self.catalog.borrow().brokers.get(&id) {
+            return Some(registered.client_address.clone());
+        }
         let membership = self.config.membership.as_ref()?;
         let statuses = membership.lock().expect("membership lock").status(Instant::now());
         statuses.into_iter().find(|s| s.id == id).map(|s| s.address)
@@ -349,6 +384,9 @@ impl Shard {
         }
         if let RequestBodyT::InitProducerIdRequest(request) = body {
             return self.lead_producer_init(metadata, request.producer_name).await;
+        }
+        if let RequestBodyT::RegisterBrokerRequest(request) = body {
+            return self.lead_registration(metadata, *request).await;
         }
         let (record, mut answer) = self.prepare(body).await;
         let Some(record) = record else { return Ok(answer) };
@@ -478,6 +516,89 @@ impl Shard {
         })))
     }
 
+    /// Commits a broker's registration unless the catalog already holds it; refuses a shard
+    /// count other than the other registered brokers'.
+    async fn lead_registration(
+        &self,
+        metadata: &MetadataLog,
+        request: wire::RegisterBrokerRequestT,
+    ) -> Result<ResponseBodyT, Failure> {
+        let registration = BrokerRegistration {
+            client_address: request.client_address.unwrap_or_default(),
+            shards: request.shards,
+        };
+        let id = request.broker_id;
+        let known = self.config.cluster.as_ref().is_some_and(|c| c.broker_ids().contains(&id));
+        if !known {
+            return Err(Failure::new(
+                ErrorCode::InvalidRequest,
+                format!("broker {id} is not one of the cluster's --peers"),
+            ));
+        }
+        let (unchanged, mismatch) = {
+            let catalog = self.catalog.borrow();
+            let unchanged = catalog.brokers.get(&id) == Some(&registration);
+            let mismatch = catalog
+                .brokers
+                .iter()
+                .find(|(other, r)| **other != id && r.shards != registration.shards)
+                .map(|(other, r)| (*other, r.shards));
+            (unchanged, mismatch)
+        };
+        if let Some((other, shards)) = mismatch {
+            return Err(Failure::new(
+                ErrorCode::InvalidConfig,
+                format!(
+                    "broker {id} runs {} shards and broker {other} runs {shards}: every broker \
+                     of a cluster must run the same number of cores (--cores)",
+                    registration.shards
+                ),
+            ));
+        }
+        if !unchanged {
+            let record = BrokerRecord { id, registration };
+            let value = toml::to_string(&record)
+                .map_err(|e| Failure::new(ErrorCode::Unknown, e.to_string()))?;
+            self.propose_metadata(metadata, KIND_BROKER, Bytes::from(value)).await?;
+            self.apply_metadata().await;
+        }
+        Ok(ResponseBodyT::RegisterBrokerResponse(Box::default()))
+    }
+
+    /// Registers this broker (shard 0 of a cluster broker) once the metadata log has a leader,
+    /// retrying every `METADATA_REGISTER_RETRY` until it is registered or `stop` is set.
+    pub(crate) async fn register_broker(&self, stop: &std::sync::atomic::AtomicBool) {
+        let Some(cluster) = &self.config.cluster else { return };
+        let request = wire::RegisterBrokerRequestT {
+            broker_id: cluster.node_id,
+            client_address: Some(self.config.listen.to_string()),
+            shards: self.config.shard_count() as u16,
+        };
+        let mut complained = false;
+        // Bounded by `stop`; one attempt per METADATA_REGISTER_RETRY.
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let body = RequestBodyT::RegisterBrokerRequest(Box::new(request.clone()));
+            match self.metadata_change(body).await {
+                Ok(_) => {
+                    tracing::info!(broker = cluster.node_id, "registered in the metadata log");
+                    return;
+                }
+                // A refusal is a configuration error: say so loudly, once, and keep trying
+                // (the operator may restart the other brokers).
+                Err(failure) if failure.code == ErrorCode::InvalidConfig => {
+                    if !complained {
+                        tracing::error!(message = %failure.message, "the cluster refused this broker");
+                        complained = true;
+                    }
+                }
+                Err(failure) => {
+                    tracing::debug!(message = %failure.message, "registration failed; retrying")
+                }
+            }
+            glommio::timer::sleep(limits::METADATA_REGISTER_RETRY).await;
+        }
+    }
+
     /// Commits one record to the metadata log; returns its offset.
     async fn propose_metadata(
         &self,
@@ -531,4 +652,9 @@ fn append_results(answer: &mut ResponseBodyT, applied: ResponseBodyT) {
         _ => return,
     };
     topics.get_or_insert_with(Vec::new).extend(more.into_iter().flatten());
+}
+
+fn decode_toml<T: serde::de::DeserializeOwned>(value: &[u8]) -> Result<T, String> {
+    let text = std::str::from_utf8(value).map_err(|e| e.to_string())?;
+    toml::from_str(text).map_err(|e| e.to_string())
 }

@@ -506,7 +506,8 @@ impl Shard {
             | RequestBodyT::DeleteTopicsRequest(_)
             | RequestBodyT::AlterConfigsRequest(_)
             | RequestBodyT::OffsetCommitRequest(_)
-            | RequestBodyT::OffsetFetchRequest(_)) => {
+            | RequestBodyT::OffsetFetchRequest(_)
+            | RequestBodyT::RegisterBrokerRequest(_)) => {
                 let response = if self.id == 0 {
                     self.controller(body).await
                 } else {

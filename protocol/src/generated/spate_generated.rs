@@ -263,10 +263,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_API_KEY: u16 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_API_KEY: u16 = 19;
+pub const ENUM_MAX_API_KEY: u16 = 20;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_API_KEY: [ApiKey; 20] = [
+pub const ENUM_VALUES_API_KEY: [ApiKey; 21] = [
   ApiKey::Handshake,
   ApiKey::Metadata,
   ApiKey::CreateTopics,
@@ -287,6 +287,7 @@ pub const ENUM_VALUES_API_KEY: [ApiKey; 20] = [
   ApiKey::DescribeGroups,
   ApiKey::DeleteGroups,
   ApiKey::InitProducerId,
+  ApiKey::RegisterBroker,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -314,9 +315,10 @@ impl ApiKey {
   pub const DescribeGroups: Self = Self(17);
   pub const DeleteGroups: Self = Self(18);
   pub const InitProducerId: Self = Self(19);
+  pub const RegisterBroker: Self = Self(20);
 
   pub const ENUM_MIN: u16 = 0;
-  pub const ENUM_MAX: u16 = 19;
+  pub const ENUM_MAX: u16 = 20;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Handshake,
     Self::Metadata,
@@ -338,6 +340,7 @@ impl ApiKey {
     Self::DescribeGroups,
     Self::DeleteGroups,
     Self::InitProducerId,
+    Self::RegisterBroker,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -362,6 +365,7 @@ impl ApiKey {
       Self::DescribeGroups => Some("DescribeGroups"),
       Self::DeleteGroups => Some("DeleteGroups"),
       Self::InitProducerId => Some("InitProducerId"),
+      Self::RegisterBroker => Some("RegisterBroker"),
       _ => None,
     }
   }
@@ -591,10 +595,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for CoordinatorType {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REQUEST_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REQUEST_BODY: u8 = 20;
+pub const ENUM_MAX_REQUEST_BODY: u8 = 21;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 21] = [
+pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 22] = [
   RequestBody::NONE,
   RequestBody::HandshakeRequest,
   RequestBody::MetadataRequest,
@@ -616,6 +620,7 @@ pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 21] = [
   RequestBody::DescribeGroupsRequest,
   RequestBody::DeleteGroupsRequest,
   RequestBody::InitProducerIdRequest,
+  RequestBody::RegisterBrokerRequest,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -644,9 +649,10 @@ impl RequestBody {
   pub const DescribeGroupsRequest: Self = Self(18);
   pub const DeleteGroupsRequest: Self = Self(19);
   pub const InitProducerIdRequest: Self = Self(20);
+  pub const RegisterBrokerRequest: Self = Self(21);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 20;
+  pub const ENUM_MAX: u8 = 21;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeRequest,
@@ -669,6 +675,7 @@ impl RequestBody {
     Self::DescribeGroupsRequest,
     Self::DeleteGroupsRequest,
     Self::InitProducerIdRequest,
+    Self::RegisterBrokerRequest,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -694,6 +701,7 @@ impl RequestBody {
       Self::DescribeGroupsRequest => Some("DescribeGroupsRequest"),
       Self::DeleteGroupsRequest => Some("DeleteGroupsRequest"),
       Self::InitProducerIdRequest => Some("InitProducerIdRequest"),
+      Self::RegisterBrokerRequest => Some("RegisterBrokerRequest"),
       _ => None,
     }
   }
@@ -774,6 +782,7 @@ pub enum RequestBodyT {
   DescribeGroupsRequest(alloc::boxed::Box<DescribeGroupsRequestT>),
   DeleteGroupsRequest(alloc::boxed::Box<DeleteGroupsRequestT>),
   InitProducerIdRequest(alloc::boxed::Box<InitProducerIdRequestT>),
+  RegisterBrokerRequest(alloc::boxed::Box<RegisterBrokerRequestT>),
 }
 impl Default for RequestBodyT {
   fn default() -> Self {
@@ -804,6 +813,7 @@ impl RequestBodyT {
       Self::DescribeGroupsRequest(_) => RequestBody::DescribeGroupsRequest,
       Self::DeleteGroupsRequest(_) => RequestBody::DeleteGroupsRequest,
       Self::InitProducerIdRequest(_) => RequestBody::InitProducerIdRequest,
+      Self::RegisterBrokerRequest(_) => RequestBody::RegisterBrokerRequest,
     }
   }
   pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(&self, fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>) -> Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>> {
@@ -829,6 +839,7 @@ impl RequestBodyT {
       Self::DescribeGroupsRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::DeleteGroupsRequest(v) => Some(v.pack(fbb).as_union_value()),
       Self::InitProducerIdRequest(v) => Some(v.pack(fbb).as_union_value()),
+      Self::RegisterBrokerRequest(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned HandshakeRequestT, setting the union to NONE.
@@ -1251,14 +1262,35 @@ impl RequestBodyT {
   pub fn as_init_producer_id_request_mut(&mut self) -> Option<&mut InitProducerIdRequestT> {
     if let Self::InitProducerIdRequest(v) = self { Some(v.as_mut()) } else { None }
   }
+  /// If the union variant matches, return the owned RegisterBrokerRequestT, setting the union to NONE.
+  pub fn take_register_broker_request(&mut self) -> Option<alloc::boxed::Box<RegisterBrokerRequestT>> {
+    if let Self::RegisterBrokerRequest(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::RegisterBrokerRequest(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the RegisterBrokerRequestT.
+  pub fn as_register_broker_request(&self) -> Option<&RegisterBrokerRequestT> {
+    if let Self::RegisterBrokerRequest(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the RegisterBrokerRequestT.
+  pub fn as_register_broker_request_mut(&mut self) -> Option<&mut RegisterBrokerRequestT> {
+    if let Self::RegisterBrokerRequest(v) = self { Some(v.as_mut()) } else { None }
+  }
 }
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_RESPONSE_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_RESPONSE_BODY: u8 = 20;
+pub const ENUM_MAX_RESPONSE_BODY: u8 = 21;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 21] = [
+pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 22] = [
   ResponseBody::NONE,
   ResponseBody::HandshakeResponse,
   ResponseBody::MetadataResponse,
@@ -1280,6 +1312,7 @@ pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 21] = [
   ResponseBody::DescribeGroupsResponse,
   ResponseBody::DeleteGroupsResponse,
   ResponseBody::InitProducerIdResponse,
+  ResponseBody::RegisterBrokerResponse,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -1308,9 +1341,10 @@ impl ResponseBody {
   pub const DescribeGroupsResponse: Self = Self(18);
   pub const DeleteGroupsResponse: Self = Self(19);
   pub const InitProducerIdResponse: Self = Self(20);
+  pub const RegisterBrokerResponse: Self = Self(21);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 20;
+  pub const ENUM_MAX: u8 = 21;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::HandshakeResponse,
@@ -1333,6 +1367,7 @@ impl ResponseBody {
     Self::DescribeGroupsResponse,
     Self::DeleteGroupsResponse,
     Self::InitProducerIdResponse,
+    Self::RegisterBrokerResponse,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -1358,6 +1393,7 @@ impl ResponseBody {
       Self::DescribeGroupsResponse => Some("DescribeGroupsResponse"),
       Self::DeleteGroupsResponse => Some("DeleteGroupsResponse"),
       Self::InitProducerIdResponse => Some("InitProducerIdResponse"),
+      Self::RegisterBrokerResponse => Some("RegisterBrokerResponse"),
       _ => None,
     }
   }
@@ -1438,6 +1474,7 @@ pub enum ResponseBodyT {
   DescribeGroupsResponse(alloc::boxed::Box<DescribeGroupsResponseT>),
   DeleteGroupsResponse(alloc::boxed::Box<DeleteGroupsResponseT>),
   InitProducerIdResponse(alloc::boxed::Box<InitProducerIdResponseT>),
+  RegisterBrokerResponse(alloc::boxed::Box<RegisterBrokerResponseT>),
 }
 impl Default for ResponseBodyT {
   fn default() -> Self {
@@ -1468,6 +1505,7 @@ impl ResponseBodyT {
       Self::DescribeGroupsResponse(_) => ResponseBody::DescribeGroupsResponse,
       Self::DeleteGroupsResponse(_) => ResponseBody::DeleteGroupsResponse,
       Self::InitProducerIdResponse(_) => ResponseBody::InitProducerIdResponse,
+      Self::RegisterBrokerResponse(_) => ResponseBody::RegisterBrokerResponse,
     }
   }
   pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(&self, fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>) -> Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>> {
@@ -1493,6 +1531,7 @@ impl ResponseBodyT {
       Self::DescribeGroupsResponse(v) => Some(v.pack(fbb).as_union_value()),
       Self::DeleteGroupsResponse(v) => Some(v.pack(fbb).as_union_value()),
       Self::InitProducerIdResponse(v) => Some(v.pack(fbb).as_union_value()),
+      Self::RegisterBrokerResponse(v) => Some(v.pack(fbb).as_union_value()),
     }
   }
   /// If the union variant matches, return the owned HandshakeResponseT, setting the union to NONE.
@@ -1914,6 +1953,27 @@ impl ResponseBodyT {
   /// If the union variant matches, return a mutable reference to the InitProducerIdResponseT.
   pub fn as_init_producer_id_response_mut(&mut self) -> Option<&mut InitProducerIdResponseT> {
     if let Self::InitProducerIdResponse(v) = self { Some(v.as_mut()) } else { None }
+  }
+  /// If the union variant matches, return the owned RegisterBrokerResponseT, setting the union to NONE.
+  pub fn take_register_broker_response(&mut self) -> Option<alloc::boxed::Box<RegisterBrokerResponseT>> {
+    if let Self::RegisterBrokerResponse(_) = self {
+      let v = ::core::mem::replace(self, Self::NONE);
+      if let Self::RegisterBrokerResponse(w) = v {
+        Some(w)
+      } else {
+        unreachable!()
+      }
+    } else {
+      None
+    }
+  }
+  /// If the union variant matches, return a reference to the RegisterBrokerResponseT.
+  pub fn as_register_broker_response(&self) -> Option<&RegisterBrokerResponseT> {
+    if let Self::RegisterBrokerResponse(v) = self { Some(v.as_ref()) } else { None }
+  }
+  /// If the union variant matches, return a mutable reference to the RegisterBrokerResponseT.
+  pub fn as_register_broker_response_mut(&mut self) -> Option<&mut RegisterBrokerResponseT> {
+    if let Self::RegisterBrokerResponse(v) = self { Some(v.as_mut()) } else { None }
   }
 }
 pub enum ApiVersionRangeOffset {}
@@ -15208,6 +15268,282 @@ impl InitProducerIdResponseT {
     })
   }
 }
+pub enum RegisterBrokerRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Broker to broker (over the client protocol, to the metadata leader): a broker registers how
+/// clients reach it and how many shards it runs, as a record of the cluster's metadata log.
+pub struct RegisterBrokerRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RegisterBrokerRequest<'a> {
+  type Inner = RegisterBrokerRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RegisterBrokerRequest<'a> {
+  pub const VT_BROKER_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_CLIENT_ADDRESS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_SHARDS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RegisterBrokerRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RegisterBrokerRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RegisterBrokerRequest<'bldr>> {
+    let mut builder = RegisterBrokerRequestBuilder::new(_fbb);
+    if let Some(x) = args.client_address { builder.add_client_address(x); }
+    builder.add_broker_id(args.broker_id);
+    builder.add_shards(args.shards);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> RegisterBrokerRequestT {
+    let broker_id = self.broker_id();
+    let client_address = self.client_address().map(|x| {
+      alloc::string::ToString::to_string(x)
+    });
+    let shards = self.shards();
+    RegisterBrokerRequestT {
+      broker_id,
+      client_address,
+      shards,
+    }
+  }
+
+  #[inline]
+  pub fn broker_id(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(RegisterBrokerRequest::VT_BROKER_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn client_address(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(RegisterBrokerRequest::VT_CLIENT_ADDRESS, None)}
+  }
+  #[inline]
+  pub fn shards(&self) -> u16 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u16>(RegisterBrokerRequest::VT_SHARDS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RegisterBrokerRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("broker_id", Self::VT_BROKER_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client_address", Self::VT_CLIENT_ADDRESS, false)?
+     .visit_field::<u16>("shards", Self::VT_SHARDS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RegisterBrokerRequestArgs<'a> {
+    pub broker_id: u32,
+    pub client_address: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub shards: u16,
+}
+impl<'a> Default for RegisterBrokerRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RegisterBrokerRequestArgs {
+      broker_id: 0,
+      client_address: None,
+      shards: 0,
+    }
+  }
+}
+
+pub struct RegisterBrokerRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RegisterBrokerRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_broker_id(&mut self, broker_id: u32) {
+    self.fbb_.push_slot::<u32>(RegisterBrokerRequest::VT_BROKER_ID, broker_id, 0);
+  }
+  #[inline]
+  pub fn add_client_address(&mut self, client_address: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RegisterBrokerRequest::VT_CLIENT_ADDRESS, client_address);
+  }
+  #[inline]
+  pub fn add_shards(&mut self, shards: u16) {
+    self.fbb_.push_slot::<u16>(RegisterBrokerRequest::VT_SHARDS, shards, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RegisterBrokerRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RegisterBrokerRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RegisterBrokerRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RegisterBrokerRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RegisterBrokerRequest");
+      ds.field("broker_id", &self.broker_id());
+      ds.field("client_address", &self.client_address());
+      ds.field("shards", &self.shards());
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegisterBrokerRequestT {
+  pub broker_id: u32,
+  pub client_address: Option<alloc::string::String>,
+  pub shards: u16,
+}
+impl Default for RegisterBrokerRequestT {
+  fn default() -> Self {
+    Self {
+      broker_id: 0,
+      client_address: None,
+      shards: 0,
+    }
+  }
+}
+impl RegisterBrokerRequestT {
+  pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(
+    &self,
+    _fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>
+  ) -> ::flatbuffers::WIPOffset<RegisterBrokerRequest<'b>> {
+    let broker_id = self.broker_id;
+    let client_address = self.client_address.as_ref().map(|x|{
+      _fbb.create_string(x)
+    });
+    let shards = self.shards;
+    RegisterBrokerRequest::create(_fbb, &RegisterBrokerRequestArgs{
+      broker_id,
+      client_address,
+      shards,
+    })
+  }
+}
+pub enum RegisterBrokerResponseOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RegisterBrokerResponse<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RegisterBrokerResponse<'a> {
+  type Inner = RegisterBrokerResponse<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RegisterBrokerResponse<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RegisterBrokerResponse { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args RegisterBrokerResponseArgs
+  ) -> ::flatbuffers::WIPOffset<RegisterBrokerResponse<'bldr>> {
+    let mut builder = RegisterBrokerResponseBuilder::new(_fbb);
+    builder.finish()
+  }
+
+  pub fn unpack(&self) -> RegisterBrokerResponseT {
+    RegisterBrokerResponseT {
+    }
+  }
+}
+
+impl ::flatbuffers::Verifiable for RegisterBrokerResponse<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RegisterBrokerResponseArgs {
+}
+impl<'a> Default for RegisterBrokerResponseArgs {
+  #[inline]
+  fn default() -> Self {
+    RegisterBrokerResponseArgs {
+    }
+  }
+}
+
+pub struct RegisterBrokerResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RegisterBrokerResponseBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RegisterBrokerResponseBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RegisterBrokerResponseBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RegisterBrokerResponse<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RegisterBrokerResponse<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RegisterBrokerResponse");
+      ds.finish()
+  }
+}
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegisterBrokerResponseT {
+}
+impl Default for RegisterBrokerResponseT {
+  fn default() -> Self {
+    Self {
+    }
+  }
+}
+impl RegisterBrokerResponseT {
+  pub fn pack<'b, A: ::flatbuffers::Allocator + 'b>(
+    &self,
+    _fbb: &mut ::flatbuffers::FlatBufferBuilder<'b, A>
+  ) -> ::flatbuffers::WIPOffset<RegisterBrokerResponse<'b>> {
+    RegisterBrokerResponse::create(_fbb, &RegisterBrokerResponseArgs{
+    })
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -15354,6 +15690,11 @@ impl<'a> Request<'a> {
       RequestBody::InitProducerIdRequest => RequestBodyT::InitProducerIdRequest(alloc::boxed::Box::new(
         self.body_as_init_producer_id_request()
             .expect("Invalid union table, expected `RequestBody::InitProducerIdRequest`.")
+            .unpack()
+      )),
+      RequestBody::RegisterBrokerRequest => RequestBodyT::RegisterBrokerRequest(alloc::boxed::Box::new(
+        self.body_as_register_broker_request()
+            .expect("Invalid union table, expected `RequestBody::RegisterBrokerRequest`.")
             .unpack()
       )),
       _ => RequestBodyT::NONE,
@@ -15702,6 +16043,21 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_register_broker_request(&self) -> Option<RegisterBrokerRequest<'a>> {
+    if self.body_type() == RequestBody::RegisterBrokerRequest {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RegisterBrokerRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -15735,6 +16091,7 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           RequestBody::DescribeGroupsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeGroupsRequest>>("RequestBody::DescribeGroupsRequest", pos),
           RequestBody::DeleteGroupsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteGroupsRequest>>("RequestBody::DeleteGroupsRequest", pos),
           RequestBody::InitProducerIdRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<InitProducerIdRequest>>("RequestBody::InitProducerIdRequest", pos),
+          RequestBody::RegisterBrokerRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RegisterBrokerRequest>>("RequestBody::RegisterBrokerRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -15950,6 +16307,13 @@ impl ::core::fmt::Debug for Request<'_> {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
           }
         },
+        RequestBody::RegisterBrokerRequest => {
+          if let Some(x) = self.body_as_register_broker_request() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
         _ => {
           let x: Option<()> = None;
           ds.field("body", &x)
@@ -16142,6 +16506,11 @@ impl<'a> Response<'a> {
       ResponseBody::InitProducerIdResponse => ResponseBodyT::InitProducerIdResponse(alloc::boxed::Box::new(
         self.body_as_init_producer_id_response()
             .expect("Invalid union table, expected `ResponseBody::InitProducerIdResponse`.")
+            .unpack()
+      )),
+      ResponseBody::RegisterBrokerResponse => ResponseBodyT::RegisterBrokerResponse(alloc::boxed::Box::new(
+        self.body_as_register_broker_response()
+            .expect("Invalid union table, expected `ResponseBody::RegisterBrokerResponse`.")
             .unpack()
       )),
       _ => ResponseBodyT::NONE,
@@ -16490,6 +16859,21 @@ impl<'a> Response<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_register_broker_response(&self) -> Option<RegisterBrokerResponse<'a>> {
+    if self.body_type() == ResponseBody::RegisterBrokerResponse {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RegisterBrokerResponse::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -16523,6 +16907,7 @@ impl ::flatbuffers::Verifiable for Response<'_> {
           ResponseBody::DescribeGroupsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeGroupsResponse>>("ResponseBody::DescribeGroupsResponse", pos),
           ResponseBody::DeleteGroupsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteGroupsResponse>>("ResponseBody::DeleteGroupsResponse", pos),
           ResponseBody::InitProducerIdResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<InitProducerIdResponse>>("ResponseBody::InitProducerIdResponse", pos),
+          ResponseBody::RegisterBrokerResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RegisterBrokerResponse>>("ResponseBody::RegisterBrokerResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -16733,6 +17118,13 @@ impl ::core::fmt::Debug for Response<'_> {
         },
         ResponseBody::InitProducerIdResponse => {
           if let Some(x) = self.body_as_init_producer_id_response() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ResponseBody::RegisterBrokerResponse => {
+          if let Some(x) = self.body_as_register_broker_response() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
