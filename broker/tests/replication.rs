@@ -493,8 +493,14 @@ fn a_group_meets_at_one_coordinator_whichever_broker_its_members_ask() {
     let second = cluster.broker(2).ok(&["consume", "g", "--group", "G", "--timeout-ms", "2000"]);
     assert_eq!(second, input(10, 5), "continued from the group's commit");
     // Described and listed through any broker, it is the one group.
-    let described: Vec<String> =
-        (1..=3).map(|id| cluster.broker(id).ok(&["group", "describe", "G"])).collect();
+    // (Compared without LOG-END and LAG: a leader moving back to its preferred replica adds a
+    // marker to the log meanwhile.)
+    let described: Vec<Vec<String>> = (1..=3)
+        .map(|id| {
+            let text = cluster.broker(id).ok(&["group", "describe", "G"]);
+            text.lines().map(|l| l.split('\t').take(3).collect::<Vec<_>>().join("\t")).collect()
+        })
+        .collect();
     assert!(described.windows(2).all(|w| w[0] == w[1]), "{described:?}");
     for id in 1..=3 {
         assert!(cluster.broker(id).ok(&["group", "list"]).starts_with("G\t"), "listed via {id}");
