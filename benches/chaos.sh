@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The long fault-injection run: spate-chaos against a single broker or a cluster on loopback.
 #
-#   benches/chaos.sh [--minutes M] [--brokers 1|3|5] [--faults kill,pause] [--seed S] [--json FILE]
+#   benches/chaos.sh [--minutes M] [--brokers 1|3|5] [--faults kill,pause,kill-leader,kill-controller,kill-all]
+#                    [--seed S] [--json FILE]
 #
 # Builds the release binaries, runs `spate-chaos` for M minutes (default 5) with a seeded fault
 # schedule (printed), keeps the history, final read and summary in a directory it prints, copies

@@ -38,11 +38,13 @@ fn kill_9_and_pauses_lose_nothing_acknowledged() {
     assert_eq!(result.violations, 0, "{report:#?}");
 }
 
+/// Every fault of the runner: random kills and pauses, the leader of a partition and the
+/// controller killed, and all three brokers killed at once.
 #[test]
 fn a_three_broker_cluster_under_kill_9_and_pauses_loses_and_duplicates_nothing() {
     let out = common::temp_dir();
-    let mut run_options = options_for(3, 3, &["kill", "pause"], out.path());
-    run_options.seconds = 25;
+    let mut run_options = options_for(3, 3, &spate_chaos::runner::FAULTS, out.path());
+    run_options.seconds = 30;
     let result = run(run_options).unwrap();
     let report = &result.report;
     assert!(report.faults >= 3, "{report:#?}");

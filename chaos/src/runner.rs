@@ -30,7 +30,7 @@ use crate::history::{to_line, Event, Outcome, Stored};
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub seconds: u64,
-    /// `kill`, `pause`.
+    /// Names from [`FAULTS`].
     pub faults: Vec<String>,
     pub seed: u64,
     pub partitions: u32,
@@ -228,6 +228,47 @@ fn brokers(args: &RunOptions, root: &Path) -> Result<Vec<Broker>, String> {
         }
     }
     Ok(brokers)
+}
+
+/// The faults this runner injects: `kill` (kill -9 a random broker, then restart it), `pause`
+/// (SIGSTOP, then SIGCONT), `kill-leader` (kill -9 the leader of a random partition),
+/// `kill-controller` (kill -9 the metadata log's leader), `kill-all` (kill -9 every broker at
+/// once, then restart them all).
+pub const FAULTS: [&str; 5] = ["kill", "pause", "kill-leader", "kill-controller", "kill-all"];
+
+/// Runs `spate ARGS -b <every broker>` and returns its stdout, if it succeeded.
+fn ask(brokers: &[Broker], args: &[&str]) -> Option<String> {
+    let bootstrap: Vec<String> = brokers.iter().map(Broker::address).collect();
+    let output = Command::new(&brokers[0].spate)
+        .args(args)
+        .args(["-b", &bootstrap.join(",")])
+        .output()
+        .ok()?;
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The index of the broker leading `partition` of the workload's topic now (a cluster only).
+fn leader_of(brokers: &[Broker], partition: u32) -> Option<usize> {
+    if brokers.len() == 1 {
+        return None;
+    }
+    let described = ask(brokers, &["topic", "describe", TOPIC])?;
+    let line = described.lines().find(|l| l.starts_with(&format!("partition {partition}\t")))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let leader: usize =
+        words.iter().position(|w| *w == "leader").and_then(|i| words.get(i + 1))?.parse().ok()?;
+    (1..=brokers.len()).contains(&leader).then(|| leader - 1)
+}
+
+/// The index of the broker leading the metadata log now (a cluster only).
+fn controller_of(brokers: &[Broker]) -> Option<usize> {
+    if brokers.len() == 1 {
+        return None;
+    }
+    let status = ask(brokers, &["cluster", "status"])?;
+    let line = status.lines().find(|l| l.split('\t').any(|w| w == "controller"))?;
+    let id: usize = line.split('\t').next()?.parse().ok()?;
+    (1..=brokers.len()).contains(&id).then(|| id - 1)
 }
 
 /// Waits (bounded) until every broker sees all the others alive.
@@ -506,8 +547,8 @@ fn write_lines<T: serde::Serialize>(path: &Path, items: &[T]) -> Result<(), Stri
 pub fn run(args: RunOptions) -> Result<RunResult, String> {
     let seed = args.seed;
     let faults: Vec<&str> = args.faults.iter().map(String::as_str).collect();
-    if let Some(bad) = faults.iter().find(|f| !["kill", "pause"].contains(f)) {
-        return Err(format!("unknown fault {bad:?}: this runner has kill and pause"));
+    if let Some(bad) = faults.iter().find(|f| !FAULTS.contains(f)) {
+        return Err(format!("unknown fault {bad:?}: this runner has {}", FAULTS.join(", ")));
     }
     let network = if args.brokers == 1 { "1 broker" } else { "a cluster on loopback" };
     println!("spate-chaos: seed {seed}, {} s, faults {faults:?}, {} broker(s), {network} (process faults only: network faults are not built yet)", args.seconds, args.brokers);
@@ -552,27 +593,47 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
     while !faults.is_empty() && Instant::now() + Duration::from_secs(5) < deadline {
         std::thread::sleep(Duration::from_millis(rng.gen_range(2_000..5_000)));
         let kind = faults[rng.gen_range(0..faults.len())];
-        let target = rng.gen_range(0..brokers.len());
-        let broker = &mut brokers[target];
+        let random = rng.gen_range(0..brokers.len());
+        let partition = rng.gen_range(0..args.partitions);
+        // Who the fault hits: a random broker, or the one that holds a role now (found by
+        // asking the cluster; a random one if nobody holds it at the moment).
+        let (target, role) = match kind {
+            "kill-leader" => (leader_of(&brokers, partition), format!(" (leader of {partition})")),
+            "kill-controller" => (controller_of(&brokers), " (controller)".to_string()),
+            _ => (None, String::new()),
+        };
+        let target = target.unwrap_or(random);
         let start_ms = now_ms(start);
         match kind {
-            "kill" => {
-                broker.kill();
+            "kill" | "kill-leader" | "kill-controller" => {
+                brokers[target].kill();
                 std::thread::sleep(Duration::from_millis(rng.gen_range(100..1_500)));
-                broker.start()?;
+                brokers[target].start()?;
+            }
+            "kill-all" => {
+                // As close to at once as signals go: every SIGKILL is sent before any wait.
+                for broker in &mut brokers {
+                    broker.signal(libc::SIGKILL);
+                }
+                for broker in &mut brokers {
+                    broker.kill();
+                }
+                std::thread::sleep(Duration::from_millis(rng.gen_range(100..1_500)));
+                for broker in &mut brokers {
+                    broker.start()?;
+                }
             }
             _ => {
-                broker.signal(libc::SIGSTOP);
+                brokers[target].signal(libc::SIGSTOP);
                 std::thread::sleep(Duration::from_millis(rng.gen_range(200..3_000)));
-                broker.signal(libc::SIGCONT);
+                brokers[target].signal(libc::SIGCONT);
             }
         }
-        let event = Event::Fault {
-            kind: kind.into(),
-            target: format!("broker-{}", target + 1),
-            start_ms,
-            end_ms: now_ms(start),
+        let target = match kind {
+            "kill-all" => "all brokers".to_string(),
+            _ => format!("broker-{}{role}", target + 1),
         };
+        let event = Event::Fault { kind: kind.into(), target, start_ms, end_ms: now_ms(start) };
         println!("  {}", to_line(&event));
         history.lock().expect("not poisoned").push(event);
     }

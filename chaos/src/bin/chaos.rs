@@ -4,7 +4,8 @@
 //! `spate_chaos::runner`).
 //!
 //! ```text
-//! spate-chaos [--seconds S] [--brokers 1|3|5] [--faults kill,pause] [--seed N] [--partitions P]
+//! spate-chaos [--seconds S] [--brokers 1|3|5] [--faults kill,pause,kill-leader,kill-controller,kill-all]
+//!             [--seed N] [--partitions P]
 //!             [--producers K] [--flush never|always] [--out DIR] [--spate PATH]
 //! ```
 
@@ -20,7 +21,7 @@ struct Args {
     /// 1 (a single broker), 3 or 5 (a cluster on loopback, topics replicated over 3).
     #[arg(long, default_value_t = 1)]
     brokers: u32,
-    /// Comma-separated: kill, pause.
+    /// Comma-separated, from: kill, pause, kill-leader, kill-controller, kill-all.
     #[arg(long, default_value = "kill,pause")]
     faults: String,
     /// Random if absent; printed either way.
