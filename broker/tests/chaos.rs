@@ -48,6 +48,7 @@ fn a_three_broker_cluster_under_kill_9_and_pauses_loses_and_duplicates_nothing()
     let result = run(run_options).unwrap();
     let report = &result.report;
     assert!(report.faults >= 3, "{report:#?}");
+    assert!(report.commits > 10, "the group member committed: {report:#?}");
     assert!(report.acknowledged > 1_000, "{report:#?}");
     assert_eq!(result.violations, 0, "{report:#?}");
 }

@@ -38,6 +38,8 @@ pub struct Report {
     pub read_backwards: usize,
     /// A consumer skipped offsets that the final read holds.
     pub read_gaps: usize,
+    /// Acknowledged offset commits in the history.
+    pub commits: usize,
     /// A group's committed offset for a partition went down.
     pub commit_regressions: usize,
     /// The longest stretch with no acknowledged write, in ms, and the longest ones.
@@ -242,6 +244,7 @@ fn check_commits(events: &[Event], report: &mut Report) {
         })
         .collect();
     commits.sort();
+    report.commits = commits.len();
     let mut last: HashMap<(&str, u32), i64> = HashMap::new();
     for (t, group, partition, offset) in commits {
         if let Some(previous) = last.insert((group, partition), offset) {

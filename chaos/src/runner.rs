@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use spate_client::{
-    Client, ClientConfig, ClientError, Consumer, ConsumerConfig, OffsetReset, Producer,
-    ProducerConfig, ProducerRecord, Seek, TopicPartition,
+    Client, ClientConfig, ClientError, Consumer, ConsumerConfig, GroupConfig, GroupConsumer,
+    OffsetReset, Producer, ProducerConfig, ProducerRecord, Seek, TopicPartition,
 };
 
 use crate::checker::{check, Report};
@@ -66,6 +66,7 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// New producers a producer task may start after one failed for good.
 const PRODUCER_RESTARTS_MAX: u32 = 100;
 const TOPIC: &str = "chaos";
+const GROUP: &str = "chaos-group";
 
 type History = Arc<Mutex<Vec<Event>>>;
 
@@ -343,10 +344,59 @@ async fn workload(
             (client.clone(), history.clone(), stop.clone(), args.partitions);
         glommio::spawn_local(async move { consume(client, partitions, history, stop, start).await })
     };
+    let member = {
+        let (client, history, stop) = (client.clone(), history.clone(), stop.clone());
+        glommio::spawn_local(async move { group_consume(client, history, stop, start).await })
+    };
     for task in tasks {
         task.await;
     }
     consumer.await;
+    member.await;
+}
+
+/// A consumer group's one member, committing its position after every poll that read
+/// something; each acknowledged commit goes into the history. The checker fails a group whose
+/// committed offset goes down: a coordinator that lost commits (its broker killed) would send
+/// the group back to the earliest offset, and its next commits would be lower.
+async fn group_consume(client: Client, history: History, stop: Arc<AtomicBool>, start: Instant) {
+    // Each pass (re)joins the group; bounded by `stop`.
+    while !stop.load(Ordering::SeqCst) {
+        let mut config = GroupConfig::new(GROUP, vec![TOPIC.into()]);
+        config.auto_commit = None;
+        config.consumer.fetch_max_wait = Duration::from_millis(200);
+        let Ok(mut member) = GroupConsumer::subscribe(client.clone(), config).await else {
+            glommio::timer::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        while !stop.load(Ordering::SeqCst) {
+            let records = match member.poll().await {
+                Ok(records) => records,
+                Err(_) => {
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                    break;
+                }
+            };
+            // The position each partition read here moves to, which the commit carries.
+            let mut read: BTreeMap<u32, i64> = BTreeMap::new();
+            for record in &records {
+                let next = read.entry(record.partition).or_insert(0);
+                *next = (*next).max(record.offset + 1);
+            }
+            if read.is_empty() {
+                continue;
+            }
+            if member.commit().await.is_err() {
+                // Not acknowledged: nothing to record. Rejoin (the group may have moved).
+                break;
+            }
+            let t_ms = now_ms(start);
+            let mut history = history.lock().expect("not poisoned");
+            for (partition, offset) in read {
+                history.push(Event::Commit { group: GROUP.into(), partition, offset, t_ms });
+            }
+        }
+    }
 }
 
 async fn produce(

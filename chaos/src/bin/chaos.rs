@@ -65,10 +65,10 @@ fn main() {
         Ok(result) => {
             let r = &result.report;
             println!(
-                "faults {} acknowledged {} failed {} unknown {} | lost {} inconsistent {} duplicates {} ({} of certain sends) reordered {} read backwards {} read gaps {} | longest unavailability {} ms",
-                r.faults, r.acknowledged, r.failed, r.unknown, r.lost, r.inconsistent,
+                "faults {} acknowledged {} failed {} unknown {} commits {} | lost {} inconsistent {} duplicates {} ({} of certain sends) reordered {} read backwards {} read gaps {} commit regressions {} | longest unavailability {} ms",
+                r.faults, r.acknowledged, r.failed, r.unknown, r.commits, r.lost, r.inconsistent,
                 r.duplicates, r.duplicates_of_certain_sends, r.reordered, r.read_backwards,
-                r.read_gaps, r.unavailable_ms_max
+                r.read_gaps, r.commit_regressions, r.unavailable_ms_max
             );
             for example in &r.examples {
                 println!("  {example}");
