@@ -716,6 +716,9 @@ impl Inner {
             };
             payload.extend(batches);
         }
+        // The read is bounded by bytes; an Append also by its batch count. The rest goes in
+        // the next Append (the core asks for it once this one is acknowledged).
+        payload.truncate(spate_replication::limits::APPEND_BATCHES_MAX);
         let mut metas = Vec::with_capacity(payload.len());
         let mut next = args.prev_end;
         for bytes in &payload {
