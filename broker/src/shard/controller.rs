@@ -31,8 +31,13 @@ impl Shard {
                 Err(failure) => failed_for_all(kind, names, failure),
             });
         }
+        // Offsets have their own lock (the store's); a catalog change in progress, which may
+        // wait on the metadata log, must not hold commits up.
         if let RequestBodyT::OffsetFetchRequest(request) = body {
             return self.fetch_offsets(*request).await;
+        }
+        if let RequestBodyT::OffsetCommitRequest(request) = body {
+            return Ok(self.commit_offsets(*request).await);
         }
         if let RequestBodyT::RegisterBrokerRequest(_) = body {
             if self.config.cluster.is_none() {
@@ -46,7 +51,7 @@ impl Shard {
         Ok(self.change(body).await)
     }
 
-    /// Applies one request to the catalog: a client's on a single broker, a committed record of
+    /// Applies one change to the catalog: a client's on a single broker, a committed record of
     /// the metadata log in a cluster (then `forwarded` is set and creates carry their placement).
     pub(super) async fn change(&self, body: RequestBodyT) -> ResponseBodyT {
         match body {
@@ -97,7 +102,6 @@ impl Shard {
                     topics: Some(results),
                 }))
             }
-            RequestBodyT::OffsetCommitRequest(request) => self.commit_offsets(*request).await,
             _ => ResponseBodyT::NONE,
         }
     }

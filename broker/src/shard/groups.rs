@@ -91,8 +91,7 @@ impl Shard {
     /// group's `__consumer_offsets` partition), so a group's offsets are committed where its
     /// members meet, and survive that broker.
     fn coordinator_broker(&self) -> Result<(i32, std::net::SocketAddr), Failure> {
-        let (Some(membership), Some(cluster)) = (&self.config.membership, &self.config.cluster)
-        else {
+        let Some(cluster) = &self.config.cluster else {
             return Ok((0, self.config.listen));
         };
         let unavailable = |why: String| Failure::new(ErrorCode::CoordinatorNotAvailable, why);
@@ -102,12 +101,8 @@ impl Shard {
         if leader == cluster.node_id {
             return Ok((leader as i32, self.config.listen));
         }
-        let statuses =
-            membership.lock().expect("membership lock").status(std::time::Instant::now());
-        statuses
-            .iter()
-            .find(|b| b.id == leader)
-            .and_then(|b| b.address.parse().ok())
+        self.client_address(leader)
+            .and_then(|address| address.parse().ok())
             .map(|address| (leader as i32, address))
             .ok_or_else(|| {
                 unavailable(format!("the coordinator, broker {leader}, has no known address"))

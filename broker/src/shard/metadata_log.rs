@@ -325,7 +325,7 @@ impl Shard {
 
     /// The client address of broker `id`: as its registration says, else as its heartbeats
     /// told the membership.
-    fn client_address(&self, id: u32) -> Option<String> {
+    pub(super) fn client_address(&self, id: u32) -> Option<String> {
         if let Some(registered) = self.catalog.borrow().brokers.get(&id) {
             return Some(registered.client_address.clone());
         }
