@@ -685,3 +685,59 @@ fn topic_changes_reach_a_broker_that_was_down_and_survive_a_killed_controller() 
     cluster.broker(paused).resume();
     wait_topics(cluster.broker(paused), &["after", "new", "paused"]);
 }
+
+/// acks=leader answers once the leader wrote the batch (Kafka's acks=1), so it goes on while
+/// both followers are paused, when acks=all cannot: nothing commits without one of them. (The
+/// partition is quiet first, so its leader does not step down before the batch arrives.)
+#[test]
+fn acks_leader_answers_while_the_followers_are_paused_and_acks_all_does_not() {
+    let cluster = Cluster::start();
+    let before = create_replicated(&cluster);
+    let leader = before.leader.unwrap();
+    let followers: Vec<u32> = before.replicas.iter().copied().filter(|r| *r != leader).collect();
+    let address = cluster.broker(leader).address();
+    let (warm, paused) = {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (back, ready) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            run(async move {
+                let client = Client::connect(client_config(&address)).await.unwrap();
+                let config = |acks| ProducerConfig {
+                    acks,
+                    enable_idempotence: false,
+                    max_in_flight_per_partition: 1,
+                    delivery_timeout: Duration::from_secs(3),
+                    request_timeout: Duration::from_secs(1),
+                    ..producer_config()
+                };
+                let all = Producer::new(client.clone(), config(Acks::All)).unwrap();
+                let leader_only = Producer::new(client.clone(), config(Acks::Leader)).unwrap();
+                // Routes known and the partition idle before the followers stop.
+                let warm = all.send(ProducerRecord::new("t", "warm").with_partition(0)).await;
+                let warm = warm.unwrap().await.map(|r| r.offset);
+                glommio::timer::sleep(Duration::from_secs(1)).await;
+                back.send(()).unwrap();
+                rx.recv().unwrap();
+                let written = leader_only.send(ProducerRecord::new("t", "one").with_partition(0));
+                let written = written.await.unwrap().await.map(|r| r.offset);
+                let committed = all.send(ProducerRecord::new("t", "all").with_partition(0));
+                let committed = committed.await.unwrap().await.map(|r| r.offset);
+                (warm, (written, committed))
+            })
+        });
+        ready.recv().unwrap();
+        for follower in &followers {
+            cluster.broker(*follower).pause();
+        }
+        tx.send(()).unwrap();
+        let outcome = worker.join().unwrap();
+        for follower in &followers {
+            cluster.broker(*follower).resume();
+        }
+        outcome
+    };
+    assert!(warm.is_ok(), "{warm:?}");
+    let (written, committed) = paused;
+    assert!(written.is_ok(), "acks=leader answered on the leader's own write: {written:?}");
+    assert!(committed.is_err(), "acks=all cannot commit without a follower: {committed:?}");
+}

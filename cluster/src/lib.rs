@@ -53,4 +53,4 @@ pub mod wire;
 
 pub use error::{ProducerRefusal, ReplicationError};
 pub use node::{NodeConfig, ReplicationNode};
-pub use partition::{Committed, Partition, PartitionConfig, PartitionStatus, ReplicaStatus};
+pub use partition::{Ack, Committed, Partition, PartitionConfig, PartitionStatus, ReplicaStatus};

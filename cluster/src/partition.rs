@@ -68,6 +68,15 @@ impl Default for PartitionConfig {
     }
 }
 
+/// When a proposal is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ack {
+    /// Once committed: durable by the flush policy on a majority (acks=all).
+    Commit,
+    /// Once this leader wrote it by the flush policy (acks=leader).
+    LeaderWrite,
+}
+
 /// Where a committed proposal landed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Committed {
@@ -173,6 +182,8 @@ struct State {
     parked: BTreeMap<NodeId, AppendArgs>,
     /// Proposals in offset order, waiting for the commit point to pass them.
     waiters: VecDeque<Waiter>,
+    /// acks=leader proposals in offset order, waiting for this replica's own write.
+    written_waiters: VecDeque<Waiter>,
     /// The term this replica leads in, between `BecameLeader` and `SteppedDown`.
     leading: Option<Term>,
     /// The persisted replica state, changed in IO order.
@@ -239,6 +250,7 @@ impl Partition {
                 epoch: 0,
                 parked: BTreeMap::new(),
                 waiters: VecDeque::new(),
+                written_waiters: VecDeque::new(),
                 leading: None,
                 mirror,
                 commit_queued,
@@ -266,7 +278,18 @@ impl Partition {
     /// replica leads, and resolves once it is committed — durable by the flush policy on a
     /// majority (acks=all) — with where it landed. Waits while `PROPOSALS_IN_FLIGHT_MAX`
     /// proposals are pending.
-    pub async fn propose(&self, mut batch: BytesMut) -> Result<Committed, ReplicationError> {
+    pub async fn propose(&self, batch: BytesMut) -> Result<Committed, ReplicationError> {
+        self.propose_with(batch, Ack::Commit).await
+    }
+
+    /// [`propose`](Self::propose), answered at `ack`: once committed, or (acks=leader) once
+    /// this leader wrote it by the flush policy, before any follower has it — a batch a new
+    /// leader may then truncate, as with Kafka's acks=1.
+    pub async fn propose_with(
+        &self,
+        mut batch: BytesMut,
+        ack: Ack,
+    ) -> Result<Committed, ReplicationError> {
         let header =
             batch::validate(&batch).map_err(|e| ReplicationError::InvalidBatch(e.to_string()))?;
         if header.is_control() {
@@ -316,11 +339,12 @@ impl Partition {
                     last_offset: meta.last_offset,
                     term: meta.term,
                 };
-                assert!(st
-                    .waiters
-                    .back()
-                    .is_none_or(|w| w.committed.last_offset < meta.base_offset));
-                st.waiters.push_back(Waiter { committed, reply });
+                let waiters = match ack {
+                    Ack::Commit => &mut st.waiters,
+                    Ack::LeaderWrite => &mut st.written_waiters,
+                };
+                assert!(waiters.back().is_none_or(|w| w.committed.last_offset < meta.base_offset));
+                waiters.push_back(Waiter { committed, reply });
                 self.inner.carry_out(st, &mut out);
                 st.scratch = out;
                 Ok(wait)
@@ -576,8 +600,22 @@ impl State {
     }
 
     fn fail_waiters(&mut self, error: impl Fn(&Committed) -> ReplicationError) {
-        for waiter in self.waiters.drain(..) {
+        for waiter in self.waiters.drain(..).chain(self.written_waiters.drain(..)) {
             let _ = waiter.reply.send(Err(error(&waiter.committed)));
+        }
+    }
+
+    /// Completes the acks=leader proposals of term `term` this replica has written below `end`.
+    fn complete_written(&mut self, end: Offset) {
+        let Some(term) = self.leading else { return };
+        // Bounded by the waiters.
+        while let Some(w) = self.written_waiters.front() {
+            if w.committed.last_offset >= end {
+                break;
+            }
+            let w = self.written_waiters.pop_front().expect("front");
+            assert_eq!(w.committed.term, term, "a waiter from another term survived a step-down");
+            let _ = w.reply.send(Ok(w.committed));
         }
     }
 
@@ -760,6 +798,7 @@ impl Inner {
                 _ => offsets.high_watermark,
             };
             let _ = st.core.step(Event::LogDurable { end: durable as u64 }, &mut out);
+            st.complete_written(durable as u64);
         }
         let parked = std::mem::take(&mut st.parked);
         for (_, args) in parked {

@@ -18,6 +18,7 @@ pub enum ShardMsg {
         topic: String,
         partition: u32,
         batches: Vec<BytesMut>,
+        acks: wire::Acks,
         reply: oneshot::Sender<ProduceOutcome>,
     },
     Fetch {
@@ -115,8 +116,8 @@ impl Shard {
     /// Serves a call from another shard.
     pub async fn handle_peer(self: &Rc<Self>, message: ShardMsg) {
         match message {
-            ShardMsg::Produce { topic, partition, batches, reply } => {
-                let _ = reply.send(self.produce_local(&topic, partition, batches).await);
+            ShardMsg::Produce { topic, partition, batches, acks, reply } => {
+                let _ = reply.send(self.produce_local(&topic, partition, batches, acks).await);
             }
             ShardMsg::Fetch { topic, partition, offset, max_bytes, reply } => {
                 let outcome = self.fetch_local(&topic, partition, offset, max_bytes).await;

@@ -15,11 +15,14 @@ use super::{ok_reply, push_into, Failure, ProduceOutcome, Reply, Shard, ShardMsg
 use crate::limits;
 
 impl Shard {
+    /// Appends a partition's batches on its owning shard. `acks` matters only to a replicated
+    /// partition: `Leader` answers once this leader wrote them, `All` once they are committed.
     pub(super) async fn produce_local(
         &self,
         topic: &str,
         partition: u32,
         batches: Vec<BytesMut>,
+        acks: wire::Acks,
     ) -> ProduceOutcome {
         let Some(log) = self.log(topic, partition) else {
             return ProduceOutcome {
@@ -42,7 +45,11 @@ impl Shard {
             };
         }
         if let Some(replica) = self.replica(topic, partition) {
-            return self.produce_replicated(topic, partition, replica, batches).await;
+            let ack = match acks {
+                wire::Acks::Leader => spate_cluster::Ack::LeaderWrite,
+                _ => spate_cluster::Ack::Commit,
+            };
+            return self.produce_replicated(topic, partition, replica, batches, ack).await;
         }
         // One unit: the request's batches take consecutive offsets, and appends take offsets in
         // the order they are called, so pipelined produces to a partition keep their order.
@@ -59,18 +66,22 @@ impl Shard {
         topic: String,
         partition: u32,
         batches: Vec<BytesMut>,
+        acks: wire::Acks,
     ) -> ProduceOutcome {
         match self.owner(&topic, partition) {
             None => ProduceOutcome {
                 result: Err(Failure::unknown(&topic, partition)),
                 log_start_offset: -1,
             },
-            Some(owner) if owner == self.id => self.produce_local(&topic, partition, batches).await,
+            Some(owner) if owner == self.id => {
+                self.produce_local(&topic, partition, batches, acks).await
+            }
             Some(owner) => self
                 .call(owner, |reply| ShardMsg::Produce {
                     topic: topic.clone(),
                     partition,
                     batches,
+                    acks,
                     reply,
                 })
                 .await
@@ -126,7 +137,7 @@ impl Shard {
                         }
                     };
                     let produced = glommio::timer::timeout(timeout, async {
-                        Ok(shard.produce_partition(topic, partition, batches).await)
+                        Ok(shard.produce_partition(topic, partition, batches, acks).await)
                     })
                     .await;
                     produced.unwrap_or_else(|_| ProduceOutcome {

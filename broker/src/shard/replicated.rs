@@ -76,17 +76,19 @@ impl Shard {
         }
     }
 
-    /// Proposes each batch in order and answers once the last is committed.
+    /// Proposes each batch in order and answers once the last is committed (or, with
+    /// `Ack::LeaderWrite`, written here).
     pub(super) async fn produce_replicated(
         &self,
         topic: &str,
         partition: u32,
         replica: Partition,
         batches: Vec<BytesMut>,
+        ack: spate_cluster::Ack,
     ) -> ProduceOutcome {
         let mut base_offset = -1;
         for batch in batches {
-            match replica.propose(batch).await {
+            match replica.propose_with(batch, ack).await {
                 Ok(committed) => {
                     if base_offset < 0 {
                         base_offset = committed.base_offset as i64;
