@@ -6,6 +6,8 @@
 //! - `spate_received_bytes_total{shard}`, `spate_sent_bytes_total{shard}` counters
 //! - `spate_produce_latency_seconds{shard}`, `spate_fetch_latency_seconds{shard}` histograms
 //!   (request arrival to reply ready; fetch includes long-poll waiting)
+//! - `spate_replication_commit_seconds{shard}` histogram (a cluster: a proposed batch until
+//!   it is committed, on its leader)
 //! - `spate_partition_high_watermark{topic,partition,shard}`, `spate_partition_log_bytes{...}` gauges
 //!
 //! The exposition is written by hand: it is a few lines of text, and a registry crate would not
@@ -62,6 +64,7 @@ pub struct ShardMetrics {
     pub sent_bytes: Cell<u64>,
     pub produce_latency: Histogram,
     pub fetch_latency: Histogram,
+    pub commit_latency: Histogram,
 }
 
 fn add(cell: &Cell<u64>, n: u64) {
@@ -105,6 +108,7 @@ impl ShardMetrics {
         let labels = format!("shard=\"{shard}\"");
         self.produce_latency.render(&mut out, "spate_produce_latency_seconds", &labels);
         self.fetch_latency.render(&mut out, "spate_fetch_latency_seconds", &labels);
+        self.commit_latency.render(&mut out, "spate_replication_commit_seconds", &labels);
         for (topic, partition, high_watermark, bytes, recovery_cut) in partitions {
             let topic = label(topic);
             let labels = format!("topic=\"{topic}\",partition=\"{partition}\",shard=\"{shard}\"");
@@ -127,6 +131,11 @@ pub fn header() -> String {
             "spate_fetch_latency_seconds",
             "histogram",
             "Fetch request arrival to reply ready, long polling included.",
+        ),
+        (
+            "spate_replication_commit_seconds",
+            "histogram",
+            "A replicated batch from its proposal on the leader until committed.",
         ),
         (
             "spate_partition_high_watermark",

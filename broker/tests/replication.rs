@@ -446,6 +446,13 @@ fn a_paused_follower_catches_up_when_it_resumes() {
     cluster.wait_metrics(leader, "fully replicated again", |text| {
         text.contains("spate_under_replicated_partitions 0") && text.contains(&format!("{lag}0"))
     });
+    // Every acknowledged batch was timed from proposal to commit.
+    let scrape = cluster.metrics(leader);
+    let timed = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("spate_replication_commit_seconds_count{shard=\"0\"} "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(timed.is_some_and(|n| n > 0), "commit latency recorded: {timed:?}");
     let status = cluster.broker(leader).ok(&["cluster", "status"]);
     assert_eq!(status.matches("\talive\tleads ").count(), 3, "{status}");
     assert!(status.contains(&format!("{leader}\t")) && !status.contains("under_replicated 1"));

@@ -88,7 +88,12 @@ impl Shard {
     ) -> ProduceOutcome {
         let mut base_offset = -1;
         for batch in batches {
-            match replica.propose_with(batch, ack).await {
+            let proposed = std::time::Instant::now();
+            let answer = replica.propose_with(batch, ack).await;
+            if answer.is_ok() && ack == spate_cluster::Ack::Commit {
+                self.metrics.commit_latency.record(proposed.elapsed());
+            }
+            match answer {
                 Ok(committed) => {
                     if base_offset < 0 {
                         base_offset = committed.base_offset as i64;
