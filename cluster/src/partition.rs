@@ -746,17 +746,13 @@ impl Inner {
                 return;
             }
         };
-        let mut payload = Vec::new();
-        for chunk in &read.chunks {
-            let Some(batches) = wire::split_batches(chunk_bytes(chunk)) else {
-                warn!(group = self.group.0, "a read did not split into whole batches");
-                return;
-            };
-            payload.extend(batches);
-        }
-        // The read is bounded by bytes; an Append also by its batch count. The rest goes in
-        // the next Append (the core asks for it once this one is acknowledged).
-        payload.truncate(spate_replication::limits::APPEND_BATCHES_MAX);
+        let split: Option<Vec<Vec<Bytes>>> =
+            read.chunks.iter().map(|chunk| wire::split_batches(chunk_bytes(chunk))).collect();
+        let Some(split) = split else {
+            warn!(group = self.group.0, "a read did not split into whole batches");
+            return;
+        };
+        let payload = append_payload(split);
         let mut metas = Vec::with_capacity(payload.len());
         let mut next = args.prev_end;
         for bytes in &payload {
@@ -820,6 +816,15 @@ impl Inner {
     async fn store_state(&self, state: &ReplicaState) -> Result<(), String> {
         replica_state::store(self.log.dir(), state).await.map_err(|e| e.to_string())
     }
+}
+
+/// The batches one Append carries from a read: its whole batches in order, at most
+/// `APPEND_BATCHES_MAX` of them. The read is bounded by bytes (1 MiB), and small batches would
+/// otherwise exceed the codec's count limit: the envelope would fail to encode, every time, and
+/// the follower never catch up (the chaos suite found a partition stalled so). The rest goes in
+/// the next Append, which the core asks for once this one is acknowledged.
+fn append_payload(split: Vec<Vec<Bytes>>) -> Vec<Bytes> {
+    split.into_iter().flatten().take(spate_replication::limits::APPEND_BATCHES_MAX).collect()
 }
 
 fn append_message(
@@ -990,4 +995,24 @@ fn release_barriers(inner: &Inner, barriers: usize) {
     let mut st = inner.state.borrow_mut();
     assert!(st.barriers >= barriers, "barrier count");
     st.barriers -= barriers;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spate_replication::limits::APPEND_BATCHES_MAX;
+
+    /// More small batches than one Append may carry: the first `APPEND_BATCHES_MAX`, in order,
+    /// across the read's chunks.
+    #[test]
+    fn an_append_carries_at_most_the_codec_batch_limit() {
+        let batch = |i: usize| Bytes::from(i.to_le_bytes().to_vec());
+        let chunks: Vec<Vec<Bytes>> =
+            vec![(0..3_000).map(batch).collect(), (3_000..6_000).map(batch).collect()];
+        let payload = append_payload(chunks);
+        assert_eq!(payload.len(), APPEND_BATCHES_MAX);
+        assert!(payload.iter().enumerate().all(|(i, b)| *b == batch(i)));
+        let few = append_payload(vec![vec![batch(0)], vec![], vec![batch(1)]]);
+        assert_eq!(few, vec![batch(0), batch(1)]);
+    }
 }

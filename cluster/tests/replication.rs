@@ -361,27 +361,6 @@ fn paused_follower_catches_up() {
     assert_acknowledged_present(&log, &acknowledged);
 }
 
-/// A follower that fell behind by more small batches than one Append may carry
-/// (`APPEND_BATCHES_MAX`, while the read is bounded by bytes) still catches up: the driver
-/// sends them over several Appends. (Found by the chaos suite: a partition stalled for 20 s.)
-#[test]
-fn a_follower_behind_by_many_small_batches_catches_up() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut cluster = Cluster::start();
-    let leader = cluster.leader();
-    let follower = IDS.iter().copied().find(|&n| n != leader).expect("follower");
-    // Down while the others commit: on its return the leader reads the backlog from its log.
-    cluster.crash(follower);
-    let small = |tag: u64| cluster.broker(leader).propose(tagged_batch(tag, 1, 100));
-    let count = spate_replication::limits::APPEND_BATCHES_MAX as u64 * 2;
-    let pending: Vec<_> = (0..count).map(|tag| (tag, small(tag))).collect();
-    let acknowledged = committed(&answers(pending));
-    assert_eq!(acknowledged.len() as u64, count);
-    cluster.restart(follower);
-    let log = cluster.assert_logs_match();
-    assert_acknowledged_present(&log, &acknowledged);
-}
-
 /// Test 5: leadership transfer on request: the target leads, nothing committed is lost, and
 /// the new leader takes proposals.
 #[test]
