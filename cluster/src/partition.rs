@@ -605,32 +605,29 @@ impl State {
         }
     }
 
-    /// Completes the acks=leader proposals of term `term` this replica has written below `end`.
+    /// Completes the acks=leader proposals this replica has written below `end`.
     fn complete_written(&mut self, end: Offset) {
-        let Some(term) = self.leading else { return };
-        // Bounded by the waiters.
-        while let Some(w) = self.written_waiters.front() {
-            if w.committed.last_offset >= end {
-                break;
-            }
-            let w = self.written_waiters.pop_front().expect("front");
-            assert_eq!(w.committed.term, term, "a waiter from another term survived a step-down");
-            let _ = w.reply.send(Ok(w.committed));
-        }
+        complete_below(&mut self.written_waiters, self.leading, end);
     }
 
-    /// Completes the proposals of term `term` below `commit`.
+    /// Completes the proposals below `commit`.
     fn complete_waiters(&mut self, commit: Offset) {
-        let Some(term) = self.leading else { return };
-        // Bounded by the waiters.
-        while let Some(w) = self.waiters.front() {
-            if w.committed.last_offset >= commit {
-                break;
-            }
-            let w = self.waiters.pop_front().expect("front");
-            assert_eq!(w.committed.term, term, "a waiter from another term survived a step-down");
-            let _ = w.reply.send(Ok(w.committed));
+        complete_below(&mut self.waiters, self.leading, commit);
+    }
+}
+
+/// Answers the waiters (in offset order, all of the term this replica leads in, `leading`)
+/// whose batches end below `end`.
+fn complete_below(waiters: &mut VecDeque<Waiter>, leading: Option<Term>, end: Offset) {
+    let Some(term) = leading else { return };
+    // Bounded by the waiters.
+    while let Some(w) = waiters.front() {
+        if w.committed.last_offset >= end {
+            break;
         }
+        let w = waiters.pop_front().expect("front");
+        assert_eq!(w.committed.term, term, "a waiter from another term survived a step-down");
+        let _ = w.reply.send(Ok(w.committed));
     }
 }
 
