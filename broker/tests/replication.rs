@@ -612,6 +612,15 @@ fn controller(asked: &Broker) -> Option<u32> {
 fn topic_changes_reach_a_broker_that_was_down_and_survive_a_killed_controller() {
     let mut cluster = Cluster::start();
     create_topic(&cluster, "old", 1);
+    // Broker 3 holds its replica of "old" before it goes down (it applies the create
+    // asynchronously: broker 1 took it).
+    wait_topics(cluster.broker(3), &["old"]);
+    let started = Instant::now();
+    // Bounded: 30 s for the replica's directory.
+    while !cluster.data_dir(3).join("old").exists() {
+        assert!(started.elapsed() < Duration::from_secs(30), "broker 3 never opened old/0");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let first = run({
         let bootstrap = cluster.broker(1).address();
         async move {
