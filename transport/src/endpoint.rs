@@ -525,11 +525,7 @@ impl Stream {
                 conn.wakers.register(cx.waker());
                 return Poll::Pending;
             }
-            stream.send.push_back(Bytes::copy_from_slice(&header));
-            // Bounded by the chunks given.
-            for chunk in message.take().into_iter().flatten().filter(|c| !c.is_empty()) {
-                stream.send.push_back(chunk);
-            }
+            coalesce_into(&header, message.take().unwrap_or_default(), &mut stream.send);
             conn.send_queued_bytes += frame_bytes;
             assert!(conn.send_queued_bytes <= CONNECTION_SEND_QUEUE_BYTES_MAX);
             state.wake_driver();
@@ -590,6 +586,34 @@ impl Stream {
             stream.finish = true;
         }
         state.wake_driver();
+    }
+}
+
+/// Queues a frame (`header`, then `chunks`) for sending: chunks of at least
+/// `SEND_CHUNK_COPY_BYTES_MAX` as they are, runs of smaller ones (and the header) copied into
+/// pieces of up to `SEND_COALESCED_BYTES_MAX`, so QUIC never holds a long list of tiny chunks.
+fn coalesce_into(header: &[u8], chunks: Vec<Bytes>, queue: &mut VecDeque<Bytes>) {
+    let mut small = BytesMut::new();
+    small.extend_from_slice(header);
+    // Bounded by the chunks given.
+    for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
+        if chunk.len() >= SEND_CHUNK_COPY_BYTES_MAX {
+            if !small.is_empty() {
+                queue.push_back(small.split().freeze());
+            }
+            queue.push_back(chunk);
+            continue;
+        }
+        if small.len() + chunk.len() > SEND_COALESCED_BYTES_MAX {
+            queue.push_back(small.split().freeze());
+        }
+        if small.capacity() < SEND_COALESCED_BYTES_MAX {
+            small.reserve(SEND_COALESCED_BYTES_MAX - small.len());
+        }
+        small.extend_from_slice(&chunk);
+    }
+    if !small.is_empty() {
+        queue.push_back(small.freeze());
     }
 }
 
@@ -1161,6 +1185,28 @@ mod tests {
     thread_local! {
         /// Makes clients on this thread complete TLS but never send their hello.
         pub(super) static SILENT_CLIENT: Cell<bool> = const { Cell::new(false) };
+    }
+
+    #[test]
+    fn small_chunks_are_coalesced_and_large_ones_kept_without_a_copy() {
+        let large = Bytes::from(vec![7u8; SEND_CHUNK_COPY_BYTES_MAX]);
+        let mut chunks: Vec<Bytes> =
+            (0..2_000u32).map(|i| Bytes::from(vec![i as u8; 100])).collect();
+        chunks.insert(1_000, large.clone());
+        chunks.insert(500, Bytes::new());
+        let mut expected = vec![1u8, 2, 3, 4];
+        for c in &chunks {
+            expected.extend_from_slice(c);
+        }
+        let mut queue = VecDeque::new();
+        coalesce_into(&[1, 2, 3, 4], chunks, &mut queue);
+        let joined: Vec<u8> = queue.iter().flat_map(|c| c.iter().copied()).collect();
+        assert_eq!(joined, expected, "same bytes in the same order");
+        assert!(queue.iter().all(|c| !c.is_empty() && c.len() <= SEND_COALESCED_BYTES_MAX));
+        // 200,004 bytes of small chunks in 64 KiB pieces on either side of the large chunk.
+        assert!(queue.len() <= 6, "{} pieces", queue.len());
+        let kept = queue.iter().find(|c| c.len() == large.len()).expect("large chunk");
+        assert_eq!(kept.as_ptr(), large.as_ptr(), "a large chunk is not copied");
     }
 
     #[test]

@@ -24,6 +24,17 @@ pub const CONNECTION_SEND_QUEUE_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// largest frame, or a frame could never complete.
 pub const STREAM_RECV_BUFFER_BYTES_MAX: usize = FRAME_BYTES_MAX + FRAME_HEADER_BYTES;
 
+/// Chunks of a message shorter than this are copied together (with the frame header) before
+/// they reach QUIC; longer ones go as they are, without a copy. quinn-proto finds the bytes of
+/// each packet by walking its list of unacknowledged chunks from the start, so a window full of
+/// tiny chunks (100-byte record batches, 4-byte frame headers) made every packet cost a walk of
+/// hundreds of thousands of entries: seconds of CPU per catch-up, with the executor stalled.
+pub const SEND_CHUNK_COPY_BYTES_MAX: usize = 4 * 1024;
+
+/// Small chunks are copied into pieces of up to this many bytes. With
+/// `SEND_CHUNK_COPY_BYTES_MAX` it bounds the chunks in flight by window / 4 KiB on average.
+pub const SEND_COALESCED_BYTES_MAX: usize = 64 * 1024;
+
 /// QUIC flow-control window of one stream (NOTES.md: 16 MiB was best measured).
 pub const STREAM_RECEIVE_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 
@@ -89,3 +100,5 @@ const _: () = assert!(KEEP_ALIVE_INTERVAL_MS * 2 < IDLE_TIMEOUT_MS);
 const _: () = assert!(HELLO_TIMEOUT_MS < IDLE_TIMEOUT_MS);
 // QUIC's minimum; quinn-proto refuses less.
 const _: () = assert!(UDP_PAYLOAD_BYTES_MAX >= 1200);
+
+const _: () = assert!(SEND_CHUNK_COPY_BYTES_MAX < SEND_COALESCED_BYTES_MAX);
