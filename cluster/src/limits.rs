@@ -35,6 +35,11 @@ pub const APPEND_ROUND_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// are dropped (the core resends what matters): a dead or slow peer never grows memory.
 pub const PEER_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// The same bound while no connection to the peer is up: what waits for a dead peer is stale
+/// by the time it returns (the core resends from its progress), and a restarted follower was
+/// sent tens of MiB of old catch-up Appends before anything current.
+pub const PEER_QUEUE_BYTES_UNCONNECTED_MAX: usize = 1024 * 1024;
+
 /// Frames queued for one peer (keepalives and envelopes), for the same reason.
 pub const PEER_QUEUE_FRAMES_MAX: usize = 4096;
 

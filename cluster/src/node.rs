@@ -23,8 +23,9 @@ use tracing::{debug, info, warn};
 
 use crate::error::ReplicationError;
 use crate::limits::{
-    KEEPALIVE_TICKS, PARTITIONS_MAX, PEERS_MAX, PEER_QUEUE_BYTES_MAX, PEER_QUEUE_FRAMES_MAX,
-    PEER_SILENCE_TICKS, RECONNECT_BACKOFF_MS_MAX, RECONNECT_BACKOFF_MS_MIN, TICK_MS,
+    KEEPALIVE_TICKS, PARTITIONS_MAX, PEERS_MAX, PEER_QUEUE_BYTES_MAX,
+    PEER_QUEUE_BYTES_UNCONNECTED_MAX, PEER_QUEUE_FRAMES_MAX, PEER_SILENCE_TICKS,
+    RECONNECT_BACKOFF_MS_MAX, RECONNECT_BACKOFF_MS_MIN, TICK_MS,
 };
 use crate::partition::{Partition, PartitionConfig};
 use crate::wire::{self, Inbound};
@@ -263,6 +264,11 @@ impl Shared {
         }
     }
 
+    /// Whether `to` is connected and heard from lately: worth sending records to.
+    pub(crate) fn reachable(&self, to: NodeId) -> bool {
+        self.peers.borrow().get(&to).is_some_and(|link| link.connected && !link.down)
+    }
+
     /// Puts a frame on `to`'s link queue, or drops it if the queue is full.
     fn enqueue(&self, to: NodeId, frame: Vec<Bytes>) {
         if self.isolated.get() {
@@ -274,9 +280,9 @@ impl Shared {
             return;
         };
         let bytes: usize = frame.iter().map(Bytes::len).sum();
-        if link.queue.len() >= PEER_QUEUE_FRAMES_MAX
-            || link.queued_bytes + bytes > PEER_QUEUE_BYTES_MAX
-        {
+        let bytes_max =
+            if link.connected { PEER_QUEUE_BYTES_MAX } else { PEER_QUEUE_BYTES_UNCONNECTED_MAX };
+        if link.queue.len() >= PEER_QUEUE_FRAMES_MAX || link.queued_bytes + bytes > bytes_max {
             link.frames_dropped += 1;
             return;
         }

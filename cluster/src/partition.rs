@@ -719,9 +719,11 @@ impl Inner {
         let log_end = st.core.log_end();
         let offsets = self.log.offsets();
         let readable = offsets.written.max(offsets.high_watermark) as u64;
-        if args.prev_end >= log_end || args.prev_end < offsets.start as u64 {
-            // Nothing to carry (a probe), or the log no longer holds prev_end: an empty
-            // Append; the follower's answer moves the leader on.
+        let unreachable = !self.node.reachable(args.to);
+        if args.prev_end >= log_end || args.prev_end < offsets.start as u64 || unreachable {
+            // Nothing to carry (a probe), the log no longer holds prev_end, or the follower is
+            // down (no record reads every resend for a dead peer): an empty Append; the
+            // follower's answer moves the leader on.
             self.node.send(args.to, self.group, append_message(&args, Vec::new(), Vec::new()));
             return;
         }
