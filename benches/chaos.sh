@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# The long fault-injection run: spate-chaos against a single broker or a cluster on loopback.
+# The long fault-injection run: spate-chaos against a single broker or a cluster.
 #
-#   benches/chaos.sh [--minutes M] [--brokers 1|3|5] [--faults kill,pause,kill-leader,kill-controller,kill-all]
+#   benches/chaos.sh [--minutes M] [--brokers 1|3|5]
+#                    [--faults kill,pause,kill-leader,kill-controller,kill-all,partition,loss]
 #                    [--seed S] [--json FILE]
 #
 # Builds the release binaries, runs `spate-chaos` for M minutes (default 5) with a seeded fault
 # schedule (printed), keeps the history, final read and summary in a directory it prints, copies
 # the summary to --json FILE, and exits non-zero on any safety violation (lost, inconsistent,
 # duplicated or reordered writes, consumers going backwards or skipping, commits regressing).
-# Faults built so far: kill (kill -9 a broker, restart it) and pause (SIGSTOP, SIGCONT).
-# Network partitions, packet loss and full disks are not built yet.
+# Process faults: kill (kill -9 a broker, restart it), pause (SIGSTOP, SIGCONT), kill-leader,
+# kill-controller, kill-all. Network faults (a cluster, as root, with nftables installed; each
+# broker then runs in its own network namespace): partition (the leader cut off, minority and
+# majority, or a bridge broker between two sides) and loss (1-10% of packets at every broker).
+# Without root the network faults are left out, and the run says so. Full disks are not built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=5 brokers=3 faults=kill,pause seed="" json=""

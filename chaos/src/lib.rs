@@ -1,4 +1,4 @@
-//! Spate's fault-injection suite: the history checker and a single-broker runner.
+//! Spate's fault-injection suite: the history checker and the runner.
 //!
 //! Layout:
 //! - [`history`]: the events a run records (sends with their outcome, reads, consumer starts,
@@ -6,12 +6,14 @@
 //! - [`checker`]: what they say about safety (lost, inconsistent, duplicated, reordered writes;
 //!   consumers going backwards or skipping; commits regressing) and availability.
 //!
-//! - [`runner`]: a real broker under kill -9 and SIGSTOP faults with producers and a consumer,
-//!   recording the history (`spate-chaos`). One broker for now; network faults need the cluster.
+//! - [`runner`]: real brokers (one, or a cluster of 3 or 5) under process and network faults
+//!   with producers and consumers, recording the history (`spate-chaos`).
+//! - [`net`]: network namespaces, a bridge and nftables rules for partitions and packet loss.
 //!
 //! `spate-chaos-check HISTORY FINAL [--idempotent] [--json OUT]` runs the checker on files and
 //! exits non-zero on any safety violation.
 
 pub mod checker;
 pub mod history;
+pub mod net;
 pub mod runner;

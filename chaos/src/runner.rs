@@ -1,9 +1,12 @@
-//! The fault-injection runner: real `spate` brokers — one, or a cluster of three or five on
-//! loopback with mutual TLS and replicated topics — under a seeded schedule of process faults
-//! (kill -9 of a broker and restart, SIGSTOP and SIGCONT) while idempotent producers with
-//! acks=all and a consumer work against them. Every operation goes into a history; once the
-//! faults stop every partition is read back, and the [`checker`](crate::checker) judges the run.
-//! Not yet: network partitions and packet loss (network namespaces and nftables), full disks.
+//! The fault-injection runner: real `spate` brokers — one, or a cluster of three or five with
+//! mutual TLS and replicated topics — under a seeded schedule of faults while idempotent
+//! producers with acks=all, a consumer and a consumer-group member work against them. Process
+//! faults (kill -9 of a random broker, of a partition's leader, of the controller, of all at
+//! once; SIGSTOP and SIGCONT) run anywhere, the cluster on loopback. Network faults
+//! (partitions, packet loss) put each broker in its own network namespace ([`net`](crate::net),
+//! root and nftables); without them the runner says so and runs the process faults only. Every
+//! operation goes into a history; once the faults stop every partition is read back, and the
+//! [`checker`](crate::checker) judges the run. Not yet: a full disk.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -25,6 +28,7 @@ use spate_client::{
 
 use crate::checker::{check, Report};
 use crate::history::{to_line, Event, Outcome, Stored};
+use crate::net::{self, Net};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -77,6 +81,10 @@ fn now_ms(start: Instant) -> u64 {
 struct Broker {
     spate: PathBuf,
     dir: PathBuf,
+    /// Its IP address: 127.0.0.1, or its own in its network namespace.
+    host: String,
+    /// What runs it inside its network namespace (`ip netns exec NS`), if it has one.
+    prefix: Vec<String>,
     port: u16,
     cores: u32,
     /// Cluster flags (node id, replication address, peers, TLS files).
@@ -87,7 +95,7 @@ struct Broker {
 
 impl Broker {
     fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     fn start(&mut self) -> Result<(), String> {
@@ -96,7 +104,16 @@ impl Broker {
             .append(true)
             .open(self.dir.with_extension("log"))
             .map_err(|e| e.to_string())?;
-        let child = Command::new(&self.spate)
+        let mut command = match self.prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&self.spate);
+                command
+            }
+            None => Command::new(&self.spate),
+        };
+        // `ip netns exec` execs the broker: the child's pid is the broker's, for signals.
+        let child = command
             .args(["serve", "--data-dir"])
             .arg(&self.dir)
             .args(["--listen", &self.address(), "--cores", &self.cores.to_string()])
@@ -179,16 +196,20 @@ pub fn free_port() -> u16 {
 }
 
 /// The brokers of a run: one, or a cluster with certificates made by `spate cluster certs`.
-fn brokers(args: &RunOptions, root: &Path) -> Result<Vec<Broker>, String> {
+fn brokers(args: &RunOptions, root: &Path, net: Option<&Net>) -> Result<Vec<Broker>, String> {
     let count = args.brokers;
     if ![1, 3, 5].contains(&count) {
         return Err(format!("--brokers {count}: use 1, 3 or 5"));
     }
     let port = |i: u32| args.port + 10 * i as u16;
+    let host =
+        |i: u32| net.map_or_else(|| "127.0.0.1".to_string(), |n| n.broker(i as usize).to_string());
     let mut brokers: Vec<Broker> = (0..count)
         .map(|i| Broker {
             spate: args.spate.clone(),
             dir: root.join(format!("broker-{}", i + 1)),
+            host: host(i),
+            prefix: net.map(|n| n.exec_prefix(i as usize)).unwrap_or_default(),
             port: port(i),
             cores: if count == 1 { 2 } else { 1 },
             args: Vec::new(),
@@ -208,7 +229,7 @@ fn brokers(args: &RunOptions, root: &Path) -> Result<Vec<Broker>, String> {
             return Err(String::from_utf8_lossy(&made.stderr).into_owned());
         }
         let peers: Vec<String> =
-            (0..count).map(|i| format!("{}@127.0.0.1:{}", i + 1, port(i) + 5)).collect();
+            (0..count).map(|i| format!("{}@{}:{}", i + 1, host(i), port(i) + 5)).collect();
         for (i, broker) in brokers.iter_mut().enumerate() {
             let id = i + 1;
             let file = |name: String| certs.join(name).display().to_string();
@@ -216,7 +237,7 @@ fn brokers(args: &RunOptions, root: &Path) -> Result<Vec<Broker>, String> {
                 "--node-id".into(),
                 id.to_string(),
                 "--replication-listen".into(),
-                format!("127.0.0.1:{}", port(i as u32) + 5),
+                format!("{}:{}", host(i as u32), port(i as u32) + 5),
                 "--peers".into(),
                 peers.join(","),
                 "--tls-ca".into(),
@@ -234,8 +255,60 @@ fn brokers(args: &RunOptions, root: &Path) -> Result<Vec<Broker>, String> {
 /// The faults this runner injects: `kill` (kill -9 a random broker, then restart it), `pause`
 /// (SIGSTOP, then SIGCONT), `kill-leader` (kill -9 the leader of a random partition),
 /// `kill-controller` (kill -9 the metadata log's leader), `kill-all` (kill -9 every broker at
-/// once, then restart them all).
-pub const FAULTS: [&str; 5] = ["kill", "pause", "kill-leader", "kill-controller", "kill-all"];
+/// once, then restart them all); and in a cluster, as root, [`NETWORK_FAULTS`].
+pub const FAULTS: [&str; 7] =
+    ["kill", "pause", "kill-leader", "kill-controller", "kill-all", "partition", "loss"];
+
+/// Faults that need each broker in its own network namespace (root and nftables; see
+/// [`net`](crate::net)): `partition` (one of: the leader of a random partition cut off from
+/// the other brokers, a random majority and minority, or two sides with one broker that sees
+/// both) and `loss` (every broker loses 1-10% of the packets it receives). Clients are never
+/// cut off, so they keep talking to an isolated leader.
+pub const NETWORK_FAULTS: [&str; 2] = ["partition", "loss"];
+
+/// The sides of a partition, picked from `rng`, and what it is for the log: the leader of
+/// `partition` alone (a random broker if none leads it now), a random minority and majority,
+/// or two sides with one broker left on neither (it sees both).
+fn partition_sides(
+    rng: &mut SmallRng,
+    brokers: &[Broker],
+    partition: u32,
+) -> (Vec<Vec<usize>>, String) {
+    let n = brokers.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    // Fisher-Yates, from the seed.
+    for i in (1..n).rev() {
+        order.swap(i, rng.gen_range(0..=i));
+    }
+    let names = |side: &[usize]| {
+        side.iter().map(|b| format!("broker-{}", b + 1)).collect::<Vec<_>>().join("+")
+    };
+    match rng.gen_range(0..3) {
+        0 => {
+            let leader = leader_of(brokers, partition).unwrap_or(order[0]);
+            let others: Vec<usize> = (0..n).filter(|&b| b != leader).collect();
+            let what = format!(
+                "leader of {partition} cut off: broker-{} | {}",
+                leader + 1,
+                names(&others)
+            );
+            (vec![vec![leader], others], what)
+        }
+        1 => {
+            let minority = order[..n / 2].to_vec();
+            let majority = order[n / 2..].to_vec();
+            let what = format!("minority | majority: {} | {}", names(&minority), names(&majority));
+            (vec![minority, majority], what)
+        }
+        _ => {
+            let bridge = order[0];
+            let rest = &order[1..];
+            let (a, b) = rest.split_at(rest.len() / 2);
+            let what = format!("bridge broker-{} sees {} | {}", bridge + 1, names(a), names(b));
+            (vec![a.to_vec(), b.to_vec()], what)
+        }
+    }
+}
 
 /// Runs `spate ARGS -b <every broker>` and returns its stdout, if it succeeded.
 fn ask(brokers: &[Broker], args: &[&str]) -> Option<String> {
@@ -600,15 +673,42 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
     if let Some(bad) = faults.iter().find(|f| !FAULTS.contains(f)) {
         return Err(format!("unknown fault {bad:?}: this runner has {}", FAULTS.join(", ")));
     }
-    let network = if args.brokers == 1 { "1 broker" } else { "a cluster on loopback" };
-    println!("spate-chaos: seed {seed}, {} s, faults {faults:?}, {} broker(s), {network} (process faults only: network faults are not built yet)", args.seconds, args.brokers);
+    let wants_network = faults.iter().any(|f| NETWORK_FAULTS.contains(f));
+    let net = match (wants_network, args.brokers) {
+        (false, _) => None,
+        (true, 1) => {
+            println!("spate-chaos: network faults need a cluster; running process faults only");
+            None
+        }
+        (true, _) => match net::available() {
+            Ok(()) => Some(Net::create(args.brokers as usize)?),
+            Err(why) => {
+                println!("spate-chaos: {why}; running on loopback with process faults only");
+                None
+            }
+        },
+    };
+    let faults: Vec<&str> =
+        faults.into_iter().filter(|f| net.is_some() || !NETWORK_FAULTS.contains(f)).collect();
+    let network = match (&net, args.brokers) {
+        (_, 1) => "1 broker".to_string(),
+        (Some(net), _) => format!(
+            "a cluster, each broker in its own network namespace behind a bridge ({}/24)",
+            net.host()
+        ),
+        (None, _) => "a cluster on loopback".to_string(),
+    };
+    println!(
+        "spate-chaos: seed {seed}, {} s, faults {faults:?}, {} broker(s), {network}",
+        args.seconds, args.brokers
+    );
     let out = args.out.clone();
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
     // The brokers' data and logs stay in OUT/brokers when the run fails, for a look.
     let scratch = out.join("brokers");
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
-    let mut brokers = brokers(&args, &scratch)?;
+    let mut brokers = brokers(&args, &scratch, net.as_ref())?;
     for broker in &mut brokers {
         broker.start()?;
     }
@@ -654,6 +754,7 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
         };
         let target = target.unwrap_or(random);
         let start_ms = now_ms(start);
+        let mut network_target = None;
         match kind {
             "kill" | "kill-leader" | "kill-controller" => {
                 brokers[target].kill();
@@ -673,6 +774,21 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
                     broker.start()?;
                 }
             }
+            "partition" | "loss" => {
+                let net = net.as_ref().expect("network faults run with a network");
+                let what = if kind == "loss" {
+                    let permille = rng.gen_range(10..=100);
+                    net.loss(permille)?;
+                    format!("{}% loss at every broker", permille / 10)
+                } else {
+                    let (sides, what) = partition_sides(&mut rng, &brokers, partition);
+                    net.partition(&sides)?;
+                    what
+                };
+                std::thread::sleep(Duration::from_millis(rng.gen_range(1_000..6_000)));
+                net.heal()?;
+                network_target = Some(what);
+            }
             _ => {
                 brokers[target].signal(libc::SIGSTOP);
                 std::thread::sleep(Duration::from_millis(rng.gen_range(200..3_000)));
@@ -681,6 +797,7 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
         }
         let target = match kind {
             "kill-all" => "all brokers".to_string(),
+            "partition" | "loss" => network_target.take().unwrap_or_default(),
             _ => format!("broker-{}{role}", target + 1),
         };
         let event = Event::Fault { kind: kind.into(), target, start_ms, end_ms: now_ms(start) };

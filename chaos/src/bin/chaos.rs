@@ -1,10 +1,11 @@
 //! `spate-chaos`: real `spate` brokers (one, or a cluster of three or five) under a seeded
-//! schedule of process faults while producers and a consumer work against them; the history and
+//! schedule of process and (as root) network faults while producers and consumers work; the history and
 //! a final read of every partition go through the checker. Exits 1 on any safety violation (see
 //! `spate_chaos::runner`).
 //!
 //! ```text
-//! spate-chaos [--seconds S] [--brokers 1|3|5] [--faults kill,pause,kill-leader,kill-controller,kill-all]
+//! spate-chaos [--seconds S] [--brokers 1|3|5]
+//!             [--faults kill,pause,kill-leader,kill-controller,kill-all,partition,loss]
 //!             [--seed N] [--partitions P]
 //!             [--producers K] [--flush never|always] [--out DIR] [--spate PATH]
 //! ```
@@ -18,10 +19,12 @@ use spate_chaos::runner::{free_port, run, RunOptions};
 struct Args {
     #[arg(long, default_value_t = 30)]
     seconds: u64,
-    /// 1 (a single broker), 3 or 5 (a cluster on loopback, topics replicated over 3).
+    /// 1 (a single broker), 3 or 5 (a cluster, topics replicated over 3; on loopback, or in
+    /// network namespaces for network faults).
     #[arg(long, default_value_t = 1)]
     brokers: u32,
-    /// Comma-separated, from: kill, pause, kill-leader, kill-controller, kill-all.
+    /// Comma-separated, from: kill, pause, kill-leader, kill-controller, kill-all, and (a
+    /// cluster, as root, with nftables) partition, loss.
     #[arg(long, default_value = "kill,pause")]
     faults: String,
     /// Random if absent; printed either way.
