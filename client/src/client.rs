@@ -379,6 +379,19 @@ impl Client {
             return Err(ClientError::UnexpectedResponse("metadata".into()));
         };
         self.absorb_metadata(&metadata);
+        // A broker that knows no leader for a partition may be cut off from the others (it
+        // answers, but from a stale view): ask the next bootstrap broker next time, as Kafka's
+        // clients spread metadata requests over the cluster.
+        let leaderless = metadata
+            .topics
+            .iter()
+            .flatten()
+            .flat_map(|t| t.partitions.iter().flatten())
+            .any(|p| p.leader_broker < 0);
+        if leaderless {
+            let count = self.inner.bootstrap.len();
+            self.inner.current.set((self.inner.current.get() + 1) % count);
+        }
         Ok(*metadata)
     }
 
