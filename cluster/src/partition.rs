@@ -426,15 +426,24 @@ impl Partition {
         Err(ReplicationError::TransferTimedOut)
     }
 
-    /// The leader this replica knows of (itself included).
+    /// The leader this replica knows of (itself included). `None` while this replica is
+    /// offline: its view stopped moving, and it must not send clients to itself.
     pub fn leader(&self) -> Option<NodeId> {
-        self.inner.state.borrow().core.leader()
+        let st = self.inner.state.borrow();
+        st.offline.is_none().then(|| st.core.leader()).flatten()
     }
 
     /// The high watermark readers and acks may use: `Some` only on a leader that has committed
-    /// its own marker.
+    /// its own marker and is not offline.
     pub fn high_watermark(&self) -> Option<Offset> {
-        self.inner.state.borrow().core.high_watermark()
+        let st = self.inner.state.borrow();
+        st.offline.is_none().then(|| st.core.high_watermark()).flatten()
+    }
+
+    /// Offline (a log operation failed, e.g. a full disk): it serves, leads and votes no more
+    /// until the broker restarts.
+    pub fn is_offline(&self) -> bool {
+        self.inner.state.borrow().offline.is_some()
     }
 
     pub fn status(&self) -> PartitionStatus {
@@ -457,13 +466,15 @@ impl Partition {
             });
             replicas.sort_by_key(|r| r.node);
         }
+        // An offline replica leads nothing: its core stopped where the failure found it.
+        let online = st.offline.is_none();
         PartitionStatus {
             group: self.inner.group,
             node: core.id(),
-            role: core.role(),
+            role: if online { core.role() } else { Role::Follower },
             term: core.term(),
-            leader: core.leader(),
-            high_watermark: core.high_watermark(),
+            leader: core.leader().filter(|_| online),
+            high_watermark: core.high_watermark().filter(|_| online),
             commit: core.commit(),
             log_start: core.log_start(),
             log_end: core.log_end(),

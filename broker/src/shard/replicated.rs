@@ -86,6 +86,14 @@ impl Shard {
         batches: Vec<BytesMut>,
         ack: spate_cluster::Ack,
     ) -> ProduceOutcome {
+        if replica.is_offline() {
+            // Nothing of this request was written, and this replica leads no more: the client
+            // refreshes its metadata and goes to the new leader.
+            return ProduceOutcome {
+                result: Err(not_leader(topic, partition, None)),
+                log_start_offset: replica.log().offsets().start,
+            };
+        }
         let mut base_offset = -1;
         for batch in batches {
             let proposed = std::time::Instant::now();
