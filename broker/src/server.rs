@@ -159,6 +159,19 @@ fn adopt_orphaned_partitions(config: &BrokerConfig) -> Result<(), String> {
 /// acknowledged or not. Never set it anywhere else.
 pub const UNSAFE_LOSE_TAIL: &str = "SPATE_TEST_UNSAFE_LOSE_TAIL";
 
+/// A test-only unsafe mode for clusters: with this variable set, a replicated partition answers
+/// `acks=all` once the leader wrote the batch, before a majority holds it (as `acks=leader`),
+/// so the fault-injection suite can prove it catches writes lost by a leader killed before
+/// commit. Never set it anywhere else.
+pub const UNSAFE_ACK_BEFORE_COMMIT: &str = "SPATE_TEST_UNSAFE_ACK_BEFORE_COMMIT";
+
+/// Whether [`UNSAFE_ACK_BEFORE_COMMIT`] is set (read once).
+pub fn unsafe_ack_before_commit() -> bool {
+    static SET: std::sync::LazyLock<bool> =
+        std::sync::LazyLock::new(|| std::env::var_os(UNSAFE_ACK_BEFORE_COMMIT).is_some());
+    *SET
+}
+
 async fn lose_last_batches(shard: &Shard) {
     tracing::error!("{UNSAFE_LOSE_TAIL} is set: dropping the last batch of every partition");
     for ((topic, partition), log) in shard.all_logs() {
@@ -328,6 +341,9 @@ async fn shard_main(
     };
     if std::env::var_os(UNSAFE_LOSE_TAIL).is_some() {
         lose_last_batches(&shard).await;
+    }
+    if unsafe_ack_before_commit() {
+        tracing::error!("{UNSAFE_ACK_BEFORE_COMMIT} is set: acks=all answers before commit");
     }
     let listeners = [config.listen, config.shard_address(id)]
         .map(|address| listen(address).map_err(|e| format!("cannot listen on {address}: {e}")));

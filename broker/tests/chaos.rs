@@ -83,3 +83,23 @@ fn the_checker_catches_a_broker_that_loses_acknowledged_writes() {
     assert!(result.report.lost > 0, "{:#?}", result.report);
     assert!(result.violations > 0);
 }
+
+/// The same proof against a cluster: leaders that answer acks=all before commit (the planted
+/// bug), cut off from the other brokers while clients still reach them. An isolated leader
+/// acknowledges until it notices it lost its majority; the other side elects a leader without
+/// those writes, and the checker must say they are lost. (Killing the leader is not enough:
+/// its followers almost always hold a batch before its own write completes.)
+#[test]
+#[ignore = "needs root and nftables (network namespaces); CI runs it as root"]
+fn the_checker_catches_a_cluster_that_acknowledges_before_commit() {
+    spate_chaos::net::available().expect("network faults can run here");
+    let out = common::temp_dir();
+    let mut unsafe_run = options_for(3, 7, &["partition"], out.path());
+    unsafe_run.seconds = 20;
+    unsafe_run.broker_env =
+        vec![(spate_broker::server::UNSAFE_ACK_BEFORE_COMMIT.into(), "1".into())];
+    let result = run(unsafe_run).unwrap();
+    assert!(result.report.faults >= 2);
+    assert!(result.report.lost > 0, "{:#?}", result.report);
+    assert!(result.violations > 0);
+}

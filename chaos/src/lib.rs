@@ -9,6 +9,7 @@
 //! - [`runner`]: real brokers (one, or a cluster of 3 or 5) under process and network faults
 //!   with producers and consumers, recording the history (`spate-chaos`).
 //! - [`net`]: network namespaces, a bridge and nftables rules for partitions and packet loss.
+//! - [`plot`]: the run as an SVG: throughput and latency over time, fault windows shaded.
 //!
 //! `spate-chaos-check HISTORY FINAL [--idempotent] [--json OUT]` runs the checker on files and
 //! exits non-zero on any safety violation.
@@ -16,4 +17,5 @@
 pub mod checker;
 pub mod history;
 pub mod net;
+pub mod plot;
 pub mod runner;

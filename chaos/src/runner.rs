@@ -6,7 +6,8 @@
 //! (partitions, packet loss) put each broker in its own network namespace ([`net`](crate::net),
 //! root and nftables); without them the runner says so and runs the process faults only. Every
 //! operation goes into a history; once the faults stop every partition is read back, and the
-//! [`checker`](crate::checker) judges the run. Not yet: a full disk.
+//! [`checker`](crate::checker) judges the run. A full disk (`disk`, root) fills one broker's
+//! tmpfs-backed data directory, frees it and restarts the broker.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -29,6 +30,7 @@ use spate_client::{
 use crate::checker::{check, Report};
 use crate::history::{to_line, Event, Outcome, Stored};
 use crate::net::{self, Net};
+use crate::plot;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -81,6 +83,8 @@ fn now_ms(start: Instant) -> u64 {
 struct Broker {
     spate: PathBuf,
     dir: PathBuf,
+    /// Its stderr, appended to across restarts (outside its data directory).
+    log: PathBuf,
     /// Its IP address: 127.0.0.1, or its own in its network namespace.
     host: String,
     /// What runs it inside its network namespace (`ip netns exec NS`), if it has one.
@@ -102,7 +106,7 @@ impl Broker {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.with_extension("log"))
+            .open(&self.log)
             .map_err(|e| e.to_string())?;
         let mut command = match self.prefix.split_first() {
             Some((program, args)) => {
@@ -118,7 +122,7 @@ impl Broker {
             .arg(&self.dir)
             .args(["--listen", &self.address(), "--cores", &self.cores.to_string()])
             .arg("--journal-dir")
-            .arg(self.dir.with_extension("journal"))
+            .arg(self.log.with_extension("journal"))
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
@@ -196,7 +200,12 @@ pub fn free_port() -> u16 {
 }
 
 /// The brokers of a run: one, or a cluster with certificates made by `spate cluster certs`.
-fn brokers(args: &RunOptions, root: &Path, net: Option<&Net>) -> Result<Vec<Broker>, String> {
+fn brokers(
+    args: &RunOptions,
+    root: &Path,
+    net: Option<&Net>,
+    disks: Option<&Disks>,
+) -> Result<Vec<Broker>, String> {
     let count = args.brokers;
     if ![1, 3, 5].contains(&count) {
         return Err(format!("--brokers {count}: use 1, 3 or 5"));
@@ -207,7 +216,9 @@ fn brokers(args: &RunOptions, root: &Path, net: Option<&Net>) -> Result<Vec<Brok
     let mut brokers: Vec<Broker> = (0..count)
         .map(|i| Broker {
             spate: args.spate.clone(),
-            dir: root.join(format!("broker-{}", i + 1)),
+            dir: disks
+                .map_or_else(|| root.join(format!("broker-{}", i + 1)), |d| d.data_dir(i as usize)),
+            log: root.join(format!("broker-{}.log", i + 1)),
             host: host(i),
             prefix: net.map(|n| n.exec_prefix(i as usize)).unwrap_or_default(),
             port: port(i),
@@ -255,9 +266,22 @@ fn brokers(args: &RunOptions, root: &Path, net: Option<&Net>) -> Result<Vec<Brok
 /// The faults this runner injects: `kill` (kill -9 a random broker, then restart it), `pause`
 /// (SIGSTOP, then SIGCONT), `kill-leader` (kill -9 the leader of a random partition),
 /// `kill-controller` (kill -9 the metadata log's leader), `kill-all` (kill -9 every broker at
-/// once, then restart them all); and in a cluster, as root, [`NETWORK_FAULTS`].
-pub const FAULTS: [&str; 7] =
-    ["kill", "pause", "kill-leader", "kill-controller", "kill-all", "partition", "loss"];
+/// once, then restart them all); in a cluster, as root, [`NETWORK_FAULTS`]; as root,
+/// [`DISK_FAULT`].
+pub const FAULTS: [&str; 8] =
+    ["kill", "pause", "kill-leader", "kill-controller", "kill-all", "partition", "loss", "disk"];
+
+/// A fault that needs root to mount a small tmpfs under each broker's data directory: `disk`
+/// fills one broker's disk to the last byte for 1-4 s, frees it, and restarts the broker.
+pub const DISK_FAULT: &str = "disk";
+
+/// The size of each broker's tmpfs under the `disk` fault: room for a long run's data (a few
+/// hundred KB/s per broker, no segment preallocation). Filling it is one fallocate; a tmpfs
+/// uses memory only for what is written.
+const DISK_TMPFS_SIZE: &str = "2g";
+
+/// Bytes written per call while filling a disk; the fill is bounded by the tmpfs size.
+const FILL_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Faults that need each broker in its own network namespace (root and nftables; see
 /// [`net`](crate::net)): `partition` (one of: the leader of a random partition cut off from
@@ -265,6 +289,87 @@ pub const FAULTS: [&str; 7] =
 /// both) and `loss` (every broker loses 1-10% of the packets it receives). Clients are never
 /// cut off, so they keep talking to an isolated leader.
 pub const NETWORK_FAULTS: [&str; 2] = ["partition", "loss"];
+
+/// A tmpfs per broker holding its data directory (`disk` fault), unmounted on drop.
+struct Disks {
+    mounts: Vec<PathBuf>,
+}
+
+impl Disks {
+    /// Mounts a tmpfs at `root/disk-I` for each broker I (from 1).
+    fn mount(root: &Path, brokers: u32) -> Result<Disks, String> {
+        let mut disks = Disks { mounts: Vec::new() };
+        for i in 1..=brokers {
+            let mount = root.join(format!("disk-{i}"));
+            std::fs::create_dir_all(&mount).map_err(|e| format!("{}: {e}", mount.display()))?;
+            let size = format!("size={DISK_TMPFS_SIZE}");
+            let mounted = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &size, "spate-chaos"])
+                .arg(&mount)
+                .status()
+                .map_err(|e| format!("mount: {e}"))?;
+            if !mounted.success() {
+                return Err(format!("could not mount a tmpfs at {}", mount.display()));
+            }
+            disks.mounts.push(mount);
+        }
+        Ok(disks)
+    }
+
+    /// Broker `i`'s data directory (from 0), on its tmpfs.
+    fn data_dir(&self, i: usize) -> PathBuf {
+        self.mounts[i].join("data")
+    }
+
+    fn ballast(&self, i: usize) -> PathBuf {
+        self.mounts[i].join("ballast")
+    }
+
+    /// Fills broker `i`'s disk: writes a ballast file until the tmpfs refuses more.
+    fn fill(&self, i: usize) -> Result<u64, String> {
+        use std::io::Seek;
+        use std::os::fd::AsRawFd;
+        let path = self.ballast(i);
+        let mut file =
+            std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let c_path = std::ffi::CString::new(self.mounts[i].as_os_str().as_encoded_bytes())
+            .map_err(|e| e.to_string())?;
+        // SAFETY: all-zero is a valid statvfs; statvfs gets a valid path and out-parameter.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+            return Err(format!("statvfs {}", self.mounts[i].display()));
+        }
+        let free = stat.f_bavail as u64 * stat.f_frsize as u64;
+        let mut written = 0u64;
+        // SAFETY: fallocate on a descriptor we own. If the space went meanwhile it fails
+        // (ENOSPC) and the writes below take the rest.
+        if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, free as libc::off_t) } == 0 {
+            written = free;
+        }
+        file.seek(std::io::SeekFrom::Start(written)).map_err(|e| e.to_string())?;
+        let chunk = vec![0xB5u8; FILL_CHUNK_BYTES];
+        // Bounded by the tmpfs size: every pass writes at least one byte or stops.
+        loop {
+            match file.write(&chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => written += n as u64,
+            }
+        }
+        Ok(written)
+    }
+
+    fn free(&self, i: usize) {
+        let _ = std::fs::remove_file(self.ballast(i));
+    }
+}
+
+impl Drop for Disks {
+    fn drop(&mut self) {
+        for mount in &self.mounts {
+            let _ = Command::new("umount").arg("-l").arg(mount).status();
+        }
+    }
+}
 
 /// The sides of a partition, picked from `rng`, and what it is for the log: the leader of
 /// `partition` alone (a random broker if none leads it now), a random minority and majority,
@@ -666,7 +771,7 @@ fn write_lines<T: serde::Serialize>(path: &Path, items: &[T]) -> Result<(), Stri
 }
 
 /// Runs the workload under faults, reads everything back, writes `history.jsonl`,
-/// `final.jsonl` and `summary.json` to `options.out`, and checks the history.
+/// `final.jsonl`, `summary.json` and `timeline.svg` to `options.out`, and checks the history.
 pub fn run(args: RunOptions) -> Result<RunResult, String> {
     let seed = args.seed;
     let faults: Vec<&str> = args.faults.iter().map(String::as_str).collect();
@@ -690,6 +795,12 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
     };
     let faults: Vec<&str> =
         faults.into_iter().filter(|f| net.is_some() || !NETWORK_FAULTS.contains(f)).collect();
+    // SAFETY: getuid has no preconditions.
+    let root = unsafe { libc::getuid() } == 0;
+    if faults.contains(&DISK_FAULT) && !root {
+        println!("spate-chaos: the disk fault needs root (a tmpfs per broker); leaving it out");
+    }
+    let faults: Vec<&str> = faults.into_iter().filter(|f| root || *f != DISK_FAULT).collect();
     let network = match (&net, args.brokers) {
         (_, 1) => "1 broker".to_string(),
         (Some(net), _) => format!(
@@ -708,7 +819,11 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
     let scratch = out.join("brokers");
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
-    let mut brokers = brokers(&args, &scratch, net.as_ref())?;
+    let disks = match faults.contains(&DISK_FAULT) {
+        true => Some(Disks::mount(&scratch, args.brokers)?),
+        false => None,
+    };
+    let mut brokers = brokers(&args, &scratch, net.as_ref(), disks.as_ref())?;
     for broker in &mut brokers {
         broker.start()?;
     }
@@ -754,6 +869,7 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
         };
         let target = target.unwrap_or(random);
         let start_ms = now_ms(start);
+        // What a network or disk fault hit, for the log.
         let mut network_target = None;
         match kind {
             "kill" | "kill-leader" | "kill-controller" => {
@@ -773,6 +889,22 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
                 for broker in &mut brokers {
                     broker.start()?;
                 }
+            }
+            DISK_FAULT => {
+                let disks = disks.as_ref().expect("the disk fault runs with disks");
+                let filled = disks.fill(target)?;
+                std::thread::sleep(Duration::from_millis(rng.gen_range(1_000..4_000)));
+                disks.free(target);
+                // An operator frees space and restarts the broker: a replica whose write
+                // failed stays offline until then (as Kafka takes a failed log directory
+                // offline until a restart).
+                brokers[target].kill();
+                brokers[target].start()?;
+                network_target = Some(format!(
+                    "broker-{} (filled with {} MiB)",
+                    target + 1,
+                    filled / (1024 * 1024)
+                ));
             }
             "partition" | "loss" => {
                 let net = net.as_ref().expect("network faults run with a network");
@@ -797,7 +929,7 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
         }
         let target = match kind {
             "kill-all" => "all brokers".to_string(),
-            "partition" | "loss" => network_target.take().unwrap_or_default(),
+            "partition" | "loss" | DISK_FAULT => network_target.take().unwrap_or_default(),
             _ => format!("broker-{}{role}", target + 1),
         };
         let event = Event::Fault { kind: kind.into(), target, start_ms, end_ms: now_ms(start) };
@@ -823,7 +955,25 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
     summary["violations"] = serde_json::json!(violations);
     std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary).expect("json"))
         .map_err(|e| e.to_string())?;
+    let title = format!(
+        "spate-chaos: {} broker(s), seed {seed}, {} s, faults {}: {} acknowledged, {} violations",
+        args.brokers,
+        args.seconds,
+        faults.join(","),
+        report.acknowledged,
+        violations
+    );
+    std::fs::write(out.join("timeline.svg"), plot::svg(&events, &title))
+        .map_err(|e| e.to_string())?;
     drop(brokers);
+    if let (Some(disks), true) = (&disks, violations > 0) {
+        // The tmpfs goes with the unmount: keep a copy of each broker's data for a look.
+        for (i, mount) in disks.mounts.iter().enumerate() {
+            let copy = scratch.join(format!("broker-{}-data", i + 1));
+            let _ = Command::new("cp").arg("-a").arg(mount.join("data")).arg(copy).status();
+        }
+    }
+    drop(disks);
     if violations == 0 && std::env::var_os("SPATE_CHAOS_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&scratch);
     }

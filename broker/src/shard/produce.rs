@@ -47,6 +47,7 @@ impl Shard {
         if let Some(replica) = self.replica(topic, partition) {
             let ack = match acks {
                 wire::Acks::Leader => spate_cluster::Ack::LeaderWrite,
+                _ if crate::server::unsafe_ack_before_commit() => spate_cluster::Ack::LeaderWrite,
                 _ => spate_cluster::Ack::Commit,
             };
             return self.produce_replicated(topic, partition, replica, batches, ack).await;

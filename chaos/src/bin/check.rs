@@ -1,6 +1,7 @@
-//! `spate-chaos-check HISTORY FINAL [--idempotent] [--window-min-ms MS] [--json OUT]`: checks a
-//! fault-injection history (JSON lines) against the final read of every partition; prints the
-//! counts and examples, writes the JSON summary, and exits 1 on any safety violation.
+//! `spate-chaos-check HISTORY FINAL [--idempotent] [--window-min-ms MS] [--json OUT] [--svg OUT]`:
+//! checks a fault-injection history (JSON lines) against the final read of every partition;
+//! prints the counts and examples, writes the JSON summary (and the timeline as SVG), and exits
+//! 1 on any safety violation.
 
 use std::path::PathBuf;
 
@@ -20,6 +21,9 @@ struct Args {
     window_min_ms: u64,
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write throughput and latency over time, fault windows shaded, as SVG.
+    #[arg(long)]
+    svg: Option<PathBuf>,
 }
 
 fn read(path: &PathBuf) -> Result<String, String> {
@@ -61,6 +65,15 @@ fn run(args: &Args) -> Result<usize, String> {
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report).expect("serializable");
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &args.svg {
+        let title = format!(
+            "{}: {} acknowledged, {violations} violations",
+            args.history.display(),
+            report.acknowledged
+        );
+        std::fs::write(path, spate_chaos::plot::svg(&events, &title))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(violations)
 }
