@@ -16,7 +16,13 @@ const RIGHT: f64 = 20.0;
 const PANEL_HEIGHT: f64 = 200.0;
 const TOP: f64 = 40.0;
 const GAP: f64 = 60.0;
-const HEIGHT: f64 = TOP + 2.0 * PANEL_HEIGHT + GAP + 40.0;
+const HEIGHT: f64 = TOP + 2.0 * PANEL_HEIGHT + GAP + 60.0;
+/// A fault window's label is drawn only this far (px) from the previous one; the legend and
+/// each window's tooltip name them all.
+const LABEL_SPACING: f64 = 45.0;
+/// Colours of fault kinds, in order of first appearance (then round again).
+const FAULT_COLOURS: [&str; 8] =
+    ["#e8a09a", "#9ac2e8", "#b5e09a", "#e8d49a", "#c9a0e8", "#9ae0d6", "#e0a9c8", "#c0c0c0"];
 /// Seconds in a run's chart at most (one point per second): a bound on the output's size.
 const SECONDS_MAX: usize = 24 * 3600;
 
@@ -96,23 +102,47 @@ pub fn svg(events: &[Event], title: &str) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="11">"#
     );
     let _ = writeln!(out, r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#);
-    let _ = writeln!(out, r#"<text x="{LEFT}" y="20" font-size="14">{}</text>"#, escape(title));
-    // Fault windows across both panels, labelled above the first.
-    for (i, (start, end, label)) in faults.iter().enumerate() {
+    let _ = writeln!(out, r#"<text x="{LEFT}" y="18" font-size="12">{}</text>"#, escape(title));
+    // Fault windows across both panels, a colour per kind, labelled above the first panel
+    // where there is room; every window's tooltip says what it was.
+    let mut kinds: Vec<&str> = Vec::new();
+    let mut last_label = f64::NEG_INFINITY;
+    for (start, end, label) in &faults {
         let (x0, x1) = (x(*start as f64), x(*end as f64));
         let bottom = panel_top[1] + PANEL_HEIGHT;
+        let kind = label.split(':').next().unwrap_or_default();
+        let index = kinds.iter().position(|k| *k == kind).unwrap_or_else(|| {
+            kinds.push(kind);
+            kinds.len() - 1
+        });
+        let colour = FAULT_COLOURS[index % FAULT_COLOURS.len()];
         let _ = writeln!(
             out,
-            r##"<rect x="{x0:.1}" y="{TOP}" width="{:.1}" height="{:.1}" fill="#e8a09a" fill-opacity="0.35"><title>{}</title></rect>"##,
+            r#"<rect x="{x0:.1}" y="{TOP}" width="{:.1}" height="{:.1}" fill="{colour}" fill-opacity="0.45"><title>{}</title></rect>"#,
             (x1 - x0).max(1.0),
             bottom - TOP,
             escape(label)
         );
-        let kind = label.split(':').next().unwrap_or_default();
-        let y = TOP - 4.0 - 10.0 * (i % 2) as f64;
+        if x0 - last_label >= LABEL_SPACING {
+            last_label = x0;
+            let _ = writeln!(
+                out,
+                r##"<text x="{x0:.1}" y="{}" font-size="9" fill="#444">{}</text>"##,
+                TOP - 4.0,
+                escape(kind)
+            );
+        }
+    }
+    // The legend: each kind's colour, below the second panel.
+    let legend_y = panel_top[1] + PANEL_HEIGHT + 48.0;
+    for (i, kind) in kinds.iter().enumerate() {
+        let lx = LEFT + 110.0 * i as f64;
+        let colour = FAULT_COLOURS[i % FAULT_COLOURS.len()];
         let _ = writeln!(
             out,
-            r##"<text x="{x0:.1}" y="{y}" font-size="9" fill="#a03020">{}</text>"##,
+            r#"<rect x="{lx}" y="{}" width="12" height="12" fill="{colour}"/><text x="{}" y="{legend_y}">{}</text>"#,
+            legend_y - 10.0,
+            lx + 16.0,
             escape(kind)
         );
     }
@@ -236,7 +266,8 @@ mod tests {
         let svg = svg(&events, "seed 1");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 3, "throughput, p50, p99");
-        assert!(svg.contains("fill=\"#e8a09a\""), "the fault window is shaded");
+        assert!(svg.contains("fill=\"#e8a09a\" fill-opacity"), "the fault window is shaded");
+        assert!(svg.contains("<rect x=\"70\""), "a legend entry");
         assert!(svg.contains("&lt;&amp;&gt;") && !svg.contains("<&>"), "labels are escaped");
     }
 }

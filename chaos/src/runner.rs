@@ -956,12 +956,8 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
     std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary).expect("json"))
         .map_err(|e| e.to_string())?;
     let title = format!(
-        "spate-chaos: {} broker(s), seed {seed}, {} s, faults {}: {} acknowledged, {} violations",
-        args.brokers,
-        args.seconds,
-        faults.join(","),
-        report.acknowledged,
-        violations
+        "spate-chaos: {} broker(s), seed {seed}, {} s, {} faults: {} acknowledged, {} violations",
+        args.brokers, args.seconds, report.faults, report.acknowledged, violations
     );
     std::fs::write(out.join("timeline.svg"), plot::svg(&events, &title))
         .map_err(|e| e.to_string())?;
