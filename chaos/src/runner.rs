@@ -275,10 +275,12 @@ pub const FAULTS: [&str; 8] =
 /// fills one broker's disk to the last byte for 1-4 s, frees it, and restarts the broker.
 pub const DISK_FAULT: &str = "disk";
 
-/// The size of each broker's tmpfs under the `disk` fault: room for a long run's data (a few
-/// hundred KB/s per broker, no segment preallocation). Filling it is one fallocate; a tmpfs
-/// uses memory only for what is written.
-const DISK_TMPFS_SIZE: &str = "2g";
+/// Each broker's tmpfs under the `disk` fault holds this much, plus
+/// `DISK_TMPFS_MIB_PER_SECOND` per second of the run: room for the run's data (a few hundred
+/// KB/s per broker, no segment preallocation) and little more, so filling it (one fallocate)
+/// is quick. A tmpfs uses memory only for what is written.
+const DISK_TMPFS_MIB_BASE: u64 = 256;
+const DISK_TMPFS_MIB_PER_SECOND: u64 = 1;
 
 /// Bytes written per call while filling a disk; the fill is bounded by the tmpfs size.
 const FILL_CHUNK_BYTES: usize = 1024 * 1024;
@@ -296,13 +298,15 @@ struct Disks {
 }
 
 impl Disks {
-    /// Mounts a tmpfs at `root/disk-I` for each broker I (from 1).
-    fn mount(root: &Path, brokers: u32) -> Result<Disks, String> {
+    /// Mounts a tmpfs at `root/disk-I` for each broker I (from 1), sized for a run of
+    /// `seconds`.
+    fn mount(root: &Path, brokers: u32, seconds: u64) -> Result<Disks, String> {
         let mut disks = Disks { mounts: Vec::new() };
         for i in 1..=brokers {
             let mount = root.join(format!("disk-{i}"));
             std::fs::create_dir_all(&mount).map_err(|e| format!("{}: {e}", mount.display()))?;
-            let size = format!("size={DISK_TMPFS_SIZE}");
+            let mib = DISK_TMPFS_MIB_BASE + DISK_TMPFS_MIB_PER_SECOND * seconds;
+            let size = format!("size={mib}m");
             let mounted = Command::new("mount")
                 .args(["-t", "tmpfs", "-o", &size, "spate-chaos"])
                 .arg(&mount)
@@ -820,7 +824,7 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
     let disks = match faults.contains(&DISK_FAULT) {
-        true => Some(Disks::mount(&scratch, args.brokers)?),
+        true => Some(Disks::mount(&scratch, args.brokers, args.seconds)?),
         false => None,
     };
     let mut brokers = brokers(&args, &scratch, net.as_ref(), disks.as_ref())?;
