@@ -193,6 +193,8 @@ struct State {
     io_waker: Option<Waker>,
     truncations: u64,
     offline: Option<String>,
+    /// An offline leader told its followers to elect another (once; see `hand_over`).
+    handed_over: bool,
     stopped: bool,
     scratch: Vec<Effect<Payload>>,
 }
@@ -257,6 +259,7 @@ impl Partition {
                 io_waker: None,
                 truncations: 0,
                 offline: None,
+                handed_over: false,
                 stopped: false,
                 scratch: Vec::new(),
             }),
@@ -492,6 +495,9 @@ impl Partition {
         let mut guard = self.inner.state.borrow_mut();
         let st = &mut *guard;
         if st.check_usable().is_err() {
+            if st.offline.is_some() && !std::mem::replace(&mut st.handed_over, true) {
+                self.inner.hand_over(st);
+            }
             return;
         }
         let mut out = std::mem::take(&mut st.scratch);
@@ -721,6 +727,35 @@ impl Inner {
                     st.fail_waiters(|_| ReplicationError::LeadershipLost { leader });
                 }
             }
+        }
+    }
+
+    /// A leader gone offline (its log failed) can do nothing for its group, but its followers
+    /// may be quiesced, and its broker still answers keepalives: nothing would ever start an
+    /// election. So it asks the follower with the longest log to start one at once
+    /// (`TimeoutNow`, as a leadership transfer does) and wakes the others with a last
+    /// heartbeat; they elect without it. (The chaos suite's disk fault found a partition with
+    /// no leader for good.)
+    fn hand_over(&self, st: &State) {
+        if !st.core.is_leader() {
+            return;
+        }
+        let (term, commit) = (st.core.term(), st.core.commit());
+        let membership = st.core.current_membership();
+        let target = st
+            .core
+            .progress()
+            .filter(|(node, _)| membership.is_voter(*node))
+            .max_by_key(|(_, p)| p.match_end)
+            .map(|(node, _)| node);
+        warn!(group = self.group.0, node = self.node.id, ?target, "offline leader hands over");
+        for (node, _) in st.core.progress() {
+            let msg = if Some(node) == target {
+                Message::TimeoutNow { term }
+            } else {
+                Message::Heartbeat { term, commit, quiesce: false }
+            };
+            self.node.send(node, self.group, msg);
         }
     }
 
