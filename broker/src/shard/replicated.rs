@@ -253,6 +253,13 @@ pub(super) fn replication_failure(topic: &str, partition: u32, error: Replicatio
             ErrorCode::RequestTimedOut,
             format!("{topic}/{partition}: {error}; the batch may or may not be committed"),
         ),
+        // The same for a batch in flight when this replica's log failed: the followers may
+        // hold it and the leader they elect may commit it. The retry finds that leader (this
+        // replica now refuses with NotLeader) and its producer state answers a duplicate.
+        ReplicationError::Offline(_) => Failure::new(
+            ErrorCode::RequestTimedOut,
+            format!("{topic}/{partition}: {error}; the batch may or may not be committed"),
+        ),
         ReplicationError::Transferring | ReplicationError::TransferTimedOut => {
             Failure::new(ErrorCode::NotLeader, format!("{topic}/{partition}: {error}"))
         }
@@ -268,8 +275,7 @@ pub(super) fn replication_failure(topic: &str, partition: u32, error: Replicatio
             Failure::new(code, message)
         }
         ReplicationError::Stopped => Failure::new(ErrorCode::ShuttingDown, error.to_string()),
-        ReplicationError::Offline(_)
-        | ReplicationError::Storage(_)
+        ReplicationError::Storage(_)
         | ReplicationError::Transport(_)
         | ReplicationError::Config(_) => Failure::new(ErrorCode::StorageError, error.to_string()),
     }
