@@ -607,9 +607,7 @@ fn coalesce_into(header: &[u8], chunks: Vec<Bytes>, queue: &mut VecDeque<Bytes>)
         if small.len() + chunk.len() > SEND_COALESCED_BYTES_MAX {
             queue.push_back(small.split().freeze());
         }
-        if small.capacity() < SEND_COALESCED_BYTES_MAX {
-            small.reserve(SEND_COALESCED_BYTES_MAX - small.len());
-        }
+        // Grows as needed: a heartbeat-sized frame keeps a small allocation.
         small.extend_from_slice(&chunk);
     }
     if !small.is_empty() {
