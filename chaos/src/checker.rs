@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use crate::history::{Event, Outcome, Stored};
+use crate::history::{fault_windows, Event, Outcome, Stored};
 
 /// How many anomalies of each kind the report lists (the counts are always complete).
 pub const EXAMPLES_MAX: usize = 20;
@@ -279,14 +279,8 @@ fn check_availability(events: &[Event], window_min_ms: u64, report: &mut Report)
     acks.push(first);
     acks.push(last);
     acks.sort_unstable();
-    let faults: Vec<(u64, u64, String)> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Fault { kind, target, start_ms, end_ms } => {
-                Some((*start_ms, *end_ms, format!("{kind} {target}")))
-            }
-            _ => None,
-        })
+    let faults: Vec<(u64, u64, String)> = fault_windows(events)
+        .map(|f| (f.start_ms, f.end_ms, format!("{} {}", f.kind, f.target)))
         .collect();
     let mut windows: Vec<Window> = acks
         .windows(2)

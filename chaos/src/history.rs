@@ -86,6 +86,25 @@ pub struct Stored {
 }
 
 /// Parses JSON lines; blank lines are skipped. The error names the line.
+/// One fault from a history: when it started and ended, its kind and what it hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultWindow<'a> {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub kind: &'a str,
+    pub target: &'a str,
+}
+
+/// Every fault of a history, in order.
+pub fn fault_windows(events: &[Event]) -> impl Iterator<Item = FaultWindow<'_>> {
+    events.iter().filter_map(|e| match e {
+        Event::Fault { kind, target, start_ms, end_ms } => {
+            Some(FaultWindow { start_ms: *start_ms, end_ms: *end_ms, kind, target })
+        }
+        _ => None,
+    })
+}
+
 pub fn parse_lines<T: for<'de> Deserialize<'de>>(text: &str) -> Result<Vec<T>, String> {
     text.lines()
         .enumerate()

@@ -8,7 +8,7 @@
 
 use std::fmt::Write;
 
-use crate::history::{Event, Outcome};
+use crate::history::{fault_windows, Event, FaultWindow, Outcome};
 
 const WIDTH: f64 = 1000.0;
 const LEFT: f64 = 70.0;
@@ -77,18 +77,10 @@ fn escape(text: &str) -> String {
 /// The SVG for a run's history.
 pub fn svg(events: &[Event], title: &str) -> String {
     let series = series(events);
-    let faults: Vec<(u64, u64, String)> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Fault { kind, target, start_ms, end_ms } => {
-                Some((*start_ms, *end_ms, format!("{kind}: {target}")))
-            }
-            _ => None,
-        })
-        .collect();
+    let faults: Vec<FaultWindow<'_>> = fault_windows(events).collect();
     let end_ms = faults
         .iter()
-        .map(|f| f.1)
+        .map(|f| f.end_ms)
         .chain([series.acks.len() as u64 * 1000])
         .max()
         .unwrap_or(0)
@@ -107,10 +99,10 @@ pub fn svg(events: &[Event], title: &str) -> String {
     // where there is room; every window's tooltip says what it was.
     let mut kinds: Vec<&str> = Vec::new();
     let mut last_label = f64::NEG_INFINITY;
-    for (start, end, label) in &faults {
-        let (x0, x1) = (x(*start as f64), x(*end as f64));
+    for fault in &faults {
+        let (x0, x1) = (x(fault.start_ms as f64), x(fault.end_ms as f64));
         let bottom = panel_top[1] + PANEL_HEIGHT;
-        let kind = label.split(':').next().unwrap_or_default();
+        let kind = fault.kind;
         let index = kinds.iter().position(|k| *k == kind).unwrap_or_else(|| {
             kinds.push(kind);
             kinds.len() - 1
@@ -121,7 +113,7 @@ pub fn svg(events: &[Event], title: &str) -> String {
             r#"<rect x="{x0:.1}" y="{TOP}" width="{:.1}" height="{:.1}" fill="{colour}" fill-opacity="0.45"><title>{}</title></rect>"#,
             (x1 - x0).max(1.0),
             bottom - TOP,
-            escape(label)
+            escape(&format!("{kind}: {}", fault.target))
         );
         if x0 - last_label >= LABEL_SPACING {
             last_label = x0;

@@ -874,7 +874,7 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
         let target = target.unwrap_or(random);
         let start_ms = now_ms(start);
         // What a network or disk fault hit, for the log.
-        let mut network_target = None;
+        let mut fault_target = None;
         match kind {
             "kill" | "kill-leader" | "kill-controller" => {
                 brokers[target].kill();
@@ -904,7 +904,7 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
                 // offline until a restart).
                 brokers[target].kill();
                 brokers[target].start()?;
-                network_target = Some(format!(
+                fault_target = Some(format!(
                     "broker-{} (filled with {} MiB)",
                     target + 1,
                     filled / (1024 * 1024)
@@ -923,7 +923,7 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
                 };
                 std::thread::sleep(Duration::from_millis(rng.gen_range(1_000..6_000)));
                 net.heal()?;
-                network_target = Some(what);
+                fault_target = Some(what);
             }
             _ => {
                 brokers[target].signal(libc::SIGSTOP);
@@ -933,7 +933,7 @@ pub fn run(args: RunOptions) -> Result<RunResult, String> {
         }
         let target = match kind {
             "kill-all" => "all brokers".to_string(),
-            "partition" | "loss" | DISK_FAULT => network_target.take().unwrap_or_default(),
+            "partition" | "loss" | DISK_FAULT => fault_target.take().unwrap_or_default(),
             _ => format!("broker-{}{role}", target + 1),
         };
         let event = Event::Fault { kind: kind.into(), target, start_ms, end_ms: now_ms(start) };
