@@ -144,6 +144,10 @@ struct AppendArgs {
     prev_term: Term,
     commit: Offset,
     from_log_start: Option<Membership>,
+    /// The core's number for this Append, echoed in the answer.
+    seq: u64,
+    /// A resend: no records.
+    probe: bool,
 }
 
 enum Io {
@@ -668,8 +672,26 @@ impl Inner {
                         self.node.send(to, self.group, msg);
                     }
                 }
-                Effect::SendAppend { to, term, prev_end, prev_term, commit, from_log_start } => {
-                    let args = AppendArgs { to, term, prev_end, prev_term, commit, from_log_start };
+                Effect::SendAppend {
+                    to,
+                    term,
+                    prev_end,
+                    prev_term,
+                    commit,
+                    from_log_start,
+                    seq,
+                    probe,
+                } => {
+                    let args = AppendArgs {
+                        to,
+                        term,
+                        prev_end,
+                        prev_term,
+                        commit,
+                        from_log_start,
+                        seq,
+                        probe,
+                    };
                     if st.barriers > 0 {
                         st.push(Io::SendAppend(args));
                     } else {
@@ -766,9 +788,13 @@ impl Inner {
         let offsets = self.log.offsets();
         let readable = offsets.written.max(offsets.high_watermark) as u64;
         let unreachable = !self.node.reachable(args.to);
-        if args.prev_end >= log_end || args.prev_end < offsets.start as u64 || unreachable {
-            // Nothing to carry (a probe), the log no longer holds prev_end, or the follower is
-            // down (no record reads every resend for a dead peer): an empty Append; the
+        if args.probe
+            || args.prev_end >= log_end
+            || args.prev_end < offsets.start as u64
+            || unreachable
+        {
+            // A resend (the core's probe), nothing to carry, the log no longer holds prev_end,
+            // or the follower is down (no record reads for a dead peer): an empty Append; the
             // follower's answer moves the leader on.
             self.node.send(args.to, self.group, append_message(&args, Vec::new(), Vec::new()));
             return;
@@ -851,6 +877,8 @@ impl Inner {
                     prev_term: args.prev_term,
                     commit: st.core.commit().max(args.commit),
                     from_log_start: args.from_log_start,
+                    seq: args.seq,
+                    probe: args.probe,
                 });
             }
         }
@@ -883,6 +911,7 @@ fn append_message(
         prev_term: args.prev_term,
         commit: args.commit,
         from_log_start: args.from_log_start.clone(),
+        seq: args.seq,
         batches,
         payload,
     }

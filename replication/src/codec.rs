@@ -26,14 +26,14 @@
 //!   PreVoteReply    granted u8
 //!   Vote            last_term u64, log_end u64, transfer u8
 //!   VoteReply       granted u8
-//!   Append          prev_end u64, prev_term u64, commit u64,
+//!   Append          prev_end u64, prev_term u64, commit u64, seq u64,
 //!                   has_from_log_start u8, [membership]
 //!                   batch_count u32                     (0..=APPEND_BATCHES_MAX)
 //!                   batch_count x { base_offset u64, last_offset u64, term u64,
 //!                                   bytes u32 (1..), has_membership u8, [membership] }
 //!                   payload: the batches' bytes back to back, in order
 //!                                                       (sum <= APPEND_PAYLOAD_BYTES_MAX)
-//!   AppendReply     outcome u8 (0 Accepted, 1 Mismatch), then
+//!   AppendReply     seq u64 (the Append's), outcome u8 (0 Accepted, 1 Mismatch), then
 //!                   Accepted: match_end u64, durable_end u64
 //!                   Mismatch: hint_term u64, hint_end u64
 //!   DurableAck      durable_end u64
@@ -153,13 +153,13 @@ pub fn encoded_len(msg: &Message<Payload>) -> Result<usize, EncodeError> {
         Message::PreVoteReply { .. } | Message::VoteReply { .. } => 1,
         Message::Append { from_log_start, batches, payload, .. } => {
             check_append(batches, payload)?;
-            let mut length = 24 + 1 + membership_len(from_log_start.as_ref())? + 4;
+            let mut length = 32 + 1 + membership_len(from_log_start.as_ref())? + 4;
             for batch in batches {
                 length += BATCH_META_MIN_BYTES + membership_len(batch.membership.as_ref())?;
             }
             length + payload.iter().map(Bytes::len).sum::<usize>()
         }
-        Message::AppendReply { .. } => 17,
+        Message::AppendReply { .. } => 25,
         Message::DurableAck { .. } => 8,
         Message::Heartbeat { .. } | Message::HeartbeatReply { .. } => 9,
         Message::TimeoutNow { .. } => 0,
@@ -290,11 +290,19 @@ fn put_message(
             head.put_u8(u8::from(*granted));
         }
         Message::Append {
-            prev_end, prev_term, commit, from_log_start, batches, payload, ..
+            prev_end,
+            prev_term,
+            commit,
+            seq,
+            from_log_start,
+            batches,
+            payload,
+            ..
         } => {
             head.put_u64_le(*prev_end);
             head.put_u64_le(*prev_term);
             head.put_u64_le(*commit);
+            head.put_u64_le(*seq);
             put_optional_membership(head, from_log_start.as_ref());
             head.put_u32_le(batches.len() as u32);
             for (batch, bytes) in batches.iter().zip(payload) {
@@ -309,13 +317,15 @@ fn put_message(
                 chunks.extend(payload.iter().cloned());
             }
         }
-        Message::AppendReply { outcome, .. } => match outcome {
+        Message::AppendReply { seq, outcome, .. } => match outcome {
             AppendOutcome::Accepted { match_end, durable_end } => {
+                head.put_u64_le(*seq);
                 head.put_u8(0);
                 head.put_u64_le(*match_end);
                 head.put_u64_le(*durable_end);
             }
             AppendOutcome::Mismatch { hint_term, hint_end } => {
+                head.put_u64_le(*seq);
                 head.put_u8(1);
                 head.put_u64_le(*hint_term);
                 head.put_u64_le(*hint_end);
@@ -395,6 +405,7 @@ fn decode_message(reader: &mut Reader<'_>) -> Result<Message<Payload>, DecodeErr
         KIND_VOTE_REPLY => Message::VoteReply { term, granted: reader.bool()? },
         KIND_APPEND => decode_append(reader, term)?,
         KIND_APPEND_REPLY => {
+            let seq = reader.u64()?;
             let outcome = match reader.u8()? {
                 0 => {
                     AppendOutcome::Accepted { match_end: reader.u64()?, durable_end: reader.u64()? }
@@ -402,7 +413,7 @@ fn decode_message(reader: &mut Reader<'_>) -> Result<Message<Payload>, DecodeErr
                 1 => AppendOutcome::Mismatch { hint_term: reader.u64()?, hint_end: reader.u64()? },
                 other => return Err(DecodeError::Outcome(other)),
             };
-            Message::AppendReply { term, outcome }
+            Message::AppendReply { term, seq, outcome }
         }
         KIND_DURABLE_ACK => Message::DurableAck { term, durable_end: reader.u64()? },
         KIND_HEARTBEAT => {
@@ -420,6 +431,7 @@ fn decode_append(reader: &mut Reader<'_>, term: u64) -> Result<Message<Payload>,
     let prev_end = reader.u64()?;
     let prev_term = reader.u64()?;
     let commit = reader.u64()?;
+    let seq = reader.u64()?;
     let from_log_start = reader.optional_membership()?;
     let count = reader.u32()?;
     if count as usize > APPEND_BATCHES_MAX {
@@ -449,7 +461,7 @@ fn decode_append(reader: &mut Reader<'_>, term: u64) -> Result<Message<Payload>,
     for length in lengths {
         payload.push(reader.slice(length)?);
     }
-    Ok(Message::Append { term, prev_end, prev_term, commit, from_log_start, batches, payload })
+    Ok(Message::Append { term, prev_end, prev_term, commit, from_log_start, seq, batches, payload })
 }
 
 /// Bounds-checked little-endian reads over a received frame.
@@ -541,6 +553,7 @@ mod tests {
                 prev_term: 4,
                 commit: 90,
                 from_log_start: Some(set.clone()),
+                seq: 7,
                 batches: vec![
                     BatchMeta::data(100, 102, 6),
                     BatchMeta {
@@ -558,15 +571,18 @@ mod tests {
                 prev_term: 6,
                 commit: 104,
                 from_log_start: None,
+                seq: u64::MAX,
                 batches: Vec::new(),
                 payload: Vec::new(),
             },
             Message::AppendReply {
                 term: 6,
+                seq: 7,
                 outcome: AppendOutcome::Accepted { match_end: 104, durable_end: 101 },
             },
             Message::AppendReply {
                 term: 6,
+                seq: 1,
                 outcome: AppendOutcome::Mismatch { hint_term: 3, hint_end: 80 },
             },
             Message::DurableAck { term: 6, durable_end: 104 },
@@ -655,6 +671,7 @@ mod tests {
                     prev_term: rng.gen(),
                     commit: rng.gen(),
                     from_log_start: rng.gen_bool(0.3).then(|| random_membership(rng)),
+                    seq: rng.gen(),
                     batches,
                     payload,
                 }
@@ -665,7 +682,7 @@ mod tests {
                 } else {
                     AppendOutcome::Mismatch { hint_term: rng.gen(), hint_end: rng.gen() }
                 };
-                Message::AppendReply { term, outcome }
+                Message::AppendReply { term, seq: rng.gen(), outcome }
             }
             6 => Message::DurableAck { term, durable_end: rng.gen() },
             7 => Message::Heartbeat { term, commit: rng.gen(), quiesce: rng.gen() },
@@ -763,6 +780,7 @@ mod tests {
                     prev_term: 0,
                     commit: 0,
                     from_log_start: None,
+                    seq: 1,
                     batches,
                     payload,
                 },
@@ -771,7 +789,7 @@ mod tests {
         let bytes = encode_envelope(&append(vec![BatchMeta::data(0, 0, 1)], vec![batch(b"x")]))
             .unwrap()
             .to_bytes();
-        let count_at = ENVELOPE_HEADER_BYTES + MESSAGE_MIN_BYTES + 24 + 1;
+        let count_at = ENVELOPE_HEADER_BYTES + MESSAGE_MIN_BYTES + 32 + 1;
         let mut too_many = bytes.to_vec();
         too_many[count_at..count_at + 4]
             .copy_from_slice(&(APPEND_BATCHES_MAX as u32 + 1).to_le_bytes());
@@ -803,6 +821,7 @@ mod tests {
                 prev_term: 0,
                 commit: 0,
                 from_log_start: Some(crowd),
+                seq: 1,
                 batches: Vec::new(),
                 payload: Vec::new(),
             },
@@ -827,6 +846,7 @@ mod tests {
                     prev_term: 0,
                     commit: 0,
                     from_log_start: None,
+                    seq: g,
                     batches: vec![BatchMeta::data(0, 9, 2)],
                     payload: vec![chunk.clone()],
                 },

@@ -25,7 +25,8 @@ pub enum Effect<P> {
     },
     /// Read whole batches from the local log starting at `prev_end` (at most up to the current
     /// log end; the driver may stop earlier, e.g. at a byte budget) and send them as
-    /// `Message::Append` with these fields. The core never sees the bytes.
+    /// `Message::Append` with these fields. The core never sees the bytes. A `probe` carries no
+    /// batches at all (a resend: the answer says where the follower is).
     SendAppend {
         to: NodeId,
         term: Term,
@@ -33,6 +34,8 @@ pub enum Effect<P> {
         prev_term: Term,
         commit: Offset,
         from_log_start: Option<Membership>,
+        seq: u64,
+        probe: bool,
     },
     /// Remove every record at or after `to_offset` (and term-history entries starting there).
     Truncate {

@@ -36,17 +36,21 @@ pub enum Message<P> {
     /// `from_log_start` is set when `prev_end` is the leader's log start: the leader has
     /// nothing older, so a follower that does not match there resets its log to start at
     /// `prev_end`, with this replica set in force (what a Raft snapshot would carry).
+    /// `seq` numbers the leader's Appends to this follower; the reply echoes it, so the leader
+    /// tells the answer to its latest Append from a late one.
     Append {
         term: Term,
         prev_end: Offset,
         prev_term: Term,
         commit: Offset,
         from_log_start: Option<Membership>,
+        seq: u64,
         batches: Vec<BatchMeta>,
         payload: P,
     },
     AppendReply {
         term: Term,
+        seq: u64,
         outcome: AppendOutcome,
     },
     /// A follower's durable end moved (after a flush). `durable_end` never exceeds the prefix
@@ -144,6 +148,8 @@ pub enum Dropped {
     UnexpectedForRole,
     #[error("offset beyond anything we sent")]
     OffsetOutOfRange,
+    #[error("an answer to an Append we never sent")]
+    UnexpectedReply,
     #[error("a second leader claims our term")]
     ConflictingLeader,
 }

@@ -159,14 +159,24 @@ impl MemCluster {
                     self.queue.push_back((id, to, msg));
                 }
             }
-            Effect::SendAppend { to, term, prev_end, prev_term, commit, from_log_start } => {
-                let batches = batches_from(&n.batches, prev_end);
+            Effect::SendAppend {
+                to,
+                term,
+                prev_end,
+                prev_term,
+                commit,
+                from_log_start,
+                seq,
+                probe,
+            } => {
+                let batches = if probe { Vec::new() } else { batches_from(&n.batches, prev_end) };
                 let msg = Message::Append {
                     term,
                     prev_end,
                     prev_term,
                     commit,
                     from_log_start,
+                    seq,
                     batches,
                     payload: (),
                 };
@@ -413,14 +423,25 @@ impl MultiGroup {
                 matches!(effect, Effect::AppendToLog { .. } | Effect::AppendLeaderMarker { .. });
             match effect {
                 Effect::Send { to, msg } => outbox.push(to, GroupId(group), msg),
-                Effect::SendAppend { to, term, prev_end, prev_term, commit, from_log_start } => {
-                    let batches = batches_from(&r.batches, prev_end);
+                Effect::SendAppend {
+                    to,
+                    term,
+                    prev_end,
+                    prev_term,
+                    commit,
+                    from_log_start,
+                    seq,
+                    probe,
+                } => {
+                    let batches =
+                        if probe { Vec::new() } else { batches_from(&r.batches, prev_end) };
                     let msg = Message::Append {
                         term,
                         prev_end,
                         prev_term,
                         commit,
                         from_log_start,
+                        seq,
                         batches,
                         payload: (),
                     };

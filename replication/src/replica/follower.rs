@@ -15,6 +15,8 @@ pub(super) struct Append {
     pub prev_term: Term,
     pub commit: Offset,
     pub from_log_start: Option<Membership>,
+    /// Echoed in the reply.
+    pub seq: u64,
     pub batches: Vec<BatchMeta>,
 }
 
@@ -146,7 +148,11 @@ impl<P> Replica<P> {
                     let outcome = AppendOutcome::Mismatch { hint_term, hint_end };
                     out.push(Effect::Send {
                         to: from,
-                        msg: Message::AppendReply { term: self.hard.term, outcome },
+                        msg: Message::AppendReply {
+                            term: self.hard.term,
+                            seq: append.seq,
+                            outcome,
+                        },
                     });
                     return Ok(());
                 }
@@ -161,7 +167,7 @@ impl<P> Replica<P> {
         };
         out.push(Effect::Send {
             to: from,
-            msg: Message::AppendReply { term: self.hard.term, outcome },
+            msg: Message::AppendReply { term: self.hard.term, seq: append.seq, outcome },
         });
         Ok(())
     }

@@ -24,6 +24,8 @@ pub struct Progress {
     pub durable_end: Offset,
     /// Ticks since the `Append` in flight was sent; None when nothing is in flight.
     inflight_ticks: Option<u32>,
+    /// The `seq` of the last `Append` sent: only its answer sends the next one.
+    sent_seq: u64,
     /// Heard from since the last quorum check.
     active: bool,
     /// Mismatches since the last accepted append (divergence search rounds).
@@ -39,6 +41,7 @@ impl Progress {
             match_end: 0,
             durable_end: 0,
             inflight_ticks: None,
+            sent_seq: 0,
             active: true,
             probes: 0,
             quiet: false,
@@ -147,7 +150,9 @@ impl<P> Replica<P> {
         }
     }
 
-    /// An `Append` unanswered for `APPEND_RESEND_TICKS` was lost (or its answer was): resend.
+    /// An `Append` unanswered for `APPEND_RESEND_TICKS` was lost (or its answer was, or it is
+    /// slow): resend it as a probe, which carries no records. Its answer (the latest) sends
+    /// the records; a late answer to the first one only moves the follower's progress.
     fn resend_unanswered_appends(&mut self, out: &mut Vec<Effect<P>>) {
         let mut resend = Vec::new(); // Allocates only when something is due.
         for (&node, p) in self.leader_state().progress.iter_mut() {
@@ -159,7 +164,7 @@ impl<P> Replica<P> {
             }
         }
         for node in resend {
-            self.send_append(node, out);
+            self.send_append_probing(node, true, out);
         }
     }
 
@@ -253,10 +258,17 @@ impl<P> Replica<P> {
     /// Asks the driver to send `node` everything from its `next` offset (or from our log start
     /// if we no longer have that).
     fn send_append(&mut self, node: NodeId, out: &mut Vec<Effect<P>>) {
+        self.send_append_probing(node, false, out);
+    }
+
+    /// `send_append`, or with `probe` the same `Append` without records.
+    fn send_append_probing(&mut self, node: NodeId, probe: bool, out: &mut Vec<Effect<P>>) {
         let log_start = self.log_start;
         let (term, commit) = (self.hard.term, self.commit);
         let p = self.leader_state().progress.get_mut(&node).expect("progress for every replica");
         p.inflight_ticks = Some(0);
+        p.sent_seq += 1;
+        let seq = p.sent_seq;
         let next = p.next;
         let (prev_end, from_log_start) = if next <= log_start {
             (log_start, Some(self.memberships.at(log_start).clone()))
@@ -275,12 +287,15 @@ impl<P> Replica<P> {
             prev_term,
             commit,
             from_log_start,
+            seq,
+            probe,
         });
     }
 
     pub(super) fn on_append_reply(
         &mut self,
         from: NodeId,
+        seq: u64,
         outcome: AppendOutcome,
         out: &mut Vec<Effect<P>>,
     ) -> Result<(), Dropped> {
@@ -294,6 +309,25 @@ impl<P> Replica<P> {
         };
         let mut p = p;
         p.active = true;
+        if seq > p.sent_seq {
+            return Err(Dropped::UnexpectedReply);
+        }
+        if seq < p.sent_seq || p.inflight_ticks.is_none() {
+            // A late answer: its Append was resent (or already answered). What it verified
+            // still counts; the latest Append's answer sends the next one.
+            if let AppendOutcome::Accepted { match_end, durable_end } = outcome {
+                if match_end > log_end || durable_end > match_end {
+                    return Err(Dropped::OffsetOutOfRange);
+                }
+                p.match_end = p.match_end.max(match_end);
+                p.next = p.next.max(match_end);
+                p.durable_end = p.durable_end.max(durable_end);
+            }
+            self.leader_state().progress.insert(from, p);
+            self.maybe_commit(out);
+            self.maybe_finish_transfer(out);
+            return Ok(());
+        }
         p.inflight_ticks = None;
         let mut send_now = true;
         match outcome {

@@ -258,15 +258,18 @@ impl<P> Replica<P> {
                 prev_term,
                 commit,
                 from_log_start,
+                seq,
                 batches,
                 payload,
                 ..
             } => {
                 let append =
-                    follower::Append { prev_end, prev_term, commit, from_log_start, batches };
+                    follower::Append { prev_end, prev_term, commit, from_log_start, seq, batches };
                 self.on_append(from, append, payload, out)
             }
-            Message::AppendReply { outcome, .. } => self.on_append_reply(from, outcome, out),
+            Message::AppendReply { seq, outcome, .. } => {
+                self.on_append_reply(from, seq, outcome, out)
+            }
             Message::DurableAck { durable_end, .. } => {
                 self.on_durable_ack(from, durable_end, None, out)
             }

@@ -219,6 +219,7 @@ fn malformed_and_stale_messages_are_dropped_not_panicked_on() {
         prev_term: term,
         commit: 0,
         from_log_start: None,
+        seq: 1,
         batches: vec![BatchMeta::data(end + 5, end + 6, term)],
         payload: (),
     };
@@ -233,6 +234,7 @@ fn malformed_and_stale_messages_are_dropped_not_panicked_on() {
         prev_term: term,
         commit: 0,
         from_log_start: None,
+        seq: 1,
         batches: vec![BatchMeta::data(end, end, term + 9)],
         payload: (),
     };
@@ -245,6 +247,7 @@ fn malformed_and_stale_messages_are_dropped_not_panicked_on() {
     assert!(matches!(r, Err(Dropped::StaleTerm { .. } | Dropped::ZeroTerm)));
     let absurd = Message::AppendReply {
         term,
+        seq: 1,
         outcome: crate::AppendOutcome::Accepted { match_end: u64::MAX, durable_end: u64::MAX },
     };
     let r = c.node_mut(leader).core.step(Event::Message { from: f, msg: absurd }, &mut out);
@@ -297,6 +300,7 @@ fn hostile_terms_and_rewrites_of_committed_records_are_dropped() {
         prev_term: 0,
         commit: 0,
         from_log_start: None,
+        seq: 1,
         batches: vec![BatchMeta::data(0, 0, batch_term)],
         payload: (),
     };
@@ -383,6 +387,7 @@ fn random_message(rng: &mut rand::rngs::SmallRng, term: u64, end: u64) -> Messag
                 prev_term: t(rng),
                 commit: o(rng),
                 from_log_start,
+                seq: rng.gen_range(0..4),
                 batches,
                 payload: (),
             }
@@ -393,7 +398,7 @@ fn random_message(rng: &mut rand::rngs::SmallRng, term: u64, end: u64) -> Messag
             } else {
                 crate::AppendOutcome::Mismatch { hint_term: t(rng), hint_end: o(rng) }
             };
-            Message::AppendReply { term: t(rng), outcome }
+            Message::AppendReply { term: t(rng), seq: rng.gen_range(0..4), outcome }
         }
         6 => Message::DurableAck { term: t(rng), durable_end: o(rng) },
         7 => Message::Heartbeat { term: t(rng), commit: o(rng), quiesce: rng.gen() },
@@ -420,4 +425,61 @@ fn idle_group_goes_quiet_and_wakes_on_demand() {
     c.run_until(50, |c| c.nodes.iter().all(|n| n.core.is_quiesced()));
     c.isolate(leader);
     c.run_until(100, |c| c.leader().is_some_and(|l| l != leader));
+}
+
+#[test]
+fn a_resent_append_is_a_probe_and_a_late_answer_starts_no_second_stream() {
+    let mut c = MemCluster::new(3);
+    let leader = c.elect();
+    c.run_until(50, MemCluster::converged);
+    let f = others(leader, 3)[0];
+    let term = c.node(leader).core.term();
+    let sends_to_f = |out: &[Effect<()>]| -> Vec<(u64, bool)> {
+        out.iter()
+            .filter_map(|e| match e {
+                Effect::SendAppend { to, seq, probe, .. } if *to == f => Some((*seq, *probe)),
+                _ => None,
+            })
+            .collect()
+    };
+    let accepted = |seq, end| Message::AppendReply {
+        term,
+        seq,
+        outcome: crate::AppendOutcome::Accepted { match_end: end, durable_end: end },
+    };
+    let mut out = Vec::new();
+    let first = c.node_mut(leader).core.propose(1, &mut out).unwrap();
+    let sent = sends_to_f(&out);
+    assert_eq!(sent.len(), 1);
+    let (seq, probe) = sent[0];
+    assert!(!probe, "the first send carries the records");
+    // Unanswered: resent as a probe (no records to read again), under the next number.
+    out.clear();
+    for _ in 0..crate::limits::APPEND_RESEND_TICKS {
+        c.node_mut(leader).core.step(Event::Tick, &mut out).unwrap();
+    }
+    assert_eq!(sends_to_f(&out), vec![(seq + 1, true)]);
+    // The first Append's answer arrives late: what it verified counts, but it sends nothing
+    // (before, it started a second stream of Appends beside the probe's).
+    out.clear();
+    let late = accepted(seq, first.end());
+    c.node_mut(leader).core.step(Event::Message { from: f, msg: late.clone() }, &mut out).unwrap();
+    assert!(sends_to_f(&out).is_empty());
+    // A new proposal waits for the probe's answer: one Append in flight per follower...
+    out.clear();
+    let second = c.node_mut(leader).core.propose(1, &mut out).unwrap();
+    assert!(sends_to_f(&out).is_empty());
+    // ...and that answer sends the rest, once.
+    out.clear();
+    let probe_answer = accepted(seq + 1, first.end());
+    c.node_mut(leader).core.step(Event::Message { from: f, msg: probe_answer }, &mut out).unwrap();
+    assert_eq!(sends_to_f(&out), vec![(seq + 2, false)]);
+    // A duplicate of a late answer changes nothing; an answer to an Append never sent is
+    // dropped.
+    out.clear();
+    c.node_mut(leader).core.step(Event::Message { from: f, msg: late }, &mut out).unwrap();
+    assert!(sends_to_f(&out).is_empty());
+    let unsent = accepted(seq + 9, second.end());
+    let r = c.node_mut(leader).core.step(Event::Message { from: f, msg: unsent }, &mut out);
+    assert_eq!(r, Err(Dropped::UnexpectedReply));
 }

@@ -499,10 +499,12 @@ impl Sim {
 /// One line per message for traces (payloads summarized).
 fn describe(msg: &Message<SimPayload>) -> String {
     match msg {
-        Message::Append { term, prev_end, prev_term, commit, from_log_start, batches, .. } => {
+        Message::Append {
+            term, prev_end, prev_term, commit, from_log_start, seq, batches, ..
+        } => {
             let end = batches.last().map_or(*prev_end, BatchMeta::end);
             format!(
-                "Append t{term} prev ({prev_end}, t{prev_term}) records [{prev_end}, {end}) in {} batches commit {commit}{}",
+                "Append #{seq} t{term} prev ({prev_end}, t{prev_term}) records [{prev_end}, {end}) in {} batches commit {commit}{}",
                 batches.len(),
                 if from_log_start.is_some() { " from-log-start" } else { "" }
             )
