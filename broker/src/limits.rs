@@ -81,6 +81,12 @@ pub const CLUSTER_BROKERS_MAX: usize = 64;
 /// (fewer when the cluster has fewer brokers).
 pub const DEFAULT_REPLICATION_FACTOR_MAX: usize = 3;
 
+/// A shard's 100 ms ticker waking later than this logs a warning and counts an executor stall:
+/// something ran on the shard's thread without yielding (Seastar's and Redpanda's reactor stall
+/// warning). Replication's heartbeats and elections run on the same thread, so a stall this
+/// long can cost a leadership.
+pub const EXECUTOR_STALL_WARN: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Every this many 100 ms ticks (5 s) a leader hands each partition whose preferred replica
 /// (the first of its replicas) is alive and fully caught up back to it, so leadership, and
 /// with it produce and fetch load, spreads over the brokers again after failovers (Kafka's

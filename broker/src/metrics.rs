@@ -6,6 +6,8 @@
 //! - `spate_received_bytes_total{shard}`, `spate_sent_bytes_total{shard}` counters
 //! - `spate_produce_latency_seconds{shard}`, `spate_fetch_latency_seconds{shard}` histograms
 //!   (request arrival to reply ready; fetch includes long-poll waiting)
+//! - `spate_executor_stalls_total{shard}` counter, `spate_executor_stall_seconds_max{shard}`
+//!   gauge: the shard's executor ran one task for too long (a reactor stall, in Seastar's word)
 //! - `spate_replication_commit_seconds{shard}` histogram (a cluster: a proposed batch until
 //!   it is committed, on its leader)
 //! - `spate_partition_high_watermark{topic,partition,shard}`, `spate_partition_log_bytes{...}` gauges
@@ -65,6 +67,10 @@ pub struct ShardMetrics {
     pub produce_latency: Histogram,
     pub fetch_latency: Histogram,
     pub commit_latency: Histogram,
+    /// Times the shard's 100 ms ticker woke late by more than `limits::EXECUTOR_STALL_WARN`.
+    pub executor_stalls: Cell<u64>,
+    /// The longest such lateness, in ms.
+    pub executor_stall_ms_max: Cell<u64>,
 }
 
 fn add(cell: &Cell<u64>, n: u64) {
@@ -109,6 +115,13 @@ impl ShardMetrics {
         self.produce_latency.render(&mut out, "spate_produce_latency_seconds", &labels);
         self.fetch_latency.render(&mut out, "spate_fetch_latency_seconds", &labels);
         self.commit_latency.render(&mut out, "spate_replication_commit_seconds", &labels);
+        let _ =
+            writeln!(out, "spate_executor_stalls_total{{{labels}}} {}", self.executor_stalls.get());
+        let _ = writeln!(
+            out,
+            "spate_executor_stall_seconds_max{{{labels}}} {}",
+            self.executor_stall_ms_max.get() as f64 / 1e3
+        );
         for (topic, partition, high_watermark, bytes, recovery_cut) in partitions {
             let topic = label(topic);
             let labels = format!("topic=\"{topic}\",partition=\"{partition}\",shard=\"{shard}\"");
@@ -126,6 +139,12 @@ pub fn header() -> String {
         ("spate_requests_total", "counter", "Requests handled, by API."),
         ("spate_received_bytes_total", "counter", "Bytes of request frames received."),
         ("spate_sent_bytes_total", "counter", "Bytes of response frames sent."),
+        (
+            "spate_executor_stalls_total",
+            "counter",
+            "Times the shard's executor ran nothing else for longer than the stall threshold.",
+        ),
+        ("spate_executor_stall_seconds_max", "gauge", "The shard's longest executor stall."),
         ("spate_produce_latency_seconds", "histogram", "Produce request arrival to reply ready."),
         (
             "spate_fetch_latency_seconds",

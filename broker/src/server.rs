@@ -28,6 +28,8 @@ use crate::shard::{envelope_error, Reply, Shard, ShardMsg};
 
 /// How often idle loops look at the shutdown flag.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(100);
+/// Each shard's housekeeping tick: group sessions, published replica views, stall detection.
+const TICK: Duration = Duration::from_millis(100);
 /// Test-only: how often accept loops look at the shutdown flag, in microseconds, instead of
 /// `SHUTDOWN_POLL`. A test sets it small so that every connection it opens meets many of those
 /// looks; none may cost a connection.
@@ -423,7 +425,9 @@ async fn shard_main(
         // to preferred replicas every `PREFERRED_LEADER_CHECK_TICKS`.
         let mut ticks = 0u64;
         while !ticking.load(Ordering::SeqCst) {
-            glommio::timer::sleep(Duration::from_millis(100)).await;
+            let asleep = std::time::Instant::now();
+            glommio::timer::sleep(TICK).await;
+            ticker.note_lateness(asleep.elapsed().saturating_sub(TICK));
             ticker.tick_groups();
             ticker.publish_replicas();
             ticks += 1;

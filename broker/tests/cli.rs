@@ -409,6 +409,48 @@ fn metrics_endpoint_reports_requests_latency_and_partitions() {
 }
 
 #[test]
+fn a_broker_paused_mid_run_reports_an_executor_stall() {
+    let dir = temp_dir();
+    let port = free_ports();
+    let metrics = format!("127.0.0.1:{}", port + 3);
+    let broker = Broker::start_on(dir.path(), port, &["--metrics-listen", &metrics]);
+    let scrape = || {
+        let response = raw_exchange(&metrics, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let text = String::from_utf8(response).unwrap();
+        let stalls: u64 = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("spate_executor_stalls_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        (stalls, text)
+    };
+    let (before, text) = scrape();
+    assert!(text.contains("# TYPE spate_executor_stalls_total counter"), "{text}");
+    // Every shard's executor is held, as a long synchronous step would hold one: the ticker
+    // wakes a second late and says so.
+    let pid = broker.child.as_ref().expect("running").id() as i32;
+    // SAFETY: signals to our own child process.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(1_000));
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (after, text) = loop {
+        let (after, text) = scrape();
+        if after > before || Instant::now() > deadline {
+            break (after, text);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(after > before, "no stall counted: {text}");
+    let longest: f64 = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("spate_executor_stall_seconds_max{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .fold(0.0, f64::max);
+    assert!(longest >= 0.5, "longest stall {longest} s: {text}");
+}
+
+#[test]
 fn a_layout_generated_by_spate_tune_places_partitions_on_the_planned_shards() {
     let dir = temp_dir();
     let layout = dir.path().with_extension("tuned.toml");

@@ -278,6 +278,20 @@ impl Shard {
         catalog.topics.get(topic)?.shards.get(partition as usize).map(|s| *s as usize)
     }
 
+    /// Records how late the shard's ticker woke: past `limits::EXECUTOR_STALL_WARN`, something
+    /// held the executor (a long synchronous step, a starved machine) and everything on this
+    /// shard, heartbeats included, waited for it.
+    pub fn note_lateness(&self, late: std::time::Duration) {
+        if late < crate::limits::EXECUTOR_STALL_WARN {
+            return;
+        }
+        let ms = late.as_millis() as u64;
+        let metrics = &self.metrics;
+        metrics.executor_stalls.set(metrics.executor_stalls.get() + 1);
+        metrics.executor_stall_ms_max.set(metrics.executor_stall_ms_max.get().max(ms));
+        tracing::warn!(shard = self.id, late_ms = ms, "shard executor stalled");
+    }
+
     fn log(&self, topic: &str, partition: u32) -> Option<Log> {
         self.logs.borrow().get(&(topic.to_string(), partition)).cloned()
     }
