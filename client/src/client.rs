@@ -378,6 +378,16 @@ impl Client {
         let ResponseBodyT::MetadataResponse(metadata) = answer? else {
             return Err(ClientError::UnexpectedResponse("metadata".into()));
         };
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let leaders: Vec<(i32, i32)> = metadata
+                .topics
+                .iter()
+                .flatten()
+                .flat_map(|t| t.partitions.iter().flatten())
+                .map(|p| (p.partition, p.leader_broker))
+                .collect();
+            tracing::debug!(from = %self.current_bootstrap(), ?leaders, "metadata");
+        }
         self.absorb_metadata(&metadata);
         // A broker that knows no leader for a partition may be cut off from the others (it
         // answers, but from a stale view): ask the next bootstrap broker next time, as Kafka's
@@ -551,7 +561,7 @@ impl Client {
                         let answer = glommio::spawn_local(async move {
                             connection.request(correlation_id, &frame, wait).await
                         });
-                        in_flight.push((request, answer));
+                        in_flight.push((address, request, answer));
                     }
                     Err(error) => {
                         self.forget_routes(&error, request.iter().map(|&i| batches[i].topic));
@@ -561,14 +571,19 @@ impl Client {
             }
         }
         // Bounded by the requests sent above.
-        for (request, answer) in in_flight {
+        for (address, request, answer) in in_flight {
             match answer.await.and_then(|frame| self.produce_results(&frame, batches, &request)) {
                 Ok(answers) => {
                     for (i, result) in request.iter().zip(answers) {
+                        if let Err(error) = &result {
+                            tracing::debug!(%address, topic = batches[*i].topic,
+                                partition = batches[*i].partition, %error, "produce refused");
+                        }
                         results[*i] = Some(result);
                     }
                 }
                 Err(error) => {
+                    tracing::debug!(%address, %error, batches = request.len(), "produce failed");
                     self.forget_routes(&error, request.iter().map(|&i| batches[i].topic));
                     request.iter().for_each(|&i| results[i] = Some(Err(error.clone())))
                 }
