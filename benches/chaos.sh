@@ -2,7 +2,7 @@
 # The long fault-injection run: spate-chaos against a single broker or a cluster.
 #
 #   benches/chaos.sh [--minutes M] [--brokers 1|3|5]
-#                    [--faults kill,pause,kill-leader,kill-controller,kill-all,partition,loss]
+#                    [--faults kill,pause,kill-leader,kill-controller,kill-all,partition,loss,disk]
 #                    [--seed S] [--json FILE]
 #
 # Builds the release binaries, runs `spate-chaos` for M minutes (default 5) with a seeded fault
@@ -13,7 +13,9 @@
 # kill-controller, kill-all. Network faults (a cluster, as root, with nftables installed; each
 # broker then runs in its own network namespace): partition (the leader cut off, minority and
 # majority, or a bridge broker between two sides) and loss (1-10% of packets at every broker).
-# Without root the network faults are left out, and the run says so. Full disks are not built.
+# Disk faults (as root): each broker's data directory is its own small tmpfs; `disk` fills one,
+# frees it after 1-4 s and restarts that broker. Without root the network and disk faults are
+# left out, and the run says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=5 brokers=3 faults=kill,pause seed="" json=""

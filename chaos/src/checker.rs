@@ -45,6 +45,12 @@ pub struct Report {
     /// The longest stretch with no acknowledged write, in ms, and the longest ones.
     pub unavailable_ms_max: u64,
     pub unavailable_windows: Vec<Window>,
+    /// The longest stretch with no acknowledged write to one partition, in ms (a partition
+    /// whose leader is stuck while the others carry on), and that partition.
+    pub partition_unavailable_ms_max: u64,
+    pub partition_unavailable: Option<Window>,
+    /// Which partition `partition_unavailable` is.
+    pub partition_unavailable_partition: Option<u32>,
     pub examples: Vec<String>,
 }
 
@@ -300,6 +306,38 @@ fn check_availability(events: &[Event], window_min_ms: u64, report: &mut Report)
     windows.sort_by_key(|w| std::cmp::Reverse(w.length_ms));
     windows.truncate(WINDOWS_MAX);
     report.unavailable_windows = windows;
+
+    // The same per partition, over the same span (a partition never acknowledged at all is
+    // unavailable for the whole run).
+    let mut by_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for event in events {
+        if let Event::Send { partition, outcome, complete_ms, .. } = event {
+            let times = by_partition.entry(*partition).or_default();
+            if *outcome == Outcome::Ack {
+                times.push(*complete_ms);
+            }
+        }
+    }
+    for (partition, mut times) in by_partition {
+        times.push(first);
+        times.push(last);
+        times.sort_unstable();
+        let Some(w) = times.windows(2).max_by_key(|w| w[1] - w[0]) else { continue };
+        if w[1] - w[0] > report.partition_unavailable_ms_max {
+            report.partition_unavailable_ms_max = w[1] - w[0];
+            report.partition_unavailable_partition = Some(partition);
+            report.partition_unavailable = Some(Window {
+                start_ms: w[0],
+                end_ms: w[1],
+                length_ms: w[1] - w[0],
+                faults: faults
+                    .iter()
+                    .filter(|(s, e, _)| *s < w[1] && *e > w[0])
+                    .map(|(_, _, f)| f.clone())
+                    .collect(),
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -452,5 +490,40 @@ mod tests {
         assert_eq!(report.unavailable_ms_max, 3_000);
         assert_eq!(report.unavailable_windows[0].faults, vec!["kill broker-1".to_string()]);
         assert_eq!(report.faults, 1);
+    }
+
+    #[test]
+    fn a_partition_stuck_while_the_others_carry_on_is_measured_on_its_own() {
+        let events = vec![
+            send("p", 0, 0, Some(0), Outcome::Ack, 0),
+            send("p", 1, 1, Some(0), Outcome::Ack, 100),
+            send("p", 2, 0, Some(1), Outcome::Ack, 1_000),
+            send("p", 3, 0, Some(2), Outcome::Ack, 2_000),
+            send("p", 4, 1, Some(1), Outcome::Ack, 2_500),
+            send("p", 5, 0, Some(3), Outcome::Ack, 3_000),
+            Event::Fault {
+                kind: "disk".into(),
+                target: "broker-2".into(),
+                start_ms: 200,
+                end_ms: 2_000,
+            },
+        ];
+        let log = vec![
+            stored(0, 0, "p-0"),
+            stored(0, 1, "p-2"),
+            stored(0, 2, "p-3"),
+            stored(0, 3, "p-5"),
+            stored(1, 0, "p-1"),
+            stored(1, 1, "p-4"),
+        ];
+        let report = check(&events, &log, 100);
+        // Writes went on throughout: at most a second without any.
+        assert_eq!(report.unavailable_ms_max, 1_000);
+        // Partition 1 had none from 101 ms to 2,501 ms (each send completes 1 ms after it starts).
+        assert_eq!(report.partition_unavailable_ms_max, 2_400);
+        assert_eq!(report.partition_unavailable_partition, Some(1));
+        let window = report.partition_unavailable.expect("a window");
+        assert_eq!((window.start_ms, window.end_ms), (101, 2_501));
+        assert_eq!(window.faults, vec!["disk broker-2".to_string()]);
     }
 }

@@ -67,6 +67,12 @@ pub struct RunResult {
 
 /// Sends per producer per second at most, so a run is bounded in count as well as time.
 const SENDS_PER_SECOND_MAX: u64 = 2_000;
+/// Sends per producer and partition invoked and not yet resolved, at most. A producer sends to
+/// the next partition below the limit, and waits when none is (as Jepsen bounds a workload's
+/// concurrency): a cluster slower than the offered rate (debug builds, a degraded majority)
+/// then shows as fewer sends, not as a backlog that outlives the delivery timeout and turns
+/// into thousands of unknown outcomes; and one stuck partition does not stop the others.
+const SENDS_OUTSTANDING_MAX: usize = 200;
 /// How long a send may wait for its acknowledgement (retries included).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// New producers a producer task may start after one failed for good.
@@ -598,12 +604,21 @@ async fn produce(
     let Ok(mut producer) = Producer::new(client.clone(), config.clone()) else { return };
     let mut restarts = 0u32;
     let producer_name = format!("p{index}");
-    let pending = Rc::new(RefCell::new(0usize));
+    // Sends outstanding per partition.
+    let pending = Rc::new(RefCell::new(vec![0usize; args.partitions as usize]));
+    let mut next_partition = 0u32;
     let mut seq = 0u64;
     let pace = Duration::from_micros(1_000_000 / SENDS_PER_SECOND_MAX);
     // Bounded by `stop` (set after the run's duration) and the rate.
     while !stop.load(Ordering::SeqCst) {
-        let partition = (seq % u64::from(args.partitions)) as u32;
+        let open = (0..args.partitions)
+            .map(|i| (next_partition + i) % args.partitions)
+            .find(|&p| pending.borrow()[p as usize] < SENDS_OUTSTANDING_MAX);
+        let Some(partition) = open else {
+            glommio::timer::sleep(pace).await;
+            continue;
+        };
+        next_partition = (partition + 1) % args.partitions;
         let value = format!("{producer_name}-{seq}");
         let invoke_ms = now_ms(start);
         let record = ProducerRecord::new(TOPIC, value.clone()).with_partition(partition);
@@ -621,7 +636,7 @@ async fn produce(
         }
         let (history, producer_name, pending) =
             (history.clone(), producer_name.clone(), pending.clone());
-        *pending.borrow_mut() += 1;
+        pending.borrow_mut()[partition as usize] += 1;
         glommio::spawn_local(async move {
             let result = match sent {
                 Ok(delivery) => delivery.await,
@@ -646,7 +661,7 @@ async fn produce(
                 attempts,
                 error: result.err().map(|e| e.to_string()),
             });
-            *pending.borrow_mut() -= 1;
+            pending.borrow_mut()[partition as usize] -= 1;
         })
         .detach();
         seq += 1;
@@ -655,7 +670,7 @@ async fn produce(
     let _ = producer.flush().await;
     // Every delivery has resolved after the flush; let the recording tasks run (bounded).
     for _ in 0..=seq {
-        if *pending.borrow() == 0 {
+        if pending.borrow().iter().all(|&n| n == 0) {
             break;
         }
         futures_lite::future::yield_now().await;

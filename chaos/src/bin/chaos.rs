@@ -46,6 +46,14 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
+    // The client's own log (retries, routes) goes to stderr when asked for, e.g.
+    // `SPATE_CHAOS_LOG=spate_client=debug`.
+    if let Ok(filter) = std::env::var("SPATE_CHAOS_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let scratch = tempfile::tempdir().expect("a temporary directory");
     let spate = args
         .spate
@@ -68,10 +76,11 @@ fn main() {
         Ok(result) => {
             let r = &result.report;
             println!(
-                "faults {} acknowledged {} failed {} unknown {} commits {} | lost {} inconsistent {} duplicates {} ({} of certain sends) reordered {} read backwards {} read gaps {} commit regressions {} | longest unavailability {} ms",
+                "faults {} acknowledged {} failed {} unknown {} commits {} | lost {} inconsistent {} duplicates {} ({} of certain sends) reordered {} read backwards {} read gaps {} commit regressions {} | longest unavailability {} ms (one partition: {} ms)",
                 r.faults, r.acknowledged, r.failed, r.unknown, r.commits, r.lost, r.inconsistent,
                 r.duplicates, r.duplicates_of_certain_sends, r.reordered, r.read_backwards,
-                r.read_gaps, r.commit_regressions, r.unavailable_ms_max
+                r.read_gaps, r.commit_regressions, r.unavailable_ms_max,
+                r.partition_unavailable_ms_max
             );
             for example in &r.examples {
                 println!("  {example}");

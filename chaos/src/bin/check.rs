@@ -53,6 +53,14 @@ fn run(args: &Args) -> Result<usize, String> {
         report.commit_regressions
     );
     println!("longest unavailability {} ms", report.unavailable_ms_max);
+    if let (Some(window), Some(partition)) =
+        (&report.partition_unavailable, report.partition_unavailable_partition)
+    {
+        println!(
+            "longest unavailability of one partition {} ms: partition {partition}, {}..{} ms, during {:?}",
+            window.length_ms, window.start_ms, window.end_ms, window.faults
+        );
+    }
     for window in &report.unavailable_windows {
         println!(
             "  {} ms from {} ms, during {:?}",
