@@ -35,8 +35,8 @@ use spate_protocol::batch::{self, BatchHeader};
 use spate_protocol::control;
 use spate_replication::codec::Payload;
 use spate_replication::{
-    Config, Effect, Event, GroupId, HardState, Membership, Message, NodeId, Offset, ProposeError,
-    Replica, Role, Term,
+    AppendRequest, Config, Effect, Event, GroupId, HardState, Membership, Message, NodeId, Offset,
+    ProposeError, Replica, Role, Term,
 };
 use spate_storage::log::Proposal;
 use spate_storage::replica_state::{self, ReplicaState};
@@ -136,20 +136,6 @@ struct Inner {
     state: RefCell<State>,
 }
 
-#[derive(Clone, Debug)]
-struct AppendArgs {
-    to: NodeId,
-    term: Term,
-    prev_end: Offset,
-    prev_term: Term,
-    commit: Offset,
-    from_log_start: Option<Membership>,
-    /// The core's number for this Append, echoed in the answer.
-    seq: u64,
-    /// A resend: no records.
-    probe: bool,
-}
-
 enum Io {
     HardState(HardState),
     TermStart { term: Term, start_offset: Offset },
@@ -158,7 +144,7 @@ enum Io {
     Reset { log_start: Offset, term_before_start: Term, membership: Membership },
     Append { batches: Vec<Bytes>, bytes: usize, epoch: u64 },
     Send(NodeId, Message<Payload>),
-    SendAppend(AppendArgs),
+    SendAppend(AppendRequest),
 }
 
 impl Io {
@@ -183,7 +169,7 @@ struct State {
     /// Truncations and resets requested so far (see the module docs).
     epoch: u64,
     /// One parked `SendAppend` per follower, waiting for its data to be written.
-    parked: BTreeMap<NodeId, AppendArgs>,
+    parked: BTreeMap<NodeId, AppendRequest>,
     /// Proposals in offset order, waiting for the commit point to pass them.
     waiters: VecDeque<Waiter>,
     /// acks=leader proposals in offset order, waiting for this replica's own write.
@@ -672,26 +658,7 @@ impl Inner {
                         self.node.send(to, self.group, msg);
                     }
                 }
-                Effect::SendAppend {
-                    to,
-                    term,
-                    prev_end,
-                    prev_term,
-                    commit,
-                    from_log_start,
-                    seq,
-                    probe,
-                } => {
-                    let args = AppendArgs {
-                        to,
-                        term,
-                        prev_end,
-                        prev_term,
-                        commit,
-                        from_log_start,
-                        seq,
-                        probe,
-                    };
+                Effect::SendAppend(args) => {
                     if st.barriers > 0 {
                         st.push(Io::SendAppend(args));
                     } else {
@@ -783,7 +750,7 @@ impl Inner {
 
     /// Reads what `args` asks for and sends it as an `Append`, or parks it if nothing past
     /// `prev_end` is written yet.
-    fn send_append(self: &Rc<Self>, st: &mut State, args: AppendArgs) {
+    fn send_append(self: &Rc<Self>, st: &mut State, args: AppendRequest) {
         let log_end = st.core.log_end();
         let offsets = self.log.offsets();
         let readable = offsets.written.max(offsets.high_watermark) as u64;
@@ -796,7 +763,7 @@ impl Inner {
             // A resend (the core's probe), nothing to carry, the log no longer holds prev_end,
             // or the follower is down (no record reads for a dead peer): an empty Append; the
             // follower's answer moves the leader on.
-            self.node.send(args.to, self.group, append_message(&args, Vec::new(), Vec::new()));
+            self.node.send(args.to, self.group, args.message(Vec::new(), Vec::new()));
             return;
         }
         if readable <= args.prev_end {
@@ -807,7 +774,7 @@ impl Inner {
         spawn_deferred(async move { inner.read_and_send(args, log_end).await });
     }
 
-    async fn read_and_send(self: Rc<Self>, args: AppendArgs, upper: Offset) {
+    async fn read_and_send(self: Rc<Self>, args: AppendRequest, upper: Offset) {
         let read =
             self.log.read_bounded(args.prev_end as i64, APPEND_READ_BYTES_MAX, upper as i64).await;
         let read = match read {
@@ -845,7 +812,7 @@ impl Inner {
         let st = self.state.borrow();
         // The read took time: send only if we still lead in the term that asked.
         if st.core.is_leader() && st.core.term() == args.term && st.offline.is_none() {
-            self.node.send(args.to, self.group, append_message(&args, metas, payload));
+            self.node.send(args.to, self.group, args.message(metas, payload));
         }
     }
 
@@ -870,16 +837,10 @@ impl Inner {
         let parked = std::mem::take(&mut st.parked);
         for (_, args) in parked {
             if st.core.is_leader() && st.core.term() == args.term {
-                out.push(Effect::SendAppend {
-                    to: args.to,
-                    term: args.term,
-                    prev_end: args.prev_end,
-                    prev_term: args.prev_term,
+                out.push(Effect::SendAppend(AppendRequest {
                     commit: st.core.commit().max(args.commit),
-                    from_log_start: args.from_log_start,
-                    seq: args.seq,
-                    probe: args.probe,
-                });
+                    ..args
+                }));
             }
         }
         self.carry_out(st, &mut out);
@@ -898,23 +859,6 @@ impl Inner {
 /// the next Append, which the core asks for once this one is acknowledged.
 fn append_payload(split: Vec<Vec<Bytes>>) -> Vec<Bytes> {
     split.into_iter().flatten().take(spate_replication::limits::APPEND_BATCHES_MAX).collect()
-}
-
-fn append_message(
-    args: &AppendArgs,
-    batches: Vec<spate_replication::BatchMeta>,
-    payload: Payload,
-) -> Message<Payload> {
-    Message::Append {
-        term: args.term,
-        prev_end: args.prev_end,
-        prev_term: args.prev_term,
-        commit: args.commit,
-        from_log_start: args.from_log_start.clone(),
-        seq: args.seq,
-        batches,
-        payload,
-    }
 }
 
 fn now_ms() -> i64 {

@@ -25,18 +25,9 @@ pub enum Effect<P> {
     },
     /// Read whole batches from the local log starting at `prev_end` (at most up to the current
     /// log end; the driver may stop earlier, e.g. at a byte budget) and send them as
-    /// `Message::Append` with these fields. The core never sees the bytes. A `probe` carries no
-    /// batches at all (a resend: the answer says where the follower is).
-    SendAppend {
-        to: NodeId,
-        term: Term,
-        prev_end: Offset,
-        prev_term: Term,
-        commit: Offset,
-        from_log_start: Option<Membership>,
-        seq: u64,
-        probe: bool,
-    },
+    /// `Message::Append` (`AppendRequest::message`). The core never sees the bytes. A `probe`
+    /// carries no batches at all (a resend: the answer says where the follower is).
+    SendAppend(AppendRequest),
     /// Remove every record at or after `to_offset` (and term-history entries starting there).
     Truncate {
         to_offset: Offset,
@@ -82,4 +73,33 @@ pub enum Effect<P> {
         term: Term,
         leader: Option<NodeId>,
     },
+}
+
+/// What `Effect::SendAppend` asks the driver to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendRequest {
+    pub to: NodeId,
+    pub term: Term,
+    pub prev_end: Offset,
+    pub prev_term: Term,
+    pub commit: Offset,
+    pub from_log_start: Option<Membership>,
+    pub seq: u64,
+    pub probe: bool,
+}
+
+impl AppendRequest {
+    /// The `Append` carrying `batches` (none for a probe) and their `payload`.
+    pub fn message<P>(&self, batches: Vec<BatchMeta>, payload: P) -> Message<P> {
+        Message::Append {
+            term: self.term,
+            prev_end: self.prev_end,
+            prev_term: self.prev_term,
+            commit: self.commit,
+            from_log_start: self.from_log_start.clone(),
+            seq: self.seq,
+            batches,
+            payload,
+        }
+    }
 }

@@ -40,7 +40,7 @@
 //! for effect in out.drain(..) {
 //!     match effect {
 //!         Effect::PersistHardState(_) | Effect::PersistTermStart { .. } => { /* fsync first */ }
-//!         Effect::Send { .. } | Effect::SendAppend { .. } => { /* to the Outbox */ }
+//!         Effect::Send { .. } | Effect::SendAppend(_) => { /* to the Outbox */ }
 //!         _ => { /* log commands, in order */ }
 //!     }
 //! }
@@ -57,7 +57,7 @@ pub mod sim;
 pub mod testkit;
 pub mod types;
 
-pub use effect::Effect;
+pub use effect::{AppendRequest, Effect};
 pub use history::{TermHistory, TermStart};
 pub use message::{AppendOutcome, Dropped, Message};
 pub use outbox::Outbox;

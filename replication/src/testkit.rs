@@ -159,27 +159,13 @@ impl MemCluster {
                     self.queue.push_back((id, to, msg));
                 }
             }
-            Effect::SendAppend {
-                to,
-                term,
-                prev_end,
-                prev_term,
-                commit,
-                from_log_start,
-                seq,
-                probe,
-            } => {
-                let batches = if probe { Vec::new() } else { batches_from(&n.batches, prev_end) };
-                let msg = Message::Append {
-                    term,
-                    prev_end,
-                    prev_term,
-                    commit,
-                    from_log_start,
-                    seq,
-                    batches,
-                    payload: (),
+            Effect::SendAppend(request) => {
+                let batches = if request.probe {
+                    Vec::new()
+                } else {
+                    batches_from(&n.batches, request.prev_end)
                 };
+                let (to, msg) = (request.to, request.message(batches, ()));
                 if !self.cut.contains(&(id, to)) {
                     self.queue.push_back((id, to, msg));
                 }
@@ -423,28 +409,13 @@ impl MultiGroup {
                 matches!(effect, Effect::AppendToLog { .. } | Effect::AppendLeaderMarker { .. });
             match effect {
                 Effect::Send { to, msg } => outbox.push(to, GroupId(group), msg),
-                Effect::SendAppend {
-                    to,
-                    term,
-                    prev_end,
-                    prev_term,
-                    commit,
-                    from_log_start,
-                    seq,
-                    probe,
-                } => {
-                    let batches =
-                        if probe { Vec::new() } else { batches_from(&r.batches, prev_end) };
-                    let msg = Message::Append {
-                        term,
-                        prev_end,
-                        prev_term,
-                        commit,
-                        from_log_start,
-                        seq,
-                        batches,
-                        payload: (),
+                Effect::SendAppend(request) => {
+                    let batches = if request.probe {
+                        Vec::new()
+                    } else {
+                        batches_from(&r.batches, request.prev_end)
                     };
+                    let (to, msg) = (request.to, request.message(batches, ()));
                     outbox.push(to, GroupId(group), msg);
                 }
                 Effect::Truncate { to_offset } => truncate(&mut r.batches, to_offset),

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::{Replica, Role};
-use crate::effect::Effect;
+use crate::effect::{AppendRequest, Effect};
 use crate::limits::{APPEND_RESEND_TICKS, OFFSET_MAX, PROBES_BACK_TO_BACK_MAX, REPLICAS_MAX};
 use crate::message::{AppendOutcome, Dropped, Message};
 use crate::types::{BatchMeta, MembershipChange, MembershipError, NodeId, Offset, Plant};
@@ -280,7 +280,7 @@ impl<P> Replica<P> {
             "append from outside the log"
         );
         let prev_term = self.history.term_before(prev_end);
-        out.push(Effect::SendAppend {
+        out.push(Effect::SendAppend(AppendRequest {
             to: node,
             term,
             prev_end,
@@ -289,7 +289,7 @@ impl<P> Replica<P> {
             from_log_start,
             seq,
             probe,
-        });
+        }));
     }
 
     pub(super) fn on_append_reply(

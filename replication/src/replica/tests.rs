@@ -437,7 +437,7 @@ fn a_resent_append_is_a_probe_and_a_late_answer_starts_no_second_stream() {
     let sends_to_f = |out: &[Effect<()>]| -> Vec<(u64, bool)> {
         out.iter()
             .filter_map(|e| match e {
-                Effect::SendAppend { to, seq, probe, .. } if *to == f => Some((*seq, *probe)),
+                Effect::SendAppend(r) if r.to == f => Some((r.seq, r.probe)),
                 _ => None,
             })
             .collect()

@@ -55,31 +55,14 @@ impl Sim {
                 self.check_persisted_before_send(id, to, &msg)?;
                 self.net.send(now, id, to, Datagram::Group(msg), &mut self.rng);
             }
-            Effect::SendAppend {
-                to,
-                term,
-                prev_end,
-                prev_term,
-                commit,
-                from_log_start,
-                seq,
-                probe,
-            } => {
-                let (batches, payload) = if probe {
-                    (Vec::new(), SimPayload { start: prev_end, records: Vec::new() })
+            Effect::SendAppend(request) => {
+                let (batches, payload) = if request.probe {
+                    (Vec::new(), SimPayload { start: request.prev_end, records: Vec::new() })
                 } else {
-                    self.read_batches(id, prev_end)
+                    self.read_batches(id, request.prev_end)
                 };
-                let msg = Message::Append {
-                    term,
-                    prev_end,
-                    prev_term,
-                    commit,
-                    from_log_start,
-                    seq,
-                    batches,
-                    payload,
-                };
+                let msg = request.message(batches, payload);
+                let to = request.to;
                 self.net.send(now, id, to, Datagram::Group(msg), &mut self.rng);
             }
             Effect::Truncate { to_offset } => {
