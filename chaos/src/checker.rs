@@ -288,20 +288,19 @@ fn check_availability(events: &[Event], window_min_ms: u64, report: &mut Report)
     let faults: Vec<(u64, u64, String)> = fault_windows(events)
         .map(|f| (f.start_ms, f.end_ms, format!("{} {}", f.kind, f.target)))
         .collect();
-    let mut windows: Vec<Window> = acks
-        .windows(2)
-        .filter(|w| w[1] - w[0] >= window_min_ms.max(1))
-        .map(|w| Window {
-            start_ms: w[0],
-            end_ms: w[1],
-            length_ms: w[1] - w[0],
-            faults: faults
-                .iter()
-                .filter(|(s, e, _)| *s < w[1] && *e > w[0])
-                .map(|(_, _, f)| f.clone())
-                .collect(),
-        })
-        .collect();
+    // The stretch between two acknowledgements, with the faults that overlap it.
+    let window = |w: &[u64]| Window {
+        start_ms: w[0],
+        end_ms: w[1],
+        length_ms: w[1] - w[0],
+        faults: faults
+            .iter()
+            .filter(|(s, e, _)| *s < w[1] && *e > w[0])
+            .map(|(_, _, f)| f.clone())
+            .collect(),
+    };
+    let mut windows: Vec<Window> =
+        acks.windows(2).filter(|w| w[1] - w[0] >= window_min_ms.max(1)).map(window).collect();
     report.unavailable_ms_max = acks.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
     windows.sort_by_key(|w| std::cmp::Reverse(w.length_ms));
     windows.truncate(WINDOWS_MAX);
@@ -326,16 +325,7 @@ fn check_availability(events: &[Event], window_min_ms: u64, report: &mut Report)
         if w[1] - w[0] > report.partition_unavailable_ms_max {
             report.partition_unavailable_ms_max = w[1] - w[0];
             report.partition_unavailable_partition = Some(partition);
-            report.partition_unavailable = Some(Window {
-                start_ms: w[0],
-                end_ms: w[1],
-                length_ms: w[1] - w[0],
-                faults: faults
-                    .iter()
-                    .filter(|(s, e, _)| *s < w[1] && *e > w[0])
-                    .map(|(_, _, f)| f.clone())
-                    .collect(),
-            });
+            report.partition_unavailable = Some(window(w));
         }
     }
 }
