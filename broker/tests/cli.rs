@@ -170,6 +170,19 @@ fn raw_exchange(address: &str, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The broker's metrics page (Prometheus text), from its `--metrics-listen` address.
+fn scrape_metrics(address: &str) -> String {
+    let response = raw_exchange(address, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    String::from_utf8(response).unwrap()
+}
+
+/// The values of every sample of metric `name` (any labels) on a metrics page.
+fn metric_values<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = f64> + 'a {
+    text.lines()
+        .filter(move |l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{')))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+}
+
 fn error_code_of(response: &[u8]) -> spate_protocol::wire::ErrorCode {
     let mut buffer = bytes::BytesMut::from(response);
     let frame = spate_protocol::frame::FrameDecoder::default()
@@ -358,9 +371,7 @@ fn metadata_advertises_shard_addresses_that_serve_directly() {
         .and_then(|rest| rest.split('\t').next())
         .expect("partition 0's shard")
         .to_string();
-    let text =
-        String::from_utf8(raw_exchange(&metrics, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"))
-            .unwrap();
+    let text = scrape_metrics(&metrics);
     let produces = |shard: &str| -> u64 {
         let prefix = format!("spate_requests_total{{shard=\"{shard}\",api=\"Produce\"}} ");
         text.lines()
@@ -386,8 +397,7 @@ fn metrics_endpoint_reports_requests_latency_and_partitions() {
         .status
         .success());
     broker.ok(&["consume", "m", "--timeout-ms", "200"]);
-    let response = raw_exchange(&metrics, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    let text = String::from_utf8(response).unwrap();
+    let text = scrape_metrics(&metrics);
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(text.contains("# TYPE spate_produce_latency_seconds histogram"));
     for shard in ["0", "1"] {
@@ -415,13 +425,8 @@ fn a_broker_paused_mid_run_reports_an_executor_stall() {
     let metrics = format!("127.0.0.1:{}", port + 3);
     let broker = Broker::start_on(dir.path(), port, &["--metrics-listen", &metrics]);
     let scrape = || {
-        let response = raw_exchange(&metrics, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-        let text = String::from_utf8(response).unwrap();
-        let stalls: u64 = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("spate_executor_stalls_total{"))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-            .sum();
+        let text = scrape_metrics(&metrics);
+        let stalls: f64 = metric_values(&text, "spate_executor_stalls_total").sum();
         (stalls, text)
     };
     let (before, text) = scrape();
@@ -442,11 +447,7 @@ fn a_broker_paused_mid_run_reports_an_executor_stall() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(after > before, "no stall counted: {text}");
-    let longest: f64 = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("spate_executor_stall_seconds_max{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .fold(0.0, f64::max);
+    let longest = metric_values(&text, "spate_executor_stall_seconds_max").fold(0.0, f64::max);
     assert!(longest >= 0.5, "longest stall {longest} s: {text}");
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use crate::effect::Effect;
+use crate::effect::{AppendRequest, Effect};
 use crate::message::{Dropped, Message};
 use crate::outbox::Outbox;
 use crate::replica::{Config, Event, ProposeError, Replica, Restored, Role};
@@ -160,12 +160,7 @@ impl MemCluster {
                 }
             }
             Effect::SendAppend(request) => {
-                let batches = if request.probe {
-                    Vec::new()
-                } else {
-                    batches_from(&n.batches, request.prev_end)
-                };
-                let (to, msg) = (request.to, request.message(batches, ()));
+                let (to, msg) = append_message(&request, &n.batches);
                 if !self.cut.contains(&(id, to)) {
                     self.queue.push_back((id, to, msg));
                 }
@@ -338,6 +333,13 @@ impl MemCluster {
 }
 
 /// Whole batches from `from` on (the log is sorted by offset).
+/// The `Append` a `SendAppend` asks for, read from `batches` (none for a probe), and its
+/// destination.
+fn append_message(request: &AppendRequest, batches: &[BatchMeta]) -> (NodeId, Message<()>) {
+    let carried = if request.probe { Vec::new() } else { batches_from(batches, request.prev_end) };
+    (request.to, request.message(carried, ()))
+}
+
 fn batches_from(batches: &[BatchMeta], from: Offset) -> Vec<BatchMeta> {
     let i = batches.partition_point(|b| b.base_offset < from);
     batches[i..].to_vec()
@@ -410,12 +412,7 @@ impl MultiGroup {
             match effect {
                 Effect::Send { to, msg } => outbox.push(to, GroupId(group), msg),
                 Effect::SendAppend(request) => {
-                    let batches = if request.probe {
-                        Vec::new()
-                    } else {
-                        batches_from(&r.batches, request.prev_end)
-                    };
-                    let (to, msg) = (request.to, request.message(batches, ()));
+                    let (to, msg) = append_message(&request, &r.batches);
                     outbox.push(to, GroupId(group), msg);
                 }
                 Effect::Truncate { to_offset } => truncate(&mut r.batches, to_offset),
