@@ -26,6 +26,9 @@ pub(super) enum Registered {
 
 impl Shard {
     pub(super) fn wake_fetchers(&self, topic: &str, partition: u32) {
+        if self.waiters.borrow().is_empty() {
+            return; // No fetch is waiting: no key to build.
+        }
         let waiters = self.waiters.borrow_mut().remove(&(topic.to_string(), partition));
         for wakeup in waiters.into_iter().flatten() {
             if let Some(sender) = wakeup.borrow_mut().take() {
@@ -303,7 +306,7 @@ impl Shard {
             };
             push_into(
                 &mut topics,
-                topic.clone(),
+                topic,
                 entry,
                 |t| &t.name,
                 |t| t.partitions.get_or_insert_with(Vec::new),

@@ -176,7 +176,8 @@ pub struct Shard {
     pub id: usize,
     pub config: Rc<BrokerConfig>,
     catalog: RefCell<Catalog>,
-    logs: RefCell<HashMap<PartitionKey, Log>>,
+    /// Topic, then partition: looked up by `&str` without building a key.
+    logs: RefCell<HashMap<String, HashMap<u32, Log>>>,
     waiters: RefCell<HashMap<PartitionKey, Vec<Wakeup>>>,
     peers: Senders<ShardMsg>,
     /// Shard 0 only. Commits take shared access, compaction exclusive.
@@ -293,7 +294,7 @@ impl Shard {
     }
 
     fn log(&self, topic: &str, partition: u32) -> Option<Log> {
-        self.logs.borrow().get(&(topic.to_string(), partition)).cloned()
+        self.logs.borrow().get(topic).and_then(|partitions| partitions.get(&partition)).cloned()
     }
 
     /// Makes this shard's open logs match `catalog`: opens new partitions it owns (and, in a
@@ -323,7 +324,12 @@ impl Shard {
                 wanted.insert((name.clone(), partition as u32), (config.clone(), replicas));
             }
         }
-        let existing: Vec<PartitionKey> = self.logs.borrow().keys().cloned().collect();
+        let existing: Vec<PartitionKey> = self
+            .logs
+            .borrow()
+            .iter()
+            .flat_map(|(topic, logs)| logs.keys().map(|p| (topic.clone(), *p)))
+            .collect();
         for key in existing {
             if !wanted.contains_key(&key) {
                 self.remove_partition(&key).await;
@@ -355,13 +361,13 @@ impl Shard {
                     if let Some(replicas) = replicas {
                         self.open_replica(&key, &replicas, log.clone()).await?;
                     }
-                    self.logs.borrow_mut().insert(key, log);
+                    self.logs.borrow_mut().entry(key.0).or_default().insert(key.1, log);
                 }
             }
         }
         // Logs opened or closed: every cache gets its new share of the shard's budget now,
         // not at its next append, so the budget holds for idle partitions too.
-        for log in self.logs.borrow().values() {
+        for log in self.logs.borrow().values().flat_map(HashMap::values) {
             log.fit_cache();
         }
         *self.catalog.borrow_mut() = catalog;
@@ -394,7 +400,15 @@ impl Shard {
 
     /// Closes a partition that left the catalog and deletes its files.
     async fn remove_partition(&self, key: &PartitionKey) {
-        let Some(log) = self.logs.borrow_mut().remove(key) else { return };
+        let removed = {
+            let mut logs = self.logs.borrow_mut();
+            let removed = logs.get_mut(&key.0).and_then(|partitions| partitions.remove(&key.1));
+            if logs.get(&key.0).is_some_and(HashMap::is_empty) {
+                logs.remove(&key.0);
+            }
+            removed
+        };
+        let Some(log) = removed else { return };
         let replica = self.replicas.borrow_mut().remove(key);
         if let Some(replica) = replica {
             let node = self.replication.borrow().clone();
@@ -431,7 +445,10 @@ impl Shard {
 
     /// Every log this shard owns (for retention, metrics and shutdown).
     pub fn all_logs(&self) -> Vec<(PartitionKey, Log)> {
-        self.logs.borrow().iter().map(|(k, l)| (k.clone(), l.clone())).collect()
+        let logs = self.logs.borrow();
+        logs.iter()
+            .flat_map(|(topic, logs)| logs.iter().map(|(p, l)| ((topic.clone(), *p), l.clone())))
+            .collect()
     }
 
     pub fn offset_store_log(&self) -> Option<Log> {
@@ -626,16 +643,17 @@ fn correlation_id_of(header: &[u8]) -> u32 {
 /// Appends `entry` to the topic entry named `name` in `topics`, creating it if needed.
 fn push_into<T, E>(
     topics: &mut Vec<T>,
-    name: String,
+    name: &str,
     entry: E,
     name_of: impl Fn(&T) -> &Option<String>,
     entries_of: impl Fn(&mut T) -> &mut Vec<E>,
     new: impl FnOnce(String) -> T,
 ) {
-    let index = match topics.iter().position(|t| name_of(t).as_deref() == Some(name.as_str())) {
+    // Requests list a topic's partitions together: the last topic is the likely one.
+    let index = match topics.iter().rposition(|t| name_of(t).as_deref() == Some(name)) {
         Some(index) => index,
         None => {
-            topics.push(new(name));
+            topics.push(new(name.to_string()));
             topics.len() - 1
         }
     };

@@ -1,6 +1,7 @@
 //! Produce: the request's batches are carved out of the frame without copying, each partition's
 //! batches appended by its owner (here or through the mesh), and the results gathered.
 
+use std::future::Future;
 use std::ops::Range;
 use std::rc::Rc;
 use std::time::Duration;
@@ -64,22 +65,22 @@ impl Shard {
 
     pub(super) async fn produce_partition(
         &self,
-        topic: String,
+        topic: &str,
         partition: u32,
         batches: Vec<BytesMut>,
         acks: wire::Acks,
     ) -> ProduceOutcome {
-        match self.owner(&topic, partition) {
+        match self.owner(topic, partition) {
             None => ProduceOutcome {
-                result: Err(Failure::unknown(&topic, partition)),
+                result: Err(Failure::unknown(topic, partition)),
                 log_start_offset: -1,
             },
             Some(owner) if owner == self.id => {
-                self.produce_local(&topic, partition, batches, acks).await
+                self.produce_local(topic, partition, batches, acks).await
             }
             Some(owner) => self
                 .call(owner, |reply| ShardMsg::Produce {
-                    topic: topic.clone(),
+                    topic: topic.to_string(),
                     partition,
                     batches,
                     acks,
@@ -102,9 +103,9 @@ impl Shard {
             let request = codec::decode_request(&header).expect("verified by the caller");
             let produce = request.body_as_produce_request().expect("checked by the caller");
             let base = header.as_ptr() as usize;
-            let mut parts: Vec<(String, u32, Option<Range<usize>>)> = Vec::new();
+            let mut parts: Vec<(Rc<str>, u32, Option<Range<usize>>)> = Vec::new();
             for topic in produce.topics().iter().flatten() {
-                let name = topic.name().unwrap_or_default().to_string();
+                let name: Rc<str> = Rc::from(topic.name().unwrap_or_default());
                 for partition in topic.partitions().iter().flatten() {
                     let range = partition.records().map(|r| {
                         let start = r.bytes().as_ptr() as usize - base;
@@ -119,38 +120,50 @@ impl Shard {
         let mut carved = carve(header, &ranges).into_iter();
         let timeout =
             Duration::from_millis(u64::from(timeout_ms).clamp(1, limits::PRODUCE_TIMEOUT_MS_MAX));
-        let mut tasks = Vec::with_capacity(parts.len());
-        for (topic, partition, range) in parts {
+        // Each partition's append is polled once right here: an append acknowledged from the
+        // journal (or refused) is done without a task or a timer. Only those still waiting (for
+        // a device write, a budget, a commit) get a task, and one timer bounds them all.
+        let mut outcomes: Vec<Option<ProduceOutcome>> = Vec::with_capacity(parts.len());
+        let mut waiting = Vec::new();
+        for (topic, partition, range) in &parts {
             let records = if range.is_some() {
                 carved.next().expect("one piece per range")
             } else {
                 BytesMut::new()
             };
-            let shard = self.clone();
-            tasks.push((
-                topic.clone(),
-                partition,
-                glommio::spawn_local(async move {
-                    let batches = match split_batches(records) {
-                        Ok(batches) => batches,
-                        Err(failure) => {
-                            return ProduceOutcome { result: Err(failure), log_start_offset: -1 }
-                        }
-                    };
-                    let produced = glommio::timer::timeout(timeout, async {
-                        Ok(shard.produce_partition(topic, partition, batches, acks).await)
-                    })
-                    .await;
-                    produced.unwrap_or_else(|_| ProduceOutcome {
-                        result: Err(Failure::new(ErrorCode::RequestTimedOut, "produce timed out")),
-                        log_start_offset: -1,
-                    })
-                }),
-            ));
+            let (shard, topic, partition) = (self.clone(), topic.clone(), *partition);
+            let mut append = Box::pin(async move {
+                match split_batches(records) {
+                    Ok(batches) => shard.produce_partition(&topic, partition, batches, acks).await,
+                    Err(failure) => ProduceOutcome { result: Err(failure), log_start_offset: -1 },
+                }
+            });
+            let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+            match append.as_mut().poll(&mut context) {
+                std::task::Poll::Ready(outcome) => outcomes.push(Some(outcome)),
+                std::task::Poll::Pending => {
+                    // The task polls it again with its own waker.
+                    waiting.push((outcomes.len(), glommio::spawn_local(append)));
+                    outcomes.push(None);
+                }
+            }
+        }
+        if !waiting.is_empty() {
+            let gather = async {
+                for (i, task) in &mut waiting {
+                    outcomes[*i] = Some(task.await);
+                }
+            };
+            futures_lite::future::or(gather, glommio::timer::sleep(timeout)).await;
+            // Dropping a task that has not finished cancels its append, as a timeout did.
+            drop(waiting);
         }
         let mut topics: Vec<wire::ProduceTopicResponseT> = Vec::new();
-        for (topic, partition, task) in tasks {
-            let outcome = task.await;
+        for ((topic, partition, _), outcome) in parts.into_iter().zip(outcomes) {
+            let outcome = outcome.unwrap_or_else(|| ProduceOutcome {
+                result: Err(Failure::new(ErrorCode::RequestTimedOut, "produce timed out")),
+                log_start_offset: -1,
+            });
             let (error_code, error_message, base_offset) = match outcome.result {
                 Ok(base) => (ErrorCode::None, None, base),
                 Err(failure) => (failure.code, Some(failure.message), -1),
@@ -164,7 +177,7 @@ impl Shard {
             };
             push_into(
                 &mut topics,
-                topic,
+                &topic,
                 entry,
                 |t| &t.name,
                 |t| t.partitions.get_or_insert_with(Vec::new),
