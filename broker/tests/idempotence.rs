@@ -431,3 +431,55 @@ fn spate_produce_runs_as_a_named_producer_and_each_run_takes_the_next_epoch() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--producer-name"));
 }
+
+// ---- Callbacks instead of futures -------------------------------------------------------------
+
+#[test]
+fn send_with_calls_back_once_per_record_in_offset_order_per_partition() {
+    const PARTITIONS: u32 = 8;
+    const RECORDS: u64 = 4_000;
+    let dir = temp_dir();
+    let broker = Broker::start(dir.path());
+    broker.ok(&["topic", "create", "cb", "--partitions", &PARTITIONS.to_string()]);
+    let address = broker.address();
+    let (reports, stored) = run(async move {
+        let client = Client::connect(client_config(&address)).await.unwrap();
+        // Small batches, several in flight per partition: many pipelined requests.
+        let config = ProducerConfig { batch_bytes: 512, ..producer_config() };
+        let producer = Producer::new(client.clone(), config).unwrap();
+        let reports = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        for i in 0..RECORDS {
+            let partition = (i % u64::from(PARTITIONS)) as u32;
+            let record = ProducerRecord::new("cb", message(i)).with_partition(partition);
+            let reports = reports.clone();
+            let sent_to = producer
+                .send_with(record, move |outcome| reports.borrow_mut().push((i, outcome)))
+                .await
+                .unwrap();
+            assert_eq!(sent_to, partition);
+        }
+        producer.flush().await.unwrap();
+        let mut stored = Vec::new();
+        for partition in 0..PARTITIONS {
+            stored.push(read_partition(&client, "cb", partition).await);
+        }
+        let reports = reports.borrow_mut().drain(..).collect::<Vec<_>>();
+        (reports, stored)
+    });
+    assert_eq!(reports.len() as u64, RECORDS, "one callback per record");
+    let mut offsets: Vec<Vec<(i64, u64)>> = vec![Vec::new(); PARTITIONS as usize];
+    for (i, outcome) in reports {
+        let report = outcome.unwrap();
+        assert_eq!(u64::from(report.partition), i % u64::from(PARTITIONS));
+        offsets[report.partition as usize].push((report.offset, i));
+    }
+    for (partition, mut acknowledged) in offsets.into_iter().enumerate() {
+        acknowledged.sort();
+        // Sent in order, acknowledged at consecutive offsets in that order, stored as sent.
+        for (n, (offset, i)) in acknowledged.iter().enumerate() {
+            assert_eq!(*offset, n as i64, "partition {partition}");
+            assert_eq!(stored[partition][n], (*offset, message(*i)), "partition {partition}");
+        }
+        assert_eq!(stored[partition].len(), acknowledged.len(), "nothing else stored");
+    }
+}

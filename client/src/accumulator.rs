@@ -187,7 +187,11 @@ impl<D> Accumulator<D> {
             return Err(AccumulateError::RecordTooLarge(record_bytes));
         }
         let batch_bytes = self.batch_bytes;
-        let queue = self.queues.entry(target.clone()).or_default();
+        // Looked up before inserting: no clone of the topic name per record.
+        if !self.queues.contains_key(target) {
+            self.queues.insert(target.clone(), PartitionQueue::default());
+        }
+        let queue = self.queues.get_mut(target).expect("inserted above");
         let mut closed = false;
         if let Some(open) = &queue.open {
             let full = open.builder.len() + record_bytes > batch_bytes

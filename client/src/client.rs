@@ -539,6 +539,22 @@ impl Client {
         acks: wire::Acks,
         timeout: Duration,
     ) -> Vec<Result<Option<i64>>> {
+        self.produce_in_turn(batches, acks, timeout, None).await
+    }
+
+    /// [`Client::produce_many`], which first waits for `turn` and passes it on once every
+    /// request has its place in its connection's write order: calls holding consecutive
+    /// tickets reach each broker in ticket order.
+    pub(crate) async fn produce_in_turn(
+        &self,
+        batches: &[PartitionBatch<'_>],
+        acks: wire::Acks,
+        timeout: Duration,
+        turn: Option<crate::turnstile::Ticket>,
+    ) -> Vec<Result<Option<i64>>> {
+        if let Some(turn) = &turn {
+            turn.wait().await;
+        }
         let mut results: Vec<Option<Result<Option<i64>>>> = batches.iter().map(|_| None).collect();
         let mut by_address: Vec<(SocketAddr, Vec<usize>)> = Vec::new();
         for (i, batch) in batches.iter().enumerate() {
@@ -570,6 +586,9 @@ impl Client {
                 }
             }
         }
+        // Every request above has taken its place in its connection's order (a spawned task
+        // runs at once, up to its first wait).
+        drop(turn);
         // Bounded by the requests sent above.
         for (address, request, answer) in in_flight {
             match answer.await.and_then(|frame| self.produce_results(&frame, batches, &request)) {

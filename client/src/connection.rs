@@ -17,6 +17,7 @@ use spate_protocol::frame::{Frame, FrameDecoder};
 
 use crate::error::{ClientError, Result};
 use crate::limits;
+use crate::turnstile::Turnstile;
 
 /// Cheap to clone; the connection closes when the last clone is dropped.
 #[derive(Clone)]
@@ -30,6 +31,9 @@ struct Inner {
     pending: RefCell<HashMap<u32, oneshot::Sender<Result<Frame>>>>,
     next_correlation_id: Cell<u32>,
     in_flight: Semaphore,
+    /// Requests are written in the order `request`/`send` were called (pipelined produces of
+    /// one partition must reach the broker in order), whatever order their tasks wake in.
+    writes: Turnstile,
     broken: RefCell<Option<String>>,
     /// Dropping the task cancels the reader, which closes the socket.
     reader: RefCell<Option<glommio::Task<()>>>,
@@ -50,6 +54,7 @@ impl Connection {
             pending: RefCell::new(HashMap::new()),
             next_correlation_id: Cell::new(1),
             in_flight: Semaphore::new(limits::IN_FLIGHT_PER_CONNECTION_MAX as u64),
+            writes: Turnstile::default(),
             broken: RefCell::new(None),
             reader: RefCell::new(None),
         });
@@ -90,6 +95,9 @@ impl Connection {
         if let Some(reason) = self.inner.broken.borrow().clone() {
             return Err(self.lost(reason));
         }
+        let turn = self.inner.writes.ticket();
+        turn.wait().await;
+        // Only the request whose turn it is waits for room in flight, so none overtakes it.
         let _permit =
             self.inner.in_flight.acquire_permit(1).await.map_err(|_| self.lost("closed"))?;
         let (reply, response) = oneshot::channel();
@@ -98,6 +106,7 @@ impl Connection {
             self.inner.pending.borrow_mut().remove(&correlation_id);
             return Err(error);
         }
+        drop(turn);
         let waited = glommio::timer::timeout(timeout, async { Ok(response.await) }).await;
         match waited {
             Ok(Ok(result)) => result,
@@ -115,6 +124,8 @@ impl Connection {
         if let Some(reason) = self.inner.broken.borrow().clone() {
             return Err(self.lost(reason));
         }
+        let turn = self.inner.writes.ticket();
+        turn.wait().await;
         self.write(frame).await
     }
 
@@ -206,5 +217,92 @@ async fn read_loop(inner: Weak<Inner>, mut reader: ReadHalf<TcpStream>) {
     };
     if let Some(inner) = inner.upgrade() {
         fail(&inner, reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+
+    use spate_protocol::wire::{RequestBodyT, RequestT, ResponseT};
+
+    use super::*;
+
+    const REQUESTS: u32 = 2000;
+
+    /// A broker stand-in on loopback: answers every request at once and records the order in
+    /// which the correlation ids arrived.
+    fn recording_server() -> (SocketAddr, std::thread::JoinHandle<Vec<u32>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let decoder = FrameDecoder::default();
+            let mut buffer = BytesMut::new();
+            let mut seen = Vec::new();
+            let mut chunk = vec![0u8; 64 * 1024];
+            // Bounded by the requests the test sends.
+            while seen.len() < REQUESTS as usize {
+                while let Some(frame) = decoder.decode(&mut buffer).unwrap() {
+                    let id = codec::decode_request(&frame.header).unwrap().correlation_id();
+                    seen.push(id);
+                    let response = ResponseT { correlation_id: id, ..Default::default() };
+                    socket.write_all(&codec::encode_response(&response, 0).unwrap()).unwrap();
+                }
+                let n = socket.read(&mut chunk).unwrap();
+                if n == 0 {
+                    break;
+                }
+                buffer.extend_from_slice(&chunk[..n]);
+            }
+            seen
+        });
+        (address, server)
+    }
+
+    #[test]
+    fn requests_reach_the_broker_in_the_order_they_were_made() {
+        let (address, server) = recording_server();
+        let done = Arc::new(Mutex::new(0u32));
+        let counted = done.clone();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let connection =
+                    Connection::connect(address, Duration::from_secs(5)).await.unwrap();
+                let mut tasks = Vec::new();
+                for i in 0..REQUESTS {
+                    let connection = connection.clone();
+                    let id = connection.next_correlation_id();
+                    let request = RequestT {
+                        correlation_id: id,
+                        client_id: Some("order".into()),
+                        api_version: 0,
+                        body: RequestBodyT::MetadataRequest(Box::default()),
+                    };
+                    let frame = codec::encode_request(&request).unwrap();
+                    // Spawned tasks run at once; more than the in-flight limit are made, and
+                    // answers free room while later ones are still being made: a newcomer
+                    // must not take the room of a request that was waiting for it.
+                    tasks.push(glommio::spawn_local(async move {
+                        connection.request(id, &frame, Duration::from_secs(10)).await
+                    }));
+                    if i % 3 == 0 {
+                        futures_lite::future::yield_now().await;
+                        glommio::executor().yield_task_queue_now().await;
+                    }
+                }
+                for task in tasks {
+                    task.await.unwrap();
+                    *counted.lock().unwrap() += 1;
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(*done.lock().unwrap(), REQUESTS);
+        let seen = server.join().unwrap();
+        let expected: Vec<u32> = (1..=REQUESTS).collect();
+        assert_eq!(seen, expected, "requests were written out of order");
     }
 }

@@ -217,7 +217,32 @@ impl std::future::Future for Delivery {
 /// Called with each error that a batch will be retried after (see [`Producer::on_retry`]).
 pub type RetryObserver = Box<dyn Fn(&TopicPartition, &ClientError)>;
 
-type Reply = oneshot::Sender<Result<DeliveryReport>>;
+/// How a record's outcome reaches its sender: a [`Delivery`] future, or a callback run by the
+/// producer's driver (no channel, no task: what a load generator sending millions wants).
+enum Reply {
+    Channel(oneshot::Sender<Result<DeliveryReport>>),
+    Callback(Box<dyn FnOnce(Result<DeliveryReport>)>),
+}
+
+impl Reply {
+    fn send(self, outcome: Result<DeliveryReport>) {
+        match self {
+            Reply::Channel(sender) => {
+                let _ = sender.send(outcome);
+            }
+            Reply::Callback(callback) => callback(outcome),
+        }
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reply::Channel(_) => "Reply::Channel",
+            Reply::Callback(_) => "Reply::Callback",
+        })
+    }
+}
 
 struct Inner {
     client: Client,
@@ -230,6 +255,8 @@ struct Inner {
     /// Woken when buffered bytes drop (backpressure).
     space_waiters: RefCell<Vec<oneshot::Sender<()>>>,
     closed: Cell<bool>,
+    /// Sends go out in the order the driver drained their batches.
+    sends: crate::turnstile::Turnstile,
     driver: RefCell<Option<glommio::Task<()>>>,
     on_retry: RefCell<Option<RetryObserver>>,
     /// Serializes the idempotent producer's `InitProducerId` (first send only).
@@ -265,6 +292,7 @@ impl Producer {
             idle_waiters: RefCell::new(Vec::new()),
             space_waiters: RefCell::new(Vec::new()),
             closed: Cell::new(false),
+            sends: crate::turnstile::Turnstile::default(),
             driver: RefCell::new(None),
             on_retry: RefCell::new(None),
             init_lock: glommio::sync::Semaphore::new(1),
@@ -306,6 +334,25 @@ impl Producer {
     }
 
     pub async fn send(&self, record: ProducerRecord) -> Result<Delivery> {
+        let (reply, delivery) = oneshot::channel();
+        let partition = self.enqueue(record, Reply::Channel(reply)).await?;
+        Ok(Delivery { partition, reply: delivery })
+    }
+
+    /// Queues a record as [`Producer::send`] does, and has the producer call `on_delivery` with
+    /// its outcome (as Kafka's `send(record, callback)`): no future to poll and no channel per
+    /// record. Returns the record's partition once it is buffered. The callback runs on the
+    /// producer's driver task: keep it short and do not block in it.
+    pub async fn send_with(
+        &self,
+        record: ProducerRecord,
+        on_delivery: impl FnOnce(Result<DeliveryReport>) + 'static,
+    ) -> Result<u32> {
+        self.enqueue(record, Reply::Callback(Box::new(on_delivery))).await
+    }
+
+    /// Buffers `record` with where its outcome goes; returns its partition.
+    async fn enqueue(&self, record: ProducerRecord, reply: Reply) -> Result<u32> {
         if self.inner.closed.get() {
             return Err(ClientError::Closed);
         }
@@ -331,8 +378,10 @@ impl Producer {
                 .partition(record.key.as_deref(), partition_count),
         };
         // Backpressure, bounded by the request timeout.
-        let deadline = Instant::now() + self.inner.config.request_timeout;
+        let mut deadline = None;
         while self.inner.accumulator.borrow().buffered_bytes() >= self.inner.config.buffer_bytes {
+            let deadline =
+                *deadline.get_or_insert_with(|| Instant::now() + self.inner.config.request_timeout);
             let (tx, rx) = oneshot::channel();
             self.inner.space_waiters.borrow_mut().push(tx);
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -348,19 +397,19 @@ impl Producer {
             headers: record.headers.into_iter().map(|(key, value)| Header { key, value }).collect(),
             timestamp: record.timestamp.unwrap_or_else(now_ms),
         };
-        let (reply, delivery) = oneshot::channel();
         let target = TopicPartition { topic: record.topic, partition };
-        let closed = self
-            .inner
-            .accumulator
-            .borrow_mut()
-            .append(&target, &new_record, reply, Instant::now())
-            .map_err(|AccumulateError::RecordTooLarge(n)| ClientError::RecordTooLarge(n))?;
+        let now = Instant::now();
+        let closed =
+            self.inner
+                .accumulator
+                .borrow_mut()
+                .append(&target, &new_record, reply, now)
+                .map_err(|AccumulateError::RecordTooLarge(n)| ClientError::RecordTooLarge(n))?;
         if closed {
             self.inner.partitioner.borrow_mut().on_batch_closed(partition);
         }
         let _ = self.inner.wake.try_send(());
-        Ok(Delivery { partition, reply: delivery })
+        Ok(partition)
     }
 
     /// The idempotent producer's id and epoch, once it has them (after its first send).
@@ -463,7 +512,8 @@ async fn drive(inner: std::rc::Weak<Inner>, wakeups: LocalReceiver<()>) {
             }
             if !ready.is_empty() {
                 // Every ready batch in one go: the client sends one request per broker shard.
-                glommio::spawn_local(send_batches(inner.clone(), ready)).detach();
+                let turn = inner.sends.ticket();
+                glommio::spawn_local(send_batches(inner.clone(), ready, turn)).detach();
             }
             deadline
         };
@@ -486,7 +536,11 @@ async fn drive(inner: std::rc::Weak<Inner>, wakeups: LocalReceiver<()>) {
 
 /// Sends ready batches of many partitions together (one request per destination shard), then
 /// settles each: acknowledged, retried after a backoff, or failed.
-async fn send_batches(inner: Rc<Inner>, batches: Vec<ClosedBatch<Reply>>) {
+async fn send_batches(
+    inner: Rc<Inner>,
+    batches: Vec<ClosedBatch<Reply>>,
+    turn: crate::turnstile::Ticket,
+) {
     let config = &inner.config;
     let results = {
         let parts: Vec<PartitionBatch<'_>> = batches
@@ -497,7 +551,8 @@ async fn send_batches(inner: Rc<Inner>, batches: Vec<ClosedBatch<Reply>>) {
                 records: &b.bytes,
             })
             .collect();
-        inner.client.produce_many(&parts, config.acks, config.request_timeout).await
+        // In drain order: a partition's batches reach its broker in sequence.
+        inner.client.produce_in_turn(&parts, config.acks, config.request_timeout, Some(turn)).await
     };
     for (batch, result) in batches.into_iter().zip(results) {
         settle(&inner, batch, result);
@@ -521,7 +576,7 @@ fn settle(inner: &Rc<Inner>, mut batch: ClosedBatch<Reply>, result: Result<Optio
                     offset,
                     attempts: batch.attempts,
                 };
-                let _ = reply.send(Ok(report));
+                reply.send(Ok(report));
             }
             inner.accumulator.borrow_mut().complete(&target, batch.ordinal, record_bytes);
         }
@@ -644,7 +699,7 @@ fn sequences_reusable(maybe_written: bool, error: &ClientError) -> bool {
 
 fn fail_deliveries(deliveries: Vec<Reply>, error: &ClientError) {
     for reply in deliveries {
-        let _ = reply.send(Err(error.clone()));
+        reply.send(Err(error.clone()));
     }
 }
 

@@ -16,8 +16,8 @@ use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use spate_client::{
-    Acks, Client, ClientConfig, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig,
-    ProducerRecord, Seek, TopicPartition,
+    Acks, Client, ClientConfig, Consumer, ConsumerConfig, DeliveryReport, OffsetReset, Producer,
+    ProducerConfig, ProducerRecord, Seek, TopicPartition,
 };
 
 use crate::keys::{KeyGen, KeySpec, SizeSpec};
@@ -273,40 +273,38 @@ async fn produce(
             ..Default::default()
         };
         let sent_at = started.elapsed();
-        let delivery = match producer.send(record).await {
-            Ok(delivery) => delivery,
-            Err(_) => {
-                *local.errors.borrow_mut() += 1;
-                Shared::add(&shared.errors, 1);
-                sent += 1;
-                continue;
-            }
-        };
-        let (local, shared) = (local.clone(), shared.clone());
+        let (local_now, shared_now) = (local.clone(), shared.clone());
         let measured = sent_at >= plan.warmup;
         let message = sent;
-        let recording = recording.clone();
-        recording.set(recording.get() + 1);
-        glommio::spawn_local(async move {
-            match delivery.await {
+        let recording_now = recording.clone();
+        // The producer calls back on acknowledgement: no task or channel per message.
+        let on_delivery = move |outcome: spate_client::Result<DeliveryReport>| {
+            match outcome {
                 Ok(_) if measured => {
                     let latency = pacer.latency(message, sent_at, started.elapsed());
-                    let _ = local.produce.borrow_mut().record(latency.as_micros().max(1) as u64);
-                    let mut produced = local.produced.borrow_mut();
+                    let _ =
+                        local_now.produce.borrow_mut().record(latency.as_micros().max(1) as u64);
+                    let mut produced = local_now.produced.borrow_mut();
                     produced.0 += 1;
                     produced.1 += size as u64;
-                    Shared::add(&shared.messages, 1);
-                    Shared::add(&shared.bytes, size as u64);
+                    Shared::add(&shared_now.messages, 1);
+                    Shared::add(&shared_now.bytes, size as u64);
                 }
                 Ok(_) => {}
                 Err(_) => {
-                    *local.errors.borrow_mut() += 1;
-                    Shared::add(&shared.errors, 1);
+                    *local_now.errors.borrow_mut() += 1;
+                    Shared::add(&shared_now.errors, 1);
                 }
             }
+            recording_now.set(recording_now.get() - 1);
+        };
+        recording.set(recording.get() + 1);
+        if producer.send_with(record, on_delivery).await.is_err() {
+            // Not buffered: the callback was dropped unrun.
             recording.set(recording.get() - 1);
-        })
-        .detach();
+            *local.errors.borrow_mut() += 1;
+            Shared::add(&shared.errors, 1);
+        }
         sent += 1;
     }
     producer.flush().await.map_err(|e| e.to_string())?;
