@@ -247,6 +247,24 @@ fn check_ports_free(config: &BrokerConfig) -> Result<(), String> {
     let addresses: Vec<_> = std::iter::once(config.listen)
         .chain((0..config.shard_count()).map(|s| config.shard_address(s)))
         .collect();
+    // Every listener sets SO_REUSEPORT, so a metrics port that is also a client port would bind
+    // and then get half of that port's connections: refuse it by name instead.
+    if let Some(metrics) = config.metrics_listen {
+        let overlaps = |a: &std::net::SocketAddr| {
+            a.port() == metrics.port()
+                && (a.ip() == metrics.ip()
+                    || a.ip().is_unspecified()
+                    || metrics.ip().is_unspecified())
+        };
+        if let Some(clash) = addresses.iter().find(|a| overlaps(a)) {
+            return Err(format!(
+                "metrics_listen {metrics} is also a client port of this broker ({clash}; the \
+                 broker listens on the client port and on the client port + 1 + shard for each \
+                 of its {} shards): choose another",
+                config.shard_count()
+            ));
+        }
+    }
     for address in addresses {
         let accepting = |_| {
             let accepted =

@@ -344,3 +344,21 @@ fn print_offsets_stays_in_input_order_across_a_broker_kill() {
         "acknowledgements after the restart were checked too ({acknowledged}; {status}): {stderr}"
     );
 }
+
+#[test]
+fn a_metrics_port_that_is_also_a_shard_port_is_refused_by_name() {
+    let workdir = temp_dir();
+    let port = free_ports();
+    // Shard 0 listens on the client port + 1.
+    let metrics = format!("127.0.0.1:{}", port + 1);
+    let output = Command::new(SPATE)
+        .args(["serve", "--data-dir", "data", "--cores", "2"])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &metrics])
+        .current_dir(workdir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "serve must refuse the clashing metrics port");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("metrics_listen {metrics}")), "{stderr}");
+    assert!(stderr.contains("client port"), "{stderr}");
+}
