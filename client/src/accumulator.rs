@@ -15,10 +15,11 @@
 //! and continues from a dropped batch's sequence when never-sent batches time out or the broker
 //! refused a batch for good.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use rustc_hash::FxHashMap;
 use spate_protocol::batch::{self, BatchBuilder, BatchIdentity, NewRecord, HEADER_LEN};
 use spate_protocol::limits::{BATCH_BYTES_MAX, BATCH_RECORDS_MAX};
 
@@ -72,6 +73,8 @@ struct OpenBatch<D> {
     builder: BatchBuilder,
     deliveries: Vec<D>,
     opened_at: Instant,
+    /// Which batch this is, in opening order (see `Accumulator::lingering`).
+    generation: u64,
 }
 
 struct PartitionQueue<D> {
@@ -89,6 +92,11 @@ struct PartitionQueue<D> {
     next_sequence: i32,
     /// Ordinals of closed batches not yet acknowledged or failed.
     unacked: BTreeSet<u64>,
+    /// Whether it is in `Accumulator::sendable`.
+    listed: bool,
+    /// Bytes of its last closed batch: the next one's first allocation (a partition that sends
+    /// one small record per batch does not allocate a whole `batch_bytes` for each).
+    last_batch_bytes: usize,
     /// The sequence to continue from once nothing is in flight (the queued batches are then
     /// re-stamped from it), with the ordinal of the batch it comes from: the first sequence of
     /// a batch the broker refused for good, or 0 when the broker has forgotten the producer.
@@ -106,6 +114,8 @@ impl<D> Default for PartitionQueue<D> {
             next_ordinal: 0,
             next_sequence: 0,
             unacked: BTreeSet::new(),
+            listed: false,
+            last_batch_bytes: 0,
             rewind: None,
         }
     }
@@ -144,9 +154,33 @@ pub struct Accumulator<D> {
     linger: Duration,
     /// Stamped on batches as they close; `None`: not idempotent.
     identity: Option<ProducerIdentity>,
-    queues: HashMap<TopicPartition, PartitionQueue<D>>,
+    /// Fx-hashed: the keys are the application's own partitions, and SipHash cost more than
+    /// anything else per record here.
+    queues: FxHashMap<TopicPartition, PartitionQueue<D>>,
+    /// Open batches in the order they opened, with their generation: as every batch lingers
+    /// equally long, the front is the next to run out. An entry whose batch has closed since
+    /// is skipped; there are at most a few times as many as partitions (see `compact`).
+    lingering: VecDeque<(Instant, TopicPartition, u64)>,
+    /// Partitions that may have a batch to send: a batch closed, or one came back. Each round
+    /// looks at these only, not at every partition.
+    sendable: Vec<TopicPartition>,
+    /// Batches opened so far (by every partition, so that a partition's queue dropped while
+    /// idle and made again never reuses one): the generation of the next.
+    next_generation: u64,
     /// Bytes of records buffered and not yet acknowledged or failed.
     buffered_bytes: usize,
+}
+
+/// Puts `target` on the sendable list, once.
+fn list<D>(
+    sendable: &mut Vec<TopicPartition>,
+    queue: &mut PartitionQueue<D>,
+    target: &TopicPartition,
+) {
+    if !queue.listed {
+        queue.listed = true;
+        sendable.push(target.clone());
+    }
 }
 
 impl<D> Accumulator<D> {
@@ -155,7 +189,10 @@ impl<D> Accumulator<D> {
             batch_bytes: batch_bytes.clamp(HEADER_LEN + 1, BATCH_BYTES_MAX),
             linger,
             identity: None,
-            queues: HashMap::new(),
+            queues: FxHashMap::default(),
+            lingering: VecDeque::new(),
+            sendable: Vec::new(),
+            next_generation: 0,
             buffered_bytes: 0,
         }
     }
@@ -187,7 +224,7 @@ impl<D> Accumulator<D> {
             return Err(AccumulateError::RecordTooLarge(record_bytes));
         }
         let batch_bytes = self.batch_bytes;
-        // Looked up before inserting: no clone of the topic name per record.
+        // No clone of the topic name per record: cloned only for a new partition.
         if !self.queues.contains_key(target) {
             self.queues.insert(target.clone(), PartitionQueue::default());
         }
@@ -198,20 +235,44 @@ impl<D> Accumulator<D> {
                 || open.builder.record_count() as usize >= BATCH_RECORDS_MAX;
             if full {
                 Self::close(queue, target, self.identity);
+                list(&mut self.sendable, queue, target);
                 closed = true;
             }
         }
-        let open = queue.open.get_or_insert_with(|| OpenBatch {
-            builder: BatchBuilder::with_capacity(
-                (HEADER_LEN + record_bytes).max(batch_bytes.min(64 * 1024)),
-            ),
-            deliveries: Vec::new(),
-            opened_at: now,
-        });
+        if queue.open.is_none() {
+            let generation = self.next_generation;
+            self.next_generation += 1;
+            self.lingering.push_back((now, target.clone(), generation));
+            queue.open = Some(OpenBatch {
+                builder: BatchBuilder::with_capacity(
+                    (HEADER_LEN + record_bytes).max(queue.last_batch_bytes.min(batch_bytes)),
+                ),
+                deliveries: Vec::new(),
+                opened_at: now,
+                generation,
+            });
+        }
+        let open = queue.open.as_mut().expect("opened above");
         open.builder.push(record);
         open.deliveries.push(delivery);
         self.buffered_bytes += record_bytes;
+        self.compact();
         Ok(closed)
+    }
+
+    /// Drops the `lingering` entries of batches closed early (full, or flushed) once they
+    /// outnumber the partitions: amortized O(1) per batch, and bounded.
+    fn compact(&mut self) {
+        if self.lingering.len() <= 2 * self.queues.len() + 64 {
+            return;
+        }
+        let queues = &self.queues;
+        self.lingering.retain(|(_, target, generation)| {
+            queues
+                .get(target)
+                .and_then(|q| q.open.as_ref())
+                .is_some_and(|open| open.generation == *generation)
+        });
     }
 
     fn close(
@@ -235,6 +296,7 @@ impl<D> Accumulator<D> {
                 .builder
                 .finish_with(stamp)
                 .expect("a batch within limits with at least one record");
+            queue.last_batch_bytes = bytes.len();
             if identity.is_some() {
                 queue.next_sequence = add_sequence(queue.next_sequence, record_count);
             }
@@ -261,10 +323,17 @@ impl<D> Accumulator<D> {
     pub fn expire(&mut self, now: Instant) -> Vec<TopicPartition> {
         let linger = self.linger;
         let mut closed = Vec::new();
-        for (target, queue) in &mut self.queues {
-            if queue.open.as_ref().is_some_and(|o| now.duration_since(o.opened_at) >= linger) {
-                Self::close(queue, target, self.identity);
-                closed.push(target.clone());
+        // Bounded by the entries: each is popped once.
+        while let Some((opened_at, _, _)) = self.lingering.front() {
+            if now.saturating_duration_since(*opened_at) < linger {
+                break;
+            }
+            let (_, target, generation) = self.lingering.pop_front().expect("checked");
+            let Some(queue) = self.queues.get_mut(&target) else { continue };
+            if queue.open.as_ref().is_some_and(|o| o.generation == generation) {
+                Self::close(queue, &target, self.identity);
+                list(&mut self.sendable, queue, &target);
+                closed.push(target);
             }
         }
         closed
@@ -273,17 +342,26 @@ impl<D> Accumulator<D> {
     /// Closes every open batch now (flush).
     pub fn close_all(&mut self) {
         for (target, queue) in &mut self.queues {
-            Self::close(queue, target, self.identity);
+            if queue.open.is_some() {
+                Self::close(queue, target, self.identity);
+                list(&mut self.sendable, queue, target);
+            }
         }
+        self.lingering.clear();
     }
 
     /// When the next open batch's linger runs out.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.queues
-            .values()
-            .filter_map(|q| q.open.as_ref())
-            .map(|o| o.opened_at + self.linger)
-            .min()
+        // The first entry whose batch is still open; closed ones are few (see `compact`).
+        self.lingering
+            .iter()
+            .find(|(_, target, generation)| {
+                self.queues
+                    .get(target)
+                    .and_then(|q| q.open.as_ref())
+                    .is_some_and(|open| open.generation == *generation)
+            })
+            .map(|(opened_at, _, _)| *opened_at + self.linger)
     }
 
     /// Removes the batches waiting to be sent (not in flight) whose delivery timeout has passed,
@@ -323,7 +401,11 @@ impl<D> Accumulator<D> {
     /// sequence must start over and batches are still in flight.
     pub fn drain_ready(&mut self, in_flight_max: usize) -> Vec<ClosedBatch<D>> {
         let mut out = Vec::new();
-        for queue in self.queues.values_mut() {
+        // Only partitions where something changed: a blocked one is listed again when what
+        // blocks it (a batch in flight, a retry backoff) comes back.
+        for target in std::mem::take(&mut self.sendable) {
+            let Some(queue) = self.queues.get_mut(&target) else { continue };
+            queue.listed = false;
             if queue.retrying > 0 {
                 continue;
             }
@@ -352,6 +434,7 @@ impl<D> Accumulator<D> {
         if let Some(queue) = self.queues.get_mut(target) {
             queue.in_flight = queue.in_flight.saturating_sub(1);
             queue.unacked.remove(&ordinal);
+            list(&mut self.sendable, queue, target);
         }
         self.forget_idle_queues_of(target);
         self.buffered_bytes = self.buffered_bytes.saturating_sub(record_bytes);
@@ -383,12 +466,14 @@ impl<D> Accumulator<D> {
     /// The batch failed with a retriable error: it goes back into its partition's queue ahead
     /// of every later batch.
     pub fn retry(&mut self, batch: ClosedBatch<D>) {
-        let queue = self.queues.entry(batch.target.clone()).or_default();
+        let target = batch.target.clone();
+        let queue = self.queues.entry(target.clone()).or_default();
         queue.in_flight = queue.in_flight.saturating_sub(1);
         queue.retrying = queue.retrying.saturating_sub(1);
         queue.last_error.clone_from(&batch.last_error);
         let at = queue.ready.partition_point(|b| b.ordinal < batch.ordinal);
         queue.ready.insert(at, batch);
+        list(&mut self.sendable, queue, &target);
     }
 
     /// Whether a batch of the partition closed before the one with `ordinal` is still
@@ -452,7 +537,12 @@ impl<D> Accumulator<D> {
 
     /// Nothing open, queued or in flight.
     pub fn is_idle(&self) -> bool {
-        self.queues.values().all(|q| q.open.is_none() && q.ready.is_empty() && q.in_flight == 0)
+        // Every buffered record is in a batch that is open, queued or in flight.
+        self.buffered_bytes == 0
+            && self
+                .queues
+                .values()
+                .all(|q| q.open.is_none() && q.ready.is_empty() && q.in_flight == 0)
     }
 }
 
@@ -491,6 +581,29 @@ mod tests {
         assert_eq!(acc.expire(start + Duration::from_millis(5)), vec![tp(0)]);
         let last = acc.drain_ready(10);
         assert_eq!(last[0].deliveries, vec![9]);
+    }
+
+    #[test]
+    fn a_round_looks_only_at_partitions_that_changed_and_linger_entries_stay_bounded() {
+        let now = Instant::now();
+        let mut acc = Accumulator::new(1000, Duration::from_millis(5));
+        // 3 records per batch: 66 batches of each partition close full, one stays open.
+        for i in 0..10_000u32 {
+            acc.append(&tp(i % 50), &record(300), i, now).unwrap();
+        }
+        assert!(acc.lingering.len() <= 2 * acc.queues.len() + 64 + 1, "compacted");
+        let first = acc.drain_ready(1);
+        assert_eq!(first.len(), 50, "one in flight per partition");
+        assert!(acc.drain_ready(1).is_empty(), "nothing came back");
+        let back = &first[7];
+        acc.complete(&back.target, back.ordinal, back.record_bytes);
+        let next = acc.drain_ready(1);
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].target, back.target, "only the partition whose batch came back");
+        // The open batches still linger in opening order.
+        assert_eq!(acc.next_deadline(), Some(now + Duration::from_millis(5)));
+        assert_eq!(acc.expire(now + Duration::from_millis(5)).len(), 50);
+        assert_eq!(acc.next_deadline(), None);
     }
 
     #[test]

@@ -20,6 +20,9 @@ use crate::connection::Connection;
 use crate::error::{ClientError, Result};
 use crate::limits;
 
+/// A topic and partition as a produce response names them.
+type PartitionKey<'a> = (&'a str, i32);
+
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// `HOST:PORT` of any broker.
@@ -664,7 +667,7 @@ impl Client {
         let produce = response
             .body_as_produce_response()
             .ok_or_else(|| ClientError::UnexpectedResponse("produce".into()))?;
-        let mut answers: HashMap<(&str, i32), Result<Option<i64>>> = HashMap::new();
+        let mut answers: Vec<(PartitionKey<'_>, Result<Option<i64>>)> = Vec::new();
         for topic in produce.topics().iter().flatten() {
             let name = topic.name().unwrap_or_default();
             for partition in topic.partitions().iter().flatten() {
@@ -674,14 +677,23 @@ impl Client {
                     self.note_error(name, partition.error_code());
                     Err(ClientError::broker(partition.error_code(), partition.error_message()))
                 };
-                answers.insert((name, partition.partition()), answer);
+                answers.push(((name, partition.partition()), answer));
             }
         }
+        let key = |i: usize| (batches[i].topic, batches[i].partition as i32);
+        // The broker answers in request order (its topics grouped as the request's were):
+        // matched by position, without a map of thousands of partitions.
+        let in_order = answers.len() == request.len()
+            && request.iter().zip(&answers).all(|(&i, (answered, _))| key(i) == *answered);
+        if in_order {
+            return Ok(answers.into_iter().map(|(_, answer)| answer).collect());
+        }
+        let mut by_key: HashMap<PartitionKey<'_>, Result<Option<i64>>> =
+            answers.into_iter().collect();
         Ok(request
             .iter()
             .map(|&i| {
-                let key = (batches[i].topic, batches[i].partition as i32);
-                answers.remove(&key).unwrap_or_else(|| {
+                by_key.remove(&key(i)).unwrap_or_else(|| {
                     Err(ClientError::UnexpectedResponse(
                         "produce response without the partition".into(),
                     ))

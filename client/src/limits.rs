@@ -68,3 +68,7 @@ pub const BOOTSTRAP_BROKERS_MAX: usize = 64;
 /// broker answers from memory at once, and a paused or overloaded one must not hold up every
 /// producer's failover for a whole request timeout.
 pub const METADATA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often the producer's driver looks for queued batches past their delivery timeout: a
+/// scan of every partition, so not at every round (a batch fails at most this much late).
+pub const DELIVERY_TIMEOUT_CHECK: std::time::Duration = std::time::Duration::from_millis(50);

@@ -255,6 +255,8 @@ struct Inner {
     /// Woken when buffered bytes drop (backpressure).
     space_waiters: RefCell<Vec<oneshot::Sender<()>>>,
     closed: Cell<bool>,
+    /// When the driver last looked for batches past their delivery timeout.
+    overdue_checked: Cell<Instant>,
     /// Sends go out in the order the driver drained their batches.
     sends: crate::turnstile::Turnstile,
     driver: RefCell<Option<glommio::Task<()>>>,
@@ -292,6 +294,7 @@ impl Producer {
             idle_waiters: RefCell::new(Vec::new()),
             space_waiters: RefCell::new(Vec::new()),
             closed: Cell::new(false),
+            overdue_checked: Cell::new(Instant::now()),
             sends: crate::turnstile::Turnstile::default(),
             driver: RefCell::new(None),
             on_retry: RefCell::new(None),
@@ -498,9 +501,20 @@ async fn drive(inner: std::rc::Weak<Inner>, wakeups: LocalReceiver<()>) {
             for target in accumulator.expire(now) {
                 inner.partitioner.borrow_mut().on_batch_closed(target.partition);
             }
-            let overdue = accumulator.take_overdue(now, inner.config.delivery_timeout);
+            let check_due = inner.overdue_checked.get() + limits::DELIVERY_TIMEOUT_CHECK;
+            let overdue = if now >= check_due {
+                inner.overdue_checked.set(now);
+                accumulator.take_overdue(now, inner.config.delivery_timeout)
+            } else {
+                Vec::new()
+            };
             let ready = accumulator.drain_ready(inner.config.max_in_flight_per_partition);
-            let deadline = accumulator.next_deadline();
+            let mut deadline = accumulator.next_deadline();
+            if !accumulator.is_idle() {
+                // Back for the next delivery-timeout check while anything is buffered.
+                let check = inner.overdue_checked.get() + limits::DELIVERY_TIMEOUT_CHECK;
+                deadline = Some(deadline.map_or(check, |d| d.min(check)));
+            }
             drop(accumulator);
             let failed_overdue = !overdue.is_empty();
             for batch in overdue {
@@ -565,26 +579,33 @@ async fn send_batches(
 /// after a backoff on a retriable error within the delivery timeout.
 fn settle(inner: &Rc<Inner>, mut batch: ClosedBatch<Reply>, result: Result<Option<i64>>) {
     let config = &inner.config;
-    let target = batch.target.clone();
-    match result {
+    let error = match result {
         Ok(base_offset) => {
-            let record_bytes = batch.record_bytes;
-            for (i, reply) in batch.deliveries.into_iter().enumerate() {
+            for (i, reply) in std::mem::take(&mut batch.deliveries).into_iter().enumerate() {
                 let offset = base_offset.map_or(-1, |base| base + i as i64);
                 let report = DeliveryReport {
-                    partition: target.partition,
+                    partition: batch.target.partition,
                     offset,
                     attempts: batch.attempts,
                 };
                 reply.send(Ok(report));
             }
-            inner.accumulator.borrow_mut().complete(&target, batch.ordinal, record_bytes);
+            inner.accumulator.borrow_mut().complete(
+                &batch.target,
+                batch.ordinal,
+                batch.record_bytes,
+            );
+            return;
         }
-        Err(error) if inner.fatal.borrow().is_some() => {
+        Err(error) => error,
+    };
+    let target = batch.target.clone();
+    match error {
+        error if inner.fatal.borrow().is_some() => {
             let fatal = inner.fatal.borrow().clone().unwrap_or(error);
             fail_batch(inner, batch, fatal);
         }
-        Err(error) if is_fatal(inner, &batch, &error) => {
+        error if is_fatal(inner, &batch, &error) => {
             tracing::error!(topic = %target.topic, partition = target.partition, %error,
                 "the idempotent producer failed for good");
             *inner.fatal.borrow_mut() = Some(error.clone());
@@ -594,7 +615,7 @@ fn settle(inner: &Rc<Inner>, mut batch: ClosedBatch<Reply>, result: Result<Optio
                 fail_deliveries(batch.deliveries, &error);
             }
         }
-        Err(error) if should_retry(inner, &batch, &error) && !inner.closed.get() => {
+        error if should_retry(inner, &batch, &error) && !inner.closed.get() => {
             let backoff = retry_backoff(config, batch.attempts);
             let retry_at = Instant::now() + backoff;
             if batch.attempts > config.retries {
@@ -618,7 +639,7 @@ fn settle(inner: &Rc<Inner>, mut batch: ClosedBatch<Reply>, result: Result<Optio
                 .detach();
             }
         }
-        Err(error) => fail_batch(inner, batch, error),
+        error => fail_batch(inner, batch, error),
     }
 }
 

@@ -95,6 +95,10 @@ struct Options {
     /// it, more than 1 turns retries off, to keep order).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=16))]
     max_in_flight: u64,
+    /// Each producer's buffer of unacknowledged records, in bytes (0: 64 batches, between 4
+    /// and 64 MiB). At the maximum rate it fills, and every record waits for it to drain.
+    #[arg(long, default_value_t = 0)]
+    buffer_bytes: usize,
     /// Plain at-least-once producers instead of idempotent ones (the default, unless
     /// --acks none).
     #[arg(long)]
@@ -442,6 +446,7 @@ fn scenario(scenario: Scenario, mut options: Options) -> Result<Outcome, String>
         linger: Duration::from_millis(options.linger_ms),
         acks,
         max_in_flight: options.max_in_flight as usize,
+        buffer_bytes: options.buffer_bytes,
         idempotence: !options.no_idempotence && acks != Acks::None,
         rate: options.rate,
         messages: options.messages,

@@ -49,6 +49,8 @@ pub struct Plan {
     pub acks: Acks,
     /// Batches in flight per partition, per producer.
     pub max_in_flight: usize,
+    /// Each producer's buffer; 0: 64 batches, between 4 and 64 MiB.
+    pub buffer_bytes: usize,
     /// Idempotent producers (retries write nothing twice, order kept with several in flight).
     pub idempotence: bool,
     /// Messages per second over all producers; 0 = as fast as possible.
@@ -238,7 +240,10 @@ async fn produce(
         acks: plan.acks,
         batch_bytes: plan.batch_bytes,
         linger: plan.linger,
-        buffer_bytes: (plan.batch_bytes * 64).clamp(4 << 20, 64 << 20),
+        buffer_bytes: match plan.buffer_bytes {
+            0 => (plan.batch_bytes * 64).clamp(4 << 20, 64 << 20),
+            bytes => bytes,
+        },
         max_in_flight_per_partition: plan.max_in_flight,
         enable_idempotence: plan.idempotence,
         // Without idempotence, a retry with several batches in flight could reorder.
