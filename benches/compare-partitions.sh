@@ -48,20 +48,24 @@ for run in $(seq 1 "$runs"); do
     broker_cpu=$(cpu_seconds "$broker")
     kill "$broker"; wait "$broker" || true
     rm -rf "$data"
+    # The next run starts without this one's data still being written back.
+    sync
+    grep -m1 -E "ERROR|failed" "$work/err.txt" | sed "s/^/$build run $run: /" >&2 || true
     # The sweep table: partitions msgs/s MB/s p50 p99 errors rss.
     awk -v b="$build" -v r="$run" -v bc="$broker_cpu" -v lc="$loadgen_cpu" \
-      'found && NF == 7 {print b, r, $1, $3, $4, $5, $7, bc, lc} /^partitions +msgs/ {found = 1}' \
+      'found && NF == 7 {print b, r, $1, $3, $4, $5, $7, bc, lc, $6} /^partitions +msgs/ {found = 1}' \
       "$work/out.txt" | tee -a "$results"
   done
 done
-echo "medians: build partitions MB/s p50-ms p99-ms rss-MB broker-cpu-s loadgen-cpu-s"
+echo "medians: build partitions MB/s p50-ms p99-ms rss-MB broker-cpu-s loadgen-cpu-s (errors: total)"
 python3 - "$results" <<'PY'
 import sys, statistics, collections
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
     f = line.split()
-    rows[(f[0], int(f[2]))].append([float(x) for x in f[3:9]])
+    rows[(f[0], int(f[2]))].append([float(x) for x in f[3:10]])
 for (build, partitions), v in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0] != "before")):
     med = [statistics.median(x[i] for x in v) for i in range(6)]
-    print(f"{build:<7}{partitions:>6} {med[0]:7.1f} {med[1]:8.1f} {med[2]:8.1f} {med[3]:6.0f} {med[4]:6.1f} {med[5]:6.1f}  ({len(v)} runs)")
+    errors = int(sum(x[6] for x in v))
+    print(f"{build:<7}{partitions:>6} {med[0]:7.1f} {med[1]:8.1f} {med[2]:8.1f} {med[3]:6.0f} {med[4]:6.1f} {med[5]:6.1f}  ({len(v)} runs, errors: {errors})")
 PY
