@@ -17,7 +17,7 @@ use spate_protocol::frame::{Frame, FrameDecoder};
 
 use crate::error::{ClientError, Result};
 use crate::limits;
-use spate_protocol::turnstile::Turnstile;
+use crate::turnstile::Turnstile;
 
 /// Cheap to clone; the connection closes when the last clone is dropped.
 #[derive(Clone)]
