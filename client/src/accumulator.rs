@@ -171,6 +171,18 @@ pub struct Accumulator<D> {
     buffered_bytes: usize,
 }
 
+/// Whether the `lingering` entry (`target`, `generation`) is still its partition's open batch.
+fn still_open<D>(
+    queues: &FxHashMap<TopicPartition, PartitionQueue<D>>,
+    target: &TopicPartition,
+    generation: u64,
+) -> bool {
+    queues
+        .get(target)
+        .and_then(|q| q.open.as_ref())
+        .is_some_and(|open| open.generation == generation)
+}
+
 /// Puts `target` on the sendable list, once.
 fn list<D>(
     sendable: &mut Vec<TopicPartition>,
@@ -267,12 +279,7 @@ impl<D> Accumulator<D> {
             return;
         }
         let queues = &self.queues;
-        self.lingering.retain(|(_, target, generation)| {
-            queues
-                .get(target)
-                .and_then(|q| q.open.as_ref())
-                .is_some_and(|open| open.generation == *generation)
-        });
+        self.lingering.retain(|(_, target, generation)| still_open(queues, target, *generation));
     }
 
     fn close(
@@ -355,12 +362,7 @@ impl<D> Accumulator<D> {
         // The first entry whose batch is still open; closed ones are few (see `compact`).
         self.lingering
             .iter()
-            .find(|(_, target, generation)| {
-                self.queues
-                    .get(target)
-                    .and_then(|q| q.open.as_ref())
-                    .is_some_and(|open| open.generation == *generation)
-            })
+            .find(|(_, target, generation)| still_open(&self.queues, target, *generation))
             .map(|(opened_at, _, _)| *opened_at + self.linger)
     }
 
