@@ -553,7 +553,7 @@ impl Client {
         batches: &[PartitionBatch<'_>],
         acks: wire::Acks,
         timeout: Duration,
-        turn: Option<crate::turnstile::Ticket>,
+        turn: Option<spate_protocol::turnstile::Ticket>,
     ) -> Vec<Result<Option<i64>>> {
         if let Some(turn) = &turn {
             turn.wait().await;

@@ -17,7 +17,7 @@ use spate_protocol::frame::{Frame, FrameDecoder};
 
 use crate::error::{ClientError, Result};
 use crate::limits;
-use crate::turnstile::Turnstile;
+use spate_protocol::turnstile::Turnstile;
 
 /// Cheap to clone; the connection closes when the last clone is dropped.
 #[derive(Clone)]

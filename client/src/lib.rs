@@ -49,7 +49,6 @@ pub mod group;
 pub mod limits;
 pub mod partitioner;
 pub mod producer;
-mod turnstile;
 
 pub use accumulator::{ProducerIdentity, TopicPartition};
 pub use client::{Client, ClientConfig, PartitionBatch, EARLIEST, LATEST};

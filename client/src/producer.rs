@@ -258,7 +258,7 @@ struct Inner {
     /// When the driver last looked for batches past their delivery timeout.
     overdue_checked: Cell<Instant>,
     /// Sends go out in the order the driver drained their batches.
-    sends: crate::turnstile::Turnstile,
+    sends: spate_protocol::turnstile::Turnstile,
     driver: RefCell<Option<glommio::Task<()>>>,
     on_retry: RefCell<Option<RetryObserver>>,
     /// Serializes the idempotent producer's `InitProducerId` (first send only).
@@ -295,7 +295,7 @@ impl Producer {
             space_waiters: RefCell::new(Vec::new()),
             closed: Cell::new(false),
             overdue_checked: Cell::new(Instant::now()),
-            sends: crate::turnstile::Turnstile::default(),
+            sends: spate_protocol::turnstile::Turnstile::default(),
             driver: RefCell::new(None),
             on_retry: RefCell::new(None),
             init_lock: glommio::sync::Semaphore::new(1),
@@ -553,7 +553,7 @@ async fn drive(inner: std::rc::Weak<Inner>, wakeups: LocalReceiver<()>) {
 async fn send_batches(
     inner: Rc<Inner>,
     batches: Vec<ClosedBatch<Reply>>,
-    turn: crate::turnstile::Ticket,
+    turn: spate_protocol::turnstile::Ticket,
 ) {
     let config = &inner.config;
     let results = {

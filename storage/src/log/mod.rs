@@ -202,9 +202,14 @@ struct Inner {
     state: RefCell<State>,
     /// Serializes everything that writes files: flush rounds, rolls, truncation, retention.
     io_lock: Semaphore,
-    /// Bytes of queued batches; appenders wait for room (backpressure), strictly first come,
-    /// first served, so that appends take offsets in the order they were called.
+    /// Bytes of queued batches; appenders wait for room (backpressure).
     pending_budget: tokio::sync::Semaphore,
+    /// Appends take offsets in the order they were called: each takes a ticket when called and
+    /// waits for its turn before it waits for room, and passes the turn on once queued. (The
+    /// budgets' fairness alone did not keep that order: an append granted room still runs
+    /// after a newcomer that finds room free, and pipelined batches of an idempotent producer
+    /// then arrived out of sequence.)
+    admission: spate_protocol::turnstile::Turnstile,
     /// Wakes a flush task that is gathering batches (write-behind) to write now.
     write_now: tokio::sync::Notify,
 }
@@ -503,6 +508,7 @@ impl Log {
                 state: RefCell::new(state),
                 io_lock: Semaphore::new(1),
                 pending_budget: tokio::sync::Semaphore::new(limits::PENDING_BYTES_MAX),
+                admission: Default::default(),
                 write_now: tokio::sync::Notify::new(),
             }),
         };

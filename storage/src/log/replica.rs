@@ -43,7 +43,7 @@ impl Log {
         if length > limits::PENDING_BYTES_MAX {
             return Err(LogError::AppendTooLarge(length));
         }
-        self.reserve_pending(length).await?;
+        let turn = self.reserve_pending(length).await?;
 
         let (appended, replies, start_flush_task) = {
             let queued = self.ensure_open().and_then(|()| {
@@ -90,6 +90,7 @@ impl Log {
             assert_eq!(last_offset, headers.last().expect("non-empty").last_offset());
             (Appended { base_offset: first_offset, last_offset }, replies, start_flush_task)
         };
+        drop(turn);
         self.complete_append(appended, replies, start_flush_task).await
     }
 

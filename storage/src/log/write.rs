@@ -41,7 +41,7 @@ impl Log {
             return Err(LogError::Config("no batch to append".into()));
         }
         assert!(length <= limits::PENDING_BYTES_MAX);
-        self.reserve_pending(length).await?;
+        let turn = self.reserve_pending(length).await?;
 
         // Idempotent producers are checked where offsets are taken: nothing awaits between this
         // and the queueing below, so pipelined batches are checked in the order they queue.
@@ -50,6 +50,8 @@ impl Log {
             let admission = self.inner.state.borrow_mut().admit(&headers, now_ms);
             if !matches!(admission, Admission::Append) {
                 self.release_pending(length);
+                // A duplicate waits for its original's acknowledgement, not holding the turn.
+                drop(turn);
                 return admission.outcome().await;
             }
         }
@@ -81,14 +83,34 @@ impl Log {
                 Appended { base_offset: first_offset, last_offset: state.next_offset - 1 };
             (appended, replies, start_flush_task)
         };
+        // Queued: the next append may take its offsets (not only once this one is written).
+        drop(turn);
         self.complete_append(appended, replies, start_flush_task).await
     }
 
-    /// Takes room for `length` bytes of queued batches: the log's pending budget first (first
-    /// come, first served, so appends take offsets in call order), then its shard's. Both are
-    /// guards until taken for good, so an append cancelled while it waits gives them back;
-    /// afterwards the flush round that writes the bytes (or a rollback) releases them.
-    pub(super) async fn reserve_pending(&self, length: usize) -> Result<()> {
+    /// Takes room for `length` bytes of queued batches (the log's pending budget, then its
+    /// shard's), then waits for this append's turn, and returns the turn: the caller passes it
+    /// on (drops it) once it queued. Appends so take offsets in the order they were called.
+    ///
+    /// Both budgets are first come, first served, but that decides who is granted room, not who
+    /// runs first: an append granted room is woken, and a newcomer that finds room left over
+    /// (Glommio runs a spawned task ahead of woken ones) would queue before it. The turn keeps
+    /// call order. It is waited for only once room is held. Every earlier append of this log
+    /// already holds its room in the log's budget (that one is fair), so the wait is for
+    /// earlier appends that are runnable, or that wait for the shard's room, which flush rounds
+    /// give back whatever this append holds (a shard's budget is at least a log's): the turn
+    /// is never part of a wait cycle. (6e002f5 waited for the turn first, and then held it
+    /// while waiting for room; CI then hung twice in tests that commit offsets.)
+    ///
+    /// The budgets are guards until taken for good, so an append cancelled while it waits gives
+    /// them back; afterwards the flush round that writes the bytes (or a rollback) releases
+    /// them.
+    pub(super) async fn reserve_pending(
+        &self,
+        length: usize,
+    ) -> Result<spate_protocol::turnstile::Ticket> {
+        // Taken before any wait, so in call order (and before the budgets' queues are joined).
+        let turn = self.inner.admission.ticket();
         self.ensure_open()?;
         self.ensure_writable()?;
         let permits = self
@@ -101,11 +123,13 @@ impl Log {
             Some(memory) => Some(memory.acquire_pending(length).await),
             None => None,
         };
+        turn.wait().await;
+        self.ensure_open()?;
         permits.forget();
         if let Some(shard_permits) = shard_permits {
             shard_permits.forget();
         }
-        Ok(())
+        Ok(turn)
     }
 
     /// Before batches are queued: write-behind counts from the first, and the tail cache takes
@@ -724,5 +748,60 @@ mod tests {
         assert!(roll_due(1, 0, 1000, true));
         assert!(roll_due(900, 101, 1000, false));
         assert!(!roll_due(900, 100, 1000, false));
+    }
+}
+
+#[cfg(test)]
+mod admission_tests {
+    use bytes::Bytes;
+    use spate_protocol::batch::{BatchBuilder, BatchIdentity, NewRecord};
+
+    use crate::memory::ShardMemory;
+    use crate::{Log, LogConfig, LogOptions};
+
+    fn idempotent(sequence: i32, count: usize) -> bytes::BytesMut {
+        let mut builder = BatchBuilder::new();
+        for _ in 0..count {
+            builder
+                .push(&NewRecord { value: Some(Bytes::from_static(b"v")), ..Default::default() });
+        }
+        let identity = BatchIdentity { producer_id: 1, producer_epoch: 0, base_sequence: sequence };
+        builder.finish_with(identity).unwrap()
+    }
+
+    /// An append that waited for room, was granted it, and has not run yet must still take its
+    /// offsets before an append called after it that finds room free. (Glommio runs a spawned
+    /// task at once, ahead of the woken one: the budgets' fairness alone let the newcomer in
+    /// first, and an idempotent producer's pipelined batches were refused out of sequence.)
+    #[test]
+    fn appends_take_offsets_in_call_order_even_after_waiting_for_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound).make();
+        executor.unwrap().run(async move {
+            let memory = ShardMemory::new(crate::limits::PENDING_BYTES_MAX, 1 << 20);
+            let options = LogOptions { memory: Some(memory.clone()), ..LogOptions::default() };
+            let log = Log::open(dir.path(), LogConfig::default(), options).await.unwrap();
+            // The shard's whole budget is held elsewhere: the first append waits for room.
+            let held = memory.acquire_pending(crate::limits::PENDING_BYTES_MAX).await;
+            held.forget();
+            let first = {
+                let log = log.clone();
+                glommio::spawn_local(async move { log.append(idempotent(0, 3), 1).await })
+            };
+            glommio::yield_if_needed().await;
+            futures_lite::future::yield_now().await;
+            // Room comes back: the first is granted it and woken, but has not run yet when the
+            // second is called (and, spawned, runs at once).
+            memory.release_pending(crate::limits::PENDING_BYTES_MAX);
+            let second = {
+                let log = log.clone();
+                glommio::spawn_local(async move { log.append(idempotent(3, 2), 1).await })
+            };
+            let first = first.await.expect("the first batch is appended");
+            let second = second.await.expect("the second batch is appended after it");
+            assert_eq!((first.base_offset, first.last_offset), (0, 2));
+            assert_eq!((second.base_offset, second.last_offset), (3, 4));
+            log.close().await.unwrap();
+        });
     }
 }

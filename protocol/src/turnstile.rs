@@ -1,10 +1,12 @@
 //! A turnstile: tickets taken synchronously, in call order, pass one at a time in that order.
 //!
-//! Glommio runs a spawned task at once, ahead of tasks woken earlier, and its semaphore and
-//! lock let a newcomer overtake a woken waiter: async gates alone do not keep the order in
-//! which requests were made. The idempotent producer needs that order (a partition's pipelined
-//! batches must reach the broker in sequence), so the producer and each connection put their
-//! requests through a turnstile.
+//! Glommio runs a spawned task at once, ahead of tasks woken earlier, and a task that has been
+//! granted a semaphore's permits still runs after a newcomer that finds permits free: async
+//! gates alone do not keep the order in which calls were made. Idempotent producers need that
+//! order end to end (a partition's pipelined batches must reach the broker, and take offsets,
+//! in sequence), so the client's sends and writes and a log's admission of appends go through
+//! turnstiles. Single-threaded (`!Send`); used by the client and the storage crate, which
+//! both build on this one.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
@@ -12,7 +14,7 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 #[derive(Default)]
-pub(crate) struct Turnstile {
+pub struct Turnstile {
     state: Rc<State>,
 }
 
@@ -28,14 +30,14 @@ struct State {
 }
 
 /// A place in the order. Dropping it (done, failed or cancelled) passes the turn on.
-pub(crate) struct Ticket {
+pub struct Ticket {
     state: Rc<State>,
     number: u64,
 }
 
 impl Turnstile {
     /// Takes the next place in the order, now.
-    pub(crate) fn ticket(&self) -> Ticket {
+    pub fn ticket(&self) -> Ticket {
         let number = self.state.next_ticket.get();
         self.state.next_ticket.set(number + 1);
         Ticket { state: self.state.clone(), number }
@@ -44,7 +46,7 @@ impl Turnstile {
 
 impl Ticket {
     /// Resolves when every earlier ticket has been dropped.
-    pub(crate) async fn wait(&self) {
+    pub async fn wait(&self) {
         std::future::poll_fn(|cx| {
             if self.state.turn.get() == self.number {
                 Poll::Ready(())
