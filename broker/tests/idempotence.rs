@@ -483,3 +483,37 @@ fn send_with_calls_back_once_per_record_in_offset_order_per_partition() {
         assert_eq!(stored[partition].len(), acknowledged.len(), "nothing else stored");
     }
 }
+
+#[test]
+fn on_request_reports_every_send_round_with_the_batches_it_carried() {
+    let dir = temp_dir();
+    let broker = Broker::start(dir.path());
+    broker.ok(&["topic", "create", "rq", "--partitions", "4"]);
+    let address = broker.address();
+    let (rounds, took_max, elapsed) = run(async move {
+        let client = Client::connect(client_config(&address)).await.unwrap();
+        let producer = Producer::new(client, producer_config()).unwrap();
+        let rounds = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let seen = rounds.clone();
+        producer.on_request(move |took, batches| seen.borrow_mut().push((took, batches)));
+        let started = Instant::now();
+        // One record, then a flush, three times: three rounds of one batch each.
+        for i in 0..3 {
+            producer.send(record("rq", message(i)).with_partition(0)).await.unwrap();
+            producer.flush().await.unwrap();
+        }
+        assert_eq!(rounds.borrow().len(), 3, "one round per flushed record");
+        // One record to each partition: four batches, in however many rounds.
+        for partition in 0..4 {
+            producer.send(record("rq", message(9)).with_partition(partition)).await.unwrap();
+        }
+        producer.flush().await.unwrap();
+        let elapsed = started.elapsed();
+        let rounds = rounds.borrow().clone();
+        let took_max = rounds.iter().map(|r| r.0).max().unwrap();
+        (rounds.iter().map(|r| r.1).collect::<Vec<_>>(), took_max, elapsed)
+    });
+    assert_eq!(rounds[..3], [1, 1, 1]);
+    assert_eq!(rounds[3..].iter().sum::<usize>(), 4, "every batch reported once: {rounds:?}");
+    assert!(took_max > Duration::ZERO && took_max <= elapsed, "{took_max:?} of {elapsed:?}");
+}

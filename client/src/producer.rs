@@ -217,6 +217,10 @@ impl std::future::Future for Delivery {
 /// Called with each error that a batch will be retried after (see [`Producer::on_retry`]).
 pub type RetryObserver = Box<dyn Fn(&TopicPartition, &ClientError)>;
 
+/// Called with the time each send round took and the batches it carried (see
+/// [`Producer::on_request`]).
+pub type RequestObserver = Box<dyn Fn(Duration, usize)>;
+
 /// How a record's outcome reaches its sender: a [`Delivery`] future, or a callback run by the
 /// producer's driver (no channel, no task: what a load generator sending millions wants).
 enum Reply {
@@ -261,6 +265,7 @@ struct Inner {
     sends: spate_protocol::turnstile::Turnstile,
     driver: RefCell<Option<glommio::Task<()>>>,
     on_retry: RefCell<Option<RetryObserver>>,
+    on_request: RefCell<Option<RequestObserver>>,
     /// Serializes the idempotent producer's `InitProducerId` (first send only).
     init_lock: glommio::sync::Semaphore,
     /// Set when the producer failed for good (fenced, or a partition lost acknowledged
@@ -298,6 +303,7 @@ impl Producer {
             sends: spate_protocol::turnstile::Turnstile::default(),
             driver: RefCell::new(None),
             on_retry: RefCell::new(None),
+            on_request: RefCell::new(None),
             init_lock: glommio::sync::Semaphore::new(1),
             fatal: RefCell::new(None),
         });
@@ -313,8 +319,14 @@ impl Producer {
         *self.inner.on_retry.borrow_mut() = Some(Box::new(observer));
     }
 
-    /// Queues a record. Returns once it is buffered (waiting while the buffer is full); the
-    /// returned [`Delivery`] resolves when it is acknowledged.
+    /// Calls `observer` once per send round with how long it took and how many batches it
+    /// carried: from the moment the batches left the buffer (were drained for sending) to the
+    /// broker's answer to all of them, one request per broker shard they go to. This is the
+    /// per-request latency, beside the per-record one that includes time spent in the buffer.
+    pub fn on_request(&self, observer: impl Fn(Duration, usize) + 'static) {
+        *self.inner.on_request.borrow_mut() = Some(Box::new(observer));
+    }
+
     /// The topic's partition count, from the cache or the metadata; a retriable failure to get
     /// it (a broker lost, a leader moving) is retried with backoff for up to the request
     /// timeout, as Kafka's `send` blocks up to `max.block.ms` for metadata.
@@ -336,6 +348,8 @@ impl Producer {
         }
     }
 
+    /// Queues a record. Returns once it is buffered (waiting while the buffer is full); the
+    /// returned [`Delivery`] resolves when it is acknowledged.
     pub async fn send(&self, record: ProducerRecord) -> Result<Delivery> {
         let (reply, delivery) = oneshot::channel();
         let partition = self.enqueue(record, Reply::Channel(reply)).await?;
@@ -556,6 +570,7 @@ async fn send_batches(
     turn: spate_protocol::turnstile::Ticket,
 ) {
     let config = &inner.config;
+    let drained = Instant::now();
     let results = {
         let parts: Vec<PartitionBatch<'_>> = batches
             .iter()
@@ -568,6 +583,9 @@ async fn send_batches(
         // In drain order: a partition's batches reach its broker in sequence.
         inner.client.produce_in_turn(&parts, config.acks, config.request_timeout, Some(turn)).await
     };
+    if let Some(observer) = inner.on_request.borrow().as_ref() {
+        observer(drained.elapsed(), batches.len());
+    }
     for (batch, result) in batches.into_iter().zip(results) {
         settle(&inner, batch, result);
     }
