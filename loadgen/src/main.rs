@@ -63,8 +63,9 @@ struct Options {
     /// (what a client that ignores shard addresses does: other shards' partitions cost a hop).
     #[arg(long)]
     via_bootstrap: bool,
-    /// `spate` (default), or `nats://HOST:PORT` to run the same scenario against NATS JetStream
-    /// (needs the `nats` feature).
+    /// `spate` (default), `nats://HOST:PORT` to run the same scenario against NATS JetStream
+    /// (needs the `nats` feature), or `iggy://HOST:PORT` against Apache Iggy's TCP transport
+    /// (needs the `iggy` feature).
     #[arg(long, default_value = "spate")]
     target: String,
     /// Start an in-process broker on a temporary data directory.
@@ -389,14 +390,16 @@ fn scenario(scenario: Scenario, mut options: Options) -> Result<Outcome, String>
         return Err("--producers, --consumers and --partitions must be at least 1".into());
     }
     let cpus = parse_cpus(&options)?;
-    let nats_target = options.target.starts_with("nats://").then(|| options.target.clone());
-    if options.target != "spate" && nats_target.is_none() {
+    let peer_target = (options.target.starts_with("nats://")
+        || options.target.starts_with("iggy://"))
+    .then(|| options.target.clone());
+    if options.target != "spate" && peer_target.is_none() {
         return Err(format!(
-            "bad --target {:?}: expected spate or nats://HOST:PORT",
+            "bad --target {:?}: expected spate, nats://HOST:PORT or iggy://HOST:PORT",
             options.target
         ));
     }
-    let (embedded, bootstrap, data_dir) = if options.embedded && nats_target.is_none() {
+    let (embedded, bootstrap, data_dir) = if options.embedded && peer_target.is_none() {
         let (broker, address, dir) =
             start_embedded(options.data_dir.clone(), options.layout.as_deref())?;
         (Some(broker), address, dir)
@@ -425,7 +428,7 @@ fn scenario(scenario: Scenario, mut options: Options) -> Result<Outcome, String>
         Some(ceiling::measure(&data_dir.join("ceiling"), quick)?)
     };
     let consume_target =
-        if nats_target.is_some() { u64::MAX } else { prepare_topic(&bootstrap, &options)? };
+        if peer_target.is_some() { u64::MAX } else { prepare_topic(&bootstrap, &options)? };
     let duration =
         Duration::from_secs_f64(options.duration.unwrap_or(if options.messages.is_some() {
             300.0
@@ -453,16 +456,21 @@ fn scenario(scenario: Scenario, mut options: Options) -> Result<Outcome, String>
         duration,
         warmup: Duration::from_secs_f64(options.warmup),
         consume_target,
+        fsync: options.flush == "always",
     };
     let shared = Arc::new(Shared::default());
     let start = Arc::new(Barrier::new(cpus.len() + 1));
     let mut threads = Vec::new();
-    if let Some(url) = &nats_target {
+    if let Some(url) = &peer_target {
         let (plan, shared, barrier, url, cores) =
             (plan.clone(), shared.clone(), start.clone(), url.clone(), cpus.len());
         threads.push(std::thread::spawn(move || -> Result<WorkerResult, String> {
             barrier.wait();
-            run_nats(&plan, &url, cores, shared)
+            if url.starts_with("iggy://") {
+                run_iggy(&plan, &url, cores, shared)
+            } else {
+                run_nats(&plan, &url, cores, shared)
+            }
         }));
         // The other cores' slots in the barrier.
         for _ in 1..cpus.len() {
@@ -473,7 +481,7 @@ fn scenario(scenario: Scenario, mut options: Options) -> Result<Outcome, String>
             }));
         }
     }
-    for (core, cpu) in cpus.iter().copied().enumerate().filter(|_| nats_target.is_none()) {
+    for (core, cpu) in cpus.iter().copied().enumerate().filter(|_| peer_target.is_none()) {
         let (plan, shared, start, cores) =
             (plan.clone(), shared.clone(), start.clone(), cpus.len());
         threads.push(std::thread::spawn(move || -> Result<WorkerResult, String> {
@@ -509,6 +517,7 @@ fn scenario(scenario: Scenario, mut options: Options) -> Result<Outcome, String>
         }
     }
     let mut produce = new_histogram();
+    let mut request = new_histogram();
     let mut e2e = new_histogram();
     let (mut produced, mut produced_bytes, mut consumed, mut consumed_bytes, mut errors) =
         (0, 0, 0, 0, 0);
@@ -516,6 +525,7 @@ fn scenario(scenario: Scenario, mut options: Options) -> Result<Outcome, String>
     for thread in threads {
         let result = thread.join().map_err(|_| "a worker panicked".to_string())??;
         let _ = produce.add(&result.produce_latency);
+        let _ = request.add(&result.request_latency);
         let _ = e2e.add(&result.e2e_latency);
         produced += result.produced;
         produced_bytes += result.produced_bytes;
@@ -537,6 +547,7 @@ fn scenario(scenario: Scenario, mut options: Options) -> Result<Outcome, String>
         duration_s: elapsed.as_secs_f64(),
         errors,
         produce_latency: Percentiles::of(&produce),
+        request_latency: Percentiles::of(&request),
         e2e_latency: Percentiles::of(&e2e),
         consumed,
     };
@@ -591,6 +602,21 @@ fn run_nats(
 #[cfg(not(feature = "nats"))]
 fn run_nats(_: &Plan, _: &str, _: usize, _: Arc<Shared>) -> Result<WorkerResult, String> {
     Err("this spate-loadgen was built without NATS support: cargo build --release -p spate-loadgen --features nats".into())
+}
+
+#[cfg(feature = "iggy")]
+fn run_iggy(
+    plan: &Plan,
+    url: &str,
+    threads: usize,
+    shared: Arc<Shared>,
+) -> Result<WorkerResult, String> {
+    spate_loadgen::iggy::run(plan, url, threads, shared)
+}
+
+#[cfg(not(feature = "iggy"))]
+fn run_iggy(_: &Plan, _: &str, _: usize, _: Arc<Shared>) -> Result<WorkerResult, String> {
+    Err("this spate-loadgen was built without Iggy support: cargo build --release -p spate-loadgen --features iggy".into())
 }
 
 /// Creates the topic if absent; returns how many messages it holds (the consume target).

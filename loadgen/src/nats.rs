@@ -25,6 +25,9 @@ use crate::stats::{new_histogram, Shared};
 /// Counters shared by the tasks: produced, produced bytes, consumed, consumed bytes, errors.
 type Counts = Arc<Mutex<(u64, u64, u64, u64, u64)>>;
 
+/// A histogram the tasks share.
+type SharedHistogram = Arc<Mutex<Histogram<u64>>>;
+
 /// Publishes awaiting their acknowledgement, per producer.
 const IN_FLIGHT_MAX: usize = 4096;
 
@@ -67,6 +70,7 @@ async fn drive(plan: Plan, address: String, shared: Arc<Shared>) -> Result<Worke
         .await
         .map_err(|e| format!("cannot create stream {name}: {e}"))?;
     let produce_latency = Arc::new(Mutex::new(new_histogram()));
+    let request_latency = Arc::new(Mutex::new(new_histogram()));
     let e2e_latency = Arc::new(Mutex::new(new_histogram()));
     let counts: Counts = Arc::new(Mutex::new((0, 0, 0, 0, 0)));
 
@@ -133,8 +137,9 @@ async fn drive(plan: Plan, address: String, shared: Arc<Shared>) -> Result<Worke
     }
     if plan.scenario != Scenario::Consume {
         for index in 0..plan.producers {
-            let (plan, js, shared, latency, counts) =
-                (plan.clone(), js.clone(), shared.clone(), produce_latency.clone(), counts.clone());
+            let (plan, js, shared, counts) =
+                (plan.clone(), js.clone(), shared.clone(), counts.clone());
+            let latency = (produce_latency.clone(), request_latency.clone());
             tasks.push(tokio::spawn(async move {
                 produce(plan, index, js, shared, latency, counts, started, deadline).await
             }));
@@ -147,9 +152,11 @@ async fn drive(plan: Plan, address: String, shared: Arc<Shared>) -> Result<Worke
     let (produced, produced_bytes, consumed, consumed_bytes, errors) =
         *counts.lock().expect("not poisoned");
     let produce_latency = produce_latency.lock().expect("not poisoned").clone();
+    let request_latency = request_latency.lock().expect("not poisoned").clone();
     let e2e_latency = e2e_latency.lock().expect("not poisoned").clone();
     Ok(WorkerResult {
         produce_latency,
+        request_latency,
         e2e_latency,
         produced,
         produced_bytes,
@@ -166,7 +173,8 @@ async fn produce(
     index: u32,
     js: jetstream::Context,
     shared: Arc<Shared>,
-    latency: Arc<Mutex<Histogram<u64>>>,
+    // Per record, and per request (here a publish, one record).
+    latency: (SharedHistogram, SharedHistogram),
     counts: Counts,
     started: Instant,
     deadline: Instant,
@@ -207,9 +215,15 @@ async fn produce(
                 c.4 += 1;
                 Shared::add(&shared.errors, 1);
             } else if measured {
-                let elapsed = pacer.latency(message, sent_at, started.elapsed());
-                let _ =
-                    latency.lock().expect("not poisoned").record(elapsed.as_micros().max(1) as u64);
+                let acked_at = started.elapsed();
+                let elapsed = pacer.latency(message, sent_at, acked_at);
+                let _ = latency
+                    .0
+                    .lock()
+                    .expect("not poisoned")
+                    .record(elapsed.as_micros().max(1) as u64);
+                let request = acked_at.saturating_sub(sent_at).as_micros().max(1) as u64;
+                let _ = latency.1.lock().expect("not poisoned").record(request);
                 c.0 += 1;
                 c.1 += size as u64;
                 Shared::add(&shared.messages, 1);

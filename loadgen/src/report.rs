@@ -12,7 +12,11 @@ pub struct Outcome {
     pub bytes: u64,
     pub duration_s: f64,
     pub errors: u64,
+    /// Per record, from its due or send time to its acknowledgement (time in the producer's
+    /// buffer included).
     pub produce_latency: Percentiles,
+    /// Per produce request (a round of batches): sent to answered.
+    pub request_latency: Percentiles,
     pub e2e_latency: Percentiles,
     pub consumed: u64,
 }
@@ -93,6 +97,7 @@ pub fn to_json(
         "errors": outcome.errors,
         "latency_us": outcome.latency(),
         "produce_latency_us": outcome.produce_latency,
+        "request_latency_us": outcome.request_latency,
         "e2e_latency_us": outcome.e2e_latency,
         "consumed": outcome.consumed,
         "config": config,
@@ -137,6 +142,13 @@ pub fn table(outcome: &Outcome, ceiling: Option<&Ceiling>) -> String {
         out.push_str(&format!(
             "produce latency µs: p50 {} p99 {} p99.9 {} max {}\n",
             q.p50, q.p99, q.p999, q.max
+        ));
+    }
+    if outcome.request_latency.max > 0 {
+        let r = outcome.request_latency;
+        out.push_str(&format!(
+            "request latency µs: p50 {} p99 {} p99.9 {} max {}\n",
+            r.p50, r.p99, r.p999, r.max
         ));
     }
     if let Some(c) = ceiling {

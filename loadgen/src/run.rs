@@ -61,11 +61,16 @@ pub struct Plan {
     pub warmup: Duration,
     /// Messages the consume scenario reads when `messages` is `None`: what the topic holds.
     pub consume_target: u64,
+    /// The topic is created with `flush=always` (a peer broker: fsync every batch).
+    pub fsync: bool,
 }
 
 /// What one worker measured.
 pub struct WorkerResult {
+    /// Per record: from its due (paced) or send time to its acknowledgement.
     pub produce_latency: Histogram<u64>,
+    /// Per produce request: from sending a batch (or a round of them) to the answer.
+    pub request_latency: Histogram<u64>,
     pub e2e_latency: Histogram<u64>,
     pub produced: u64,
     pub produced_bytes: u64,
@@ -81,6 +86,7 @@ impl WorkerResult {
     pub fn empty() -> WorkerResult {
         WorkerResult {
             produce_latency: new_histogram(),
+            request_latency: new_histogram(),
             e2e_latency: new_histogram(),
             produced: 0,
             produced_bytes: 0,
@@ -124,6 +130,7 @@ fn share(count: u32, core: usize, cores: usize) -> Vec<u32> {
 
 struct Local {
     produce: RefCell<Histogram<u64>>,
+    request: RefCell<Histogram<u64>>,
     e2e: RefCell<Histogram<u64>>,
     produced: RefCell<(u64, u64)>,
     consumed: RefCell<(u64, u64)>,
@@ -149,6 +156,7 @@ pub async fn worker(
         .map_err(|e| format!("cannot reach {}: {e}", plan.bootstrap))?;
     let local = Rc::new(Local {
         produce: RefCell::new(new_histogram()),
+        request: RefCell::new(new_histogram()),
         e2e: RefCell::new(new_histogram()),
         produced: RefCell::new((0, 0)),
         consumed: RefCell::new((0, 0)),
@@ -201,12 +209,14 @@ pub async fn worker(
     drop(reporter);
     let elapsed = started.elapsed().saturating_sub(plan.warmup);
     let produce = local.produce.borrow().clone();
+    let request = local.request.borrow().clone();
     let e2e = local.e2e.borrow().clone();
     let (produced, produced_bytes) = *local.produced.borrow();
     let (consumed, consumed_bytes) = *local.consumed.borrow();
     let errors = *local.errors.borrow();
     Ok(WorkerResult {
         produce_latency: produce,
+        request_latency: request,
         e2e_latency: e2e,
         produced,
         produced_bytes,
@@ -251,6 +261,12 @@ async fn produce(
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client, config).map_err(|e| e.to_string())?;
+    let (local_requests, plan_warmup) = (local.clone(), plan.warmup);
+    producer.on_request(move |took, _batches| {
+        if started.elapsed() >= plan_warmup {
+            let _ = local_requests.request.borrow_mut().record(took.as_micros().max(1) as u64);
+        }
+    });
     let pacer = Pacer::new(plan.rate / f64::from(plan.producers.max(1)));
     let quota = plan.messages.map(|m| share_of(m, plan.producers, index));
     let mut keys = KeyGen::new(plan.keys.clone(), 0x5EED ^ u64::from(index));
