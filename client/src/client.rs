@@ -472,6 +472,11 @@ impl Client {
         Ok(self.partitions(topic).await?.len() as u32)
     }
 
+    /// The topic's partition count if the metadata cache holds it (no wait, no request).
+    pub fn cached_partition_count(&self, topic: &str) -> Option<u32> {
+        self.inner.topics.borrow().get(topic).map(|partitions| partitions.len() as u32)
+    }
+
     /// Forgets what the cache knows of `topic`; the next call refreshes it.
     pub fn invalidate(&self, topic: &str) {
         self.inner.topics.borrow_mut().remove(topic);

@@ -72,3 +72,7 @@ pub const METADATA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// How often the producer's driver looks for queued batches past their delivery timeout: a
 /// scan of every partition, so not at every round (a batch fails at most this much late).
 pub const DELIVERY_TIMEOUT_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// How long the producer derives record timestamps from the monotonic clock before it reads
+/// the wall clock again (a wall-clock step shows in timestamps at most this late).
+pub const WALL_CLOCK_REFRESH: std::time::Duration = std::time::Duration::from_millis(100);
