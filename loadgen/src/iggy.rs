@@ -31,7 +31,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::keys::KeyGen;
 use crate::pacer::Pacer;
-use crate::run::{due_us, message_value, now_us, share_of, Plan, Scenario, WorkerResult};
+use crate::run::{due_us, now_us, share_of, Plan, Scenario, ValueArena, WorkerResult};
 use crate::stats::{new_histogram, Shared};
 
 /// The stream every load generator topic lives in.
@@ -304,13 +304,20 @@ async fn produce(
     let mut rng = SmallRng::seed_from_u64(u64::from(index) + 1);
     let epoch_offset_us = now_us() - started.elapsed().as_micros() as u64;
     let mut open: Vec<Open> = (0..plan.partitions).map(|_| Open::default()).collect();
+    let mut values = ValueArena::default();
     let mut tally = Tally::new();
     // Unkeyed messages fill one partition's batch, then the next partition's.
     let mut unkeyed_partition = index % plan.partitions;
     let mut sent = 0u64;
-    // Bounded by the quota and the deadline.
-    while quota.is_none_or(|q| sent < q) && Instant::now() < deadline {
-        if !pacer.wait(sent, started.elapsed()).is_zero() {
+    let run_end = deadline.saturating_duration_since(started);
+    // Bounded by the quota and the deadline. One clock read per message.
+    loop {
+        let mut now = started.elapsed();
+        if quota.is_some_and(|q| sent >= q) || now >= run_end {
+            break;
+        }
+        let wait = pacer.wait(sent, now);
+        if !wait.is_zero() {
             // Batches open for the linger go out before the pause.
             for partition in 0..plan.partitions {
                 let slot = &mut open[partition as usize];
@@ -319,17 +326,18 @@ async fn produce(
                 }
             }
             tokio::time::sleep(pacer.wait(sent, started.elapsed())).await;
+            now = started.elapsed();
         }
         let size = plan.size.draw(rng.gen());
-        let due = if pacer.is_paced() { pacer.due(sent) } else { started.elapsed() };
-        let value: Bytes = message_value(epoch_offset_us, due, size);
+        let due = if pacer.is_paced() { pacer.due(sent) } else { now };
+        let value: Bytes = values.value(epoch_offset_us, due, size);
         let (partition, keyed) = match keys.next_key() {
             Some(key) => (spate_client::key_partition(&key, plan.partitions), true),
             None => (unkeyed_partition, false),
         };
         let message = IggyMessage::builder().payload(value).build().map_err(|e| e.to_string())?;
         let slot = &mut open[partition as usize];
-        slot.opened.get_or_insert_with(Instant::now);
+        slot.opened.get_or_insert(started + now);
         slot.messages.push(message);
         slot.records.push((sent, due, size));
         slot.bytes += size;

@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::keys::KeyGen;
 use crate::pacer::Pacer;
-use crate::run::{due_us, message_value, now_us, share_of, Plan, Scenario, WorkerResult};
+use crate::run::{due_us, now_us, share_of, Plan, Scenario, ValueArena, WorkerResult};
 use crate::stats::{new_histogram, Shared};
 
 /// Counters shared by the tasks: produced, produced bytes, consumed, consumed bytes, errors.
@@ -186,6 +186,7 @@ async fn produce(
     let epoch_offset_us = now_us() - started.elapsed().as_micros() as u64;
     let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_MAX));
     let mut sent = 0u64;
+    let mut values = ValueArena::default();
     // Bounded by the quota and the deadline.
     while quota.is_none_or(|q| sent < q) && Instant::now() < deadline {
         let wait = pacer.wait(sent, started.elapsed());
@@ -194,7 +195,7 @@ async fn produce(
         }
         let size = plan.size.draw(rng.gen());
         let due = if pacer.is_paced() { pacer.due(sent) } else { started.elapsed() };
-        let value = message_value(epoch_offset_us, due, size);
+        let value = values.value(epoch_offset_us, due, size);
         let partition = match keys.next_key() {
             Some(key) => spate_client::key_partition(&key, plan.partitions),
             None => (sent % u64::from(plan.partitions)) as u32,

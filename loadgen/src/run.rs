@@ -109,16 +109,33 @@ pub(crate) fn share_of(total: u64, parts: u32, index: u32) -> u64 {
     total / parts + u64::from(u64::from(index) < total % parts)
 }
 
-/// A message value of `size` bytes (at least 8) whose first 8 bytes carry its due time in
-/// microseconds since the epoch, little-endian.
-pub(crate) fn message_value(epoch_offset_us: u64, due: Duration, size: usize) -> Bytes {
-    let mut value = BytesMut::with_capacity(size.max(8));
-    value.put_u64_le(epoch_offset_us + due.as_micros() as u64);
-    value.resize(size.max(8), b'x');
-    value.freeze()
+/// Message values cut from one buffer of [`VALUE_ARENA_BYTES`] at a time, so a message costs
+/// no allocation of its own. (The producer copies each value into its batch and drops it; a
+/// buffer is freed once every value cut from it is dropped.)
+#[derive(Default)]
+pub(crate) struct ValueArena {
+    buffer: BytesMut,
 }
 
-/// The due time a value carries (see [`message_value`]), if it is long enough.
+/// The buffer message values are cut from; a larger value gets a buffer of its own size.
+pub const VALUE_ARENA_BYTES: usize = 1 << 20;
+
+impl ValueArena {
+    /// A message value of `size` bytes (at least 8) whose first 8 bytes carry its due time in
+    /// microseconds since the epoch, little-endian; the rest is filler.
+    pub(crate) fn value(&mut self, epoch_offset_us: u64, due: Duration, size: usize) -> Bytes {
+        let size = size.max(8);
+        if self.buffer.capacity() - self.buffer.len() < size {
+            self.buffer = BytesMut::with_capacity(VALUE_ARENA_BYTES.max(size));
+        }
+        self.buffer.put_u64_le(epoch_offset_us + due.as_micros() as u64);
+        let filled = self.buffer.len() + size - 8;
+        self.buffer.resize(filled, b'x');
+        self.buffer.split().freeze()
+    }
+}
+
+/// The due time a value carries (see [`ValueArena::value`]), if it is long enough.
 pub(crate) fn due_us(value: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(value.get(..8)?.try_into().ok()?))
 }
@@ -228,9 +245,16 @@ pub async fn worker(
 }
 
 /// Publishes this worker's latency so far for the progress lines (until cancelled).
+/// Publishes this core's progress for the progress line: the latency snapshot, and the
+/// records its producers had acknowledged (counted locally, so a record costs no atomic add).
 async fn report(core: usize, local: Rc<Local>, shared: Arc<Shared>) {
+    let mut published = (0u64, 0u64);
     loop {
         glommio::timer::sleep(Duration::from_millis(250)).await;
+        let produced = *local.produced.borrow();
+        Shared::add(&shared.messages, produced.0 - published.0);
+        Shared::add(&shared.bytes, produced.1 - published.1);
+        published = produced;
         let mut snapshot = local.produce.borrow().clone();
         let _ = snapshot.add(&*local.e2e.borrow());
         shared.publish(core, snapshot);
@@ -275,25 +299,30 @@ async fn produce(
     let mut sent = 0u64;
     // Delivery tasks that have not recorded yet.
     let recording = Rc::new(std::cell::Cell::new(0u64));
-    // Bounded by the quota or the deadline.
+    let run_end = deadline.saturating_duration_since(started);
+    let mut values = ValueArena::default();
+    // Bounded by the quota or the deadline. One clock read per message: the acknowledgement
+    // time comes with the delivery report, read once per batch.
     loop {
-        if quota.is_some_and(|q| sent >= q) || Instant::now() >= deadline {
+        let mut now = started.elapsed();
+        if quota.is_some_and(|q| sent >= q) || now >= run_end {
             break;
         }
-        let wait = pacer.wait(sent, started.elapsed());
+        let wait = pacer.wait(sent, now);
         if !wait.is_zero() {
             glommio::timer::sleep(wait).await;
+            now = started.elapsed();
         }
         let size = plan.size.draw(rng.gen());
-        let due = if pacer.is_paced() { pacer.due(sent) } else { started.elapsed() };
-        let value = message_value(epoch_offset_us, due, size);
+        let due = if pacer.is_paced() { pacer.due(sent) } else { now };
+        let value = values.value(epoch_offset_us, due, size);
         let record = ProducerRecord {
             topic: plan.topic.clone(),
             key: keys.next_key(),
             value: Some(value),
             ..Default::default()
         };
-        let sent_at = started.elapsed();
+        let sent_at = now;
         let (local_now, shared_now) = (local.clone(), shared.clone());
         let measured = sent_at >= plan.warmup;
         let message = sent;
@@ -301,15 +330,14 @@ async fn produce(
         // The producer calls back on acknowledgement: no task or channel per message.
         let on_delivery = move |outcome: spate_client::Result<DeliveryReport>| {
             match outcome {
-                Ok(_) if measured => {
-                    let latency = pacer.latency(message, sent_at, started.elapsed());
+                Ok(report) if measured => {
+                    let acked = report.acknowledged_at.saturating_duration_since(started);
+                    let latency = pacer.latency(message, sent_at, acked);
                     let _ =
                         local_now.produce.borrow_mut().record(latency.as_micros().max(1) as u64);
                     let mut produced = local_now.produced.borrow_mut();
                     produced.0 += 1;
                     produced.1 += size as u64;
-                    Shared::add(&shared_now.messages, 1);
-                    Shared::add(&shared_now.bytes, size as u64);
                 }
                 Ok(_) => {}
                 Err(_) => {
@@ -450,4 +478,28 @@ async fn consume(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arena_values_carry_their_due_time_and_size_and_never_share_bytes() {
+        let mut arena = ValueArena::default();
+        let sizes = [1, 8, 100, 1024, VALUE_ARENA_BYTES - 50, 3 * VALUE_ARENA_BYTES, 200];
+        let values: Vec<Bytes> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| arena.value(1_000, Duration::from_micros(i as u64), size))
+            .collect();
+        for (i, (value, &size)) in values.iter().zip(&sizes).enumerate() {
+            assert_eq!(value.len(), size.max(8));
+            assert_eq!(due_us(value), Some(1_000 + i as u64));
+            assert!(value[8..].iter().all(|&b| b == b'x'));
+        }
+        // Values cut from one buffer are disjoint slices of it.
+        let (a, b) = (&values[2], &values[3]);
+        assert!(a.as_ptr() as usize + a.len() <= b.as_ptr() as usize);
+    }
 }
