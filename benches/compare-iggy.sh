@@ -35,6 +35,9 @@
 #   W4        2 producers, 2 partitions
 #   W5        e2e at half of the lower W3-tail rate of the two, both sides (p99.9 compared)
 #
+# The machine's ceilings are measured first (`spate-loadgen ceiling`): W3-cold is also shown
+# against the direct-read ceiling and W1-fsync against the fdatasync'd write ceiling.
+#
 # Latency columns: per request (a batch sent to its acknowledgement) for produce rows, the
 # end-to-end p99.9 for W3-tail and W5. Ratios are Spate/Iggy for throughput (higher is better
 # for Spate) and Iggy/Spate for latency (higher is better for Spate). Server CPU seconds per
@@ -120,6 +123,7 @@ print(target, name, run, f"{r['mb_per_sec']:.1f}", f"{r['msgs_per_sec']:.0f}",
 PY
 }
 
+"$loadgen" ceiling --data-dir "$work/ceiling" --json "$work/ceiling.json" | sed 's/^/ceiling: /'
 echo "acknowledgement: spate flush=never acks from its tmpfs journal (O_DIRECT write follows); iggy acks an in-memory append; W1-fsync: both fsync every batch first"
 for run in $(seq 1 "$runs"); do
     for target in spate iggy; do
@@ -153,8 +157,9 @@ done
 
 echo
 echo "medians of $runs run(s), $seconds s per workload"
-python3 - "$results" <<'PY'
-import collections, statistics, sys
+python3 - "$results" "$work/ceiling.json" <<'PY'
+import collections, json, statistics, sys
+ceiling = json.load(open(sys.argv[2]))
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
     f = line.split()
@@ -178,4 +183,9 @@ for name in ["W1", "W1-fsync", "W2", "W3-cold", "W3-tail", "W4", "W5"]:
     lat_ratio = f"{i_l / s_l:6.2f}x" if s_l else "      -"
     print(f"{name:<10} {s_mb:>10.1f} {i_mb:>10.1f} {s_mb / max(i_mb, 1e-9):>6.2f}x {s_n:>12.0f} {i_n:>11.0f} {s_n / max(i_n, 1e-9):>6.2f}x"
           f"  {label:<12} {s_l:>9.0f} {i_l:>9.0f} {lat_ratio}  {med('spate', name, 6):>4.1f}/{med('iggy', name, 6):<4.1f}  {errors}")
+if ("spate", "W3-cold") in rows:
+    read = ceiling.get("direct_read_mb_per_sec", 0)
+    print(f"W3-cold: spate {med('spate', 'W3-cold', 0) / max(read, 1e-9):.2f} of the direct-read ceiling ({read:.0f} MB/s); "
+          f"W1-fsync: spate {med('spate', 'W1-fsync', 0) / max(ceiling['fdatasync_write_mb_per_sec'], 1e-9):.2f} of the fdatasync'd write ceiling ({ceiling['fdatasync_write_mb_per_sec']:.0f} MB/s)")
+print("medians per column; server CPU seconds used during each workload (spate/iggy)")
 PY

@@ -1,12 +1,14 @@
 //! The machine's own ceilings, measured on the data directory's device and this host, so every
 //! result can be printed as a fraction of what the hardware does:
-//! - raw direct-IO sequential write (1 MiB `O_DIRECT` writes, one at a time),
+//! - raw direct-IO sequential write (1 MiB `O_DIRECT` writes, one at a time), and reading
+//!   that file back (1 MiB `O_DIRECT` reads, 4 in flight),
 //! - fdatasync'd write (64 KiB `O_DIRECT` write + `fdatasync`, one at a time) and the
 //!   `fdatasync` latency distribution,
 //! - loopback TCP (one connection, 1 MiB writes, std threads).
 
 use std::io::{Read, Write};
 use std::path::Path;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use glommio::io::OpenOptions;
@@ -23,6 +25,9 @@ pub struct FsyncLatency {
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Ceiling {
     pub direct_write_mb_per_sec: f64,
+    /// Reading the written file back: 1 MiB `O_DIRECT` reads, [`READ_DEPTH`] at a time.
+    #[serde(default)]
+    pub direct_read_mb_per_sec: f64,
     pub fdatasync_write_mb_per_sec: f64,
     pub fdatasync_latency_us: FsyncLatency,
     pub loopback_tcp_mb_per_sec: f64,
@@ -49,15 +54,22 @@ pub fn measure(dir: &Path, size: CeilingSize) -> Result<Ceiling, String> {
     let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .make()
         .map_err(|e| e.to_string())?;
-    let (direct, (fsync_mb, fsync_latency)) = executor.run(async move {
+    let (direct, read, (fsync_mb, fsync_latency)) = executor.run(async move {
         spate_storage::prime_dma_probe(&dir).await.map_err(|e| e.to_string())?;
-        let direct = direct_write(&dir, size.direct_bytes).await?;
+        let path = dir.join("ceiling-direct.tmp");
+        let direct = direct_write(&path, size.direct_bytes).await;
+        let read = match direct {
+            Ok((_, written)) => direct_read(&path, written).await,
+            Err(_) => Ok(0.0),
+        };
+        let _ = std::fs::remove_file(&path);
         let fsync = fsync_write(&dir, size.fsync_writes).await?;
-        Ok::<_, String>((direct, fsync))
+        Ok::<_, String>((direct?.0, read?, fsync))
     })?;
     let tcp = loopback_tcp(size.tcp_bytes)?;
     Ok(Ceiling {
         direct_write_mb_per_sec: direct,
+        direct_read_mb_per_sec: read,
         fdatasync_write_mb_per_sec: fsync_mb,
         fdatasync_latency_us: fsync_latency,
         loopback_tcp_mb_per_sec: tcp,
@@ -65,16 +77,19 @@ pub fn measure(dir: &Path, size: CeilingSize) -> Result<Ceiling, String> {
 }
 
 const TIME_MAX: Duration = Duration::from_secs(10);
+/// Sequential direct IO in 1 MiB requests.
+const CHUNK: usize = 1 << 20;
+/// Direct reads in flight at once when measuring the read ceiling.
+pub const READ_DEPTH: u64 = 4;
 
-async fn direct_write(dir: &Path, bytes: u64) -> Result<f64, String> {
-    const CHUNK: usize = 1 << 20;
-    let path = dir.join("ceiling-direct.tmp");
+/// Sequential 1 MiB `O_DIRECT` writes of up to `bytes` to `path`: MB/s and bytes written.
+async fn direct_write(path: &Path, bytes: u64) -> Result<(f64, u64), String> {
     let file = OpenOptions::new()
         .write(true)
         .read(true)
         .create(true)
         .truncate(true)
-        .dma_open(&path)
+        .dma_open(path)
         .await
         .map_err(|e| e.to_string())?;
     let started = Instant::now();
@@ -86,8 +101,40 @@ async fn direct_write(dir: &Path, bytes: u64) -> Result<f64, String> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let _ = file.close().await;
-    let _ = std::fs::remove_file(&path);
-    Ok(written as f64 / elapsed / 1e6)
+    Ok((written as f64 / elapsed / 1e6, written))
+}
+
+/// 1 MiB `O_DIRECT` reads at a time, each of [`READ_DEPTH`] lanes reading every
+/// `READ_DEPTH`-th chunk of the first `bytes` of `path`: the device's catch-up read ceiling.
+async fn direct_read(path: &Path, bytes: u64) -> Result<f64, String> {
+    let file =
+        Rc::new(OpenOptions::new().read(true).dma_open(path).await.map_err(|e| e.to_string())?);
+    let started = Instant::now();
+    let lanes: Vec<_> = (0..READ_DEPTH)
+        .map(|lane| {
+            let file = file.clone();
+            glommio::spawn_local(async move {
+                let mut read = 0u64;
+                let mut position = lane * CHUNK as u64;
+                // Bounded by the file's size and the time limit.
+                while position < bytes && started.elapsed() < TIME_MAX {
+                    let got = file.read_at(position, CHUNK).await.map_err(|e| e.to_string())?;
+                    if got.is_empty() {
+                        break;
+                    }
+                    read += got.len() as u64;
+                    position += READ_DEPTH * CHUNK as u64;
+                }
+                Ok::<u64, String>(read)
+            })
+        })
+        .collect();
+    let mut total = 0u64;
+    for lane in lanes {
+        total += lane.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(total as f64 / elapsed.max(1e-9) / 1e6)
 }
 
 async fn fsync_write(dir: &Path, writes: u64) -> Result<(f64, FsyncLatency), String> {

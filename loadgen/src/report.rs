@@ -107,6 +107,7 @@ pub fn to_json(
         value["ceiling"] = json!(ceiling);
         value["fraction_of_ceiling"] = json!({
             "direct_write": outcome.mb_per_sec() / ceiling.direct_write_mb_per_sec.max(1e-9),
+            "direct_read": outcome.mb_per_sec() / ceiling.direct_read_mb_per_sec.max(1e-9),
             "fdatasync_write": outcome.mb_per_sec() / ceiling.fdatasync_write_mb_per_sec.max(1e-9),
             "loopback_tcp": outcome.mb_per_sec() / ceiling.loopback_tcp_mb_per_sec.max(1e-9),
         });
@@ -149,6 +150,13 @@ pub fn table(outcome: &Outcome, ceiling: Option<&Ceiling>) -> String {
         out.push_str(&format!(
             "request latency µs: p50 {} p99 {} p99.9 {} max {}\n",
             r.p50, r.p99, r.p999, r.max
+        ));
+    }
+    if let Some(c) = ceiling.filter(|_| outcome.scenario == "consume") {
+        out.push_str(&format!(
+            "vs ceiling: {:.2} of direct-IO read ({:.0} MB/s)\n",
+            outcome.mb_per_sec() / c.direct_read_mb_per_sec.max(1e-9),
+            c.direct_read_mb_per_sec
         ));
     }
     if let Some(c) = ceiling {

@@ -144,8 +144,12 @@ fn ceiling_reports_its_keys() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let value: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    for key in ["direct_write_mb_per_sec", "fdatasync_write_mb_per_sec", "loopback_tcp_mb_per_sec"]
-    {
+    for key in [
+        "direct_write_mb_per_sec",
+        "direct_read_mb_per_sec",
+        "fdatasync_write_mb_per_sec",
+        "loopback_tcp_mb_per_sec",
+    ] {
         assert!(value[key].as_f64().unwrap() > 0.0, "{key}");
     }
     assert!(value["fdatasync_latency_us"]["p50"].as_u64().unwrap() > 0);
