@@ -132,7 +132,11 @@ PY
 "$loadgen" ceiling --data-dir "$work/ceiling" --json "$work/ceiling.json" | sed 's/^/ceiling: /'
 echo "acknowledgement: spate flush=never acks from its tmpfs journal (O_DIRECT write follows); iggy acks an in-memory append; W1-fsync: both fsync every batch first"
 for run in $(seq 1 "$runs"); do
-    for target in spate iggy; do
+    # Which broker goes first alternates by run: each phase follows the other broker's heavy
+    # writes as often as it follows its own.
+    order=(spate iggy)
+    [ $((run % 2)) -eq 0 ] && order=(iggy spate)
+    for target in "${order[@]}"; do
         data="$work/data-$target"
         rm -rf "$data"
         start_server "$target" "$data"
@@ -150,8 +154,10 @@ for run in $(seq 1 "$runs"); do
     done
     # W5 at half of the lower of the two W3-tail rates, so that both can sustain it.
     rate=$(python3 -c "import json; print(int(min(json.load(open(f'$work/W3-tail-{t}-$run.json'))['msgs_per_sec'] for t in ('spate', 'iggy')) / 2))")
-    for target in spate iggy; do
+    for target in "${order[@]}"; do
         data="$work/data-$target"
+        # Let the disk settle after the heavy phase (deferred frees, journal commits).
+        sleep 5
         start_server "$target" "$data"
         workload "$run" "$target" W5 e2e --topic w5 --rate "$rate" --duration "$seconds" --warmup 1
         stop_server
