@@ -81,14 +81,9 @@ pub fn run(
     if plan.producers + plan.consumers > CONNECTIONS_MAX {
         return Err(format!("at most {CONNECTIONS_MAX} producers and consumers against Iggy"));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
     let address = url.trim_start_matches("iggy://").to_string();
     let plan = plan.clone();
-    runtime.block_on(async move { drive(plan, address, shared).await })
+    crate::run::on_tokio(threads, drive(plan, address, shared))
 }
 
 async fn connect(address: &str) -> Result<IggyClient, String> {

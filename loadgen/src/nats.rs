@@ -44,14 +44,9 @@ pub fn run(
     threads: usize,
     shared: Arc<Shared>,
 ) -> Result<WorkerResult, String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
     let address = url.trim_start_matches("nats://").to_string();
     let plan = plan.clone();
-    runtime.block_on(async move { drive(plan, address, shared).await })
+    crate::run::on_tokio(threads, drive(plan, address, shared))
 }
 
 async fn drive(plan: Plan, address: String, shared: Arc<Shared>) -> Result<WorkerResult, String> {

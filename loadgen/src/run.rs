@@ -98,6 +98,21 @@ impl WorkerResult {
     }
 }
 
+/// Runs a peer driver's `future` on a tokio runtime with `threads` workers (the NATS and
+/// Iggy clients run on tokio).
+#[cfg(any(feature = "nats", feature = "iggy"))]
+pub(crate) fn on_tokio<T>(
+    threads: usize,
+    future: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(future)
+}
+
 pub(crate) fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
