@@ -53,6 +53,28 @@ pub const CACHE_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Most bytes one read returns (beyond the first batch, which is always returned whole).
 pub const READ_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Read-ahead of a consumer catching up from disk (see `log::read_ahead`): reads of this size,
+/// this many in flight. 1 MiB at queue depth 4 is where this machine's disk reaches its read
+/// ceiling (`spate-loadgen ceiling`, and fio; see `../shared/NOTES.md`).
+pub const READ_AHEAD_BUFFER_BYTES: usize = 1024 * 1024;
+pub const READ_AHEAD_BUFFERS: usize = 4;
+
+/// Read streams one shard holds at a time, each up to `READ_AHEAD_BUFFERS x
+/// READ_AHEAD_BUFFER_BYTES` (4 MiB): 32 MiB per shard. Further sequential readers read at queue
+/// depth 1 until a stream idles.
+pub const READ_STREAMS_PER_SHARD_MAX: usize = 8;
+
+/// A read stream unused this long may be taken for another log's reader when the shard is at
+/// its maximum.
+pub const READ_STREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Bound on the pieces one read of a stream consumes: the largest read plus the read-ahead it
+/// may skip, in buffers, twice over for batches straddling two buffers, and a few spare.
+pub const READ_STREAM_STEPS_MAX: usize = 2
+    * (READ_BYTES_MAX + READ_AHEAD_BUFFERS * READ_AHEAD_BUFFER_BYTES + BATCH_BYTES_MAX)
+    / READ_AHEAD_BUFFER_BYTES
+    + 8;
+
 /// Bytes read per step when scanning a segment (recovery, index rebuild, timestamp search).
 pub const SCAN_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
@@ -116,6 +138,8 @@ const _: () = assert!(WRITE_ROUND_TARGET_BYTES <= WRITE_BYTES_MAX);
 const _: () = assert!(WRITE_BEHIND_BYTES <= WRITE_ROUND_TARGET_BYTES);
 const _: () = assert!(WRITE_BEHIND_BYTES < PENDING_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MAX < u32::MAX as u64);
+const _: () = assert!(READ_AHEAD_BUFFER_BYTES.is_power_of_two());
+const _: () = assert!(READ_AHEAD_BUFFER_BYTES.is_multiple_of(BLOCK_BYTES));
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
 const _: () = assert!(BATCH_BYTES_MAX <= SCAN_CHUNK_BYTES);
 const _: () = assert!(WRITE_BYTES_MAX.is_multiple_of(BLOCK_BYTES));

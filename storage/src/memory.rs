@@ -11,18 +11,25 @@
 //!   `cache_bytes`). The share is recomputed whenever a log opens or closes, and applied to a
 //!   log at its next append and by [`crate::Log::fit_cache`].
 //!
+//! - **read streams**: read-ahead buffers of consumers catching up from disk (see
+//!   `log::read_ahead`): at most [`limits::READ_STREAMS_PER_SHARD_MAX`] streams at a time.
+//!
 //! Single-threaded: a `ShardMemory` lives on one executor and is shared through `Rc`.
 
-use std::cell::Cell;
-use std::rc::Rc;
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
+use std::time::Instant;
 
 use crate::limits;
+use crate::log::StreamSlot;
 
 pub struct ShardMemory {
     pending: tokio::sync::Semaphore,
     pending_bytes_max: usize,
     cache_bytes_max: usize,
     logs: Cell<usize>,
+    /// Logs' stream slots that held a read stream when last looked at.
+    streams: RefCell<Vec<Weak<StreamSlot>>>,
 }
 
 impl ShardMemory {
@@ -38,6 +45,7 @@ impl ShardMemory {
             pending_bytes_max,
             cache_bytes_max,
             logs: Cell::new(0),
+            streams: RefCell::new(Vec::new()),
         })
     }
 
@@ -82,6 +90,39 @@ impl ShardMemory {
         assert!(bytes <= self.pending_bytes_max);
         let permits = self.pending.acquire_many(bytes as u32).await;
         permits.expect("a shard's memory budget is never closed")
+    }
+
+    /// Whether a log may open a read stream in `slot`: yes while the shard holds fewer than
+    /// [`limits::READ_STREAMS_PER_SHARD_MAX`], or once the least recently used one, idle for
+    /// [`limits::READ_STREAM_IDLE`], was taken from its log.
+    pub(crate) fn admit_stream(&self, slot: &Rc<StreamSlot>, now: Instant) -> bool {
+        let mut streams = self.streams.borrow_mut();
+        streams.retain(|held| {
+            held.upgrade().is_some_and(|held| held.is_active() && !Rc::ptr_eq(&held, slot))
+        });
+        if streams.len() >= limits::READ_STREAMS_PER_SHARD_MAX {
+            let idlest = streams
+                .iter()
+                .enumerate()
+                .filter_map(|(i, held)| Some((i, held.upgrade()?.last_used()?)))
+                .filter(|(_, used)| {
+                    now.saturating_duration_since(*used) >= limits::READ_STREAM_IDLE
+                })
+                .min_by_key(|(_, used)| *used);
+            let Some((i, _)) = idlest else { return false };
+            let evicted = streams[i].upgrade().is_some_and(|held| held.evict());
+            if !evicted {
+                return false;
+            }
+            streams.swap_remove(i);
+        }
+        streams.push(Rc::downgrade(slot));
+        true
+    }
+
+    /// Read streams the shard's logs hold now.
+    pub fn read_streams(&self) -> usize {
+        self.streams.borrow().iter().filter(|s| s.upgrade().is_some_and(|s| s.is_active())).count()
     }
 
     pub(crate) fn release_pending(&self, bytes: usize) {

@@ -250,6 +250,7 @@ impl Log {
             }
             state.fail_waiters(&LogError::Closed);
             state.cache.clear();
+            self.inner.read_stream.release();
             // Appenders waiting for room fail with `Closed` instead of waiting forever.
             self.inner.pending_budget.close();
             std::mem::take(&mut state.segments).into_values().map(|s| s.file).collect()

@@ -43,10 +43,12 @@
 mod maintenance;
 mod producer_state;
 mod read;
+mod read_ahead;
 mod recovery;
 mod replica;
 mod write;
 pub use producer_state::Proposal;
+pub(crate) use read_ahead::StreamSlot;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -212,6 +214,8 @@ struct Inner {
     admission: spate_protocol::turnstile::Turnstile,
     /// Wakes a flush task that is gathering batches (write-behind) to write now.
     write_now: tokio::sync::Notify,
+    /// The read stream of a consumer catching up from disk (see `read_ahead`).
+    read_stream: Rc<StreamSlot>,
 }
 
 impl Drop for Inner {
@@ -273,6 +277,12 @@ struct State {
     producers: ProducerTable,
     /// When idle producers were last looked for.
     producers_expired_ms: i64,
+    /// Bumped whenever bytes already written may change (truncation, reset): read streams
+    /// opened before it are not used again.
+    read_generation: u64,
+    /// Where the last disk read ended (segment base, next offset, generation): a disk read
+    /// starting there is sequential and opens a read stream.
+    last_disk_read: Option<(i64, i64, u64)>,
 }
 
 impl State {
@@ -380,6 +390,8 @@ impl State {
         self.acked_end = offset;
         self.cache.truncate(offset);
         self.producers.truncate(offset);
+        self.read_generation += 1;
+        self.last_disk_read = None;
     }
 
     /// Completes every waiter the offsets now satisfy.
@@ -500,6 +512,8 @@ impl Log {
             dir_sync_due,
             producers: ProducerTable::default(),
             producers_expired_ms: now_ms,
+            read_generation: 0,
+            last_disk_read: None,
         };
         let log = Log {
             inner: Rc::new(Inner {
@@ -510,6 +524,7 @@ impl Log {
                 pending_budget: tokio::sync::Semaphore::new(limits::PENDING_BYTES_MAX),
                 admission: Default::default(),
                 write_now: tokio::sync::Notify::new(),
+                read_stream: Rc::default(),
             }),
         };
         if let Some(journal_dir) = log.inner.options.journal_dir.clone() {

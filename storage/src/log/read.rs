@@ -7,6 +7,7 @@ use std::rc::Rc;
 use glommio::io::ReadResult;
 use spate_protocol::batch::{self, BatchHeader, Records, HEADER_LEN};
 
+use super::read_ahead::{ReadStream, Want};
 use super::{Log, LogBytes, LogRead};
 use crate::error::{LogError, Result};
 use crate::limits;
@@ -90,6 +91,8 @@ impl Log {
             DiskRead {
                 file: segment.file.clone(),
                 path: segment.paths.log.clone(),
+                segment_base: segment.base_offset,
+                generation: state.read_generation,
                 position: segment.index.lookup(relative) as u64,
                 end: segment.size,
                 interval: state.config.index_interval_bytes as usize,
@@ -97,7 +100,80 @@ impl Log {
                 result,
             }
         };
-        plan.run(offset, bytes_max).await
+        self.read_from_disk(plan, offset, bytes_max).await
+    }
+
+    /// A planned disk read: through the log's read stream when it continues one (or a second
+    /// sequential read opens one), else one read at queue depth 1 (see `read_ahead`).
+    async fn read_from_disk(
+        &self,
+        plan: DiskRead,
+        offset: i64,
+        bytes_max: usize,
+    ) -> Result<LogRead> {
+        let slot = &self.inner.read_stream;
+        let want = Want {
+            file: &plan.file,
+            segment_base: plan.segment_base,
+            generation: plan.generation,
+            offset,
+            indexed_position: plan.position,
+        };
+        let mut stream = None;
+        match slot.take() {
+            Some(held) if held.serves(&want) => stream = Some(held),
+            // Another reader's stream (two consumers of one partition at different places):
+            // it keeps it while it uses it; this read goes to the disk directly.
+            Some(held)
+                if held.current(plan.generation) && !slot.idle(std::time::Instant::now()) =>
+            {
+                slot.put_back(held)
+            }
+            held => {
+                drop(held);
+                let sequential = self.inner.state.borrow().last_disk_read
+                    == Some((plan.segment_base, offset, plan.generation));
+                let admitted =
+                    sequential
+                        && self.inner.options.memory.as_ref().is_none_or(|memory| {
+                            memory.admit_stream(slot, std::time::Instant::now())
+                        });
+                if admitted {
+                    stream = Some(ReadStream::open(
+                        plan.file.clone(),
+                        plan.segment_base,
+                        plan.generation,
+                        plan.position,
+                        plan.segment_base,
+                        plan.end,
+                    ));
+                } else {
+                    slot.release();
+                }
+            }
+        }
+        if let Some(mut stream) = stream {
+            let chunks = stream.read(&plan.path, offset, bytes_max, plan.high_watermark).await;
+            let keep = chunks.is_ok() && !stream.exhausted() && !self.inner.state.borrow().closed;
+            if keep {
+                slot.put(stream);
+            } else {
+                slot.release();
+            }
+            let chunks = chunks?;
+            if !chunks.is_empty() || keep {
+                let mut result = plan.result;
+                result.chunks = chunks;
+                return Ok(result);
+            }
+            // The stream ended where the segment did when it opened: the plain read below
+            // sees what was written since.
+        }
+        let (segment_base, generation) = (plan.segment_base, plan.generation);
+        let (result, next_offset) = plan.run(offset, bytes_max).await?;
+        self.inner.state.borrow_mut().last_disk_read =
+            next_offset.map(|next| (segment_base, next, generation));
+        Ok(result)
     }
 
     /// The first offset whose record timestamp is at or after `timestamp_ms`, or `None` if no
@@ -187,6 +263,8 @@ impl Log {
 struct DiskRead {
     file: Rc<glommio::io::DmaFile>,
     path: PathBuf,
+    segment_base: i64,
+    generation: u64,
     position: u64,
     end: u64,
     interval: usize,
@@ -195,12 +273,13 @@ struct DiskRead {
 }
 
 impl DiskRead {
-    async fn run(mut self, offset: i64, bytes_max: usize) -> Result<LogRead> {
+    /// The read, and the offset after its last batch (where a sequential reader reads next).
+    async fn run(mut self, offset: i64, bytes_max: usize) -> Result<(LogRead, Option<i64>)> {
         let mut want = bytes_max.max(limits::BLOCK_BYTES) + self.interval + HEADER_LEN;
         for _attempt in 0..limits::READ_ATTEMPTS_MAX {
             let remaining = self.end.saturating_sub(self.position) as usize;
             if remaining == 0 {
-                return Ok(self.result);
+                return Ok((self.result, None));
             }
             let length = want.min(remaining);
             let window = segment::read_at(&self.file, &self.path, self.position, length).await?;
@@ -208,6 +287,7 @@ impl DiskRead {
             let mut at = 0usize;
             let mut first = None;
             let mut total = 0usize;
+            let mut next_offset = None;
             let mut need: Option<usize> = None;
             // Bounded by the window: every iteration consumes one whole batch or stops.
             while at < available {
@@ -245,13 +325,14 @@ impl DiskRead {
                 first.get_or_insert(at);
                 total += length;
                 at += length;
+                next_offset = Some(header.next_offset());
             }
             match (first, need) {
                 (Some(start), _) => {
                     let slice =
                         ReadResult::slice(&window, start, total).expect("inside the window");
                     self.result.chunks.push(LogBytes::Disk(slice));
-                    return Ok(self.result);
+                    return Ok((self.result, next_offset));
                 }
                 (None, Some(batch_length)) => {
                     // The wanted batch starts at `at` but is not whole in the window: re-read
@@ -259,7 +340,7 @@ impl DiskRead {
                     self.position += at as u64;
                     want = batch_length.max(bytes_max);
                 }
-                (None, None) => return Ok(self.result),
+                (None, None) => return Ok((self.result, None)),
             }
         }
         Err(LogError::Corruption {
