@@ -114,7 +114,7 @@ fn split_produce(batches: &[PartitionBatch<'_>], indices: &[usize]) -> Vec<Vec<u
 }
 
 /// One partition to fetch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchTarget {
     pub topic: String,
     pub partition: u32,

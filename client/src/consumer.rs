@@ -64,10 +64,11 @@ impl Default for ConsumerConfig {
     }
 }
 
-/// A consumed record. Key, value and header values share the fetched buffer (no copies).
+/// A consumed record. Key, value and header values share the fetched buffer (no copies); the
+/// topic name is shared by every record of a fetched partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerRecord {
-    pub topic: String,
+    pub topic: std::sync::Arc<str>,
     pub partition: u32,
     pub offset: i64,
     pub timestamp: i64,
@@ -184,6 +185,7 @@ impl Positions {
         }
         state.high_watermark = fetched.high_watermark;
         let mut rest = &fetched.records[..];
+        let mut topic: Option<std::sync::Arc<str>> = None;
         // Each iteration consumes one whole batch.
         while !rest.is_empty() && out.len() < max_records {
             let header = batch::validate_crc(rest)
@@ -201,7 +203,16 @@ impl Positions {
                 position = header.next_offset();
                 continue;
             }
-            absorb_batch(&tp, &batch_bytes, header, &mut position, max_records, out)?;
+            let topic = topic.get_or_insert_with(|| std::sync::Arc::from(tp.topic.as_str()));
+            absorb_batch(
+                topic,
+                tp.partition,
+                &batch_bytes,
+                header,
+                &mut position,
+                max_records,
+                out,
+            )?;
         }
         state.position = Some(position);
         Ok(())
@@ -209,7 +220,8 @@ impl Positions {
 }
 
 fn absorb_batch(
-    tp: &TopicPartition,
+    topic: &std::sync::Arc<str>,
+    partition: u32,
     batch_bytes: &Bytes,
     header: BatchHeader,
     position: &mut i64,
@@ -227,8 +239,8 @@ fn absorb_batch(
             break;
         }
         out.push(ConsumerRecord {
-            topic: tp.topic.clone(),
-            partition: tp.partition,
+            topic: topic.clone(),
+            partition,
             offset: record.offset,
             timestamp: record.timestamp,
             key: share(record.key),
@@ -244,11 +256,25 @@ pub struct Consumer {
     client: Client,
     config: ConsumerConfig,
     positions: Positions,
+    /// The next fetch, sent when the last one returned records, before they were handed out
+    /// (as Kafka's consumer does): a consumer catching up then overlaps its own work on the
+    /// records with the broker's work on the next fetch. Used by the next `poll` if it would
+    /// fetch exactly the same; otherwise its answer is dropped when it comes.
+    prefetch: Option<Prefetch>,
+}
+
+type FetchResult = Result<Vec<FetchedPartition>>;
+
+struct Prefetch {
+    targets: Vec<FetchTarget>,
+    /// Detached: dropping it lets the request finish (a request cancelled mid-write would
+    /// leave half a frame on the connection) and drops the answer.
+    response: glommio::task::JoinHandle<FetchResult>,
 }
 
 impl Consumer {
     pub fn new(client: Client, config: ConsumerConfig) -> Consumer {
-        Consumer { client, config, positions: Positions::default() }
+        Consumer { client, config, positions: Positions::default(), prefetch: None }
     }
 
     pub fn client(&self) -> &Client {
@@ -343,21 +369,52 @@ impl Consumer {
     pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>> {
         self.resolve_positions().await?;
         let targets = self.positions.fetchable(self.config.partition_max_bytes);
+        let prefetched = self.prefetch.take().filter(|p| p.targets == targets);
         if targets.is_empty() {
             glommio::timer::sleep(self.config.fetch_max_wait).await;
             return Ok(Vec::new());
         }
-        let fetched = self
-            .client
-            .fetch(
-                &targets,
-                self.config.fetch_max_wait,
-                self.config.fetch_min_bytes,
-                self.config.fetch_max_bytes,
-            )
-            .await?;
+        let fetched = match prefetched {
+            Some(prefetch) => match prefetch.response.await {
+                Some(result) => result?,
+                None => self.fetch(targets).await?,
+            },
+            None => self.fetch(targets).await?,
+        };
+        let out = self.absorb(&fetched)?;
+        if !out.is_empty() {
+            let targets = self.positions.fetchable(self.config.partition_max_bytes);
+            if !targets.is_empty() {
+                let fetch = self.fetch(targets.clone());
+                let response = glommio::spawn_local(fetch).detach();
+                self.prefetch = Some(Prefetch { targets, response });
+            }
+        }
+        Ok(out)
+    }
+
+    /// A fetch of `targets` with this consumer's limits (a `'static` future: a prefetch runs
+    /// as its own task).
+    fn fetch(&self, targets: Vec<FetchTarget>) -> impl std::future::Future<Output = FetchResult> {
+        let client = self.client.clone();
+        let config = self.config.clone();
+        async move {
+            client
+                .fetch(
+                    &targets,
+                    config.fetch_max_wait,
+                    config.fetch_min_bytes,
+                    config.fetch_max_bytes,
+                )
+                .await
+        }
+    }
+
+    /// Records of a fetch's partitions at or after their positions, advancing them; reacts to
+    /// per-partition errors (offset reset, retry, or the error).
+    fn absorb(&mut self, fetched: &[FetchedPartition]) -> Result<Vec<ConsumerRecord>> {
         let mut out = Vec::new();
-        for partition in &fetched {
+        for partition in fetched {
             match &partition.error {
                 None => self.positions.absorb(partition, self.config.max_poll_records, &mut out)?,
                 Some(error) if error.code() == Some(ErrorCode::OffsetOutOfRange) => {

@@ -181,7 +181,7 @@ async fn print_records(source: &mut impl RecordSource, args: &ConsumeArgs) -> Re
         for record in records {
             if printed >= limit {
                 let tp =
-                    TopicPartition { topic: record.topic.clone(), partition: record.partition };
+                    TopicPartition { topic: record.topic.to_string(), partition: record.partition };
                 let _ = source.seek(&tp, Seek::Offset(record.offset));
                 break;
             }
