@@ -473,23 +473,32 @@ async fn consume(
         let received_us = now_us();
         let measured = started.elapsed() >= plan.warmup;
         Shared::add(&shared.seen, records.len() as u64);
-        for record in records {
-            read += 1;
-            let value = record.value.unwrap_or_else(Bytes::new);
-            if !measured {
-                continue;
+        read += records.len() as u64;
+        if !measured {
+            continue;
+        }
+        // Counted once per poll, not per record (shared counters are atomics).
+        let mut bytes = 0u64;
+        {
+            let mut e2e = local.e2e.borrow_mut();
+            for record in &records {
+                let value = record.value.as_deref().unwrap_or_default();
+                bytes += value.len() as u64;
+                if plan.scenario == Scenario::E2e {
+                    if let Some(due) = due_us(value) {
+                        let _ = e2e.record(received_us.saturating_sub(due).max(1));
+                    }
+                }
             }
-            if let Some(due) = due_us(&value).filter(|_| plan.scenario == Scenario::E2e) {
-                let _ = local.e2e.borrow_mut().record(received_us.saturating_sub(due).max(1));
-            }
-            let mut consumed = local.consumed.borrow_mut();
-            consumed.0 += 1;
-            consumed.1 += value.len() as u64;
-            Shared::add(&shared.consumed, 1);
-            if plan.scenario == Scenario::Consume {
-                Shared::add(&shared.messages, 1);
-                Shared::add(&shared.bytes, value.len() as u64);
-            }
+        }
+        let count = records.len() as u64;
+        let mut consumed = local.consumed.borrow_mut();
+        consumed.0 += count;
+        consumed.1 += bytes;
+        Shared::add(&shared.consumed, count);
+        if plan.scenario == Scenario::Consume {
+            Shared::add(&shared.messages, count);
+            Shared::add(&shared.bytes, bytes);
         }
     }
     Ok(())
