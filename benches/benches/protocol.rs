@@ -48,6 +48,23 @@ fn protocol(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(frame_bytes.len() as u64));
 
     group.bench_function("build 1 MiB batch (1024 x 1 KiB records)", |b| b.iter(one_mib_batch));
+    // What a producer of small records pays per record: no key, 100-byte values.
+    let small = Bytes::from(vec![5u8; 100]);
+    group.throughput(Throughput::Elements(600));
+    group.bench_function("build 64 KiB batch (600 x 100 B records, no key)", |b| {
+        b.iter(|| {
+            let mut builder = BatchBuilder::with_capacity(64 * 1024);
+            for i in 0..600 {
+                builder.push(&NewRecord {
+                    value: Some(small.clone()),
+                    timestamp: 1_700_000_000_000 + i / 8,
+                    ..Default::default()
+                });
+            }
+            builder.finish().unwrap()
+        })
+    });
+    group.throughput(Throughput::Bytes(frame_bytes.len() as u64));
     group.bench_function("encode 1 MiB produce request", |b| {
         b.iter(|| produce_request(black_box(&batch)))
     });

@@ -425,7 +425,6 @@ pub struct BatchBuilder {
     record_count: u32,
     first_timestamp: i64,
     max_timestamp: i64,
-    scratch: Vec<u8>,
 }
 
 impl BatchBuilder {
@@ -436,13 +435,7 @@ impl BatchBuilder {
     pub fn with_capacity(capacity: usize) -> BatchBuilder {
         let mut buffer = BytesMut::with_capacity(capacity.max(HEADER_LEN));
         buffer.put_bytes(0, HEADER_LEN);
-        BatchBuilder {
-            buffer,
-            record_count: 0,
-            first_timestamp: 0,
-            max_timestamp: 0,
-            scratch: Vec::with_capacity(64),
-        }
+        BatchBuilder { buffer, record_count: 0, first_timestamp: 0, max_timestamp: 0 }
     }
 
     /// Bytes the batch would have if built now.
@@ -461,45 +454,37 @@ impl BatchBuilder {
     /// Bytes `record` would add to the batch as its first record (later records may differ by a
     /// byte or two: their timestamp and offset deltas are encoded relative to the first).
     pub fn encoded_len(record: &NewRecord) -> usize {
-        fn nullable(bytes: Option<&[u8]>) -> usize {
-            bytes.map_or(1, |b| (b.len() as i64).required_space() + b.len())
-        }
-        let mut body = 1 + 0i64.required_space() + 0u64.required_space();
-        body += nullable(record.key.as_deref()) + nullable(record.value.as_deref());
-        body += (record.headers.len() as u64).required_space();
-        for header in &record.headers {
-            body += (header.key.len() as u64).required_space()
-                + header.key.len()
-                + nullable(header.value.as_deref());
-        }
-        (body as u64).required_space() + body
+        record_len(record, 0, 0).1
     }
 
     /// Appends a record. The caller keeps the batch within [`limits::BATCH_BYTES_MAX`] and
-    /// [`limits::BATCH_RECORDS_MAX`]; `finish` refuses a batch that is not.
+    /// [`limits::BATCH_RECORDS_MAX`]; `finish` refuses a batch that is not. The record is
+    /// written straight into the batch: its value is copied once.
     pub fn push(&mut self, record: &NewRecord) {
         if self.record_count == 0 {
             self.first_timestamp = record.timestamp;
             self.max_timestamp = record.timestamp;
         }
         self.max_timestamp = self.max_timestamp.max(record.timestamp);
-        let scratch = &mut self.scratch;
-        scratch.clear();
-        scratch.push(0); // attributes
-        put_varint(scratch, record.timestamp.wrapping_sub(self.first_timestamp));
-        put_uvarint(scratch, u64::from(self.record_count));
-        put_nullable(scratch, record.key.as_deref());
-        put_nullable(scratch, record.value.as_deref());
-        put_uvarint(scratch, record.headers.len() as u64);
+        let timestamp_delta = record.timestamp.wrapping_sub(self.first_timestamp);
+        let offset_delta = u64::from(self.record_count);
+        let (body, total) = record_len(record, timestamp_delta, offset_delta);
+        let start = self.buffer.len();
+        self.buffer.resize(start + total, 0);
+        let mut out = Writer { buf: &mut self.buffer[start..], at: 0 };
+        out.uvarint(body as u64);
+        out.bytes(&[0]); // attributes
+        out.varint(timestamp_delta);
+        out.uvarint(offset_delta);
+        out.nullable(record.key.as_deref());
+        out.nullable(record.value.as_deref());
+        out.uvarint(record.headers.len() as u64);
         for header in &record.headers {
-            put_uvarint(scratch, header.key.len() as u64);
-            scratch.extend_from_slice(header.key.as_bytes());
-            put_nullable(scratch, header.value.as_deref());
+            out.uvarint(header.key.len() as u64);
+            out.bytes(header.key.as_bytes());
+            out.nullable(header.value.as_deref());
         }
-        let mut length = [0u8; 10];
-        let used = (scratch.len() as u64).encode_var(&mut length);
-        self.buffer.extend_from_slice(&length[..used]);
-        self.buffer.extend_from_slice(scratch);
+        debug_assert_eq!(out.at, total, "record_len and the writes agree");
         self.record_count += 1;
     }
 
@@ -572,24 +557,49 @@ impl Default for BatchIdentity {
     }
 }
 
-fn put_uvarint(out: &mut Vec<u8>, value: u64) {
-    let mut buffer = [0u8; 10];
-    let used = value.encode_var(&mut buffer);
-    out.extend_from_slice(&buffer[..used]);
+/// A record's body length (what its length prefix says) and its whole encoded length.
+fn record_len(record: &NewRecord, timestamp_delta: i64, offset_delta: u64) -> (usize, usize) {
+    fn nullable(bytes: Option<&[u8]>) -> usize {
+        bytes.map_or(1, |b| (b.len() as i64).required_space() + b.len())
+    }
+    let mut body = 1 + timestamp_delta.required_space() + offset_delta.required_space();
+    body += nullable(record.key.as_deref()) + nullable(record.value.as_deref());
+    body += (record.headers.len() as u64).required_space();
+    for header in &record.headers {
+        body += (header.key.len() as u64).required_space()
+            + header.key.len()
+            + nullable(header.value.as_deref());
+    }
+    (body, (body as u64).required_space() + body)
 }
 
-fn put_varint(out: &mut Vec<u8>, value: i64) {
-    let mut buffer = [0u8; 10];
-    let used = value.encode_var(&mut buffer);
-    out.extend_from_slice(&buffer[..used]);
+/// Writes a record's fields into the room `push` made for it (sized by `record_len`).
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    at: usize,
 }
 
-fn put_nullable(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
-    match bytes {
-        None => put_varint(out, -1),
-        Some(bytes) => {
-            put_varint(out, bytes.len() as i64);
-            out.extend_from_slice(bytes);
+impl Writer<'_> {
+    fn uvarint(&mut self, value: u64) {
+        self.at += value.encode_var(&mut self.buf[self.at..]);
+    }
+
+    fn varint(&mut self, value: i64) {
+        self.at += value.encode_var(&mut self.buf[self.at..]);
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.buf[self.at..self.at + bytes.len()].copy_from_slice(bytes);
+        self.at += bytes.len();
+    }
+
+    fn nullable(&mut self, bytes: Option<&[u8]>) {
+        match bytes {
+            None => self.varint(-1),
+            Some(bytes) => {
+                self.varint(bytes.len() as i64);
+                self.bytes(bytes);
+            }
         }
     }
 }
