@@ -517,3 +517,41 @@ fn on_request_reports_every_send_round_with_the_batches_it_carried() {
     assert_eq!(rounds[3..].iter().sum::<usize>(), 4, "every batch reported once: {rounds:?}");
     assert!(took_max > Duration::ZERO && took_max <= elapsed, "{took_max:?} of {elapsed:?}");
 }
+
+#[test]
+fn send_tagged_reports_every_record_once_to_the_delivery_observer_with_its_offset() {
+    let dir = temp_dir();
+    let broker = Broker::start(dir.path());
+    broker.ok(&["topic", "create", "tg", "--partitions", "2"]);
+    let address = broker.address();
+    let (reports, refused) = run(async move {
+        let client = Client::connect(client_config(&address)).await.unwrap();
+        let producer = Producer::new(client, producer_config()).unwrap();
+        let reports = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let seen = reports.clone();
+        producer.on_delivery(move |tag, outcome| {
+            let report = outcome.unwrap();
+            seen.borrow_mut().push((tag, report.partition, report.offset));
+        });
+        for i in 0..2_000u64 {
+            let record = record("tg", message(i)).with_partition((i % 2) as u32);
+            producer.send_tagged(record, 1_000_000 + i).await.unwrap();
+        }
+        // Refused before it is buffered: an error here, nothing for the observer.
+        let refused = producer.send_tagged(record("tg", message(0)).with_partition(7), 5).await;
+        producer.flush().await.unwrap();
+        let reports = reports.borrow().clone();
+        (reports, refused)
+    });
+    assert!(refused.is_err());
+    assert_eq!(reports.len(), 2_000, "every tagged record reported once");
+    let mut tags: Vec<u64> = reports.iter().map(|r| r.0).collect();
+    tags.sort_unstable();
+    assert_eq!(tags, (1_000_000..1_002_000).collect::<Vec<_>>());
+    // Tags follow send order per partition, at offsets 0, 1, 2, ...
+    for (tag, partition, offset) in reports {
+        let i = tag - 1_000_000;
+        assert_eq!(partition, (i % 2) as u32);
+        assert_eq!(offset, (i / 2) as i64, "tag {tag}");
+    }
+}

@@ -25,10 +25,10 @@ use spate_protocol::limits::{BATCH_BYTES_MAX, BATCH_RECORDS_MAX};
 
 use crate::error::ClientError;
 
-/// Identifies a partition of a topic.
+/// Identifies a partition of a topic. The name is shared, not copied, when it is cloned.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicPartition {
-    pub topic: String,
+    pub topic: std::sync::Arc<str>,
     pub partition: u32,
 }
 
@@ -236,11 +236,11 @@ impl<D> Accumulator<D> {
             return Err(AccumulateError::RecordTooLarge(record_bytes));
         }
         let batch_bytes = self.batch_bytes;
-        // No clone of the topic name per record: cloned only for a new partition.
-        if !self.queues.contains_key(target) {
-            self.queues.insert(target.clone(), PartitionQueue::default());
-        }
-        let queue = self.queues.get_mut(target).expect("inserted above");
+        // One lookup per record; the topic name is cloned only for a new partition.
+        let queue = match self.queues.get_mut(target) {
+            Some(queue) => queue,
+            None => self.queues.entry(target.clone()).or_default(),
+        };
         let mut closed = false;
         if let Some(open) = &queue.open {
             let full = open.builder.len() + record_bytes > batch_bytes

@@ -159,7 +159,7 @@ impl Positions {
             .filter(|(_, s)| !s.paused && s.pending_seek.is_none())
             .filter_map(|(tp, s)| {
                 Some(FetchTarget {
-                    topic: tp.topic.clone(),
+                    topic: tp.topic.to_string(),
                     partition: tp.partition,
                     offset: s.position?,
                     max_bytes,
@@ -177,7 +177,8 @@ impl Positions {
         max_records: usize,
         out: &mut Vec<ConsumerRecord>,
     ) -> Result<()> {
-        let tp = TopicPartition { topic: fetched.topic.clone(), partition: fetched.partition };
+        let tp =
+            TopicPartition { topic: fetched.topic.as_str().into(), partition: fetched.partition };
         let Some(state) = self.partitions.get_mut(&tp) else { return Ok(()) };
         let Some(mut position) = state.position else { return Ok(()) };
         if state.paused {
@@ -185,7 +186,6 @@ impl Positions {
         }
         state.high_watermark = fetched.high_watermark;
         let mut rest = &fetched.records[..];
-        let mut topic: Option<std::sync::Arc<str>> = None;
         // Each iteration consumes one whole batch.
         while !rest.is_empty() && out.len() < max_records {
             let header = batch::validate_crc(rest)
@@ -203,9 +203,8 @@ impl Positions {
                 position = header.next_offset();
                 continue;
             }
-            let topic = topic.get_or_insert_with(|| std::sync::Arc::from(tp.topic.as_str()));
             absorb_batch(
-                topic,
+                &tp.topic,
                 tp.partition,
                 &batch_bytes,
                 header,
@@ -293,10 +292,10 @@ impl Consumer {
             .partitions(topic)
             .await?
             .iter()
-            .map(|p| TopicPartition { topic: topic.to_string(), partition: p.partition })
+            .map(|p| TopicPartition { topic: topic.into(), partition: p.partition })
             .collect();
         let mut all = self.positions.assigned();
-        all.retain(|tp| tp.topic != topic);
+        all.retain(|tp| &*tp.topic != topic);
         all.extend(partitions.iter().cloned());
         self.positions.assign(&all)?;
         Ok(partitions)
@@ -419,7 +418,7 @@ impl Consumer {
                 None => self.positions.absorb(partition, self.config.max_poll_records, &mut out)?,
                 Some(error) if error.code() == Some(ErrorCode::OffsetOutOfRange) => {
                     let tp = TopicPartition {
-                        topic: partition.topic.clone(),
+                        topic: partition.topic.as_str().into(),
                         partition: partition.partition,
                     };
                     match self.config.offset_reset {
@@ -448,7 +447,9 @@ impl Consumer {
             .positions
             .assigned()
             .into_iter()
-            .filter_map(|tp| Some((tp.topic.clone(), tp.partition, self.positions.position(&tp)?)))
+            .filter_map(|tp| {
+                Some((tp.topic.to_string(), tp.partition, self.positions.position(&tp)?))
+            })
             .collect();
         if offsets.is_empty() {
             return Ok(());

@@ -96,7 +96,7 @@ fn parse_assignment(bytes: &[u8]) -> Vec<TopicPartition> {
         .split(',')
         .filter_map(|item| {
             let (topic, partition) = item.rsplit_once(':')?;
-            Some(TopicPartition { topic: topic.to_string(), partition: partition.parse().ok()? })
+            Some(TopicPartition { topic: topic.into(), partition: partition.parse().ok()? })
         })
         .collect();
     out.sort();
@@ -246,10 +246,10 @@ impl GroupConsumer {
         self.consumer.assign(&assignment)?;
         self.assignment = assignment;
         if !added.is_empty() {
-            let topics: BTreeSet<&str> = added.iter().map(|tp| tp.topic.as_str()).collect();
+            let topics: BTreeSet<&str> = added.iter().map(|tp| &*tp.topic).collect();
             for topic in topics {
                 let committed = self.client.committed_offsets(&self.config.group, topic).await?;
-                for tp in added.iter().filter(|tp| tp.topic == topic) {
+                for tp in added.iter().filter(|tp| &*tp.topic == topic) {
                     let offset =
                         committed.iter().find(|(p, _)| *p == tp.partition).and_then(|(_, o)| *o);
                     self.consumer.seek(tp, offset.map_or(self.config.start, Seek::Offset))?;
@@ -350,7 +350,9 @@ impl GroupConsumer {
     fn positions(&self) -> Vec<(String, u32, i64)> {
         self.assignment
             .iter()
-            .filter_map(|tp| Some((tp.topic.clone(), tp.partition, self.consumer.position(tp)?)))
+            .filter_map(|tp| {
+                Some((tp.topic.to_string(), tp.partition, self.consumer.position(tp)?))
+            })
             .collect()
     }
 

@@ -144,7 +144,8 @@ impl ProducerConfig {
 /// A record to send.
 #[derive(Debug, Clone, Default)]
 pub struct ProducerRecord {
-    pub topic: String,
+    /// Shared, not copied, per record: a sender of many records clones one `Arc`.
+    pub topic: std::sync::Arc<str>,
     /// Explicit partition; otherwise the partitioner chooses (by key, or sticky when unkeyed).
     pub partition: Option<u32>,
     pub key: Option<Bytes>,
@@ -155,7 +156,7 @@ pub struct ProducerRecord {
 }
 
 impl ProducerRecord {
-    pub fn new(topic: impl Into<String>, value: impl Into<Bytes>) -> ProducerRecord {
+    pub fn new(topic: impl Into<std::sync::Arc<str>>, value: impl Into<Bytes>) -> ProducerRecord {
         ProducerRecord { topic: topic.into(), value: Some(value.into()), ..Default::default() }
     }
 
@@ -224,20 +225,31 @@ pub type RetryObserver = Box<dyn Fn(&TopicPartition, &ClientError)>;
 /// [`Producer::on_request`]).
 pub type RequestObserver = Box<dyn Fn(Duration, usize)>;
 
+/// Called with the tag and outcome of each record sent with [`Producer::send_tagged`] (see
+/// [`Producer::on_delivery`]).
+pub type DeliveryObserver = Box<dyn Fn(u64, Result<DeliveryReport>)>;
+
 /// How a record's outcome reaches its sender: a [`Delivery`] future, or a callback run by the
 /// producer's driver (no channel, no task: what a load generator sending millions wants).
 enum Reply {
     Channel(oneshot::Sender<Result<DeliveryReport>>),
     Callback(Box<dyn FnOnce(Result<DeliveryReport>)>),
+    /// To the producer's delivery observer, with the sender's tag (no allocation).
+    Tag(u64),
 }
 
 impl Reply {
-    fn send(self, outcome: Result<DeliveryReport>) {
+    fn send(self, inner: &Inner, outcome: Result<DeliveryReport>) {
         match self {
             Reply::Channel(sender) => {
                 let _ = sender.send(outcome);
             }
             Reply::Callback(callback) => callback(outcome),
+            Reply::Tag(tag) => {
+                if let Some(observer) = inner.on_delivery.borrow().as_ref() {
+                    observer(tag, outcome);
+                }
+            }
         }
     }
 }
@@ -247,6 +259,7 @@ impl std::fmt::Debug for Reply {
         f.write_str(match self {
             Reply::Channel(_) => "Reply::Channel",
             Reply::Callback(_) => "Reply::Callback",
+            Reply::Tag(_) => "Reply::Tag",
         })
     }
 }
@@ -269,6 +282,7 @@ struct Inner {
     driver: RefCell<Option<glommio::Task<()>>>,
     on_retry: RefCell<Option<RetryObserver>>,
     on_request: RefCell<Option<RequestObserver>>,
+    on_delivery: RefCell<Option<DeliveryObserver>>,
     wall_clock: WallClock,
     /// Serializes the idempotent producer's `InitProducerId` (first send only).
     init_lock: glommio::sync::Semaphore,
@@ -308,6 +322,7 @@ impl Producer {
             driver: RefCell::new(None),
             on_retry: RefCell::new(None),
             on_request: RefCell::new(None),
+            on_delivery: RefCell::new(None),
             wall_clock: WallClock::new(),
             init_lock: glommio::sync::Semaphore::new(1),
             fatal: RefCell::new(None),
@@ -330,6 +345,15 @@ impl Producer {
     /// per-request latency, beside the per-record one that includes time spent in the buffer.
     pub fn on_request(&self, observer: impl Fn(Duration, usize) + 'static) {
         *self.inner.on_request.borrow_mut() = Some(Box::new(observer));
+    }
+
+    /// Calls `observer` with the tag and outcome of every record sent with
+    /// [`send_tagged`](Producer::send_tagged) (as a Kafka producer interceptor's
+    /// `onAcknowledgement`). It runs on the producer's driver task: keep it short, and do not
+    /// set another observer from inside it. Outcomes of tagged records sent while no observer
+    /// is set are dropped.
+    pub fn on_delivery(&self, observer: impl Fn(u64, Result<DeliveryReport>) + 'static) {
+        *self.inner.on_delivery.borrow_mut() = Some(Box::new(observer));
     }
 
     /// The topic's partition count, from the cache or the metadata; a retriable failure to get
@@ -371,6 +395,14 @@ impl Producer {
         on_delivery: impl FnOnce(Result<DeliveryReport>) + 'static,
     ) -> Result<u32> {
         self.enqueue(record, Reply::Callback(Box::new(on_delivery))).await
+    }
+
+    /// Queues a record as [`Producer::send`] does; its outcome goes to the producer's delivery
+    /// observer (see [`on_delivery`](Producer::on_delivery)) with `tag`, whatever the caller
+    /// wants to know about it then (a load generator packs its send time and size). Nothing is
+    /// allocated per record: no callback, channel or future.
+    pub async fn send_tagged(&self, record: ProducerRecord, tag: u64) -> Result<u32> {
+        self.enqueue(record, Reply::Tag(tag)).await
     }
 
     /// Buffers `record` with where its outcome goes; returns its partition. Most sends need no
@@ -445,12 +477,12 @@ impl Producer {
     /// The record's partition: its own, or the partitioner's choice.
     fn choose_partition(&self, record: &ProducerRecord, partition_count: u32) -> Result<u32> {
         if partition_count == 0 {
-            return Err(ClientError::UnknownTopic(record.topic.clone()));
+            return Err(ClientError::UnknownTopic(record.topic.to_string()));
         }
         match record.partition {
             Some(p) if p < partition_count => Ok(p),
             Some(p) => {
-                Err(ClientError::UnknownPartition { topic: record.topic.clone(), partition: p })
+                Err(ClientError::UnknownPartition { topic: record.topic.to_string(), partition: p })
             }
             None => Ok(self
                 .inner
@@ -610,7 +642,7 @@ async fn drive(inner: std::rc::Weak<Inner>, wakeups: LocalReceiver<()>) {
             let failed_overdue = !overdue.is_empty();
             for batch in overdue {
                 let error = delivery_timeout(&inner.config, batch.last_error);
-                fail_deliveries(batch.deliveries, &error);
+                fail_deliveries(&inner, batch.deliveries, &error);
             }
             if failed_overdue {
                 wake_waiters(&inner);
@@ -685,7 +717,7 @@ fn settle(inner: &Rc<Inner>, mut batch: ClosedBatch<Reply>, result: Result<Optio
                     attempts: batch.attempts,
                     acknowledged_at,
                 };
-                reply.send(Ok(report));
+                reply.send(inner, Ok(report));
             }
             inner.accumulator.borrow_mut().complete(
                 &batch.target,
@@ -709,7 +741,7 @@ fn settle(inner: &Rc<Inner>, mut batch: ClosedBatch<Reply>, result: Result<Optio
             fail_batch(inner, batch, error.clone());
             let queued = inner.accumulator.borrow_mut().take_all_queued();
             for batch in queued {
-                fail_deliveries(batch.deliveries, &error);
+                fail_deliveries(inner, batch.deliveries, &error);
             }
         }
         error if should_retry(inner, &batch, &error) && !inner.closed.get() => {
@@ -805,7 +837,7 @@ fn fail_batch(inner: &Inner, batch: ClosedBatch<Reply>, error: ClientError) {
     if sequences_reusable(batch.maybe_written, &error) {
         inner.accumulator.borrow_mut().rewind_sequence(&batch);
     }
-    fail_deliveries(batch.deliveries, &error);
+    fail_deliveries(inner, batch.deliveries, &error);
     inner.accumulator.borrow_mut().complete(&batch.target, batch.ordinal, batch.record_bytes);
 }
 
@@ -815,9 +847,9 @@ fn sequences_reusable(maybe_written: bool, error: &ClientError) -> bool {
     refused_for_good(error) && !maybe_written
 }
 
-fn fail_deliveries(deliveries: Vec<Reply>, error: &ClientError) {
+fn fail_deliveries(inner: &Inner, deliveries: Vec<Reply>, error: &ClientError) {
     for reply in deliveries {
-        reply.send(Err(error.clone()));
+        reply.send(inner, Err(error.clone()));
     }
 }
 

@@ -94,7 +94,7 @@ async fn run(args: Args) -> Result<(), String> {
     while sent < messages && Instant::now() < deadline {
         let partition = (sent % u64::from(args.partitions)) as u32;
         let record = ProducerRecord {
-            topic: args.topic.clone(),
+            topic: args.topic.as_str().into(),
             partition: Some(partition),
             value: Some(value.clone()),
             ..Default::default()

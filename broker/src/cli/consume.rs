@@ -102,7 +102,7 @@ pub(crate) async fn consume(client: Client, args: ConsumeArgs) -> Result<(), Str
     let assigned: Vec<TopicPartition> = partitions
         .iter()
         .filter(|p| args.partition.is_none_or(|wanted| wanted == p.partition))
-        .map(|p| TopicPartition { topic: args.topic.clone(), partition: p.partition })
+        .map(|p| TopicPartition { topic: args.topic.as_str().into(), partition: p.partition })
         .collect();
     if assigned.is_empty() {
         return Err(format!(
@@ -181,7 +181,7 @@ async fn print_records(source: &mut impl RecordSource, args: &ConsumeArgs) -> Re
         for record in records {
             if printed >= limit {
                 let tp =
-                    TopicPartition { topic: record.topic.to_string(), partition: record.partition };
+                    TopicPartition { topic: record.topic.clone(), partition: record.partition };
                 let _ = source.seek(&tp, Seek::Offset(record.offset));
                 break;
             }

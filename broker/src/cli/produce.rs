@@ -75,6 +75,7 @@ pub(crate) async fn produce(client: Client, args: ProduceArgs) -> Result<(), Str
     };
     let producer = Producer::new(client, config).map_err(|e| e.to_string())?;
     producer.on_retry(report_retry(delivery_timeout));
+    let topic: std::sync::Arc<str> = args.topic.as_str().into();
     let record = |line: String| {
         let (key, value) = match &args.key_separator {
             Some(separator) => match line.split_once(separator.as_str()) {
@@ -84,7 +85,7 @@ pub(crate) async fn produce(client: Client, args: ProduceArgs) -> Result<(), Str
             None => (None, line),
         };
         ProducerRecord {
-            topic: args.topic.clone(),
+            topic: topic.clone(),
             partition: args.partition,
             key,
             value: Some(Bytes::from(value)),
