@@ -60,7 +60,7 @@ pub async fn run(plan: FailoverPlan) -> Result<FailoverResult, String> {
         },
     )
     .map_err(|e| e.to_string())?;
-    let record = || ProducerRecord::new(&plan.topic, vec![0u8; 100]).with_partition(0);
+    let record = || ProducerRecord::new(plan.topic.as_str(), vec![0u8; 100]).with_partition(0);
     for _ in 0..SENDS_BEFORE_KILL {
         let delivery = producer.send(record()).await.map_err(|e| e.to_string())?;
         glommio::spawn_local(delivery).detach();
@@ -79,7 +79,7 @@ pub async fn run(plan: FailoverPlan) -> Result<FailoverResult, String> {
         let interval = plan.interval;
         glommio::spawn_local(async move {
             while killed_at.elapsed() < RUN_TIMEOUT {
-                let record = ProducerRecord::new(&topic, vec![0u8; 100]).with_partition(0);
+                let record = ProducerRecord::new(topic.as_str(), vec![0u8; 100]).with_partition(0);
                 match producer.send(record).await {
                     Ok(delivery) => {
                         glommio::spawn_local(delivery).detach();

@@ -16,8 +16,8 @@ use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use spate_client::{
-    Acks, Client, ClientConfig, Consumer, ConsumerConfig, DeliveryReport, OffsetReset, Producer,
-    ProducerConfig, ProducerRecord, Seek, TopicPartition,
+    Acks, Client, ClientConfig, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig,
+    ProducerRecord, Seek, TopicPartition,
 };
 
 use crate::keys::{KeyGen, KeySpec, SizeSpec};
@@ -151,6 +151,18 @@ impl ValueArena {
 }
 
 /// The due time a value carries (see [`ValueArena::value`]), if it is long enough.
+/// A record's delivery tag: where its latency counts from (µs since the start, low 40 bits:
+/// 12 days) and its size (high 24 bits: up to 16 MiB, above the largest batch the broker
+/// takes, so any larger record fails before it is counted).
+fn tag(from: Duration, size: usize) -> u64 {
+    let size = (size as u64).min((1 << 24) - 1);
+    (from.as_micros() as u64 & ((1 << 40) - 1)) | (size << 40)
+}
+
+fn untag(tag: u64) -> (u64, u64) {
+    (tag & ((1 << 40) - 1), tag >> 40)
+}
+
 pub(crate) fn due_us(value: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(value.get(..8)?.try_into().ok()?))
 }
@@ -312,10 +324,35 @@ async fn produce(
     let mut rng = SmallRng::seed_from_u64(u64::from(index) + 1);
     let epoch_offset_us = now_us() - started.elapsed().as_micros() as u64;
     let mut sent = 0u64;
-    // Delivery tasks that have not recorded yet.
+    // Deliveries not recorded yet.
     let recording = Rc::new(std::cell::Cell::new(0u64));
     let run_end = deadline.saturating_duration_since(started);
     let mut values = ValueArena::default();
+    // One name for every record: an `Arc` clone per message, not a copy of the string.
+    let topic: std::sync::Arc<str> = plan.topic.as_str().into();
+    // One observer for every record: each record's tag says where its latency counts from and
+    // its size, so nothing is allocated per message.
+    let warmup_us = plan.warmup.as_micros() as u64;
+    let (local_now, shared_now, recording_now) = (local.clone(), shared.clone(), recording.clone());
+    producer.on_delivery(move |tag, outcome| {
+        let (from_us, size) = untag(tag);
+        match outcome {
+            Ok(report) if from_us >= warmup_us => {
+                let acked = report.acknowledged_at.saturating_duration_since(started);
+                let latency = (acked.as_micros() as u64).saturating_sub(from_us);
+                let _ = local_now.produce.borrow_mut().record(latency.max(1));
+                let mut produced = local_now.produced.borrow_mut();
+                produced.0 += 1;
+                produced.1 += size;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                *local_now.errors.borrow_mut() += 1;
+                Shared::add(&shared_now.errors, 1);
+            }
+        }
+        recording_now.set(recording_now.get() - 1);
+    });
     // Bounded by the quota or the deadline. One clock read per message: the acknowledgement
     // time comes with the delivery report, read once per batch.
     loop {
@@ -332,39 +369,16 @@ async fn produce(
         let due = if pacer.is_paced() { pacer.due(sent) } else { now };
         let value = values.value(epoch_offset_us, due, size);
         let record = ProducerRecord {
-            topic: plan.topic.clone(),
+            topic: topic.clone(),
             key: keys.next_key(),
             value: Some(value),
             ..Default::default()
         };
-        let sent_at = now;
-        let (local_now, shared_now) = (local.clone(), shared.clone());
-        let measured = sent_at >= plan.warmup;
-        let message = sent;
-        let recording_now = recording.clone();
-        // The producer calls back on acknowledgement: no task or channel per message.
-        let on_delivery = move |outcome: spate_client::Result<DeliveryReport>| {
-            match outcome {
-                Ok(report) if measured => {
-                    let acked = report.acknowledged_at.saturating_duration_since(started);
-                    let latency = pacer.latency(message, sent_at, acked);
-                    let _ =
-                        local_now.produce.borrow_mut().record(latency.as_micros().max(1) as u64);
-                    let mut produced = local_now.produced.borrow_mut();
-                    produced.0 += 1;
-                    produced.1 += size as u64;
-                }
-                Ok(_) => {}
-                Err(_) => {
-                    *local_now.errors.borrow_mut() += 1;
-                    Shared::add(&shared_now.errors, 1);
-                }
-            }
-            recording_now.set(recording_now.get() - 1);
-        };
+        // Paced: latency counts from the due time (no coordinated omission).
+        let from = if pacer.is_paced() { due.min(now) } else { now };
         recording.set(recording.get() + 1);
-        if producer.send_with(record, on_delivery).await.is_err() {
-            // Not buffered: the callback was dropped unrun.
+        if producer.send_tagged(record, tag(from, size)).await.is_err() {
+            // Not buffered: the observer will not hear of it.
             recording.set(recording.get() - 1);
             *local.errors.borrow_mut() += 1;
             Shared::add(&shared.errors, 1);
@@ -399,7 +413,7 @@ async fn prepare_consumer(
 ) -> Result<ConsumerState, String> {
     let mine: Vec<TopicPartition> = (0..plan.partitions)
         .filter(|p| p % plan.consumers.max(1) == index)
-        .map(|partition| TopicPartition { topic: plan.topic.clone(), partition })
+        .map(|partition| TopicPartition { topic: plan.topic.as_str().into(), partition })
         .collect();
     let config = ConsumerConfig {
         offset_reset: OffsetReset::Earliest,
@@ -507,6 +521,14 @@ async fn consume(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_carry_the_latency_origin_and_size() {
+        let from = Duration::from_micros(11 * 24 * 3600 * 1_000_000 + 7);
+        assert_eq!(untag(tag(from, 1024)), (from.as_micros() as u64, 1024));
+        assert_eq!(untag(tag(Duration::ZERO, 4 << 20)), (0, 4 << 20));
+        assert_eq!(untag(tag(Duration::from_micros(5), usize::MAX)).1, (1 << 24) - 1);
+    }
 
     #[test]
     fn arena_values_carry_their_due_time_and_size_and_never_share_bytes() {
