@@ -280,9 +280,9 @@ struct State {
     /// Bumped whenever bytes already written may change (truncation, reset): read streams
     /// opened before it are not used again.
     read_generation: u64,
-    /// Where the last disk read ended (segment base, next offset, generation): a disk read
-    /// starting there is sequential and opens a read stream.
-    last_disk_read: Option<(i64, i64, u64)>,
+    /// Where the last disk read ended (next offset, read generation): a disk read starting
+    /// there is sequential and opens a read stream.
+    last_disk_read: Option<(i64, u64)>,
 }
 
 impl State {

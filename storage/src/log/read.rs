@@ -131,8 +131,8 @@ impl Log {
             }
             held => {
                 drop(held);
-                let sequential = self.inner.state.borrow().last_disk_read
-                    == Some((plan.segment_base, offset, plan.generation));
+                let sequential =
+                    self.inner.state.borrow().last_disk_read == Some((offset, plan.generation));
                 let admitted =
                     sequential
                         && self.inner.options.memory.as_ref().is_none_or(|memory| {
@@ -154,6 +154,10 @@ impl Log {
         }
         if let Some(mut stream) = stream {
             let chunks = stream.read(&plan.path, offset, bytes_max, plan.high_watermark).await;
+            // Where this reader goes next: a stream that ends with its segment is followed by
+            // one on the next segment at once.
+            self.inner.state.borrow_mut().last_disk_read =
+                Some((stream.next_offset(), plan.generation));
             let keep = chunks.is_ok() && !stream.exhausted() && !self.inner.state.borrow().closed;
             if keep {
                 slot.put(stream);
@@ -169,10 +173,9 @@ impl Log {
             // The stream ended where the segment did when it opened: the plain read below
             // sees what was written since.
         }
-        let (segment_base, generation) = (plan.segment_base, plan.generation);
+        let generation = plan.generation;
         let (result, next_offset) = plan.run(offset, bytes_max).await?;
-        self.inner.state.borrow_mut().last_disk_read =
-            next_offset.map(|next| (segment_base, next, generation));
+        self.inner.state.borrow_mut().last_disk_read = next_offset.map(|next| (next, generation));
         Ok(result)
     }
 

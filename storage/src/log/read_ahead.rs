@@ -172,6 +172,11 @@ impl ReadStream {
         !self.exhausted && self.generation == generation
     }
 
+    /// Every offset below this was at or before the stream's position.
+    pub(super) fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
     pub(super) fn exhausted(&self) -> bool {
         self.exhausted
     }
