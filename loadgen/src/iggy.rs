@@ -324,7 +324,7 @@ async fn produce(
             now = started.elapsed();
         }
         let size = plan.size.draw(rng.gen());
-        let due = if pacer.is_paced() { pacer.due(sent) } else { now };
+        let due = pacer.origin(sent, now);
         let value: Bytes = values.value(epoch_offset_us, due, size);
         let (partition, keyed) = match keys.next_key() {
             Some(key) => (spate_client::key_partition(&key, plan.partitions), true),

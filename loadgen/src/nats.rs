@@ -189,7 +189,7 @@ async fn produce(
             tokio::time::sleep(wait).await;
         }
         let size = plan.size.draw(rng.gen());
-        let due = if pacer.is_paced() { pacer.due(sent) } else { started.elapsed() };
+        let due = pacer.origin(sent, started.elapsed());
         let value = values.value(epoch_offset_us, due, size);
         let partition = match keys.next_key() {
             Some(key) => spate_client::key_partition(&key, plan.partitions),

@@ -366,16 +366,16 @@ async fn produce(
             now = started.elapsed();
         }
         let size = plan.size.draw(rng.gen());
-        let due = if pacer.is_paced() { pacer.due(sent) } else { now };
-        let value = values.value(epoch_offset_us, due, size);
+        // Paced: latency counts from the due time (no coordinated omission), or from now if
+        // sent early (within the pacing slice).
+        let from = pacer.origin(sent, now);
+        let value = values.value(epoch_offset_us, from, size);
         let record = ProducerRecord {
             topic: topic.clone(),
             key: keys.next_key(),
             value: Some(value),
             ..Default::default()
         };
-        // Paced: latency counts from the due time (no coordinated omission).
-        let from = if pacer.is_paced() { due.min(now) } else { now };
         recording.set(recording.get() + 1);
         if producer.send_tagged(record, tag(from, size)).await.is_err() {
             // Not buffered: the observer will not hear of it.
