@@ -8,7 +8,7 @@
 //! Owned request/response types (`RequestT`, `ResponseT`, ...) come from flatc's object API;
 //! hot paths use the zero-copy views (`Request<'_>`, `ProduceRequest<'_>`) instead.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use flatbuffers::{FlatBufferBuilder, Vector, VerifierOptions};
 
 use crate::frame::{self, FrameError};
@@ -132,7 +132,7 @@ pub fn encode_request(request: &RequestT) -> Result<BytesMut, ProtocolError> {
     let mut builder = FlatBufferBuilder::with_capacity(1024);
     let root = request.pack(&mut builder);
     builder.finish_minimal(root);
-    Ok(frame::encode(builder.finished_data())?)
+    into_frame(builder)
 }
 
 /// Encodes a response header into a frame prefix plus header, to be followed on the wire by
@@ -160,6 +160,25 @@ pub struct ProducePartitionInput<'a> {
 
 /// Encodes a produce request straight from batch slices (one copy, into the builder), without
 /// going through the object API's owned vectors.
+/// The finished flatbuffer as a whole frame. The builder fills its buffer from the back, so
+/// the length prefix usually fits in the room before the data: the frame is then the builder's
+/// own buffer, not a copy of it (a produce request carries its batches inside, so the copy
+/// was a second pass over every produced byte).
+fn into_frame(builder: FlatBufferBuilder) -> Result<BytesMut, ProtocolError> {
+    let (mut buffer, head) = builder.collapse();
+    let length = buffer.len() - head;
+    let prefix = frame::prefix(length, 0)?;
+    if head < frame::PREFIX_BYTES {
+        return Ok(frame::encode(&buffer[head..])?);
+    }
+    let start = head - frame::PREFIX_BYTES;
+    buffer[start..head].copy_from_slice(&prefix);
+    // A Bytes made from a Vec is its sole owner, so it converts back without a copy.
+    let mut out = Bytes::from(buffer).try_into_mut().expect("the only reference");
+    out.advance(start);
+    Ok(out)
+}
+
 pub fn encode_produce(
     correlation_id: u32,
     client_id: &str,
@@ -207,7 +226,7 @@ pub fn encode_produce(
         },
     );
     builder.finish_minimal(request);
-    Ok(frame::encode(builder.finished_data())?)
+    into_frame(builder)
 }
 
 /// Splits a fetch response's payload into each partition's batches, in response order, checking
