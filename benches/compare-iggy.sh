@@ -31,7 +31,8 @@
 #   W1        produce, 1 partition
 #   W1-fsync  produce, 1 partition, fsync per batch
 #   W2        produce, 100-byte messages (msgs/s compared)
-#   W3-cold   consume W1's data after `drop_caches` (when root): a catch-up read
+#   W3-cold   consume W1's data after `drop_caches` (when root): a catch-up read of at least
+#             4.4 GB (W1's topic is topped up, unmeasured, when W1 wrote less)
 #   W3-tail   e2e at full speed: a consumer keeping up with a producer (consumed MB/s)
 #   W4        2 producers, 2 partitions
 #   W5        e2e at half of the lower W3-tail rate of the two, both sides (p99.9 compared)
@@ -93,6 +94,18 @@ start_server() { # target data-dir
     exit 1
 }
 
+# Tops W1's topic up to about 4.4 GB (unmeasured) so that W3-cold reads at least 4 GiB.
+top_up() { # run target
+    local to=(-b "127.0.0.1:$spate_port")
+    [ "$2" = iggy ] && to=(--target "iggy://127.0.0.1:$iggy_port")
+    local missing
+    missing=$(python3 -c "import json; r = json.load(open('$work/W1-$2-$1.json')); written = r['bytes'] * ($seconds + 1) / $seconds; print(max(0, int((4.4e9 - written) / 1024)))")
+    [ "$missing" -gt 0 ] || return 0
+    taskset -c "$generator_cpu" "$loadgen" produce --topic w1 --messages "$missing" --warmup 0 \
+        "${to[@]}" --no-ceiling >/dev/null 2>"$work/err.txt" \
+        || { echo "compare-iggy: topping up w1 on $2 failed:" >&2; tail -5 "$work/err.txt" >&2; exit 1; }
+}
+
 stop_server() {
     kill "$server_pid" 2>/dev/null || true
     wait "$server_pid" 2>/dev/null || true
@@ -144,6 +157,7 @@ for run in $(seq 1 "$runs"); do
         workload "$run" "$target" W1 produce --topic w1 "${common[@]}"
         workload "$run" "$target" W1-fsync produce --topic w1fsync --flush always "${common[@]}"
         workload "$run" "$target" W2 produce --topic w2 --message-size 100 "${common[@]}"
+        top_up "$run" "$target"
         drop_caches
         workload "$run" "$target" W3-cold consume --topic w1
         workload "$run" "$target" W3-tail e2e --topic w3tail "${common[@]}"
