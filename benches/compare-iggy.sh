@@ -106,6 +106,23 @@ top_up() { # run target
         || { echo "compare-iggy: topping up w1 on $2 failed:" >&2; tail -5 "$work/err.txt" >&2; exit 1; }
 }
 
+# Waits (up to 60 s) until the data disk is nearly idle: under 5% busy for two seconds in a
+# row. Deleting gigabytes on a disk mounted with `discard`, or a broker's writeback, keeps it
+# busy for a while after a heavy phase; W5's tail then measured that, not the broker.
+settle_disk() {
+    local device stat busy quiet=0
+    device=$(basename "$(df --output=source "$work" | tail -1)")
+    stat=/sys/class/block/$device/stat
+    [ -r "$stat" ] || { sleep 5; return 0; }
+    for _ in $(seq 1 60); do
+        busy=$(awk '{print $10}' "$stat")
+        sleep 1
+        busy=$(( $(awk '{print $10}' "$stat") - busy ))
+        if [ "$busy" -lt 50 ]; then quiet=$((quiet + 1)); else quiet=0; fi
+        [ "$quiet" -ge 2 ] && return 0
+    done
+}
+
 stop_server() {
     kill "$server_pid" 2>/dev/null || true
     wait "$server_pid" 2>/dev/null || true
@@ -170,8 +187,9 @@ for run in $(seq 1 "$runs"); do
     rate=$(python3 -c "import json; print(int(min(json.load(open(f'$work/W3-tail-{t}-$run.json'))['msgs_per_sec'] for t in ('spate', 'iggy')) / 2))")
     for target in "${order[@]}"; do
         data="$work/data-$target"
-        # Let the disk settle after the heavy phase (deferred frees, journal commits).
-        sleep 5
+        # Let the disk settle after the heavy phase (discards, deferred frees, journal commits).
+        sync
+        settle_disk
         start_server "$target" "$data"
         workload "$run" "$target" W5 e2e --topic w5 --rate "$rate" --duration "$seconds" --warmup 1
         stop_server
