@@ -636,7 +636,10 @@ fn topic_changes_reach_a_broker_that_was_down_and_survive_a_killed_controller() 
         }
     });
     cluster.brokers[2].as_mut().unwrap().sigkill();
+    // Both survivors must see it: whichever decides the placement below (broker 2's view
+    // lagging broker 1's let a create of three replicas through once in CI).
     wait_for(cluster.broker(1), "broker 3 dead", |s| state_of(s, 3) == "dead");
+    wait_for(cluster.broker(2), "broker 3 dead", |s| state_of(s, 3) == "dead");
     // Two brokers are up: a topic of three replicas cannot be placed, one of two can.
     let refused = cluster.broker(2).cli(&["topic", "create", "three", "--replication-factor", "3"]);
     assert!(!refused.status.success());
