@@ -65,6 +65,18 @@ async fn read_to_end(log: &Log, mut offset: i64, bytes_max: usize) -> Vec<(i64, 
     batches
 }
 
+/// Reads the log's first `reads` batches one read at a time, as a consumer fetching one batch
+/// per request; returns the offset after them.
+async fn read_one_by_one(log: &Log, reads: usize) -> i64 {
+    let mut offset = 0;
+    for _ in 0..reads {
+        let read = log.read(offset, 1).await.unwrap();
+        let got = split_batches(&read_bytes(&read));
+        offset = spate_protocol::batch::BatchHeader::parse(&got[0].1).unwrap().next_offset();
+    }
+    offset
+}
+
 #[test]
 fn sequential_reads_through_a_stream_return_every_batch_byte_identical() {
     let dir = temp_dir();
@@ -106,12 +118,7 @@ fn a_stream_never_returns_bytes_a_truncation_replaced() {
         let log = Log::open(dir.path(), config(), options(&memory)).await.unwrap();
         let stored = fill(&log, 1, 30).await;
         // A consumer reads the first few batches: a stream now reads ahead past them.
-        let mut offset = 0;
-        for _ in 0..3 {
-            let read = log.read(offset, 1).await.unwrap();
-            let got = split_batches(&read_bytes(&read));
-            offset = spate_protocol::batch::BatchHeader::parse(&got[0].1).unwrap().next_offset();
-        }
+        let offset = read_one_by_one(&log, 3).await;
         assert_eq!(memory.read_streams(), 1);
         // Cut the log right where the consumer is, and write different batches there.
         log.truncate_to(offset).await.unwrap();
@@ -139,14 +146,7 @@ fn a_shard_holds_a_bounded_number_of_streams_and_readers_beyond_it_still_read() 
         // Every log gets two sequential reads; only the first MAX open streams.
         let mut positions = Vec::new();
         for (log, _) in &logs {
-            let mut offset = 0;
-            for _ in 0..2 {
-                let read = log.read(offset, 1).await.unwrap();
-                let got = split_batches(&read_bytes(&read));
-                offset =
-                    spate_protocol::batch::BatchHeader::parse(&got[0].1).unwrap().next_offset();
-            }
-            positions.push(offset);
+            positions.push(read_one_by_one(log, 2).await);
         }
         assert_eq!(memory.read_streams(), READ_STREAMS_PER_SHARD_MAX);
         // All of them read the rest correctly, with or without a stream.
