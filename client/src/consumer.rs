@@ -396,17 +396,8 @@ impl Consumer {
     /// as its own task).
     fn fetch(&self, targets: Vec<FetchTarget>) -> impl std::future::Future<Output = FetchResult> {
         let client = self.client.clone();
-        let config = self.config.clone();
-        async move {
-            client
-                .fetch(
-                    &targets,
-                    config.fetch_max_wait,
-                    config.fetch_min_bytes,
-                    config.fetch_max_bytes,
-                )
-                .await
-        }
+        let ConsumerConfig { fetch_max_wait, fetch_min_bytes, fetch_max_bytes, .. } = self.config;
+        async move { client.fetch(&targets, fetch_max_wait, fetch_min_bytes, fetch_max_bytes).await }
     }
 
     /// Records of a fetch's partitions at or after their positions, advancing them; reacts to
