@@ -85,8 +85,8 @@ fn main() {
         Command::Cluster { command: ClusterCommand::Certs { out, brokers }, .. } => {
             cli::cluster::certs(out, brokers)
         }
-        Command::Cluster { command: ClusterCommand::Status, bootstrap } => {
-            run_client(&bootstrap.bootstrap, cli::cluster::status)
+        Command::Cluster { command: ClusterCommand::Status { partitions }, bootstrap } => {
+            run_client(&bootstrap.bootstrap, |client| cli::cluster::status(client, partitions))
         }
         Command::Offsets { topic, bootstrap } => {
             run_client(&bootstrap.bootstrap, |client| cli::offsets::offsets(client, topic))

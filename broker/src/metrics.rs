@@ -71,6 +71,10 @@ pub struct ShardMetrics {
     pub executor_stalls: Cell<u64>,
     /// The longest such lateness, in ms.
     pub executor_stall_ms_max: Cell<u64>,
+    /// Times a replica on this shard became leader / stopped leading (partitions and the
+    /// internal logs), as seen each tick.
+    pub leaderships_gained: Cell<u64>,
+    pub leaderships_lost: Cell<u64>,
 }
 
 fn add(cell: &Cell<u64>, n: u64) {
@@ -92,9 +96,20 @@ impl ShardMetrics {
         add(&self.sent_bytes, bytes as u64);
     }
 
+    pub fn leaderships(&self, gained: u64, lost: u64) {
+        add(&self.leaderships_gained, gained);
+        add(&self.leaderships_lost, lost);
+    }
+
     /// This shard's samples (no HELP/TYPE lines: [`header`] writes those once).
-    /// `partitions`: topic, partition, high watermark, log bytes, bytes recovery cut as damaged.
-    pub fn render(&self, shard: usize, partitions: &[(String, u32, i64, u64, u64)]) -> String {
+    /// `partitions`: topic, partition, high watermark, log bytes, bytes recovery cut as damaged;
+    /// `peers`: this shard's replication connections (`None` on a single broker).
+    pub fn render(
+        &self,
+        shard: usize,
+        partitions: &[(String, u32, i64, u64, u64)],
+        peers: Option<&[spate_transport::ConnectionStats]>,
+    ) -> String {
         let mut out = String::new();
         for (i, counter) in self.requests.iter().enumerate() {
             let api = ApiKey(i as u16).variant_name().unwrap_or("Unknown");
@@ -122,6 +137,22 @@ impl ShardMetrics {
             "spate_executor_stall_seconds_max{{{labels}}} {}",
             self.executor_stall_ms_max.get() as f64 / 1e3
         );
+        if peers.is_some() {
+            let gained = self.leaderships_gained.get();
+            let _ = writeln!(out, "spate_leaderships_gained_total{{{labels}}} {gained}");
+            let lost = self.leaderships_lost.get();
+            let _ = writeln!(out, "spate_leaderships_lost_total{{{labels}}} {lost}");
+        }
+        for peer in peers.unwrap_or_default() {
+            let direction = if peer.outbound { "out" } else { "in" };
+            let labels =
+                format!("shard=\"{shard}\",peer=\"{}\",direction=\"{direction}\"", peer.broker_id);
+            let _ = writeln!(out, "spate_peer_rtt_seconds{{{labels}}} {}", peer.rtt.as_secs_f64());
+            let _ =
+                writeln!(out, "spate_peer_sent_packets_total{{{labels}}} {}", peer.sent_packets);
+            let _ =
+                writeln!(out, "spate_peer_lost_packets_total{{{labels}}} {}", peer.lost_packets);
+        }
         for (topic, partition, high_watermark, bytes, recovery_cut) in partitions {
             let topic = label(topic);
             let labels = format!("topic=\"{topic}\",partition=\"{partition}\",shard=\"{shard}\"");
@@ -181,6 +212,36 @@ pub fn header() -> String {
             "gauge",
             "The replica's current term; it rises with every election.",
         ),
+        (
+            "spate_replica_lag_bytes",
+            "gauge",
+            "Bytes of the leader's log past a follower's log end (on the leader).",
+        ),
+        (
+            "spate_leaderships_gained_total",
+            "counter",
+            "Times a replica on this shard became leader (elections won, transfers received).",
+        ),
+        (
+            "spate_leaderships_lost_total",
+            "counter",
+            "Times a replica on this shard stopped leading (a newer term, a transfer, shutdown).",
+        ),
+        (
+            "spate_peer_rtt_seconds",
+            "gauge",
+            "QUIC's smoothed round-trip time of a replication connection to a peer broker.",
+        ),
+        (
+            "spate_peer_sent_packets_total",
+            "counter",
+            "Packets sent on a replication connection (from zero with each connection).",
+        ),
+        (
+            "spate_peer_lost_packets_total",
+            "counter",
+            "Packets of a replication connection QUIC declared lost and sent again.",
+        ),
     ]
     .iter()
     .map(|(name, kind, help)| format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"))
@@ -222,7 +283,7 @@ mod tests {
         metrics.produce_latency.record(Duration::from_secs(10));
         metrics.request(Some(ApiKey::Produce));
         metrics.received(100);
-        let text = metrics.render(1, &[("orders".into(), 0, 42, 4096, 0)]);
+        let text = metrics.render(1, &[("orders".into(), 0, 42, 4096, 0)], None);
         assert!(
             text.contains("spate_produce_latency_seconds_bucket{shard=\"1\",le=\"0.0001\"} 2"),
             "{text}"

@@ -433,17 +433,45 @@ fn a_paused_follower_catches_up_when_it_resumes() {
     // The leader's metrics say it: one partition under-replicated, the paused one behind.
     let lag =
         format!("spate_replica_lag_offsets{{topic=\"t\",partition=\"0\",replica=\"{follower}\"}} ");
+    let lag_bytes =
+        format!("spate_replica_lag_bytes{{topic=\"t\",partition=\"0\",replica=\"{follower}\"}} ");
+    let positive = |text: &str, prefix: &str| {
+        text.lines().any(|l| {
+            l.strip_prefix(prefix).and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 0.0)
+        })
+    };
     cluster.wait_metrics(leader, "under-replicated while paused", |text| {
         text.contains("spate_under_replicated_partitions 1")
             && text.contains("spate_partitions_led 1")
-            && text.lines().any(|l| {
-                l.strip_prefix(&lag).and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v > 0)
-            })
+            && positive(text, &lag)
+            && positive(text, &lag_bytes)
     });
+    // It won the partition's election (or took it by transfer), and QUIC measured its
+    // connections to the other brokers.
+    let scrape = cluster.metrics(leader);
+    let gained: u64 = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("spate_leaderships_gained_total{"))
+        .filter_map(|l| l.split("} ").nth(1)?.parse::<u64>().ok())
+        .sum();
+    assert!(gained >= 1, "{scrape}");
+    let other = before.replicas.iter().copied().find(|r| *r != leader && *r != follower).unwrap();
+    assert!(
+        positive(
+            &scrape,
+            &format!("spate_peer_rtt_seconds{{shard=\"0\",peer=\"{other}\",direction=\"out\"}} ")
+        ),
+        "{scrape}"
+    );
+    assert!(scrape.contains("spate_peer_lost_packets_total{shard=\"0\""), "{scrape}");
     // So does `spate cluster status`, which asks each broker about the partitions it leads.
     let status = cluster.broker(leader).ok(&["cluster", "status"]);
     let line = status.lines().find(|l| l.starts_with(&format!("{leader}\t"))).unwrap();
     assert!(line.contains("\tleads 1\tunder_replicated 1"), "{status}");
+    assert_eq!(status.lines().count(), 3, "one line per broker: {status}");
+    let status = cluster.broker(leader).ok(&["cluster", "status", "--partitions"]);
+    assert!(status.contains("\npartitions 1\tunder_replicated 1\toffline 0\n"), "{status}");
+    assert!(status.contains("\npartition t 0 under_replicated\treplicas "), "{status}");
     cluster.broker(follower).resume();
     assert!(during.hw.unwrap() >= MESSAGES as i64, "committed without the paused one: {during:?}");
     let behind = during.log_ends.iter().find(|(id, _)| *id == follower).map(|(_, end)| *end);
@@ -451,7 +479,9 @@ fn a_paused_follower_catches_up_when_it_resumes() {
     let after = wait_describe(cluster.broker(leader), "t", "the follower caught up", all_caught_up);
     assert_eq!(after.leader, Some(leader), "the leader kept its place");
     cluster.wait_metrics(leader, "fully replicated again", |text| {
-        text.contains("spate_under_replicated_partitions 0") && text.contains(&format!("{lag}0"))
+        text.contains("spate_under_replicated_partitions 0")
+            && text.contains(&format!("{lag}0"))
+            && text.contains(&format!("{lag_bytes}0"))
     });
     // Every acknowledged batch was timed from proposal to commit.
     let scrape = cluster.metrics(leader);
@@ -464,6 +494,57 @@ fn a_paused_follower_catches_up_when_it_resumes() {
     assert_eq!(status.matches("\talive\tleads ").count(), 3, "{status}");
     assert!(status.contains(&format!("{leader}\t")) && !status.contains("under_replicated 1"));
     check_stored_once(&cluster, &results, MESSAGES);
+}
+
+/// `cluster status --partitions` names the partitions no leader serves and those short of
+/// replicas: with two of three brokers killed, a partition led by either of them stays without
+/// a leader (the survivor has no majority to elect it), and one the survivor led keeps its
+/// leader (an idle leader learns it lost its majority only when it next has something to
+/// commit) with itself alone in sync.
+#[test]
+fn cluster_status_names_offline_and_under_replicated_partitions() {
+    let mut cluster = Cluster::start();
+    create_topic(&cluster, "t", 2);
+    let healthy = "partitions 2\tunder_replicated 0\toffline 0\n";
+    wait_status_partitions(cluster.broker(1), healthy, |s| s.contains(healthy));
+    let led_by_survivor: Vec<u32> = (0..2)
+        .filter(|p| describe(cluster.broker(1), "t", *p).and_then(|d| d.leader) == Some(1))
+        .collect();
+    for id in [2, 3] {
+        cluster.brokers[id - 1].take().unwrap().sigkill();
+    }
+    let offline = 2 - led_by_survivor.len();
+    let want = format!("\tunder_replicated {}\toffline {offline}\n", led_by_survivor.len());
+    let status = wait_status_partitions(cluster.broker(1), &want, |s| {
+        s.contains(&want) && s.matches("\tdead").count() == 2
+    });
+    for p in 0..2 {
+        let line = status.lines().find(|l| l.starts_with(&format!("partition t {p} ")));
+        let line = line.unwrap_or_else(|| panic!("partition {p} missing: {status}"));
+        if led_by_survivor.contains(&p) {
+            let words: Vec<&str> = line.split(['\t', ' ']).collect();
+            assert_eq!(words[3..], ["under_replicated", "replicas", words[5], "isr", "1"]);
+            let mut replicas: Vec<&str> = words[5].split(',').collect();
+            replicas.sort();
+            assert_eq!(replicas, ["1", "2", "3"], "{line}");
+        } else {
+            assert_eq!(line, format!("partition t {p} offline"));
+        }
+    }
+}
+
+/// Polls `spate cluster status --partitions` through `broker` until `want` holds (bounded).
+fn wait_status_partitions(broker: &Broker, what: &str, want: impl Fn(&str) -> bool) -> String {
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < Duration::from_secs(30) {
+        last = broker.ok(&["cluster", "status", "--partitions"]);
+        if want(&last) {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{what}: never happened; last status:\n{last}");
 }
 
 #[test]

@@ -138,6 +138,11 @@ impl ReplicationNode {
         self.shared.id
     }
 
+    /// QUIC's numbers (RTT, packets sent and lost) of each connection to a peer, for metrics.
+    pub fn connection_stats(&self) -> Vec<spate_transport::ConnectionStats> {
+        self.shared.endpoint.connection_stats()
+    }
+
     /// The bound QUIC address.
     pub fn local_addr(&self) -> Result<SocketAddr, ReplicationError> {
         Ok(self.shared.endpoint.local_addr()?)

@@ -117,6 +117,9 @@ pub struct PartitionStatus {
     pub replicas: Vec<ReplicaStatus>,
     /// Truncations of a divergent tail carried out since the partition opened.
     pub truncations: u64,
+    /// Times this replica became leader / stopped leading since the partition opened.
+    pub leaderships_gained: u64,
+    pub leaderships_lost: u64,
     pub offline: Option<String>,
 }
 
@@ -182,6 +185,8 @@ struct State {
     commit_queued: Offset,
     io_waker: Option<Waker>,
     truncations: u64,
+    leaderships_gained: u64,
+    leaderships_lost: u64,
     offline: Option<String>,
     /// An offline leader told its followers to elect another (once; see `hand_over`).
     handed_over: bool,
@@ -248,6 +253,8 @@ impl Partition {
                 commit_queued,
                 io_waker: None,
                 truncations: 0,
+                leaderships_gained: 0,
+                leaderships_lost: 0,
                 offline: None,
                 handed_over: false,
                 stopped: false,
@@ -476,6 +483,8 @@ impl Partition {
             learners: membership.learners.clone(),
             replicas,
             truncations: st.truncations,
+            leaderships_gained: st.leaderships_gained,
+            leaderships_lost: st.leaderships_lost,
             offline: st.offline.clone(),
         }
     }
@@ -708,10 +717,12 @@ impl Inner {
                 Effect::BecameLeader { term } => {
                     info!(group = self.group.0, node = self.node.id, term, "became leader");
                     st.leading = Some(term);
+                    st.leaderships_gained += 1;
                 }
                 Effect::SteppedDown { term, leader } => {
                     info!(group = self.group.0, node = self.node.id, term, ?leader, "stepped down");
                     st.leading = None;
+                    st.leaderships_lost += 1;
                     st.parked.clear();
                     st.fail_waiters(|_| ReplicationError::LeadershipLost { leader });
                 }

@@ -118,6 +118,31 @@ fn rolls_by_size_and_recovers_indexes() {
 }
 
 #[test]
+fn bytes_from_counts_what_is_left_to_read_across_segments() {
+    let dir = temp_dir();
+    run(async {
+        let log = Log::open(dir.path(), small_config(), LogOptions::default()).await.unwrap();
+        // Batches larger than the index interval: every batch boundary is indexed, so the
+        // count is exact at each of them.
+        let mut bases = vec![0];
+        let mut sizes = Vec::new();
+        for tag in 0..30u64 {
+            let before = log.size_bytes();
+            let appended =
+                log.append(make_batch(tag, 1 + tag as usize % 4, 90_000, 0), 1).await.unwrap();
+            sizes.push(log.size_bytes() - before);
+            bases.push(appended.last_offset + 1);
+        }
+        assert!(log.segment_count() >= 2, "segments: {}", log.segment_count());
+        for (i, base) in bases.iter().enumerate() {
+            let left: u64 = sizes[i..].iter().sum();
+            assert_eq!(log.bytes_from(*base), left, "from batch {i} at offset {base}");
+        }
+        assert_eq!(log.bytes_from(i64::MAX), 0);
+    });
+}
+
+#[test]
 fn offset_for_timestamp_finds_the_first_record_at_or_after() {
     let dir = temp_dir();
     run(async {

@@ -389,6 +389,52 @@ impl Endpoint {
     pub fn connection_count(&self) -> usize {
         self.shared.state.borrow().conns.len()
     }
+
+    /// What QUIC measures of each connection that is up (passed TLS and the hello), for
+    /// metrics: one per direction when both brokers dialled.
+    pub fn connection_stats(&self) -> Vec<ConnectionStats> {
+        let state = self.shared.state.borrow();
+        let mut out: Vec<ConnectionStats> = state
+            .conns
+            .values()
+            .filter(|c| c.phase == Phase::Up)
+            .filter_map(|c| {
+                let (broker_id, outbound) = match c.role {
+                    Role::Client { dialled } => (dialled, true),
+                    Role::Server => (c.certificate_broker_id?, false),
+                };
+                let path = c.conn.stats().path;
+                Some(ConnectionStats {
+                    broker_id,
+                    outbound,
+                    rtt: path.rtt,
+                    sent_packets: path.sent_packets,
+                    lost_packets: path.lost_packets,
+                    lost_bytes: path.lost_bytes,
+                    congestion_window_bytes: path.cwnd,
+                })
+            })
+            .collect();
+        out.sort_by_key(|s| (s.broker_id, s.outbound));
+        out
+    }
+}
+
+/// One connection's numbers from QUIC's own accounting (quinn's `PathStats`); the counters
+/// start at zero with each connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// The broker at the other end.
+    pub broker_id: BrokerId,
+    /// This broker dialled it (else it dialled us).
+    pub outbound: bool,
+    /// QUIC's smoothed round-trip time.
+    pub rtt: Duration,
+    pub sent_packets: u64,
+    /// Packets declared lost (and so sent again).
+    pub lost_packets: u64,
+    pub lost_bytes: u64,
+    pub congestion_window_bytes: u64,
 }
 
 /// Marks the endpoint closed and fails every connection (the peers see a normal close); wakes

@@ -74,4 +74,4 @@ pub mod limits;
 pub mod tls;
 
 pub use certs::{BrokerCredentials, BrokerId};
-pub use endpoint::{Endpoint, Peer, Stream, TransportError};
+pub use endpoint::{ConnectionStats, Endpoint, Peer, Stream, TransportError};

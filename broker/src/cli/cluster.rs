@@ -22,7 +22,14 @@ pub(crate) enum ClusterCommand {
     /// leads) and `under_replicated M` (of those, partitions missing an in-sync replica); the
     /// metadata log's leader ends its line with `controller`, and the group coordinator (the
     /// committed-offsets log's leader) with `coordinator`.
-    Status,
+    Status {
+        /// In a cluster, then a line `partitions N  under_replicated M  offline K` over every
+        /// topic, and one line per such partition: `partition TOPIC P offline` (no leader
+        /// serves it: none elected, or its leader is dead or did not answer), or
+        /// `partition TOPIC P under_replicated  replicas A,B,C  isr A,B`.
+        #[arg(long)]
+        partitions: bool,
+    },
 }
 
 pub(crate) fn certs(out: PathBuf, brokers: u32) -> Result<(), String> {
@@ -32,7 +39,7 @@ pub(crate) fn certs(out: PathBuf, brokers: u32) -> Result<(), String> {
     Ok(())
 }
 
-pub(crate) async fn status(client: Client) -> Result<(), String> {
+pub(crate) async fn status(client: Client, partitions: bool) -> Result<(), String> {
     let metadata = client.metadata(Some(&[])).await.map_err(|e| e.to_string())?;
     let brokers = metadata.brokers.unwrap_or_default();
     let brokers_len = brokers.len();
@@ -48,13 +55,8 @@ pub(crate) async fn status(client: Client) -> Result<(), String> {
         let state = if broker.alive { "alive" } else { "dead" };
         let mut line = format!("{}\t{address}\t{state}", broker.broker_id);
         if answered.contains(&broker.broker_id) {
-            let mine = led.iter().filter(|(id, _)| *id == broker.broker_id);
-            let under = mine
-                .clone()
-                .filter(|(_, p)| {
-                    p.isr.as_ref().map_or(0, Vec::len) < p.replicas.as_ref().map_or(0, Vec::len)
-                })
-                .count();
+            let mine = led.iter().filter(|(id, _, _)| *id == broker.broker_id);
+            let under = mine.clone().filter(|(_, _, p)| under_replicated(p)).count();
             line.push_str(&format!("\tleads {}\tunder_replicated {under}", mine.count()));
         }
         if brokers_len > 1 && broker.broker_id == metadata.controller_id {
@@ -65,7 +67,45 @@ pub(crate) async fn status(client: Client) -> Result<(), String> {
         }
         println!("{line}");
     }
+    if partitions && brokers_len > 1 {
+        let all = client.metadata(None).await.map_err(|e| e.to_string())?;
+        let served: std::collections::HashSet<(&str, i32)> =
+            led.iter().map(|(_, t, p)| (t.as_str(), p.partition)).collect();
+        let mut total = 0;
+        let mut offline = Vec::new();
+        for topic in all.topics.into_iter().flatten() {
+            let name = topic.name.unwrap_or_default();
+            for partition in topic.partitions.into_iter().flatten() {
+                total += 1;
+                if !served.contains(&(name.as_str(), partition.partition)) {
+                    offline.push((name.clone(), partition.partition));
+                }
+            }
+        }
+        offline.sort();
+        let mut under: Vec<_> = led.iter().filter(|(_, _, p)| under_replicated(p)).collect();
+        under.sort_by(|a, b| (&a.1, a.2.partition).cmp(&(&b.1, b.2.partition)));
+        println!("partitions {total}\tunder_replicated {}\toffline {}", under.len(), offline.len());
+        for (topic, partition) in offline {
+            println!("partition {topic} {partition} offline");
+        }
+        let ids = |ids: &Option<Vec<i32>>| {
+            ids.iter().flatten().map(i32::to_string).collect::<Vec<_>>().join(",")
+        };
+        for (_, topic, p) in under {
+            println!(
+                "partition {topic} {} under_replicated\treplicas {}\tisr {}",
+                p.partition,
+                ids(&p.replicas),
+                ids(&p.isr)
+            );
+        }
+    }
     Ok(())
+}
+
+fn under_replicated(partition: &spate_protocol::wire::PartitionMetadataT) -> bool {
+    partition.isr.as_ref().map_or(0, Vec::len) < partition.replicas.as_ref().map_or(0, Vec::len)
 }
 
 /// The broker coordinating consumer groups, as the asked broker knows it (`None` if none yet).

@@ -111,7 +111,7 @@ pub(crate) async fn led_partitions(
     client: &Client,
     brokers: &[spate_protocol::wire::BrokerInfoT],
     topic: Option<&str>,
-) -> (Vec<i32>, Vec<(i32, spate_protocol::wire::PartitionMetadataT)>) {
+) -> (Vec<i32>, Vec<(i32, String, spate_protocol::wire::PartitionMetadataT)>) {
     let (mut answered, mut led) = (Vec::new(), Vec::new());
     if brokers.len() < 2 {
         return (answered, led);
@@ -129,10 +129,13 @@ pub(crate) async fn led_partitions(
         let topics = topic.map(|t| [t]);
         if let Ok(metadata) = peer.metadata(topics.as_ref().map(|t| &t[..])).await {
             answered.push(broker.broker_id);
-            let partitions = metadata.topics.into_iter().flatten().flat_map(|t| t.partitions);
-            for partition in partitions.flatten() {
-                if partition.leader_broker == broker.broker_id && partition.high_watermark >= 0 {
-                    led.push((broker.broker_id, partition));
+            for topic in metadata.topics.into_iter().flatten() {
+                let name = topic.name.unwrap_or_default();
+                for partition in topic.partitions.into_iter().flatten() {
+                    if partition.leader_broker == broker.broker_id && partition.high_watermark >= 0
+                    {
+                        led.push((broker.broker_id, name.clone(), partition));
+                    }
                 }
             }
         }

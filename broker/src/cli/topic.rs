@@ -146,7 +146,7 @@ async fn leaders_view(
     brokers: &[spate_protocol::wire::BrokerInfoT],
 ) -> std::collections::HashMap<i32, spate_protocol::wire::PartitionMetadataT> {
     let mut view = std::collections::HashMap::new();
-    for (_, partition) in super::led_partitions(client, brokers, Some(topic)).await.1 {
+    for (_, _, partition) in super::led_partitions(client, brokers, Some(topic)).await.1 {
         view.insert(partition.partition, partition);
     }
     view

@@ -80,7 +80,8 @@ impl Shard {
             })
             .collect();
         partitions.sort();
-        self.metrics.render(self.id, &partitions)
+        let peers = self.replication.borrow().as_ref().map(|node| node.connection_stats());
+        self.metrics.render(self.id, &partitions, peers.as_deref())
     }
 
     /// Every shard's samples, with HELP/TYPE lines: one Prometheus scrape.
@@ -161,6 +162,11 @@ impl Shard {
                 out.push_str(&format!(
                     "spate_replica_lag_offsets{{topic=\"{topic}\",partition=\"{partition}\",replica=\"{replica}\"}} {}\n",
                     (end - replica_end).max(0)
+                ));
+            }
+            for (replica, bytes) in &view.lag_bytes {
+                out.push_str(&format!(
+                    "spate_replica_lag_bytes{{topic=\"{topic}\",partition=\"{partition}\",replica=\"{replica}\"}} {bytes}\n",
                 ));
             }
         }

@@ -38,6 +38,11 @@ pub struct ReplicaView {
     pub isr: Vec<u32>,
     /// Leader only: each replica's log end, by broker id.
     pub log_ends: Vec<(u32, i64)>,
+    /// Leader only: bytes of its log past each follower's log end, by broker id.
+    pub lag_bytes: Vec<(u32, u64)>,
+    /// Times this replica became leader / stopped leading since it opened.
+    pub leaderships_gained: u64,
+    pub leaderships_lost: u64,
 }
 
 /// Every replicated partition of this broker, as its shard last published it.
@@ -146,12 +151,23 @@ impl Shard {
         if let Some(replica) = offsets {
             replicas.push(((OFFSETS_DIR.to_string(), 0), replica));
         }
+        // Followers the failure detector counts as down are out of sync whatever their last
+        // position (an idle partition's positions never move).
+        let down = self.replication.borrow().as_ref().map(|n| n.peers_down()).unwrap_or_default();
         let mut moved = Vec::new();
         {
             let mut views = views.lock().expect("replica views lock");
             for (key, replica) in replicas {
-                let view = view_of(&replica);
+                let view = view_of(&replica, &down);
                 let previous = views.insert(key.clone(), view.clone());
+                let (gained, lost) = previous
+                    .as_ref()
+                    .map_or((0, 0), |p| (p.leaderships_gained, p.leaderships_lost));
+                // A replica opened anew (its topic re-created) counts from zero again.
+                self.metrics.leaderships(
+                    view.leaderships_gained.checked_sub(gained).unwrap_or(view.leaderships_gained),
+                    view.leaderships_lost.checked_sub(lost).unwrap_or(view.leaderships_lost),
+                );
                 if previous.is_none_or(|p| p.high_watermark != view.high_watermark) {
                     moved.push(key);
                 }
@@ -216,23 +232,42 @@ impl Shard {
     }
 }
 
-fn view_of(replica: &Partition) -> ReplicaView {
+/// What `replica` says of itself; `down`: peers the failure detector counts as down, never in
+/// sync (Kafka drops a follower from the ISR when it stops fetching).
+fn view_of(replica: &Partition, down: &[u32]) -> ReplicaView {
     let status = replica.status();
     let leads = status.role == Role::Leader;
     let high_watermark = status.high_watermark.map_or(-1, |hw| hw as i64);
-    let (isr, log_ends) = if leads {
+    let (isr, log_ends, lag_bytes) = if leads {
         let isr = status
             .replicas
             .iter()
             .filter(|r| status.high_watermark.is_some_and(|hw| r.match_end >= hw))
+            .filter(|r| !down.contains(&r.node))
             .map(|r| r.node)
             .collect();
         let ends = status.replicas.iter().map(|r| (r.node, r.match_end as i64)).collect();
-        (isr, ends)
+        let log = replica.log();
+        let lag = status
+            .replicas
+            .iter()
+            .filter(|r| r.node != status.node)
+            .map(|r| (r.node, log.bytes_from(r.match_end as i64)))
+            .collect();
+        (isr, ends, lag)
     } else {
-        (Vec::new(), vec![(status.node, status.log_end as i64)])
+        (Vec::new(), vec![(status.node, status.log_end as i64)], Vec::new())
     };
-    ReplicaView { leader: status.leader, term: status.term, high_watermark, isr, log_ends }
+    ReplicaView {
+        leader: status.leader,
+        term: status.term,
+        high_watermark,
+        isr,
+        log_ends,
+        lag_bytes,
+        leaderships_gained: status.leaderships_gained,
+        leaderships_lost: status.leaderships_lost,
+    }
 }
 
 fn not_leader(topic: &str, partition: u32, leader: Option<u32>) -> Failure {

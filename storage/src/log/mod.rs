@@ -656,6 +656,35 @@ impl Log {
         self.inner.state.borrow().size_bytes()
     }
 
+    /// Bytes the log holds from `offset` to its end, unwritten batches included: what a
+    /// follower (or reader) at `offset` has left to read. Exact for queued batches; within a
+    /// segment it counts from the index entry at or before `offset`, so it may count up to
+    /// the index interval too much. 0 at or past the end.
+    pub fn bytes_from(&self, offset: i64) -> u64 {
+        let state = self.inner.state.borrow();
+        // Bounded by the pending budget and the segment count.
+        let queued: u64 = state
+            .pending
+            .iter()
+            .filter(|p| p.next_offset > offset)
+            .map(|p| p.bytes.len() as u64)
+            .sum();
+        let written: u64 = state
+            .segments
+            .values()
+            .filter(|s| s.next_offset > offset)
+            .map(|s| {
+                if offset <= s.base_offset {
+                    s.size
+                } else {
+                    let relative = (offset - s.base_offset).min(i64::from(u32::MAX)) as u32;
+                    s.size.saturating_sub(u64::from(s.index.lookup(relative)))
+                }
+            })
+            .sum();
+        queued + written
+    }
+
     pub fn segment_count(&self) -> usize {
         self.inner.state.borrow().segments.len()
     }
