@@ -2,17 +2,25 @@
 # Runs the same workloads against Spate and NATS JetStream on this machine, in one go, and prints
 # a side-by-side table with ratios. Installs nats-server from Debian if it is missing (root).
 #
-# Usage: benches/compare-nats.sh [SECONDS_PER_WORKLOAD]     (default 8)
+# Usage: [TMPDIR=DIR] benches/compare-nats.sh [SECONDS_PER_WORKLOAD]     (default 8; the
+# stores take about 2 GB per second of workload in DIR, default /tmp)
 #
 # Fairness, stated in the output too: both on loopback, same generator binary, same pacer,
 # message format and histogram code; 1 KiB messages unless stated, acks awaited for every
 # message on both. Spate: topic flush=never (written with O_DIRECT before the ack, not
-# fdatasync'd), 64 KiB producer batches, one batch in flight per partition. NATS JetStream:
+# fdatasync'd), 64 KiB producer batches, the load generator's default of 5 in flight per
+# partition (idempotent producer). NATS JetStream:
 # file storage with the server's default sync (periodic, not per message), every publish waits
 # for its PubAck, up to 4096 outstanding per producer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-8}"
+# Both stores keep every workload's data until the end: ~16 GB at 8 s per workload here.
+free_gb=$(df --output=avail -BG "${TMPDIR:-/tmp}" | tail -1 | tr -dc 0-9)
+if [ "$free_gb" -lt $(( seconds * 3 )) ]; then
+    echo "compare-nats: ${free_gb} GB free in ${TMPDIR:-/tmp}; the stores need about $(( seconds * 2 )) GB (set TMPDIR)" >&2
+    exit 1
+fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/spate-vs-nats.XXXXXX")
 cleanup() {
     [ -n "${nats_pid:-}" ] && kill "$nats_pid" 2>/dev/null || true
@@ -42,7 +50,7 @@ for _ in $(seq 100); do
 done
 
 echo "nats-server $(nats-server --version | awk '{print $NF}'): JetStream file storage, default sync; acks awaited"
-echo "spate: flush=never, 64 KiB batches; acks=all awaited"
+echo "spate: flush=never, 64 KiB batches, 5 in flight per partition; acks=all awaited"
 "$loadgen" ceiling --data-dir "$work/ceiling" --json "$work/ceiling.json" | sed 's/^/ceiling: /'
 
 run() { # name target args...
