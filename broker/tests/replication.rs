@@ -121,7 +121,7 @@ async fn read_all(client: &Client, topic: &str) -> Vec<(i64, String)> {
 }
 
 struct Cluster {
-    _dir: tempfile::TempDir,
+    _dir: TestDir,
     root: std::path::PathBuf,
     certs: std::path::PathBuf,
     nodes: Vec<Node>,

@@ -244,11 +244,41 @@ impl Drop for Broker {
     }
 }
 
-pub fn temp_dir() -> tempfile::TempDir {
+/// A test's temporary directory. A broker started on the directory itself keeps its journal
+/// and log beside it (`NAME.journal`, `NAME.broker-PORT.log`, see `start_with_command`), so
+/// dropping it removes those too: they used to stay in the temp directory after every run
+/// (hundreds of them, some journals 50 MB).
+pub struct TestDir(tempfile::TempDir);
+
+impl std::ops::Deref for TestDir {
+    type Target = tempfile::TempDir;
+    fn deref(&self) -> &tempfile::TempDir {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let path = self.0.path();
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { return };
+        let prefix = format!("{}.", name.to_string_lossy());
+        let Ok(entries) = std::fs::read_dir(parent) else { return };
+        // Bounded by the directory's entries.
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let sibling = entry.path();
+                let _ =
+                    std::fs::remove_dir_all(&sibling).or_else(|_| std::fs::remove_file(&sibling));
+            }
+        }
+    }
+}
+
+pub fn temp_dir() -> TestDir {
     let base = std::env::var_os("CARGO_TARGET_TMPDIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
-    tempfile::Builder::new().prefix("spate-broker-").tempdir_in(base).unwrap()
+    TestDir(tempfile::Builder::new().prefix("spate-broker-").tempdir_in(base).unwrap())
 }
 
 /// Runs `future` on a fresh Glommio executor on this thread.
