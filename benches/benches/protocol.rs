@@ -1,5 +1,5 @@
-//! Protocol costs: encoding and decoding a 1 MiB produce request of 1 KiB records, and the
-//! verification cost of one frame.
+//! Protocol costs: encoding and decoding a 1 MiB produce request of 1 KiB records, encoding a
+//! request of 5,000 one-record batches, and the verification cost of one frame.
 //!
 //! Run: `cargo bench -p spate-benches --bench protocol`
 
@@ -68,6 +68,28 @@ fn protocol(c: &mut Criterion) {
     group.bench_function("encode 1 MiB produce request", |b| {
         b.iter(|| produce_request(black_box(&batch)))
     });
+    // Many partitions, one small batch each (the keyed 5,000-partition workload's requests).
+    let small_batch = {
+        let mut builder = BatchBuilder::with_capacity(512);
+        builder.push(&NewRecord {
+            key: Some(Bytes::from_static(b"key-12345")),
+            value: Some(Bytes::from(vec![4u8; 200])),
+            timestamp: 1_700_000_000_000,
+            ..Default::default()
+        });
+        builder.finish().unwrap()
+    };
+    let partitions: Vec<ProducePartitionInput<'_>> = (0..5_000)
+        .map(|partition| ProducePartitionInput { partition, records: &small_batch })
+        .collect();
+    let topics = [("keyed", partitions)];
+    group.throughput(Throughput::Elements(5_000));
+    group.bench_function("encode produce request, 5,000 partitions x 1 small batch", |b| {
+        b.iter(|| {
+            codec::encode_produce(1, "bench", wire::Acks::All, 1000, black_box(&topics)).unwrap()
+        })
+    });
+    group.throughput(Throughput::Bytes(frame_bytes.len() as u64));
     let frame = FrameDecoder::default().decode(&mut frame_bytes.clone()).unwrap().unwrap();
     group.bench_function("decode 1 MiB produce request (verify + limits)", |b| {
         b.iter(|| {

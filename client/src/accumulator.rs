@@ -15,7 +15,7 @@
 //! and continues from a dropped batch's sequence when never-sent batches time out or the broker
 //! refused a batch for good.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -91,7 +91,7 @@ struct PartitionQueue<D> {
     next_ordinal: u64,
     next_sequence: i32,
     /// Ordinals of closed batches not yet acknowledged or failed.
-    unacked: BTreeSet<u64>,
+    unacked: Unacked,
     /// Whether it is in `Accumulator::sendable`.
     listed: bool,
     /// Bytes of its last closed batch: the next one's first allocation (a partition that sends
@@ -113,7 +113,7 @@ impl<D> Default for PartitionQueue<D> {
             last_error: None,
             next_ordinal: 0,
             next_sequence: 0,
-            unacked: BTreeSet::new(),
+            unacked: Unacked::default(),
             listed: false,
             last_batch_bytes: 0,
             rewind: None,
@@ -147,6 +147,31 @@ impl<D> PartitionQueue<D> {
 pub enum AccumulateError {
     #[error("record of {0} bytes cannot fit in a batch (limit {BATCH_BYTES_MAX})")]
     RecordTooLarge(usize),
+}
+
+/// A partition's unacknowledged batch ordinals, oldest first. Batches close in ordinal
+/// order, so this is a deque kept sorted by pushing at the back; a partition holds a few (up
+/// to its buffered batches), and unlike a `BTreeSet` it allocates nothing once it has held as
+/// many (a set allocates a node each time it goes from empty to one entry: every batch of a
+/// partition with one batch at a time, 4% of the client's CPU with 5,000 partitions).
+#[derive(Default)]
+struct Unacked(VecDeque<u64>);
+
+impl Unacked {
+    fn insert(&mut self, ordinal: u64) {
+        debug_assert!(self.0.back().is_none_or(|last| *last < ordinal), "ordinals increase");
+        self.0.push_back(ordinal);
+    }
+
+    fn remove(&mut self, ordinal: &u64) {
+        if let Ok(i) = self.0.binary_search(ordinal) {
+            self.0.remove(i);
+        }
+    }
+
+    fn first(&self) -> Option<&u64> {
+        self.0.front()
+    }
 }
 
 pub struct Accumulator<D> {
