@@ -12,7 +12,7 @@
 //! | connection read buffers between frames | C x 64 KiB (4096 x 64 KiB = 256 MiB) |
 //! | replies queued per connection | `REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX` per connection, covered by the two budgets above |
 //! | tail caches, all logs | `LOG_CACHE_PER_SHARD_BYTES_MAX` = 256 MiB, or P x 16 KiB (`storage::limits::CACHE_BYTES_PER_LOG_MIN`) beyond 16,384 partitions |
-//! | batches appended but not yet written, all logs | `UNWRITTEN_PER_SHARD_BYTES_MAX` = 128 MiB, plus the same bytes in the journal's tmpfs (its current files are mapped, so these pages show in the broker's RSS as shared memory; each partition maps 12 MiB of address space) |
+//! | batches appended but not yet written, all logs | `UNWRITTEN_PER_SHARD_BYTES_MAX` = 128 MiB, plus the same bytes in the journal's tmpfs (its current files are mapped, so these pages show in the broker's RSS as shared memory; each partition maps 8 MiB of address space) |
 //! | write buffers of the rounds being written | one per log with unwritten batches, each at most `storage::limits::WRITE_ROUND_TARGET_BYTES` (1 MiB) plus one batch, copies of unwritten bytes: within twice the unwritten budget |
 //! | read-ahead of consumers catching up from disk | `storage::limits::READ_STREAMS_PER_SHARD_MAX` x `READ_AHEAD_BUFFERS` x `READ_AHEAD_BUFFER_BYTES` = 8 x 4 x 1 MiB = 32 MiB |
 //! | consumer groups | `GROUPS_PER_SHARD_MAX` x `MEMBERS_PER_GROUP_MAX` members of bounded strings |

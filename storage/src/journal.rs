@@ -39,8 +39,9 @@
 //! CPU), and `pwritev` saves a page fault per page where they are large. The file grows by
 //! [`GROW_BYTES`] ahead of mapped records (writing past a mapped file's end would fault), so
 //! its tail past the last record is zeros, which replay stops at. Should mapping fail (the
-//! process's map count), every record goes by `pwritev`; the files are the same. A process killed in the middle of a copy leaves a short or mismatching record,
-//! which replay stops at: that batch was never acknowledged. When the current file reaches
+//! process's map count), every record goes by `pwritev`; the files are the same. A process
+//! killed in the middle of a copy or a `pwritev` leaves a short or mismatching record, which
+//! replay stops at: that batch was never acknowledged. When the current file reaches
 //! [`ROTATE_BYTES`] a new generation starts; a file is deleted once every batch in it is
 //! written to the segment.
 
@@ -52,7 +53,6 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use memmap2::{MmapMut, MmapOptions};
-use spate_protocol::limits::BATCH_BYTES_MAX;
 
 const MAGIC: &[u8; 8] = b"SPJRNL01";
 const HEADER_BYTES: u64 = 16;
@@ -71,9 +71,10 @@ const _: () = assert!(
     "the files must hold a full pending budget"
 );
 
-/// How much of the current file is mapped: a file rotates once past [`ROTATE_BYTES`], so its
-/// records end within one largest record of it. Address space only; pages exist once written.
-pub const MAP_BYTES: u64 = ROTATE_BYTES + (RECORD_HEADER_BYTES + BATCH_BYTES_MAX) as u64;
+/// How much of the current file is mapped: a file rotates once past [`ROTATE_BYTES`], so a
+/// mapped (small) record ends within [`MAPPED_RECORD_BYTES_MAX`] of it. Address space only;
+/// pages exist once written.
+pub const MAP_BYTES: u64 = ROTATE_BYTES + MAPPED_RECORD_BYTES_MAX as u64;
 
 /// The current file grows in steps of this much (one `ftruncate` per step): also the most a
 /// replay reads past the last record.
@@ -475,7 +476,7 @@ mod tests {
         let mut expected = Vec::new();
         for (i, records) in sizes.into_iter().enumerate() {
             let bytes = batch(records, i as u8);
-            assert!(bytes.len() < BATCH_BYTES_MAX);
+            assert!(bytes.len() < spate_protocol::limits::BATCH_BYTES_MAX);
             journal.append(offset, offset + records as i64, &bytes).unwrap();
             expected.push(Journaled { base_offset: offset, batch: Bytes::from(bytes) });
             offset += records as i64;

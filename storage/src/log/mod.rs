@@ -669,20 +669,17 @@ impl Log {
             .filter(|p| p.next_offset > offset)
             .map(|p| p.bytes.len() as u64)
             .sum();
-        let written: u64 = state
-            .segments
-            .values()
-            .filter(|s| s.next_offset > offset)
-            .map(|s| {
-                if offset <= s.base_offset {
-                    s.size
-                } else {
-                    let relative = (offset - s.base_offset).min(i64::from(u32::MAX)) as u32;
-                    s.size.saturating_sub(u64::from(s.index.lookup(relative)))
-                }
-            })
-            .sum();
-        queued + written
+        // The segment holding `offset` counts from its index entry, later ones whole: a
+        // caught-up follower costs one lookup, however many segments the log keeps.
+        use std::ops::Bound::{Excluded, Unbounded};
+        let holding = state.segments.range(..=offset).next_back().map(|(_, s)| s);
+        let partial = holding.filter(|s| s.next_offset > offset).map_or(0, |s| {
+            let relative = (offset - s.base_offset).min(i64::from(u32::MAX)) as u32;
+            s.size.saturating_sub(u64::from(s.index.lookup(relative)))
+        });
+        let later: u64 =
+            state.segments.range((Excluded(offset), Unbounded)).map(|(_, s)| s.size).sum();
+        queued + partial + later
     }
 
     pub fn segment_count(&self) -> usize {
