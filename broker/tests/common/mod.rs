@@ -248,18 +248,27 @@ impl Drop for Broker {
 /// and log beside it (`NAME.journal`, `NAME.broker-PORT.log`, see `start_with_command`), so
 /// dropping it removes those too: they used to stay in the temp directory after every run
 /// (hundreds of them, some journals 50 MB).
-pub struct TestDir(tempfile::TempDir);
+pub struct TestDir(Option<tempfile::TempDir>);
+
+impl TestDir {
+    /// Keeps the directory (and whatever lies beside it) for a post-mortem; returns its path.
+    #[allow(dead_code)] // not every test binary keeps one
+    pub fn keep(mut self) -> PathBuf {
+        self.0.take().expect("held until dropped").keep()
+    }
+}
 
 impl std::ops::Deref for TestDir {
     type Target = tempfile::TempDir;
     fn deref(&self) -> &tempfile::TempDir {
-        &self.0
+        self.0.as_ref().expect("held until dropped")
     }
 }
 
 impl Drop for TestDir {
     fn drop(&mut self) {
-        let path = self.0.path();
+        let Some(dir) = &self.0 else { return };
+        let path = dir.path();
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { return };
         let prefix = format!("{}.", name.to_string_lossy());
         let Ok(entries) = std::fs::read_dir(parent) else { return };
@@ -278,7 +287,7 @@ pub fn temp_dir() -> TestDir {
     let base = std::env::var_os("CARGO_TARGET_TMPDIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
-    TestDir(tempfile::Builder::new().prefix("spate-broker-").tempdir_in(base).unwrap())
+    TestDir(Some(tempfile::Builder::new().prefix("spate-broker-").tempdir_in(base).unwrap()))
 }
 
 /// Runs `future` on a fresh Glommio executor on this thread.
